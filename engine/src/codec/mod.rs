@@ -1,0 +1,1 @@
+//! RFC 6455 frame codec.

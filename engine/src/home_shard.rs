@@ -1,0 +1,1 @@
+//! TODO: home_shard
