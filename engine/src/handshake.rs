@@ -580,4 +580,18 @@ mod tests {
             assert_eq!(json["error"], err.reason());
         }
     }
+
+    #[test]
+    fn interop_with_tungstenite_client_request() {
+        use tungstenite::client::IntoClientRequest;
+        let request = "ws://localhost:58000/ws/foo?subscribe-broadcast&echo"
+            .into_client_request()
+            .unwrap();
+        let (bytes, key) = tungstenite::handshake::client::generate_request(request).unwrap();
+        let up = parse_upgrade(&bytes, &[]).unwrap().unwrap();
+        assert_eq!(up.consumed, bytes.len());
+        assert_eq!(up.path_without_query(), "/ws/foo");
+        assert_eq!(up.query_param("echo"), Some(""));
+        assert_eq!(up.accept, derive_accept_key(key.as_bytes()));
+    }
 }

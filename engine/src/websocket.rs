@@ -782,4 +782,72 @@ mod tests {
         assert_eq!(progress.consumed, 0);
         assert!(out.is_empty());
     }
+
+    #[test]
+    fn interop_with_tungstenite_frames() {
+        use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode as TOp};
+        use tungstenite::protocol::frame::{CloseFrame, Frame};
+
+        fn client(frame: Frame) -> Vec<u8> {
+            let mut header = frame.header().clone();
+            header.mask = Some([9, 8, 7, 6]);
+            let mut out = Vec::new();
+            Frame::from_payload(header, frame.into_payload())
+                .format(&mut out)
+                .unwrap();
+            out
+        }
+        let big = vec![b'z'; 70_000];
+        let input = cat(&[
+            client(Frame::message("fragmented ", TOp::Data(Data::Text), false)),
+            client(Frame::ping(&b"p"[..])),
+            client(Frame::message("text", TOp::Data(Data::Continue), true)),
+            client(Frame::message(big.clone(), TOp::Data(Data::Binary), true)),
+            client(Frame::close(Some(CloseFrame {
+                code: CloseCode::Away,
+                reason: "bye".into(),
+            }))),
+        ]);
+        let mut buf = input.clone();
+        let mut ws = WsProtocol::new();
+        let mut out = Vec::new();
+        let mut messages = Vec::new();
+        let progress = ws
+            .handle_input(
+                &mut buf,
+                100_000,
+                &mut out,
+                |k, p| messages.push((k, p.to_vec())),
+                |_| {},
+            )
+            .unwrap();
+        assert_eq!(progress.consumed, input.len());
+        assert!(progress.closed);
+        assert_eq!(
+            messages[0],
+            (MessageKind::Text, b"fragmented text".to_vec())
+        );
+        assert_eq!(messages[1], (MessageKind::Binary, big));
+
+        // Our server frames parse as tungstenite frames: the pong, then the close.
+        let mut cursor = std::io::Cursor::new(&out[..]);
+        let (header, len) = tungstenite::protocol::frame::FrameHeader::parse(&mut cursor)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            header.opcode,
+            TOp::Control(tungstenite::protocol::frame::coding::Control::Pong)
+        );
+        assert_eq!((header.mask, len), (None, 1));
+        cursor.set_position(cursor.position() + len);
+        let (header, len) = tungstenite::protocol::frame::FrameHeader::parse(&mut cursor)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            header.opcode,
+            TOp::Control(tungstenite::protocol::frame::coding::Control::Close)
+        );
+        assert_eq!(len, 2);
+        assert_eq!(&out[out.len() - 2..], 1001u16.to_be_bytes());
+    }
 }
