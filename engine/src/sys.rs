@@ -66,11 +66,11 @@ pub fn send_vectored_nonblocking(fd: RawFd, bufs: &[IoSlice<'_>]) -> io::Result<
 
 /// `shutdown(2)` on a socket: wakes any reader with end-of-stream. Errors
 /// (e.g. already disconnected) are ignored; there is nothing to do about them.
-pub fn shutdown_socket(fd: RawFd, read_too: bool) {
-    let how = if read_too {
-        libc::SHUT_RDWR
-    } else {
-        libc::SHUT_WR
+pub fn shutdown_socket(fd: RawFd, how: std::net::Shutdown) {
+    let how = match how {
+        std::net::Shutdown::Read => libc::SHUT_RD,
+        std::net::Shutdown::Write => libc::SHUT_WR,
+        std::net::Shutdown::Both => libc::SHUT_RDWR,
     };
     // SAFETY: shutdown on a socket fd owned by the caller has no memory effects.
     unsafe {
