@@ -36,8 +36,9 @@ pub const KERNEL_BYTES_PER_IDLE_SOCKET: u64 = 3_584;
 /// Socket buffer memory budgeted per connection for `net.ipv4.tcp_mem`:
 /// one page of data in flight per connection.
 pub const TCP_MEM_BYTES_PER_CONNECTION: u64 = 4_096;
-/// Ephemeral ports per source address below which a local load generator
-/// needs several source addresses.
+/// Ephemeral port range size that `tuning/` sets (1024-65535 is 64,512);
+/// narrower ranges warn when a local load generator would need more than
+/// one source address for the target.
 pub const WIDE_PORT_RANGE: u64 = 60_000;
 /// Per-socket default buffer sizes above which idle-heavy loads waste memory.
 pub const SMALL_SOCKET_BUFFER: u64 = 16_384;
@@ -591,7 +592,7 @@ fn check_port_range(t: &Target, f: &HostFacts) -> Check {
         "loadgen on this host: {sources} source address(es) for {} connections",
         t.connections
     );
-    if ports < WIDE_PORT_RANGE {
+    if ports < WIDE_PORT_RANGE && sources > 1 {
         Check {
             name: NAME,
             status: Status::Warn,
@@ -762,7 +763,7 @@ pub fn render(config: &Config, facts: &HostFacts, checks: &[Check]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "ringcast doctor: target {} connections{}, {} shards, backlog {}, driver {:?}",
+        "ringcast doctor: target {} connections{}, {} shards, backlog {}, driver {}",
         t.connections,
         if t.explicit {
             ""
@@ -771,7 +772,11 @@ pub fn render(config: &Config, facts: &HostFacts, checks: &[Check]) -> String {
         },
         t.shards,
         t.backlog,
-        t.driver
+        match t.driver {
+            DriverKind::Auto => "auto",
+            DriverKind::Uring => "uring",
+            DriverKind::Epoll => "epoll",
+        }
     );
     let w_name = checks
         .iter()
@@ -1160,6 +1165,12 @@ mod tests {
         assert_eq!(p.status, Status::Warn);
         assert!(p.need.contains("4 source address"), "{}", p.need);
         assert_eq!(exit_code(&list), 0);
+        // One source address is enough for a small target: no warning.
+        let small = checks(&with_max(1000), &f);
+        assert_eq!(
+            find(&small, "net.ipv4.ip_local_port_range").status,
+            Status::Ok
+        );
     }
 
     #[test]
