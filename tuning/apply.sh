@@ -54,14 +54,19 @@ if ((persist && !apply)); then
 fi
 [[ -r "$conf" ]] || { echo "apply.sh: cannot read $conf" >&2; exit 2; }
 
-# Current value of a key with whitespace collapsed, or empty when absent.
+# Its arguments with leading/trailing whitespace removed and runs of
+# spaces and tabs collapsed to one space.
+squeeze() {
+    local -a words
+    read -ra words <<<"$*"
+    echo "${words[*]}"
+}
+
+# Current value of a key, squeezed, or empty when absent.
 read_key() {
     local path="$proc_sys/${1//.//}"
     [[ -r "$path" ]] || return 0
-    local value
-    value="$(<"$path")"
-    # shellcheck disable=SC2086 # word splitting collapses tabs and spaces
-    echo $value
+    squeeze "$(<"$path")"
 }
 
 # Keys set exactly as written; every other key is raise-only.
@@ -92,10 +97,8 @@ while IFS= read -r line || [[ -n "$line" ]]; do
     [[ "$line" == *=* ]] || continue
     key="${line%%=*}"
     wanted="${line#*=}"
-    # shellcheck disable=SC2086 # trim and collapse whitespace
-    key="$(echo $key)"
-    # shellcheck disable=SC2086
-    wanted="$(echo $wanted)"
+    key="$(squeeze "$key")"
+    wanted="$(squeeze "$wanted")"
     [[ -n "$key" ]] || continue
 
     before="$(read_key "$key")"

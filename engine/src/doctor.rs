@@ -318,7 +318,10 @@ fn check_nofile(t: &Target, f: &HostFacts) -> Check {
              ringcast - nofile {want}"
         )
     } else {
-        format!("ulimit -n {want} before starting; systemd: LimitNOFILE={want}")
+        // The hard limit already allows it: raise the soft one, no further
+        // than the hard limit.
+        let soft = lim.hard.map_or(want, |h| want.min(h));
+        format!("ulimit -n {soft} before starting; systemd: LimitNOFILE={soft}")
     };
     Check {
         name: NAME,
@@ -1002,6 +1005,13 @@ mod tests {
         assert!(c.fix.contains("ulimit -n 16384"), "{}", c.fix);
         assert!(c.fix.contains("LimitNOFILE=16384"), "{}", c.fix);
         assert_eq!(exit_code(&list), 1);
+        // A hard limit between the need and the rounded-up value caps the fix.
+        f.nofile = Some(Rlimit {
+            soft: Some(1024),
+            hard: Some(12_000),
+        });
+        let c = find(&checks(&with_max(10_000), &f), "open files").clone();
+        assert!(c.fix.starts_with("ulimit -n 12000"), "{}", c.fix);
     }
 
     #[test]

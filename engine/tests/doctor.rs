@@ -301,3 +301,43 @@ fn systemd_unit_matches_the_engine_and_verifies() {
     );
     let _ = fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn irq_affinity_dry_run_then_apply_on_a_fake_tree() {
+    let dir = scratch("irq");
+    let (proc_, sys) = (dir.join("proc"), dir.join("sys"));
+    let msi = sys.join("class/net/eth9/device/msi_irqs");
+    fs::create_dir_all(&msi).unwrap();
+    fs::create_dir_all(sys.join("class/net/lo")).unwrap();
+    for irq in ["40", "41"] {
+        fs::write(msi.join(irq), "msix\n").unwrap();
+        let d = proc_.join("irq").join(irq);
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join("smp_affinity_list"), "0-15\n").unwrap();
+    }
+    let run = |args: &[&str]| {
+        Command::new(tuning_dir().join("irq-affinity.sh"))
+            .args(args)
+            .env("RINGCAST_PROC", &proc_)
+            .env("RINGCAST_SYS", &sys)
+            .output()
+            .unwrap()
+    };
+    let affinity = |irq: &str| {
+        fs::read_to_string(proc_.join("irq").join(irq).join("smp_affinity_list")).unwrap()
+    };
+
+    assert_eq!(run(&[]).status.code(), Some(2), "--irq-cpus is required");
+    let out = run(&["--irq-cpus", "0-1"]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert_eq!(all.matches("would set").count(), 2, "{all}");
+    assert!(!all.contains("lo "), "{all}");
+    assert_eq!(affinity("40"), "0-15\n");
+
+    let out = run(&["--irq-cpus", "0-1", "--iface", "eth9", "--apply"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(affinity("40").trim(), "0-1");
+    assert_eq!(affinity("41").trim(), "0-1");
+    let _ = fs::remove_dir_all(&dir);
+}
