@@ -183,6 +183,8 @@ pub struct Target {
     pub shards: u64,
     pub backlog: u64,
     pub driver: DriverKind,
+    /// The WebSocket port (`ws.listen`).
+    pub port: u16,
 }
 
 impl Target {
@@ -203,6 +205,7 @@ impl Target {
             shards: shards as u64,
             backlog: u64::from(config.ws.backlog),
             driver: config.driver,
+            port: config.ws.listen.port(),
         }
     }
 
@@ -717,8 +720,9 @@ fn check_conntrack(t: &Target, f: &HostFacts) -> Check {
             need,
             fix: format!(
                 "sysctl -w net.netfilter.nf_conntrack_max={}, or skip tracking: \
-                 iptables -t raw -A PREROUTING -p tcp --dport 58000 -j NOTRACK",
-                (2 * t.connections).next_power_of_two()
+                 iptables -t raw -A PREROUTING -p tcp --dport {} -j NOTRACK",
+                (2 * t.connections).next_power_of_two(),
+                t.port
             ),
         },
         Some(v) => Check {
@@ -1199,6 +1203,7 @@ mod tests {
         ] {
             assert_eq!(find(&list, name).status, Status::Warn, "{name}");
         }
+        assert!(find(&list, "net.netfilter").fix.contains("--dport 58000"));
         assert_eq!(exit_code(&list), 0);
         let small = checks(&with_max(1000), &f);
         assert_eq!(find(&small, "net.ipv4.tcp_rmem").status, Status::Ok);
