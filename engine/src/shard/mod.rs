@@ -18,7 +18,7 @@ mod ws_session;
 use std::cell::{Cell, RefCell};
 use std::net::Shutdown;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -36,7 +36,8 @@ use crate::sys;
 use crate::websocket::{close_frame, ping_frame};
 
 pub use conn::{Conn, Enqueued};
-pub use runtime::{run, RunningNode};
+pub use runtime::{run, shard_count, RunningNode};
+pub(crate) use ws_session::{history_result, write_all};
 use mailbox::Mailbox;
 use signal::{Latch, LocalSignal};
 
@@ -49,6 +50,9 @@ pub struct Node {
     /// time in milliseconds so they never go back across restarts.
     next_id: AtomicU64,
     pub start_ms: u64,
+    /// Open WebSocket connections over all shards (checked against
+    /// `max_connections` at accept; touched once per connect/disconnect).
+    connections: AtomicUsize,
 }
 
 impl Node {
@@ -60,6 +64,7 @@ impl Node {
             mailboxes: (0..shards).map(|_| Mailbox::new()).collect(),
             next_id: AtomicU64::new(start_ms),
             start_ms,
+            connections: AtomicUsize::new(0),
         })
     }
 
@@ -69,6 +74,10 @@ impl Node {
 
     pub fn last_id(&self) -> u64 {
         self.next_id.load(Ordering::Relaxed)
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
     }
 
     pub fn home_of(&self, channel: &str) -> usize {
@@ -283,6 +292,7 @@ impl Shard {
         let skey = serials.insert(serial);
         debug_assert_eq!(skey as ConnKey, key);
         ShardMetrics::inc(&self.metrics.connections_accepted);
+        self.node.connections.fetch_add(1, Ordering::Relaxed);
         (conn, ConnRef { key, serial })
     }
 
@@ -300,7 +310,9 @@ impl Shard {
         for ch in subs {
             self.leave(&ch, conn.key);
         }
-        self.conns.borrow_mut().try_remove(conn.key as usize);
+        if self.conns.borrow_mut().try_remove(conn.key as usize).is_some() {
+            self.node.connections.fetch_sub(1, Ordering::Relaxed);
+        }
         self.serials.borrow_mut().try_remove(conn.key as usize);
         if self.shutdown.is_raised() && self.conns.borrow().is_empty() {
             self.drained.notify();
