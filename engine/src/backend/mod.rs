@@ -1,1 +1,3 @@
 //! Backend port.
+
+pub mod http;
