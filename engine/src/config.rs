@@ -886,7 +886,13 @@ fn set_leaf(
     }
     let probe = single(key, value.clone());
     if let Err(e) = probe.try_into::<Config>() {
-        return Err(origin.error(key, e.message()));
+        let message = e.message();
+        // serde names the Rust type of a section; say what the file needs.
+        let message = match message.find("expected struct ") {
+            Some(at) => format!("{}expected a table", &message[..at]),
+            None => message.to_owned(),
+        };
+        return Err(origin.error(key, message));
     }
     // Insert, creating intermediate tables as needed; the schema check
     // above guarantees every parent is a table in `merged` too.
@@ -1141,7 +1147,10 @@ mod tests {
 
         let p = write_file("table_type.toml", "ws = 5\n");
         let e = load_err(Some(&p), &[], &o);
-        assert!(e.starts_with("invalid config: ws: "), "{e}");
+        assert!(
+            e.starts_with("invalid config: ws: invalid type: integer `5`, expected a table (in "),
+            "{e}"
+        );
 
         let p = write_file("addr.toml", "[backend]\nlisten = \"nowhere\"\n");
         let e = load_err(Some(&p), &[], &o);
