@@ -69,12 +69,21 @@ pub struct Gauges {
 pub fn render_prometheus(shards: &[(usize, Gauges, MetricsSnapshot)]) -> String {
     let mut out = String::new();
     let gauges: [(&str, &str, fn(&Gauges) -> u64); 3] = [
-        ("connections", "Open WebSocket connections", |g| g.connections),
-        ("subscriptions", "Channel subscriptions", |g| g.subscriptions),
-        ("channels", "Channels with local subscribers", |g| g.channels),
+        ("connections", "Open WebSocket connections", |g| {
+            g.connections
+        }),
+        ("subscriptions", "Channel subscriptions", |g| {
+            g.subscriptions
+        }),
+        ("channels", "Channels with local subscribers", |g| {
+            g.channels
+        }),
     ];
     for (name, help, get) in gauges {
-        let _ = writeln!(out, "# HELP ringcast_{name} {help}\n# TYPE ringcast_{name} gauge");
+        let _ = writeln!(
+            out,
+            "# HELP ringcast_{name} {help}\n# TYPE ringcast_{name} gauge"
+        );
         let mut total = 0;
         for (s, g, _) in shards {
             let v = get(g);
@@ -88,9 +97,16 @@ pub fn render_prometheus(shards: &[(usize, Gauges, MetricsSnapshot)]) -> String 
         sum.add(m);
     }
     for (i, (name, help, total)) in sum.fields().into_iter().enumerate() {
-        let _ = writeln!(out, "# HELP ringcast_{name}_total {help}\n# TYPE ringcast_{name}_total counter");
+        let _ = writeln!(
+            out,
+            "# HELP ringcast_{name}_total {help}\n# TYPE ringcast_{name}_total counter"
+        );
         for (s, _, m) in shards {
-            let _ = writeln!(out, "ringcast_{name}_total{{shard=\"{s}\"}} {}", m.fields()[i].2);
+            let _ = writeln!(
+                out,
+                "ringcast_{name}_total{{shard=\"{s}\"}} {}",
+                m.fields()[i].2
+            );
         }
         let _ = writeln!(out, "ringcast_{name}_total {total}");
     }

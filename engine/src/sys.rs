@@ -30,14 +30,7 @@ pub fn recv_nonblocking(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: `buf` is a valid, exclusively borrowed region of `buf.len()`
     // bytes for the duration of the call; `fd` is owned by the caller's live
     // socket. recv never writes past `len`.
-    let n = unsafe {
-        libc::recv(
-            fd,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            libc::MSG_DONTWAIT,
-        )
-    };
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
     if n < 0 {
         Err(io::Error::last_os_error())
     } else {

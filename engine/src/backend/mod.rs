@@ -14,7 +14,7 @@ use monoio::net::TcpStream;
 use serde_json::json;
 
 use crate::metrics::{render_prometheus, MetricsSnapshot, ShardMetrics};
-use crate::rpc::{self, BackendMethod, Call, Incoming, ReplyWriter, RpcError};
+use crate::rpc::{BackendMethod, Call, Incoming, ReplyWriter, RpcError};
 use crate::shard::{Gather, HomeAnswer, HomeQuery, PublishResult, Shard};
 use crate::sys;
 use http::{Method, Request};
@@ -120,20 +120,38 @@ async fn handle(shard: &Rc<Shard>, req: OwnedRequest, out: &mut Vec<u8>) {
     let token = &shard.config().backend.api_token;
     let authorized = token.is_empty() || req.auth_token.as_deref() == Some(token.as_str());
     match (req.method, req.path.as_str()) {
-        (Method::Get, "/health") => http::write_response_with(out, 200, http::CONTENT_TYPE_TEXT, b"ok", ka),
+        (Method::Get, "/health") => {
+            http::write_response_with(out, 200, http::CONTENT_TYPE_TEXT, b"ok", ka)
+        }
         (_, "/health") => http::write_json_error(out, 405, "method not allowed: use GET", ka),
-        _ if !authorized => http::write_json_error(out, 401, "unauthorized: missing or wrong api token", ka),
+        _ if !authorized => {
+            http::write_json_error(out, 401, "unauthorized: missing or wrong api token", ka)
+        }
         (Method::Get, "/metrics") => {
             let reports = shard.gather(Gather::Stats).await;
-            let rows: Vec<_> = reports.iter().map(|r| (r.shard, r.gauges, r.metrics)).collect();
-            http::write_response_with(out, 200, http::CONTENT_TYPE_PROMETHEUS, render_prometheus(&rows).as_bytes(), ka);
+            let rows: Vec<_> = reports
+                .iter()
+                .map(|r| (r.shard, r.gauges, r.metrics))
+                .collect();
+            http::write_response_with(
+                out,
+                200,
+                http::CONTENT_TYPE_PROMETHEUS,
+                render_prometheus(&rows).as_bytes(),
+                ka,
+            );
         }
         (_, "/metrics") => http::write_json_error(out, 405, "method not allowed: use GET", ka),
         (Method::Post, "/") => {
             let body = rpc_body(shard, &req.body).await;
             http::write_response(out, 200, &body, ka);
         }
-        (_, "/") => http::write_json_error(out, 405, "method not allowed: use POST with a JSON-RPC body", ka),
+        (_, "/") => http::write_json_error(
+            out,
+            405,
+            "method not allowed: use POST with a JSON-RPC body",
+            ka,
+        ),
         (_, path) => {
             let msg = format!("not found: {}", path.chars().take(200).collect::<String>());
             http::write_json_error(out, 404, &msg, ka)
@@ -185,16 +203,25 @@ async fn exec(shard: &Rc<Shard>, call: Call<BackendMethod>, w: &mut ReplyWriter)
     }
 }
 
-async fn run_method(shard: &Rc<Shard>, method: BackendMethod) -> Result<serde_json::Value, RpcError> {
+async fn run_method(
+    shard: &Rc<Shard>,
+    method: BackendMethod,
+) -> Result<serde_json::Value, RpcError> {
     Ok(match method {
         BackendMethod::Emit { channel, data } => {
-            let r = shard.publish(&channel, data, None).await.map_err(internal)?;
+            let r = shard
+                .publish(&channel, data, None)
+                .await
+                .map_err(internal)?;
             publish_json(&r)
         }
         BackendMethod::PublishMany { channels, data } => {
             let mut results = Vec::with_capacity(channels.len());
             for channel in channels {
-                let r = shard.publish(&channel, data.clone(), None).await.map_err(internal)?;
+                let r = shard
+                    .publish(&channel, data.clone(), None)
+                    .await
+                    .map_err(internal)?;
                 let mut v = publish_json(&r);
                 v["channel"] = json!(&*channel);
                 results.push(v);
@@ -205,31 +232,65 @@ async fn run_method(shard: &Rc<Shard>, method: BackendMethod) -> Result<serde_js
             let (id, connections) = shard.broadcast(data).await;
             json!({"id": id, "connections": connections})
         }
-        BackendMethod::TotalSubscribers { channel: Some(c) } => match shard.ask_home(&c, HomeQuery::Total).await.map_err(internal)? {
+        BackendMethod::TotalSubscribers { channel: Some(c) } => match shard
+            .ask_home(&c, HomeQuery::Total)
+            .await
+            .map_err(internal)?
+        {
             HomeAnswer::Total(n) => json!({"total": n}),
             _ => return Err(internal("unexpected answer")),
         },
         BackendMethod::TotalSubscribers { channel: None } => {
-            let total: u64 = shard.gather(Gather::Stats).await.iter().map(|r| r.gauges.subscriptions).sum();
+            let total: u64 = shard
+                .gather(Gather::Stats)
+                .await
+                .iter()
+                .map(|r| r.gauges.subscriptions)
+                .sum();
             json!({"total": total})
         }
         BackendMethod::AvailableChannels => {
-            let mut channels: Vec<(String, usize)> = shard.gather(Gather::Channels).await.into_iter().flat_map(|r| r.channels).collect();
+            let mut channels: Vec<(String, usize)> = shard
+                .gather(Gather::Channels)
+                .await
+                .into_iter()
+                .flat_map(|r| r.channels)
+                .collect();
             channels.sort();
-            let list: Vec<_> = channels.iter().map(|(c, n)| json!({"channel": c, "subscribers": n})).collect();
+            let list: Vec<_> = channels
+                .iter()
+                .map(|(c, n)| json!({"channel": c, "subscribers": n}))
+                .collect();
             json!({"channels": list})
         }
         BackendMethod::FlushDeadClients => {
-            let n: usize = shard.gather(Gather::FlushDead).await.iter().map(|r| r.flushed).sum();
+            let n: usize = shard
+                .gather(Gather::FlushDead)
+                .await
+                .iter()
+                .map(|r| r.flushed)
+                .sum();
             json!({"flushed": n})
         }
         BackendMethod::Last { channel: None } => json!({"id": shard.node.last_id()}),
-        BackendMethod::Last { channel: Some(c) } => match shard.ask_home(&c, HomeQuery::Last).await.map_err(internal)? {
+        BackendMethod::Last { channel: Some(c) } => match shard
+            .ask_home(&c, HomeQuery::Last)
+            .await
+            .map_err(internal)?
+        {
             HomeAnswer::Last(offset, epoch) => json!({"offset": offset, "epoch": &*epoch}),
             _ => return Err(internal("unexpected answer")),
         },
-        BackendMethod::History { channel, since, limit } => {
-            match shard.ask_home(&channel, HomeQuery::History { since, limit }).await.map_err(internal)? {
+        BackendMethod::History {
+            channel,
+            since,
+            limit,
+        } => {
+            match shard
+                .ask_home(&channel, HomeQuery::History { since, limit })
+                .await
+                .map_err(internal)?
+            {
                 HomeAnswer::History(h) => {
                     let raw = crate::shard::history_result(&h);
                     serde_json::from_slice(&raw).map_err(internal)?

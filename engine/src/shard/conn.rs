@@ -98,7 +98,11 @@ impl Outbound {
     /// the stream stays well-formed).
     fn discard_unstarted(&mut self) {
         let keep_head = self.head_written > 0;
-        let head = if keep_head { self.items.pop_front() } else { None };
+        let head = if keep_head {
+            self.items.pop_front()
+        } else {
+            None
+        };
         self.items.clear();
         self.queued = 0;
         if let Some(OutItem::Frame(f)) = head {
@@ -144,7 +148,9 @@ impl Outbound {
     fn advance(&mut self, mut n: usize) {
         self.queued -= n;
         while n > 0 {
-            let Some(OutItem::Frame(f)) = self.items.front() else { break };
+            let Some(OutItem::Frame(f)) = self.items.front() else {
+                break;
+            };
             let left = f.len() - self.head_written;
             if n >= left {
                 n -= left;
@@ -217,7 +223,13 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(key: ConnKey, stream: TcpStream, dialect: Dialect, burst: u32, now: Instant) -> Self {
+    pub fn new(
+        key: ConnKey,
+        stream: TcpStream,
+        dialect: Dialect,
+        burst: u32,
+        now: Instant,
+    ) -> Self {
         Conn {
             key,
             stream,

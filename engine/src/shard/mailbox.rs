@@ -96,7 +96,9 @@ mod tests {
                 })
             })
             .collect();
-        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().build().unwrap();
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .build()
+            .unwrap();
         let got = rt.block_on(async {
             let mut next = [0u32; 2];
             for _ in 0..40_000 {

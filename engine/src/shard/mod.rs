@@ -36,10 +36,10 @@ use crate::sys;
 use crate::websocket::{close_frame, ping_frame};
 
 pub use conn::{Conn, Enqueued};
-pub use runtime::{run, shard_count, RunningNode};
-pub(crate) use ws_session::{history_result, write_all};
 use mailbox::Mailbox;
+pub use runtime::{run, shard_count, RunningNode};
 use signal::{Latch, LocalSignal};
+pub(crate) use ws_session::{history_result, write_all};
 
 /// What every shard shares: configuration, the mailboxes and the id clock.
 pub struct Node {
@@ -201,7 +201,10 @@ pub enum ShardMsg {
         reply: oneshot::Sender<SubscribeInfo>,
     },
     /// To the home shard: one subscriber on shard `from` left.
-    Unsubscribe { channel: Box<str>, from: usize },
+    Unsubscribe {
+        channel: Box<str>,
+        from: usize,
+    },
     Home {
         channel: Box<str>,
         query: HomeQuery,
@@ -310,7 +313,12 @@ impl Shard {
         for ch in subs {
             self.leave(&ch, conn.key);
         }
-        if self.conns.borrow_mut().try_remove(conn.key as usize).is_some() {
+        if self
+            .conns
+            .borrow_mut()
+            .try_remove(conn.key as usize)
+            .is_some()
+        {
             self.node.connections.fetch_sub(1, Ordering::Relaxed);
         }
         self.serials.borrow_mut().try_remove(conn.key as usize);
@@ -360,7 +368,14 @@ impl Shard {
     }
 
     /// Starts a server-side close: queue the close frame, stop the reader.
-    pub fn close_conn(&self, conn: &Rc<Conn>, code: u16, reason: &str, discard: bool, now: Instant) {
+    pub fn close_conn(
+        &self,
+        conn: &Rc<Conn>,
+        code: u16,
+        reason: &str,
+        discard: bool,
+        now: Instant,
+    ) {
         if conn.begin_close(Bytes::from(close_frame(code, reason)), discard, now) {
             self.mark_dirty(conn);
             // Wakes the reader with end-of-stream; it cleans up and drains.
@@ -377,9 +392,13 @@ impl Shard {
 
     /// Delivers a channel publication to this shard's subscribers.
     pub fn deliver(&self, p: &Publication, exclude: Option<ConnKey>) -> usize {
-        let Some(channel) = p.channel.as_deref() else { return 0 };
+        let Some(channel) = p.channel.as_deref() else {
+            return 0;
+        };
         let table = self.table.borrow();
-        let Some(subs) = table.subscribers(channel) else { return 0 };
+        let Some(subs) = table.subscribers(channel) else {
+            return 0;
+        };
         let conns = self.conns.borrow();
         let now = Instant::now();
         let mut n = 0;
@@ -410,7 +429,12 @@ impl Shard {
     // ----- channels ------------------------------------------------------
 
     /// Publishes on the channel's home shard (here or by message).
-    pub async fn publish(&self, channel: &str, data: Bytes, exclude: Option<(usize, ConnKey)>) -> Result<PublishResult, ShardGone> {
+    pub async fn publish(
+        &self,
+        channel: &str,
+        data: Bytes,
+        exclude: Option<(usize, ConnKey)>,
+    ) -> Result<PublishResult, ShardGone> {
         let home = self.node.home_of(channel);
         if home == self.id {
             return Ok(self.publish_at_home(channel, data, exclude));
@@ -427,7 +451,12 @@ impl Shard {
 
     /// The home shard's half of a publish: assign offset and id, build the
     /// frame once, deliver here and forward to interested shards.
-    fn publish_at_home(&self, channel: &str, data: Bytes, exclude: Option<(usize, ConnKey)>) -> PublishResult {
+    fn publish_at_home(
+        &self,
+        channel: &str,
+        data: Bytes,
+        exclude: Option<(usize, ConnKey)>,
+    ) -> PublishResult {
         let node = &self.node;
         let ts = unix_ms() / 1000;
         let mut id = 0;
@@ -452,7 +481,8 @@ impl Shard {
         PublishResult {
             offset: p.offset,
             id,
-            subscribers: published.subscribers - usize::from(exclude.is_some()).min(published.subscribers),
+            subscribers: published.subscribers
+                - usize::from(exclude.is_some()).min(published.subscribers),
         }
     }
 
@@ -486,10 +516,19 @@ impl Shard {
     /// Subscribes `conn`; the subscription takes effect at the home shard's
     /// current offset, and missed publications (with `since`) are queued
     /// right behind the reply.
-    pub async fn subscribe(&self, conn: &Rc<Conn>, cref: ConnRef, channel: &str, since: Option<Since>) -> Result<SubscribeInfo, ShardGone> {
+    pub async fn subscribe(
+        &self,
+        conn: &Rc<Conn>,
+        cref: ConnRef,
+        channel: &str,
+        since: Option<Since>,
+    ) -> Result<SubscribeInfo, ShardGone> {
         let home = self.node.home_of(channel);
         if home == self.id {
-            let outcome = self.home.borrow_mut().subscribe(channel, self.id, since.as_ref(), Instant::now());
+            let outcome =
+                self.home
+                    .borrow_mut()
+                    .subscribe(channel, self.id, since.as_ref(), Instant::now());
             self.activate(conn, channel, &outcome);
             return Ok(SubscribeInfo::from(&outcome));
         }
@@ -616,7 +655,9 @@ impl Shard {
             home_channels: home.channel_count(),
             metrics: self.metrics.snapshot(),
             channels: if query == Gather::Channels {
-                home.channels_with_subscribers().map(|(c, n)| (c.to_owned(), n)).collect()
+                home.channels_with_subscribers()
+                    .map(|(c, n)| (c.to_owned(), n))
+                    .collect()
             } else {
                 Vec::new()
             },
@@ -631,7 +672,12 @@ impl Shard {
             .conns
             .borrow()
             .iter()
-            .filter(|(_, c)| c.is_open() && c.ping_sent.get().is_some_and(|t| now.duration_since(t).as_secs_f32() >= 1.0))
+            .filter(|(_, c)| {
+                c.is_open()
+                    && c.ping_sent
+                        .get()
+                        .is_some_and(|t| now.duration_since(t).as_secs_f32() >= 1.0)
+            })
             .map(|(_, c)| c.clone())
             .collect();
         for c in &dead {
@@ -654,7 +700,10 @@ impl Shard {
                 let r = self.publish_at_home(&channel, data, exclude);
                 let _ = reply.send(r);
             }
-            ShardMsg::Deliver { publication, exclude } => {
+            ShardMsg::Deliver {
+                publication,
+                exclude,
+            } => {
                 self.deliver(&publication, exclude);
             }
             ShardMsg::Broadcast { publication, reply } => {
@@ -667,7 +716,12 @@ impl Shard {
                 since,
                 reply,
             } => {
-                let outcome = self.home.borrow_mut().subscribe(&channel, from, since.as_ref(), Instant::now());
+                let outcome = self.home.borrow_mut().subscribe(
+                    &channel,
+                    from,
+                    since.as_ref(),
+                    Instant::now(),
+                );
                 self.node.mailboxes[from].push(ShardMsg::SubscribeAck {
                     channel,
                     conn,
@@ -688,13 +742,20 @@ impl Shard {
                 None => {
                     // The subscriber left while the ack was under way.
                     let home = self.node.home_of(&channel);
-                    self.node.mailboxes[home].push(ShardMsg::Unsubscribe { channel, from: self.id });
+                    self.node.mailboxes[home].push(ShardMsg::Unsubscribe {
+                        channel,
+                        from: self.id,
+                    });
                 }
             },
             ShardMsg::Unsubscribe { channel, from } => {
                 self.home.borrow_mut().unsubscribe(&channel, from);
             }
-            ShardMsg::Home { channel, query, reply } => {
+            ShardMsg::Home {
+                channel,
+                query,
+                reply,
+            } => {
                 let _ = reply.send(self.answer_home(&channel, query));
             }
             ShardMsg::Gather { query, reply } => {

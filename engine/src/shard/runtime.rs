@@ -53,7 +53,9 @@ pub fn shard_count(config: &Config) -> usize {
     if config.shards > 0 {
         return config.shards;
     }
-    core_affinity::get_core_ids().map_or(0, |ids| ids.len()).max(1)
+    core_affinity::get_core_ids()
+        .map_or(0, |ids| ids.len())
+        .max(1)
 }
 
 /// Binds every shard's listeners, starts the shard threads.
@@ -84,7 +86,8 @@ pub fn run(config: Config) -> anyhow::Result<RunningNode> {
     let mut ws_addr = config.ws.listen;
     let mut backend_addr = config.backend.listen;
     for _ in 0..shards {
-        let ws = sys::reuseport_listener(ws_addr, config.ws.backlog).with_context(|| format!("cannot listen on {ws_addr} (ws.listen)"))?;
+        let ws = sys::reuseport_listener(ws_addr, config.ws.backlog)
+            .with_context(|| format!("cannot listen on {ws_addr} (ws.listen)"))?;
         ws_addr = ws.local_addr()?;
         let be = sys::reuseport_listener(backend_addr, config.ws.backlog)
             .with_context(|| format!("cannot listen on {backend_addr} (backend.listen)"))?;
@@ -140,12 +143,24 @@ pub fn run(config: Config) -> anyhow::Result<RunningNode> {
 
 /// Creates (and drops) an io_uring runtime to see whether the kernel lets us.
 fn probe_uring() -> std::io::Result<()> {
-    RuntimeBuilder::<IoUringDriver>::new().with_entries(8).build().map(drop)
+    RuntimeBuilder::<IoUringDriver>::new()
+        .with_entries(8)
+        .build()
+        .map(drop)
 }
 
-async fn shard_main(id: usize, node: Arc<Node>, driver: &'static str, ws: TcpListener, be: TcpListener) {
+async fn shard_main(
+    id: usize,
+    node: Arc<Node>,
+    driver: &'static str,
+    ws: TcpListener,
+    be: TcpListener,
+) {
     let shard = Shard::new(id, node, driver);
-    let (ws, be) = match (monoio::net::TcpListener::from_std(ws), monoio::net::TcpListener::from_std(be)) {
+    let (ws, be) = match (
+        monoio::net::TcpListener::from_std(ws),
+        monoio::net::TcpListener::from_std(be),
+    ) {
         (Ok(a), Ok(b)) => (a, b),
         (Err(e), _) | (_, Err(e)) => {
             tracing::error!("shard {id}: cannot register listeners: {e}");

@@ -28,7 +28,12 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let cfg = shard.config();
     let mut buf = Vec::new();
-    let upgrade = match monoio::time::timeout(cfg.handshake_timeout(), read_upgrade(&stream, &mut buf, &cfg.ws.allowed_origins)).await {
+    let upgrade = match monoio::time::timeout(
+        cfg.handshake_timeout(),
+        read_upgrade(&stream, &mut buf, &cfg.ws.allowed_origins),
+    )
+    .await
+    {
         Ok(Ok(u)) => u,
         Ok(Err(Some(e))) => {
             ShardMetrics::inc(&shard.metrics.handshakes_rejected);
@@ -52,20 +57,27 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let mut pending = buf.split_off(upgrade.consumed);
     drop(buf);
     let now = Instant::now();
-    let (conn, cref) = shard.add_conn(|key| Conn::new(key, stream, dialect, cfg.limits.rate_burst, now));
+    let (conn, cref) =
+        shard.add_conn(|key| Conn::new(key, stream, dialect, cfg.limits.rate_burst, now));
     read_loop(&shard, &conn, cref, &mut pending).await;
     shard.remove_conn(&conn);
     drain(&shard, &conn).await;
 }
 
 /// Reads the upgrade request. `Err(None)`: the peer went away.
-async fn read_upgrade(stream: &TcpStream, buf: &mut Vec<u8>, origins: &[String]) -> Result<Upgrade, Option<HandshakeError>> {
+async fn read_upgrade(
+    stream: &TcpStream,
+    buf: &mut Vec<u8>,
+    origins: &[String],
+) -> Result<Upgrade, Option<HandshakeError>> {
     let fd = stream.as_raw_fd();
     let mut chunk = [0u8; 1024];
     loop {
         match parse_upgrade(buf, origins) {
             Ok(Some(u)) => return Ok(u),
-            Ok(None) if buf.len() >= MAX_REQUEST_HEAD => return Err(Some(HandshakeError::TooLarge)),
+            Ok(None) if buf.len() >= MAX_REQUEST_HEAD => {
+                return Err(Some(HandshakeError::TooLarge))
+            }
             Ok(None) => {}
             Err(e) => return Err(Some(e)),
         }
@@ -143,7 +155,14 @@ async fn read_loop(shard: &Rc<Shard>, conn: &Rc<Conn>, cref: ConnRef, pending: &
 
 /// Feeds `n` new bytes (in the shard scratch buffer) through the WebSocket
 /// state machine; complete messages are parsed into `msgs`.
-fn ingest(shard: &Shard, conn: &Rc<Conn>, ws: &mut WsProtocol, pending: &mut Vec<u8>, n: usize, msgs: &mut Vec<Parsed>) -> Step {
+fn ingest(
+    shard: &Shard,
+    conn: &Rc<Conn>,
+    ws: &mut WsProtocol,
+    pending: &mut Vec<u8>,
+    n: usize,
+    msgs: &mut Vec<Parsed>,
+) -> Step {
     let max = shard.config().limits.max_message_size;
     let mut scratch = shard.scratch.borrow_mut();
     let mut parser = shard.parser.borrow_mut();
@@ -225,7 +244,13 @@ fn internal(e: impl std::fmt::Display) -> RpcError {
     RpcError::new(-32603, format!("internal error: {e}"))
 }
 
-async fn exec_call(shard: &Rc<Shard>, conn: &Rc<Conn>, cref: ConnRef, call: Call<ClientMethod>, w: &mut ReplyWriter) {
+async fn exec_call(
+    shard: &Rc<Shard>,
+    conn: &Rc<Conn>,
+    cref: ConnRef,
+    call: Call<ClientMethod>,
+    w: &mut ReplyWriter,
+) {
     let id = call.id.as_deref();
     let method = match call.method {
         Ok(m) => m,
@@ -241,13 +266,15 @@ async fn exec_call(shard: &Rc<Shard>, conn: &Rc<Conn>, cref: ConnRef, call: Call
     let rocket = conn.dialect == Dialect::Rocketws;
     let result: Result<Vec<u8>, RpcError> = match method {
         ClientMethod::Heartbeat => Ok(br#"{"heartbeat":"ok"}"#.to_vec()),
-        ClientMethod::Subscribe { channel, since } => subscribe(shard, conn, cref, &channel, since).await.map(|info| {
-            if rocket {
-                br#""subscribed""#.to_vec()
-            } else {
-                subscribe_result(&channel, &info)
-            }
-        }),
+        ClientMethod::Subscribe { channel, since } => subscribe(shard, conn, cref, &channel, since)
+            .await
+            .map(|info| {
+                if rocket {
+                    br#""subscribed""#.to_vec()
+                } else {
+                    subscribe_result(&channel, &info)
+                }
+            }),
         ClientMethod::Unsubscribe { channel } => {
             if shard.unsubscribe(conn, &channel) || rocket {
                 Ok(if rocket {
@@ -259,8 +286,17 @@ async fn exec_call(shard: &Rc<Shard>, conn: &Rc<Conn>, cref: ConnRef, call: Call
                 Err(not_subscribed(&channel))
             }
         }
-        ClientMethod::SendData { channel, data } => send_data(shard, conn, &channel, data, rocket).await,
-        ClientMethod::History { channel, since, limit } => match shard.ask_home(&channel, HomeQuery::History { since, limit }).await {
+        ClientMethod::SendData { channel, data } => {
+            send_data(shard, conn, &channel, data, rocket).await
+        }
+        ClientMethod::History {
+            channel,
+            since,
+            limit,
+        } => match shard
+            .ask_home(&channel, HomeQuery::History { since, limit })
+            .await
+        {
             Ok(HomeAnswer::History(h)) => Ok(history_result(&h)),
             Ok(_) => Err(internal("unexpected answer")),
             Err(e) => Err(internal(e)),
@@ -269,7 +305,13 @@ async fn exec_call(shard: &Rc<Shard>, conn: &Rc<Conn>, cref: ConnRef, call: Call
     w.reply(id, result.as_deref().map_err(|e| e));
 }
 
-async fn subscribe(shard: &Rc<Shard>, conn: &Rc<Conn>, cref: ConnRef, channel: &str, since: Option<crate::home_shard::Since>) -> Result<SubscribeInfo, RpcError> {
+async fn subscribe(
+    shard: &Rc<Shard>,
+    conn: &Rc<Conn>,
+    cref: ConnRef,
+    channel: &str,
+    since: Option<crate::home_shard::Since>,
+) -> Result<SubscribeInfo, RpcError> {
     if shard.is_subscribed(conn, channel) {
         // Already in: report where the channel is, change nothing.
         return match shard.ask_home(channel, HomeQuery::Last).await {
@@ -290,13 +332,26 @@ async fn subscribe(shard: &Rc<Shard>, conn: &Rc<Conn>, cref: ConnRef, channel: &
             format!("limit exceeded: at most {max} subscriptions per connection"),
         ));
     }
-    shard.subscribe(conn, cref, channel, since).await.map_err(internal)
+    shard
+        .subscribe(conn, cref, channel, since)
+        .await
+        .map_err(internal)
 }
 
-async fn send_data(shard: &Rc<Shard>, conn: &Rc<Conn>, channel: &str, data: Bytes, rocket: bool) -> Result<Vec<u8>, RpcError> {
+async fn send_data(
+    shard: &Rc<Shard>,
+    conn: &Rc<Conn>,
+    channel: &str,
+    data: Bytes,
+    rocket: bool,
+) -> Result<Vec<u8>, RpcError> {
     if !shard.is_subscribed(conn, channel) {
         if rocket {
-            let peer = conn.stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "unknown".into());
+            let peer = conn
+                .stream
+                .peer_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|_| "unknown".into());
             return Err(RpcError::new(
                 rpc::SERVER_ERROR,
                 format!("client {peer} is not subscribed to channel {channel}"),
@@ -305,14 +360,23 @@ async fn send_data(shard: &Rc<Shard>, conn: &Rc<Conn>, channel: &str, data: Byte
         return Err(not_subscribed(channel));
     }
     if rocket && !(data.first() == Some(&b'{')) {
-        return Err(RpcError::invalid_params("invalid params: \"data\" must be a JSON object"));
+        return Err(RpcError::invalid_params(
+            "invalid params: \"data\" must be a JSON object",
+        ));
     }
     let exclude = (!conn.echo).then_some((shard.id, conn.key));
-    let r = shard.publish(channel, data, exclude).await.map_err(internal)?;
+    let r = shard
+        .publish(channel, data, exclude)
+        .await
+        .map_err(internal)?;
     Ok(if rocket {
         format!("\"emitted: {}\"", r.subscribers).into_bytes()
     } else {
-        format!(r#"{{"offset":{},"subscribers":{}}}"#, r.offset, r.subscribers).into_bytes()
+        format!(
+            r#"{{"offset":{},"subscribers":{}}}"#,
+            r.offset, r.subscribers
+        )
+        .into_bytes()
     })
 }
 
@@ -371,7 +435,10 @@ async fn drain(shard: &Rc<Shard>, conn: &Rc<Conn>) {
             Ok((false, n)) => {
                 ShardMetrics::add(&shard.metrics.bytes_out, n as u64);
                 let left = deadline.saturating_duration_since(Instant::now());
-                if monoio::time::timeout(left, conn.stream.writable(false)).await.is_err() {
+                if monoio::time::timeout(left, conn.stream.writable(false))
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
