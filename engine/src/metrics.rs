@@ -68,7 +68,8 @@ pub struct Gauges {
 /// in total.
 pub fn render_prometheus(shards: &[(usize, Gauges, MetricsSnapshot)]) -> String {
     let mut out = String::new();
-    let gauges: [(&str, &str, fn(&Gauges) -> u64); 3] = [
+    type Gauge = (&'static str, &'static str, fn(&Gauges) -> u64);
+    let gauges: [Gauge; 3] = [
         ("connections", "Open WebSocket connections", |g| {
             g.connections
         }),

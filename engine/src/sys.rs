@@ -82,7 +82,7 @@ pub fn open_file_limit() -> io::Result<(u64, u64)> {
     if r != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok((lim.rlim_cur as u64, lim.rlim_max as u64))
+    Ok((lim.rlim_cur, lim.rlim_max))
 }
 
 /// Raises the soft open-file limit to the hard limit (what servers do at

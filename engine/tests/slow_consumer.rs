@@ -41,7 +41,12 @@ fn publish_and_read(server: &Server, good: &mut Ws, channel: &str, n: u64) -> Ve
 
 #[test]
 fn stalled_reader_is_disconnected_and_others_get_everything() {
-    let server = Server::start(&["--max-outbound-bytes", "262144", "--slow-consumer", "disconnect"]);
+    let server = Server::start(&[
+        "--max-outbound-bytes",
+        "262144",
+        "--slow-consumer",
+        "disconnect",
+    ]);
     let mut stalled = server.ws("/");
     subscribe(&mut stalled, "feed");
     let mut good = server.ws("/");
@@ -50,18 +55,34 @@ fn stalled_reader_is_disconnected_and_others_get_everything() {
 
     let n = 1500; // ~24 MiB: far more than the socket buffers hold
     let seen = publish_and_read(&server, &mut good, "feed", n);
-    assert_eq!(seen, (1..=n).collect::<Vec<_>>(), "the reading subscriber gets everything in order");
+    assert_eq!(
+        seen,
+        (1..=n).collect::<Vec<_>>(),
+        "the reading subscriber gets everything in order"
+    );
 
     let info = server.call("info", json!({}));
-    assert!(info["counters"]["slow_consumer_disconnects"].as_u64().unwrap() >= 1, "{info}");
-    assert_eq!(server.call("total_subscribers", json!({"channel": "feed"}))["total"], 1);
+    assert!(
+        info["counters"]["slow_consumer_disconnects"]
+            .as_u64()
+            .unwrap()
+            >= 1,
+        "{info}"
+    );
+    assert_eq!(
+        server.call("total_subscribers", json!({"channel": "feed"}))["total"],
+        1
+    );
     // Bounded: the stalled client cost at most its budget, not the 24 MiB.
     let grown = rss_kib(server.pid()).saturating_sub(rss_before);
     assert!(grown < 16 * 1024, "server RSS grew by {grown} KiB");
 
     // The stalled client, once it reads, finds a close 1008 "slow consumer"
     // after what the kernel buffered, or a reset.
-    stalled.get_mut().set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stalled
+        .get_mut()
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         match stalled.read() {
@@ -90,8 +111,15 @@ fn stalled_reader_sees_gaps_under_drop_policy() {
     assert_eq!(seen, (1..=n).collect::<Vec<_>>());
 
     let info = server.call("info", json!({}));
-    assert!(info["counters"]["dropped_deliveries"].as_u64().unwrap() > 0, "{info}");
-    assert_eq!(server.call("total_subscribers", json!({"channel": "feed"}))["total"], 2, "drop keeps the client");
+    assert!(
+        info["counters"]["dropped_deliveries"].as_u64().unwrap() > 0,
+        "{info}"
+    );
+    assert_eq!(
+        server.call("total_subscribers", json!({"channel": "feed"}))["total"],
+        2,
+        "drop keeps the client"
+    );
 
     // Now read: offsets only go up, with at least one gap, and the client
     // gets the live publication after the backlog.

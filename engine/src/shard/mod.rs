@@ -849,7 +849,7 @@ impl Shard {
                     },
                 }
             }
-            if ticks % 10 == 0 {
+            if ticks.is_multiple_of(10) {
                 self.home.borrow_mut().prune(now);
             }
         }

@@ -302,7 +302,7 @@ async fn exec_call(
             Err(e) => Err(internal(e)),
         },
     };
-    w.reply(id, result.as_deref().map_err(|e| e));
+    w.reply(id, result.as_deref());
 }
 
 async fn subscribe(
@@ -359,7 +359,7 @@ async fn send_data(
         }
         return Err(not_subscribed(channel));
     }
-    if rocket && !(data.first() == Some(&b'{')) {
+    if rocket && data.first() != Some(&b'{') {
         return Err(RpcError::invalid_params(
             "invalid params: \"data\" must be a JSON object",
         ));

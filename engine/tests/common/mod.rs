@@ -46,7 +46,7 @@ impl Server {
                 "--backend-listen".into(),
                 backend.to_string(),
             ];
-            if !extra.iter().any(|a| *a == "--shards") {
+            if !extra.contains(&"--shards") {
                 args.push("--shards".into());
                 args.push("2".into());
             }
