@@ -1,1 +1,5 @@
+mod frame;
+mod handshake;
+mod scan;
+mod tracker;
 fn main() {}
