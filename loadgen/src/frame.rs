@@ -181,7 +181,11 @@ mod tests {
             for len in 0..data.len() {
                 let mut d = data[..len].to_vec();
                 apply_mask(&mut d, mask, offset);
-                assert_eq!(d, naive_mask(&data[..len], mask, offset), "off {offset} len {len}");
+                assert_eq!(
+                    d,
+                    naive_mask(&data[..len], mask, offset),
+                    "off {offset} len {len}"
+                );
             }
         }
     }
@@ -208,7 +212,11 @@ mod tests {
             // Every strict prefix is incomplete, never an error.
             for cut in [0, 1, 2, 3, buf.len() - 1] {
                 if cut < buf.len() {
-                    assert_eq!(decode(&buf[..cut], 1 << 20).unwrap(), None, "len {len} cut {cut}");
+                    assert_eq!(
+                        decode(&buf[..cut], 1 << 20).unwrap(),
+                        None,
+                        "len {len} cut {cut}"
+                    );
                 }
             }
         }
@@ -230,12 +238,27 @@ mod tests {
 
     #[test]
     fn rejects_protocol_violations() {
-        assert_eq!(decode(&[0x81, 0x81, 0, 0, 0, 0, 0], 10), Err(ProtocolError::MaskedServerFrame));
+        assert_eq!(
+            decode(&[0x81, 0x81, 0, 0, 0, 0, 0], 10),
+            Err(ProtocolError::MaskedServerFrame)
+        );
         assert_eq!(decode(&[0xC1, 0x00], 10), Err(ProtocolError::ReservedBits));
-        assert_eq!(decode(&[0x83, 0x00], 10), Err(ProtocolError::UnknownOpcode(3)));
-        assert_eq!(decode(&[0x09, 0x00], 10), Err(ProtocolError::BadControlFrame));
-        assert_eq!(decode(&[0x89, 126, 0, 200], 1000), Err(ProtocolError::BadControlFrame));
-        assert_eq!(decode(&[0x81, 126, 0x10, 0], 10), Err(ProtocolError::TooLarge(4096)));
+        assert_eq!(
+            decode(&[0x83, 0x00], 10),
+            Err(ProtocolError::UnknownOpcode(3))
+        );
+        assert_eq!(
+            decode(&[0x09, 0x00], 10),
+            Err(ProtocolError::BadControlFrame)
+        );
+        assert_eq!(
+            decode(&[0x89, 126, 0, 200], 1000),
+            Err(ProtocolError::BadControlFrame)
+        );
+        assert_eq!(
+            decode(&[0x81, 126, 0x10, 0], 10),
+            Err(ProtocolError::TooLarge(4096))
+        );
     }
 
     #[test]

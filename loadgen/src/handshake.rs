@@ -110,10 +110,19 @@ mod tests {
     fn rejects_wrong_status_and_wrong_accept() {
         let key = new_key();
         let bad = "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n";
-        assert_eq!(parse_response(bad.as_bytes(), &key), Err(HandshakeError::Status(403)));
+        assert_eq!(
+            parse_response(bad.as_bytes(), &key),
+            Err(HandshakeError::Status(403))
+        );
         let other = response("c29tZSBvdGhlciBrZXk=");
-        assert_eq!(parse_response(other.as_bytes(), &key), Err(HandshakeError::BadAccept));
+        assert_eq!(
+            parse_response(other.as_bytes(), &key),
+            Err(HandshakeError::BadAccept)
+        );
         let no_upgrade = "HTTP/1.1 101 Switching Protocols\r\n\r\n";
-        assert_eq!(parse_response(no_upgrade.as_bytes(), &key), Err(HandshakeError::NotUpgrade));
+        assert_eq!(
+            parse_response(no_upgrade.as_bytes(), &key),
+            Err(HandshakeError::NotUpgrade)
+        );
     }
 }

@@ -1,5 +1,3 @@
-mod frame;
-mod handshake;
-mod scan;
-mod tracker;
-fn main() {}
+fn main() -> std::process::ExitCode {
+    ringcast_loadgen::main_entry()
+}

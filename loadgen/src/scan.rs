@@ -12,13 +12,18 @@ use std::sync::LazyLock;
 
 static METHOD_MESSAGE: LazyLock<memmem::Finder<'static>> =
     LazyLock::new(|| memmem::Finder::new(b"\"method\":\"message\""));
-static CHANNEL: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(b"\"channel\":\""));
-static OFFSET: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(b"\"offset\":"));
+static CHANNEL: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"channel\":\""));
+static OFFSET: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"offset\":"));
 static TS: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(b"\"ts\":"));
 static ID: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(b"\"id\":"));
-static RESULT: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(b"\"result\":"));
-static ERROR: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(b"\"error\":"));
-static MESSAGE: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(b"\"message\":\""));
+static RESULT: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"result\":"));
+static ERROR: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"error\":"));
+static MESSAGE: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"message\":\""));
 
 /// What a server text frame is, as far as the loadgen is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,7 +82,11 @@ pub fn classify(payload: &[u8]) -> Notice<'_> {
             return Notice::Other;
         };
         let ts_ns = number_after(&TS, payload);
-        return Notice::Message { channel, offset, ts_ns };
+        return Notice::Message {
+            channel,
+            offset,
+            ts_ns,
+        };
     }
     if let Some(i) = RESULT.find(payload) {
         let id = number_after(&ID, payload).unwrap_or(0);
@@ -128,24 +137,53 @@ mod tests {
         let f = br#"{"jsonrpc":"2.0","method":"message","params":{"channel":"lg-7","offset":42,"id":1732240000123,"data":{"ts":1700000000000000001,"seq":3,"pad":"xx"}}}"#;
         assert_eq!(
             classify(f),
-            Notice::Message { channel: b"lg-7", offset: 42, ts_ns: Some(1_700_000_000_000_000_001) }
+            Notice::Message {
+                channel: b"lg-7",
+                offset: 42,
+                ts_ns: Some(1_700_000_000_000_000_001)
+            }
         );
     }
 
     #[test]
     fn publication_without_timestamp_still_counts() {
         let f = br#"{"jsonrpc":"2.0","method":"message","params":{"channel":"c","offset":1,"id":5,"data":{"x":1}}}"#;
-        assert_eq!(classify(f), Notice::Message { channel: b"c", offset: 1, ts_ns: None });
+        assert_eq!(
+            classify(f),
+            Notice::Message {
+                channel: b"c",
+                offset: 1,
+                ts_ns: None
+            }
+        );
     }
 
     #[test]
     fn classifies_replies_and_errors() {
         let r = br#"{"jsonrpc":"2.0","id":7,"result":{"channel":"c","offset":12,"epoch":"ab"}}"#;
-        assert_eq!(classify(r), Notice::Reply { id: 7, offset: Some(12) });
+        assert_eq!(
+            classify(r),
+            Notice::Reply {
+                id: 7,
+                offset: Some(12)
+            }
+        );
         let h = br#"{"jsonrpc":"2.0","id":8,"result":{"heartbeat":"ok"}}"#;
-        assert_eq!(classify(h), Notice::Reply { id: 8, offset: None });
+        assert_eq!(
+            classify(h),
+            Notice::Reply {
+                id: 8,
+                offset: None
+            }
+        );
         let e = br#"{"jsonrpc":"2.0","id":9,"error":{"code":-32001,"message":"not subscribed"}}"#;
-        assert_eq!(classify(e), Notice::Error { id: 9, message: b"not subscribed" });
+        assert_eq!(
+            classify(e),
+            Notice::Error {
+                id: 9,
+                message: b"not subscribed"
+            }
+        );
         let b = br#"{"jsonrpc":"2.0","method":"broadcast","params":{"id":1,"data":{}}}"#;
         assert_eq!(classify(b), Notice::Other);
     }
@@ -165,7 +203,12 @@ mod tests {
 
     #[test]
     fn emit_results() {
-        assert_eq!(emit_result(br#"{"jsonrpc":"2.0","id":1,"result":{"offset":9,"id":3,"subscribers":2}}"#), Ok(9));
+        assert_eq!(
+            emit_result(
+                br#"{"jsonrpc":"2.0","id":1,"result":{"offset":9,"id":3,"subscribers":2}}"#
+            ),
+            Ok(9)
+        );
         assert!(emit_result(br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32602}}"#).is_err());
     }
 

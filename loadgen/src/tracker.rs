@@ -51,7 +51,10 @@ pub struct OffsetTracker {
 
 impl OffsetTracker {
     pub fn new(start: u64) -> Self {
-        OffsetTracker { last: start, ..Default::default() }
+        OffsetTracker {
+            last: start,
+            ..Default::default()
+        }
     }
 
     pub fn last(&self) -> u64 {
@@ -74,7 +77,12 @@ impl OffsetTracker {
         }
         if offset > self.last {
             let from = self.last + 1;
-            let mut own: Vec<u64> = self.skips.iter().copied().filter(|&s| s >= from && s < offset).collect();
+            let mut own: Vec<u64> = self
+                .skips
+                .iter()
+                .copied()
+                .filter(|&s| s >= from && s < offset)
+                .collect();
             own.sort_unstable();
             let skipped = self.skipped_between(self.last, offset);
             debug_assert_eq!(skipped as usize, own.len());
@@ -94,9 +102,17 @@ impl OffsetTracker {
             self.last = offset;
             self.counts.delivered += 1;
             self.counts.lost += gap;
-            return if gap == 0 { Outcome::InOrder } else { Outcome::Gap(gap) };
+            return if gap == 0 {
+                Outcome::InOrder
+            } else {
+                Outcome::Gap(gap)
+            };
         }
-        if let Some(i) = self.missing.iter().position(|&(a, b)| a <= offset && offset <= b) {
+        if let Some(i) = self
+            .missing
+            .iter()
+            .position(|&(a, b)| a <= offset && offset <= b)
+        {
             let (a, b) = self.missing[i];
             self.missing.swap_remove(i);
             if a < offset {
@@ -118,7 +134,11 @@ impl OffsetTracker {
     pub fn handle_own(&mut self, offset: u64) {
         if offset > self.last {
             self.skips.push(offset);
-        } else if let Some(i) = self.missing.iter().position(|&(a, b)| a <= offset && offset <= b) {
+        } else if let Some(i) = self
+            .missing
+            .iter()
+            .position(|&(a, b)| a <= offset && offset <= b)
+        {
             let (a, b) = self.missing[i];
             self.missing.swap_remove(i);
             if a < offset {
@@ -136,7 +156,11 @@ impl OffsetTracker {
         if final_offset <= self.last {
             return 0;
         }
-        let own = self.skips.iter().filter(|&&s| s > self.last && s <= final_offset).count() as u64;
+        let own = self
+            .skips
+            .iter()
+            .filter(|&&s| s > self.last && s <= final_offset)
+            .count() as u64;
         final_offset - self.last - own
     }
 
@@ -161,7 +185,13 @@ mod tests {
         }
         assert_eq!(t.outstanding(20), 0);
         let c = t.finish(20);
-        assert_eq!(c, Counts { delivered: 10, ..Default::default() });
+        assert_eq!(
+            c,
+            Counts {
+                delivered: 10,
+                ..Default::default()
+            }
+        );
     }
 
     #[test]
@@ -171,7 +201,15 @@ mod tests {
         assert_eq!(t.handle_delivery(4), Outcome::Gap(2));
         assert_eq!(t.outstanding(6), 2);
         let c = t.finish(6);
-        assert_eq!(c, Counts { delivered: 2, lost: 4, duplicates: 0, reordered: 0 });
+        assert_eq!(
+            c,
+            Counts {
+                delivered: 2,
+                lost: 4,
+                duplicates: 0,
+                reordered: 0
+            }
+        );
     }
 
     #[test]
@@ -183,7 +221,15 @@ mod tests {
         assert_eq!(t.handle_delivery(2), Outcome::Duplicate);
         assert_eq!(t.handle_delivery(3), Outcome::Duplicate);
         let c = t.finish(3);
-        assert_eq!(c, Counts { delivered: 3, lost: 0, duplicates: 2, reordered: 1 });
+        assert_eq!(
+            c,
+            Counts {
+                delivered: 3,
+                lost: 0,
+                duplicates: 2,
+                reordered: 1
+            }
+        );
     }
 
     #[test]
@@ -215,7 +261,13 @@ mod tests {
         assert_eq!(t.outstanding(6), 0);
         assert_eq!(t.outstanding(7), 1);
         let c = t.finish(6);
-        assert_eq!(c, Counts { delivered: 3, ..Default::default() });
+        assert_eq!(
+            c,
+            Counts {
+                delivered: 3,
+                ..Default::default()
+            }
+        );
     }
 
     #[test]
