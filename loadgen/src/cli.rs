@@ -74,10 +74,10 @@ pub struct Opts {
     #[arg(long, global = true, value_parser = clap::value_parser!(u64).range(1..))]
     pub channels: Option<u64>,
     /// Publications/s (fanout), send_data/s per client (chat), connections/s (churn).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, allow_negative_numbers = true)]
     pub rate: Option<f64>,
     /// Seconds to run the measured phase.
-    #[arg(short = 'd', long, global = true, default_value_t = 10.0)]
+    #[arg(short = 'd', long, global = true, default_value_t = 10.0, allow_negative_numbers = true)]
     pub duration: f64,
     /// Publications in total (fanout, saturate) or per client (chat, Thor's -n).
     #[arg(short = 'n', long, global = true, value_parser = clap::value_parser!(u64).range(1..))]
@@ -124,6 +124,17 @@ pub struct Opts {
     /// Channel name prefix (default: lg-<pid>-).
     #[arg(long, global = true)]
     pub channel_prefix: Option<String>,
+    /// Testing aid: the first N connections stop reading for --stall-seconds
+    /// when publishing starts (shows how a server treats slow consumers).
+    #[arg(long, global = true, default_value_t = 0, hide = true)]
+    pub stall_connections: u64,
+    /// Testing aid: how long stalled connections stop reading.
+    #[arg(long, global = true, default_value_t = 2.0, hide = true)]
+    pub stall_seconds: f64,
+    /// Testing aid: backdate each payload's timestamp by this many ms, a
+    /// known delay the latency figures must show.
+    #[arg(long, global = true, default_value_t = 0, hide = true)]
+    pub ts_backdate_ms: u64,
 }
 
 /// Arguments checked and resolved.

@@ -109,6 +109,10 @@ pub struct ThreadPlan {
     pub concurrency: usize,
     pub connect_timeout: Duration,
     pub chat: Option<ChatPlan>,
+    /// Fault injection: connections at these indexes of `connections` stop
+    /// reading (with a tiny receive buffer) for this long once the measured
+    /// phase starts, so a server can be seen dropping or disconnecting them.
+    pub stall: Option<(Vec<usize>, Duration)>,
     /// Churn: open this many connections per second (for this thread),
     /// closing each once subscribed, until DRAIN.
     pub churn_rate: Option<f64>,
@@ -163,6 +167,7 @@ struct Conn {
     subs: Vec<Sub>,
     pending_subs: usize,
     sent: u64,
+    stalled: bool,
     /// Own `send_data` ids in flight: id -> channel index.
     inflight: Vec<(u64, u32)>,
 }
@@ -205,9 +210,12 @@ fn wall_ns() -> u64 {
         .unwrap_or(0)
 }
 
-fn start_connect(plan: &ThreadPlan, n: usize) -> io::Result<TcpStream> {
+fn start_connect(plan: &ThreadPlan, n: usize, small_rcvbuf: bool) -> io::Result<TcpStream> {
     let sock = Socket::new(Domain::for_address(plan.server), Type::STREAM, None)?;
     sock.set_nonblocking(true)?;
+    if small_rcvbuf {
+        sock.set_recv_buffer_size(4096)?;
+    }
     sock.set_tcp_nodelay(true)?;
     if !plan.src_ips.is_empty() {
         let ip = plan.src_ips[n % plan.src_ips.len()];
@@ -524,6 +532,8 @@ pub fn run_thread(plan: ThreadPlan, control: Arc<Control>) -> ThreadStats {
         progress: 0,
     };
     let mut last_sweep = Instant::now();
+    let mut stall_state = 0u8;
+    let mut stall_started = Instant::now();
     let mut last_chat_tick = Instant::now();
     let mut next_conn = 0usize; // next index into plan.connections to open
     let mut in_handshake = 0usize;
@@ -571,7 +581,11 @@ pub fn run_thread(plan: ThreadPlan, control: Arc<Control>) -> ThreadStats {
                     (next_conn - 1, plan.connections[next_conn - 1].clone())
                 };
                 budget -= 1;
-                match start_connect(&plan, n + plan.index) {
+                let stall = plan
+                    .stall
+                    .as_ref()
+                    .is_some_and(|(v, _)| plan.churn_rate.is_none() && v.contains(&n));
+                match start_connect(&plan, n + plan.index, stall) {
                     Ok(sock) => {
                         let entry = conns.vacant_entry();
                         let mut conn = Conn {
@@ -595,6 +609,7 @@ pub fn run_thread(plan: ThreadPlan, control: Arc<Control>) -> ThreadStats {
                                 .collect(),
                             pending_subs: 0,
                             sent: 0,
+                            stalled: stall,
                             inflight: Vec::new(),
                         };
                         if let Err(e) = poll.registry().register(
@@ -615,6 +630,26 @@ pub fn run_thread(plan: ThreadPlan, control: Arc<Control>) -> ThreadStats {
             }
         }
 
+        if let Some((_, d)) = &plan.stall {
+            if ph >= phase::RUN && stall_state == 0 {
+                stall_state = 1;
+                stall_started = Instant::now();
+                for (k, c) in conns.iter_mut().filter(|(_, c)| c.stalled) {
+                    let _ = poll
+                        .registry()
+                        .reregister(&mut c.sock, Token(k), Interest::WRITABLE);
+                }
+            } else if stall_state == 1 && stall_started.elapsed() >= *d {
+                stall_state = 2;
+                for (k, c) in conns.iter_mut().filter(|(_, c)| c.stalled) {
+                    let _ = poll.registry().reregister(
+                        &mut c.sock,
+                        Token(k),
+                        Interest::READABLE | Interest::WRITABLE,
+                    );
+                }
+            }
+        }
         if let Err(e) = poll.poll(&mut events, Some(poll_timeout)) {
             if e.kind() != io::ErrorKind::Interrupted {
                 break;

@@ -24,6 +24,8 @@ pub struct PublishPlan {
     /// Requests in flight at most.
     pub window: u64,
     pub size: usize,
+    /// Subtracted from each embedded timestamp (a known, injected delay).
+    pub backdate_ns: u64,
 }
 
 /// What publishing did.
@@ -232,7 +234,7 @@ pub fn run(plan: &PublishPlan, abort: &AtomicBool) -> io::Result<PublishResult> 
             continue;
         }
         out.clear();
-        let ts = wall_ns();
+        let ts = wall_ns().saturating_sub(plan.backdate_ns);
         for _ in 0..n {
             let chan = (sent % channels as u64) as usize;
             emit_request(

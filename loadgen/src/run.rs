@@ -103,6 +103,8 @@ impl LocalPool {
                     messages_per_client: s.opts.messages,
                     size: s.opts.size as usize,
                 }),
+                stall: (s.opts.stall_connections > 0)
+                    .then(|| (Vec::new(), Duration::from_secs_f64(s.opts.stall_seconds))),
                 churn_rate: (s.scenario == Scenario::Churn).then(|| {
                     s.opts.rate.unwrap_or(100.0) / (threads as u64 * s.opts.processes) as f64
                 }),
@@ -110,9 +112,13 @@ impl LocalPool {
             .collect();
         let mut connections = 0;
         for (i, g) in share.connections(s.opts.connections).enumerate() {
-            plans[i % threads]
-                .connections
-                .push(vec![(g % s.channels) as u32]);
+            let p = &mut plans[i % threads];
+            if g < s.opts.stall_connections {
+                if let Some((v, _)) = &mut p.stall {
+                    v.push(p.connections.len());
+                }
+            }
+            p.connections.push(vec![(g % s.channels) as u32]);
             connections += 1;
         }
         let cores = core_affinity::get_core_ids().map(|c| c.len()).unwrap_or(1);
@@ -519,6 +525,7 @@ pub fn run(s: &Settings) -> anyhow::Result<Report> {
                 messages,
                 window: s.opts.window,
                 size: s.opts.size as usize,
+                backdate_ns: s.opts.ts_backdate_ms * 1_000_000,
             };
             let abort = std::sync::atomic::AtomicBool::new(false);
             let res = std::thread::scope(|sc| {
