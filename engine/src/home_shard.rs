@@ -1,1 +1,473 @@
-//! TODO: home_shard
+//! Per-channel state kept by the channel's home shard.
+//!
+//! Every channel has one home shard (`hash(channel) % shards`), the single
+//! writer for it: it assigns offsets, owns the epoch and the history ring,
+//! and knows how many subscribers each shard has, so a publication is
+//! forwarded only to shards that want it. This module is the pure state
+//! machine; the shard runtime moves its inputs and outputs between threads.
+#![forbid(unsafe_code)]
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::publication::Publication;
+
+/// Which shard is home to `channel` among `shards`. Stable for the life of
+/// the process (a fixed-key FxHash-style hash, not randomized per thread).
+pub fn home_of(channel: &str, shards: usize) -> usize {
+    if shards <= 1 {
+        return 0;
+    }
+    let mut h = FixedState.build_hasher();
+    h.write(channel.as_bytes());
+    (h.finish() % shards as u64) as usize
+}
+
+/// A deterministic hasher (FNV-1a, 64-bit): every shard must agree on homes.
+#[derive(Clone, Copy, Default)]
+struct FixedState;
+
+struct Fnv(u64);
+
+impl BuildHasher for FixedState {
+    type Hasher = Fnv;
+    fn build_hasher(&self) -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// A client's position in a channel, as sent in `since`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Since {
+    pub offset: u64,
+    pub epoch: String,
+}
+
+/// The answer to a subscribe at the home shard.
+#[derive(Debug, Clone)]
+pub struct SubscribeOutcome {
+    /// The channel's last offset at the moment of subscribing; the
+    /// subscriber receives every later one live.
+    pub offset: u64,
+    pub epoch: Arc<str>,
+    /// Present when `since` was given.
+    pub recovered: Option<bool>,
+    /// The range that was missed and cannot be replayed, inclusive.
+    pub missed: Option<(u64, u64)>,
+    /// Missed publications still in history, oldest first.
+    pub replay: Vec<Arc<Publication>>,
+}
+
+/// The answer to `history`.
+#[derive(Debug, Clone)]
+pub struct HistoryOutcome {
+    pub offset: u64,
+    pub epoch: Arc<str>,
+    pub publications: Vec<Arc<Publication>>,
+}
+
+struct HomeChannel {
+    name: Arc<str>,
+    last_offset: u64,
+    epoch: Arc<str>,
+    /// Subscribers per shard.
+    counts: Vec<u32>,
+    history: VecDeque<(Arc<Publication>, Instant)>,
+}
+
+impl HomeChannel {
+    fn total(&self) -> usize {
+        self.counts.iter().map(|&c| c as usize).sum()
+    }
+
+    fn expire(&mut self, now: Instant, ttl: Duration) {
+        while let Some((_, at)) = self.history.front() {
+            if now.saturating_duration_since(*at) > ttl {
+                self.history.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// Publications with offset > `after`, at most `limit`, and the first
+    /// offset after `after` that history could not supply (if any).
+    fn after(&self, after: u64, limit: usize) -> (Vec<Arc<Publication>>, Option<u64>) {
+        let oldest = self
+            .history
+            .front()
+            .map_or(self.last_offset + 1, |(p, _)| p.offset);
+        let gap_end = if after + 1 < oldest {
+            Some(oldest - 1)
+        } else {
+            None
+        };
+        let pubs = self
+            .history
+            .iter()
+            .filter(|(p, _)| p.offset > after)
+            .take(limit)
+            .map(|(p, _)| p.clone())
+            .collect();
+        (pubs, gap_end)
+    }
+}
+
+/// What a publish did at the home shard.
+#[derive(Debug)]
+pub struct Published {
+    pub publication: Arc<Publication>,
+    /// Subscribers over all shards at the moment of publishing.
+    pub subscribers: usize,
+}
+
+/// The state of every channel homed on one shard.
+pub struct HomeShard {
+    shards: usize,
+    history_size: usize,
+    history_ttl: Duration,
+    /// Distinguishes this process's epochs from any earlier process's.
+    epoch_prefix: String,
+    epoch_seq: u64,
+    channels: HashMap<Arc<str>, HomeChannel>,
+}
+
+impl HomeShard {
+    /// `node_start_ms` makes epochs differ across restarts.
+    pub fn new(
+        shard: usize,
+        shards: usize,
+        history_size: usize,
+        history_ttl: Duration,
+        node_start_ms: u64,
+    ) -> Self {
+        HomeShard {
+            shards,
+            history_size,
+            history_ttl,
+            epoch_prefix: format!("{node_start_ms:x}{shard:02x}"),
+            epoch_seq: 0,
+            channels: HashMap::new(),
+        }
+    }
+
+    fn channel(&mut self, name: &str) -> &mut HomeChannel {
+        if !self.channels.contains_key(name) {
+            self.epoch_seq += 1;
+            let name: Arc<str> = Arc::from(name);
+            let ch = HomeChannel {
+                name: name.clone(),
+                last_offset: 0,
+                epoch: Arc::from(format!("{}{:x}", self.epoch_prefix, self.epoch_seq)),
+                counts: vec![0; self.shards],
+                history: VecDeque::new(),
+            };
+            self.channels.insert(name, ch);
+        }
+        match self.channels.get_mut(name) {
+            Some(ch) => ch,
+            None => unreachable!("inserted above"),
+        }
+    }
+
+    /// Assigns the next offset of `channel` and builds the publication with
+    /// `build(channel_name, offset)`; keeps it in history. Shards to forward
+    /// to are those with `counts[shard] > 0`, see [`HomeShard::interested`].
+    pub fn publish(
+        &mut self,
+        channel: &str,
+        now: Instant,
+        build: impl FnOnce(Arc<str>, u64) -> Publication,
+    ) -> Published {
+        let (size, ttl) = (self.history_size, self.history_ttl);
+        let ch = self.channel(channel);
+        ch.last_offset += 1;
+        let publication = Arc::new(build(ch.name.clone(), ch.last_offset));
+        if size > 0 {
+            ch.expire(now, ttl);
+            if ch.history.len() == size {
+                ch.history.pop_front();
+            }
+            ch.history.push_back((publication.clone(), now));
+        }
+        Published {
+            publication,
+            subscribers: ch.total(),
+        }
+    }
+
+    /// Shards with subscribers of `channel`.
+    pub fn interested(&self, channel: &str) -> impl Iterator<Item = usize> + '_ {
+        self.channels.get(channel).into_iter().flat_map(|ch| {
+            ch.counts
+                .iter()
+                .enumerate()
+                .filter(|(_, &c)| c > 0)
+                .map(|(s, _)| s)
+        })
+    }
+
+    /// Registers one more subscriber on `shard` and says where it starts.
+    pub fn subscribe(
+        &mut self,
+        channel: &str,
+        shard: usize,
+        since: Option<&Since>,
+        now: Instant,
+    ) -> SubscribeOutcome {
+        let ttl = self.history_ttl;
+        let ch = self.channel(channel);
+        ch.counts[shard] += 1;
+        ch.expire(now, ttl);
+        let mut out = SubscribeOutcome {
+            offset: ch.last_offset,
+            epoch: ch.epoch.clone(),
+            recovered: None,
+            missed: None,
+            replay: Vec::new(),
+        };
+        let Some(since) = since else { return out };
+        let same_epoch = *since.epoch == *ch.epoch;
+        // In another epoch the client's offsets mean nothing here: everything
+        // of this epoch is new to it, and what came before is unknowable.
+        let after = if same_epoch {
+            since.offset.min(ch.last_offset)
+        } else {
+            0
+        };
+        let (replay, gap_end) = ch.after(after, usize::MAX);
+        out.replay = replay;
+        out.missed = gap_end.map(|end| (after + 1, end));
+        out.recovered = Some(same_epoch && gap_end.is_none());
+        out
+    }
+
+    /// One subscriber on `shard` left `channel`.
+    pub fn unsubscribe(&mut self, channel: &str, shard: usize) {
+        if let Some(ch) = self.channels.get_mut(channel) {
+            ch.counts[shard] = ch.counts[shard].saturating_sub(1);
+        }
+    }
+
+    /// `history`: publications after `since` (or all kept), at most `limit`.
+    pub fn history(
+        &mut self,
+        channel: &str,
+        since: Option<&Since>,
+        limit: usize,
+        now: Instant,
+    ) -> HistoryOutcome {
+        let ttl = self.history_ttl;
+        let ch = self.channel(channel);
+        ch.expire(now, ttl);
+        let after = match since {
+            Some(s) if *s.epoch == *ch.epoch => s.offset,
+            _ => 0,
+        };
+        HistoryOutcome {
+            offset: ch.last_offset,
+            epoch: ch.epoch.clone(),
+            publications: ch.after(after, limit).0,
+        }
+    }
+
+    /// The channel's last offset and epoch (`last`).
+    pub fn last(&mut self, channel: &str) -> (u64, Arc<str>) {
+        let ch = self.channel(channel);
+        (ch.last_offset, ch.epoch.clone())
+    }
+
+    /// Subscribers of `channel` over all shards.
+    pub fn total(&self, channel: &str) -> usize {
+        self.channels.get(channel).map_or(0, HomeChannel::total)
+    }
+
+    /// Channels with subscribers, with their totals.
+    pub fn channels_with_subscribers(&self) -> impl Iterator<Item = (&str, usize)> {
+        self.channels
+            .values()
+            .map(|ch| (&*ch.name, ch.total()))
+            .filter(|&(_, n)| n > 0)
+    }
+
+    /// Drops expired history and forgets channels with no subscribers and no
+    /// history left (their next publication starts a new epoch).
+    pub fn prune(&mut self, now: Instant) {
+        let ttl = self.history_ttl;
+        self.channels.retain(|_, ch| {
+            ch.expire(now, ttl);
+            ch.total() > 0 || !ch.history.is_empty()
+        });
+    }
+
+    /// Channels homed here (with or without subscribers).
+    pub fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn home(size: usize) -> HomeShard {
+        HomeShard::new(0, 2, size, Duration::from_secs(300), 1)
+    }
+
+    fn publish(h: &mut HomeShard, ch: &str, now: Instant) -> Published {
+        h.publish(ch, now, |name, off| {
+            Publication::message(name, off, off, 0, Bytes::from_static(b"1"))
+        })
+    }
+
+    #[test]
+    fn homes_are_stable_and_spread() {
+        assert_eq!(home_of("anything", 1), 0);
+        let a = home_of("chat", 4);
+        assert_eq!(a, home_of("chat", 4));
+        let mut seen = [false; 4];
+        for i in 0..64 {
+            seen[home_of(&format!("c{i}"), 4)] = true;
+        }
+        assert!(seen.iter().all(|&s| s));
+    }
+
+    #[test]
+    fn offsets_are_gap_free_and_counts_route() {
+        let now = Instant::now();
+        let mut h = home(8);
+        assert_eq!(publish(&mut h, "a", now).publication.offset, 1);
+        let s = h.subscribe("a", 1, None, now);
+        assert_eq!(s.offset, 1);
+        assert_eq!(s.recovered, None);
+        let p = publish(&mut h, "a", now);
+        assert_eq!((p.publication.offset, p.subscribers), (2, 1));
+        assert_eq!(h.interested("a").collect::<Vec<_>>(), vec![1]);
+        h.unsubscribe("a", 1);
+        assert_eq!(h.interested("a").count(), 0);
+        assert_eq!(h.total("a"), 0);
+    }
+
+    #[test]
+    fn since_in_history_recovers_everything() {
+        let now = Instant::now();
+        let mut h = home(8);
+        for _ in 0..5 {
+            publish(&mut h, "a", now);
+        }
+        let (_, epoch) = h.last("a");
+        let s = h.subscribe(
+            "a",
+            0,
+            Some(&Since {
+                offset: 2,
+                epoch: epoch.to_string(),
+            }),
+            now,
+        );
+        assert_eq!(s.recovered, Some(true));
+        assert_eq!(s.missed, None);
+        assert_eq!(
+            s.replay.iter().map(|p| p.offset).collect::<Vec<_>>(),
+            vec![3, 4, 5]
+        );
+        assert_eq!(s.offset, 5);
+    }
+
+    #[test]
+    fn since_past_the_ring_names_the_missing_range() {
+        let now = Instant::now();
+        let mut h = home(3);
+        for _ in 0..10 {
+            publish(&mut h, "a", now);
+        }
+        let (_, epoch) = h.last("a");
+        let s = h.subscribe(
+            "a",
+            0,
+            Some(&Since {
+                offset: 4,
+                epoch: epoch.to_string(),
+            }),
+            now,
+        );
+        assert_eq!(s.recovered, Some(false));
+        assert_eq!(s.missed, Some((5, 7)));
+        assert_eq!(
+            s.replay.iter().map(|p| p.offset).collect::<Vec<_>>(),
+            vec![8, 9, 10]
+        );
+    }
+
+    #[test]
+    fn other_epoch_is_not_recovered() {
+        let now = Instant::now();
+        let mut h = home(8);
+        publish(&mut h, "a", now);
+        let s = h.subscribe(
+            "a",
+            0,
+            Some(&Since {
+                offset: 1,
+                epoch: "old".into(),
+            }),
+            now,
+        );
+        assert_eq!(s.recovered, Some(false));
+        assert_eq!(s.replay.len(), 1);
+    }
+
+    #[test]
+    fn history_expires_and_channels_are_pruned() {
+        let t0 = Instant::now();
+        let mut h = HomeShard::new(0, 1, 8, Duration::from_secs(10), 1);
+        publish(&mut h, "a", t0);
+        let (_, e1) = h.last("a");
+        let later = t0 + Duration::from_secs(11);
+        assert!(h.history("a", None, 100, later).publications.is_empty());
+        h.prune(later);
+        assert_eq!(h.channel_count(), 0);
+        let (off, e2) = h.last("a");
+        assert_eq!(off, 0);
+        assert_ne!(e1, e2);
+    }
+
+    #[test]
+    fn history_limit_and_since() {
+        let now = Instant::now();
+        let mut h = home(64);
+        for _ in 0..10 {
+            publish(&mut h, "a", now);
+        }
+        let (_, epoch) = h.last("a");
+        let r = h.history(
+            "a",
+            Some(&Since {
+                offset: 6,
+                epoch: epoch.to_string(),
+            }),
+            2,
+            now,
+        );
+        assert_eq!(
+            r.publications.iter().map(|p| p.offset).collect::<Vec<_>>(),
+            vec![7, 8]
+        );
+        assert_eq!(r.offset, 10);
+    }
+}

@@ -1,1 +1,245 @@
-//! TODO: publication
+//! A publication and its wire forms, built once.
+//!
+//! The home shard serializes a publication exactly once into a complete
+//! server-to-client WebSocket frame (`native`) held in a reference-counted
+//! buffer. Every shard writes those same bytes to each local subscriber. The
+//! RocketWS envelope (bare `data` object plus `__type`/`__ts`) is a second
+//! pre-serialized form, built on first use by whichever shard needs it and
+//! then shared the same way. Nothing here runs per subscriber.
+#![forbid(unsafe_code)]
+
+use std::sync::{Arc, OnceLock};
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::codec::{encode_header, OpCode};
+
+/// What kind of publication this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PubKind {
+    /// A publication to one channel (`emit`, `send_data`, `publish_many`).
+    Message,
+    /// A `notify_all` broadcast to every connection.
+    Broadcast,
+}
+
+/// One publication, shared by every shard that delivers it.
+#[derive(Debug)]
+pub struct Publication {
+    pub kind: PubKind,
+    /// The channel, for `Message`s.
+    pub channel: Option<Arc<str>>,
+    /// Per-channel offset (0 for broadcasts).
+    pub offset: u64,
+    /// Node-wide id.
+    pub id: u64,
+    /// Unix time of publication in seconds (RocketWS's `__ts`).
+    pub ts_secs: u64,
+    /// The publication's `data` as compact JSON.
+    pub data: Bytes,
+    /// The complete native-dialect text frame.
+    pub native: Bytes,
+    rocketws: OnceLock<Bytes>,
+}
+
+impl Publication {
+    /// Builds a channel publication and its native frame.
+    pub fn message(channel: Arc<str>, offset: u64, id: u64, ts_secs: u64, data: Bytes) -> Self {
+        let mut json = Vec::with_capacity(96 + channel.len() + data.len());
+        json.extend_from_slice(br#"{"jsonrpc":"2.0","method":"message","params":{"channel":"#);
+        write_json_str(&mut json, &channel);
+        json.extend_from_slice(br#","offset":"#);
+        json.extend_from_slice(itoa::Buffer::new().format(offset).as_bytes());
+        json.extend_from_slice(br#","id":"#);
+        json.extend_from_slice(itoa::Buffer::new().format(id).as_bytes());
+        json.extend_from_slice(br#","data":"#);
+        json.extend_from_slice(&data);
+        json.extend_from_slice(b"}}");
+        Publication {
+            kind: PubKind::Message,
+            channel: Some(channel),
+            offset,
+            id,
+            ts_secs,
+            native: text_frame(&json),
+            data,
+            rocketws: OnceLock::new(),
+        }
+    }
+
+    /// Builds a `notify_all` broadcast and its native frame.
+    pub fn broadcast(id: u64, ts_secs: u64, data: Bytes) -> Self {
+        let mut json = Vec::with_capacity(64 + data.len());
+        json.extend_from_slice(br#"{"jsonrpc":"2.0","method":"broadcast","params":{"id":"#);
+        json.extend_from_slice(itoa::Buffer::new().format(id).as_bytes());
+        json.extend_from_slice(br#","data":"#);
+        json.extend_from_slice(&data);
+        json.extend_from_slice(b"}}");
+        Publication {
+            kind: PubKind::Broadcast,
+            channel: None,
+            offset: 0,
+            id,
+            ts_secs,
+            native: text_frame(&json),
+            data,
+            rocketws: OnceLock::new(),
+        }
+    }
+
+    /// The RocketWS-dialect frame: the bare `data` object with `__type` and
+    /// `__ts` added. Built once, on first use, by whichever shard asks first.
+    /// `data` that is not an object is wrapped as `{"data": ...}`.
+    pub fn rocketws_frame(&self) -> &Bytes {
+        self.rocketws.get_or_init(|| {
+            let kind = match self.kind {
+                PubKind::Message => "message",
+                PubKind::Broadcast => "broadcast",
+            };
+            text_frame(&rocketws_json(&self.data, kind, self.ts_secs))
+        })
+    }
+
+    /// `{"offset":N,"id":I,"data":...}` as listed by `history`.
+    pub fn write_history_entry(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(br#"{"offset":"#);
+        out.extend_from_slice(itoa::Buffer::new().format(self.offset).as_bytes());
+        out.extend_from_slice(br#","id":"#);
+        out.extend_from_slice(itoa::Buffer::new().format(self.id).as_bytes());
+        out.extend_from_slice(br#","data":"#);
+        out.extend_from_slice(&self.data);
+        out.push(b'}');
+    }
+}
+
+/// RocketWS's envelope of `data` (compact JSON).
+fn rocketws_json(data: &[u8], kind: &str, ts_secs: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + 40);
+    let is_object = data.first() == Some(&b'{') && data.last() == Some(&b'}');
+    if is_object {
+        let inner = &data[1..data.len() - 1];
+        out.push(b'{');
+        if !inner.iter().all(u8::is_ascii_whitespace) {
+            out.extend_from_slice(inner);
+            out.push(b',');
+        }
+    } else {
+        out.extend_from_slice(br#"{"data":"#);
+        out.extend_from_slice(data);
+        out.push(b',');
+    }
+    out.extend_from_slice(br#""__type":""#);
+    out.extend_from_slice(kind.as_bytes());
+    out.extend_from_slice(br#"","__ts":"#);
+    out.extend_from_slice(itoa::Buffer::new().format(ts_secs).as_bytes());
+    out.push(b'}');
+    out
+}
+
+/// A complete unfragmented server text frame carrying `payload`.
+pub fn text_frame(payload: &[u8]) -> Bytes {
+    let mut header = [0u8; 10];
+    let h = encode_header(true, OpCode::Text, payload.len(), &mut header);
+    let mut buf = BytesMut::with_capacity(h + payload.len());
+    buf.put_slice(&header[..h]);
+    buf.put_slice(payload);
+    buf.freeze()
+}
+
+/// Appends `s` as a JSON string literal.
+pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    for &b in s.as_bytes() {
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0..=0x1f => {
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[(b >> 4) as usize]);
+                out.push(HEX[(b & 0xf) as usize]);
+            }
+            _ => out.push(b),
+        }
+    }
+    out.push(b'"');
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload(frame: &[u8]) -> &str {
+        let start = if frame[1] & 0x7f == 126 { 4 } else { 2 };
+        std::str::from_utf8(&frame[start..]).unwrap()
+    }
+
+    #[test]
+    fn native_message_frame() {
+        let p = Publication::message(
+            Arc::from("chat"),
+            42,
+            7,
+            1,
+            Bytes::from_static(b"{\"a\":1}"),
+        );
+        assert_eq!(p.native[0], 0x81);
+        assert_eq!(
+            payload(&p.native),
+            r#"{"jsonrpc":"2.0","method":"message","params":{"channel":"chat","offset":42,"id":7,"data":{"a":1}}}"#
+        );
+        let v: serde_json::Value = serde_json::from_str(payload(&p.native)).unwrap();
+        assert_eq!(v["params"]["offset"], 42);
+    }
+
+    #[test]
+    fn broadcast_frame() {
+        let p = Publication::broadcast(9, 1, Bytes::from_static(b"[1,2]"));
+        assert_eq!(
+            payload(&p.native),
+            r#"{"jsonrpc":"2.0","method":"broadcast","params":{"id":9,"data":[1,2]}}"#
+        );
+    }
+
+    #[test]
+    fn long_payload_uses_extended_length() {
+        let data = Bytes::from(format!("\"{}\"", "x".repeat(300)));
+        let p = Publication::message(Arc::from("c"), 1, 1, 1, data);
+        assert_eq!(p.native[1], 126);
+        let len = u16::from_be_bytes([p.native[2], p.native[3]]) as usize;
+        assert_eq!(len, p.native.len() - 4);
+    }
+
+    #[test]
+    fn rocketws_envelope() {
+        let p = Publication::message(
+            Arc::from("c"),
+            1,
+            1,
+            1700000000,
+            Bytes::from_static(b"{\"message\":\"hola!\"}"),
+        );
+        assert_eq!(
+            payload(p.rocketws_frame()),
+            r#"{"message":"hola!","__type":"message","__ts":1700000000}"#
+        );
+        // Built once: the same buffer on every call.
+        assert_eq!(p.rocketws_frame().as_ptr(), p.rocketws_frame().as_ptr());
+        let b = Publication::broadcast(1, 5, Bytes::from_static(b"{}"));
+        assert_eq!(
+            payload(b.rocketws_frame()),
+            r#"{"__type":"broadcast","__ts":5}"#
+        );
+    }
+
+    #[test]
+    fn json_strings_are_escaped() {
+        let mut out = Vec::new();
+        write_json_str(&mut out, "a\"b\\c\u{1}");
+        assert_eq!(out, b"\"a\\\"b\\\\c\\u0001\"");
+    }
+}

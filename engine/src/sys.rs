@@ -1,1 +1,168 @@
-//! TODO: sys
+//! Every `unsafe` syscall the engine makes, each behind a safe wrapper.
+//!
+//! The data path talks to sockets directly in two places: a non-blocking
+//! `recv` into the shard's shared scratch buffer (so an idle connection owns
+//! no read buffer) and a non-blocking gathered `sendmsg` that puts all of a
+//! connection's queued frames into one syscall without copying them.
+//! Listeners are plain `socket2` sockets with `SO_REUSEPORT`.
+
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Binds a TCP listener with `SO_REUSEPORT` (and `SO_REUSEADDR`), so every
+/// shard can bind the same port and the kernel spreads accepts over them.
+pub fn reuseport_listener(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog.min(i32::MAX as u32) as i32)?;
+    Ok(socket.into())
+}
+
+/// Non-blocking receive into `buf`. `Ok(0)` is end of stream; `WouldBlock`
+/// means nothing is there now.
+pub fn recv_nonblocking(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is a valid, exclusively borrowed region of `buf.len()`
+    // bytes for the duration of the call; `fd` is owned by the caller's live
+    // socket. recv never writes past `len`.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Non-blocking gathered send of `bufs`; returns how many bytes the kernel
+/// took (possibly fewer than offered). `WouldBlock` when the socket buffer
+/// is full. Never raises SIGPIPE.
+pub fn send_vectored_nonblocking(fd: RawFd, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    // SAFETY: a zeroed msghdr is a valid "no name, no control" header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    // IoSlice is guaranteed ABI-compatible with `struct iovec` on Unix.
+    msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = bufs.len().min(libc::UIO_MAXIOV as usize) as _;
+    // SAFETY: `msg` points at `bufs`, which outlives the call and is only read
+    // by the kernel; `fd` is owned by the caller's live socket.
+    let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// `shutdown(2)` on a socket: wakes any reader with end-of-stream. Errors
+/// (e.g. already disconnected) are ignored; there is nothing to do about them.
+pub fn shutdown_socket(fd: RawFd, how: std::net::Shutdown) {
+    let how = match how {
+        std::net::Shutdown::Read => libc::SHUT_RD,
+        std::net::Shutdown::Write => libc::SHUT_WR,
+        std::net::Shutdown::Both => libc::SHUT_RDWR,
+    };
+    // SAFETY: shutdown on a socket fd owned by the caller has no memory effects.
+    unsafe {
+        libc::shutdown(fd, how);
+    }
+}
+
+/// The process's `RLIMIT_NOFILE` as (soft, hard).
+pub fn open_file_limit() -> io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid out-pointer for getrlimit.
+    let r = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((lim.rlim_cur as u64, lim.rlim_max as u64))
+}
+
+/// Raises the soft open-file limit to the hard limit (what servers do at
+/// start); returns the new soft limit.
+pub fn raise_open_file_limit() -> io::Result<u64> {
+    let (soft, hard) = open_file_limit()?;
+    if soft >= hard {
+        return Ok(soft);
+    }
+    let lim = libc::rlimit {
+        rlim_cur: hard as libc::rlim_t,
+        rlim_max: hard as libc::rlim_t,
+    };
+    // SAFETY: `lim` is a valid in-pointer for setrlimit.
+    let r = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(hard)
+}
+
+/// CPU time (user + system) consumed by the calling thread, in nanoseconds.
+pub fn thread_cpu_time_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer for clock_gettime.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if r != 0 {
+        return 0;
+    }
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn vectored_send_and_nonblocking_recv_over_loopback() {
+        let listener = reuseport_listener("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        listener.set_nonblocking(false).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut client = std::net::TcpStream::connect(addr).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let n = send_vectored_nonblocking(
+            server.as_raw_fd(),
+            &[IoSlice::new(b"hello "), IoSlice::new(b"world")],
+        )
+        .unwrap();
+        assert_eq!(n, 11);
+        let mut got = [0u8; 11];
+        client.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"hello world");
+
+        let mut buf = [0u8; 8];
+        let e = recv_nonblocking(server.as_raw_fd(), &mut buf).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        client.write_all(b"ping").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(recv_nonblocking(server.as_raw_fd(), &mut buf).unwrap(), 4);
+        drop(client);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(recv_nonblocking(server.as_raw_fd(), &mut buf).unwrap(), 0);
+    }
+
+    #[test]
+    fn two_listeners_share_a_port() {
+        let a = reuseport_listener("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let port = a.local_addr().unwrap().port();
+        let b = reuseport_listener(SocketAddr::from(([127, 0, 0, 1], port)), 16).unwrap();
+        assert_eq!(b.local_addr().unwrap().port(), port);
+    }
+
+    #[test]
+    fn open_file_limit_is_readable() {
+        let (soft, hard) = open_file_limit().unwrap();
+        assert!(soft > 0 && soft <= hard);
+    }
+}
