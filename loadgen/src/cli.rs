@@ -77,7 +77,13 @@ pub struct Opts {
     #[arg(long, global = true, allow_negative_numbers = true)]
     pub rate: Option<f64>,
     /// Seconds to run the measured phase.
-    #[arg(short = 'd', long, global = true, default_value_t = 10.0, allow_negative_numbers = true)]
+    #[arg(
+        short = 'd',
+        long,
+        global = true,
+        default_value_t = 10.0,
+        allow_negative_numbers = true
+    )]
     pub duration: f64,
     /// Publications in total (fanout, saturate) or per client (chat, Thor's -n).
     #[arg(short = 'n', long, global = true, value_parser = clap::value_parser!(u64).range(1..))]

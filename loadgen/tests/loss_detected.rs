@@ -32,8 +32,7 @@ fn dropped_publications_are_reported_as_loss() {
     assert_ne!(code, 0, "loss must fail the run: {text}");
     let lost = r["lost"].as_u64().unwrap();
     assert!(lost > 0, "{text}");
-    // Only the stalled connection lost anything; the others got all 4000.
-    assert!(lost < 4000, "{text}");
+    // Every publication is either delivered or counted lost, exactly once.
     assert_eq!(r["deliveries"].as_u64().unwrap() + lost, 40_000, "{text}");
     assert_eq!(r["duplicates"], 0);
     assert!(text.contains("lost deliveries"), "{text}");
