@@ -208,7 +208,11 @@ fn every_backend_method_has_its_result_shape() {
         })
         .collect();
     pairs.sort();
-    assert_eq!(pairs, vec![("b1".to_string(), n), ("b2".to_string(), 1)], "{a}");
+    assert_eq!(
+        pairs,
+        vec![("b1".to_string(), n), ("b2".to_string(), 1)],
+        "{a}"
+    );
 
     // flush_dead_clients: nobody is dead.
     let f = server.call("flush_dead_clients", json!(null));
@@ -281,12 +285,7 @@ fn every_backend_method_has_its_result_shape() {
     assert_eq!(arr[1]["result"]["offset"], 2, "{v}");
     assert_eq!(arr[2]["error"]["code"], -32601, "{v}");
     // Notifications only: still a valid JSON body.
-    let (status, body) = server.http(
-        "POST",
-        "/",
-        r#"{"jsonrpc":"2.0","method":"ping"}"#,
-        &[],
-    );
+    let (status, body) = server.http("POST", "/", r#"{"jsonrpc":"2.0","method":"ping"}"#, &[]);
     assert_eq!(status, 200);
     serde_json::from_str::<Value>(&body).expect("valid JSON");
 }
@@ -414,7 +413,9 @@ fn keep_alive_serves_several_requests_on_one_connection() {
     let resp = read_full(&mut r);
     assert_eq!(resp.json()["result"], json!({"ping":"ok"}));
     let mut rest = Vec::new();
-    let n = r.read_to_end(&mut rest).expect("server closes the connection");
+    let n = r
+        .read_to_end(&mut rest)
+        .expect("server closes the connection");
     assert_eq!(n, 0, "nothing after the last answer");
 }
 
@@ -430,7 +431,13 @@ fn pipelined_requests_are_answered_in_order() {
         all.push_str(&request("POST", "/", &body, &[], false));
     }
     all.push_str(&request("GET", "/health", "", &[], false));
-    all.push_str(&request("POST", "/", &rpc_body(4, "ping", json!(null)), &[], true));
+    all.push_str(&request(
+        "POST",
+        "/",
+        &rpc_body(4, "ping", json!(null)),
+        &[],
+        true,
+    ));
     w.write_all(all.as_bytes()).unwrap();
     for i in 1..=3u64 {
         let resp = read_full(&mut r);
@@ -452,7 +459,13 @@ fn pipelined_requests_are_answered_in_order() {
     let mut r = BufReader::new(s);
     let mut all = String::new();
     for i in 5..=7u64 {
-        all.push_str(&request("POST", "/", &rpc_body(i, "ping", json!(null)), &[], false));
+        all.push_str(&request(
+            "POST",
+            "/",
+            &rpc_body(i, "ping", json!(null)),
+            &[],
+            false,
+        ));
     }
     let bytes = all.as_bytes();
     for chunk in bytes.chunks(37) {
@@ -483,7 +496,10 @@ fn health_and_metrics() {
     assert!(text.contains("ringcast_connections"), "{text}");
     assert!(text.contains("ringcast_deliveries_total"), "{text}");
     // Every sample line is `name{labels} number`.
-    for line in text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
         let (name, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line}"));
         assert!(name.starts_with("ringcast_"), "{line}");
         value
