@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::Parser as _;
 use mimalloc::MiMalloc;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -14,7 +14,10 @@ use ringcast::config::{Config, ConfigError, LogFormat};
 static GLOBAL: MiMalloc = MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
     match cli.into_command() {
         Command::Serve(args) => serve(&args),
         Command::Config(args) => {
@@ -36,6 +39,41 @@ fn main() -> ExitCode {
             Err(e) => config_error(&e),
         },
     }
+}
+
+/// Help and version print as clap prints them; any other command-line
+/// error becomes one line naming the flag, exit code 2.
+fn usage_error(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    let text = e.to_string();
+    let mut lines = text.lines().map(str::trim).filter(|l| {
+        !l.is_empty() && !l.starts_with("For more information") && !l.starts_with("Usage:")
+    });
+    let first = lines
+        .next()
+        .unwrap_or("invalid arguments")
+        .trim_start_matches("error: ");
+    let rest: Vec<&str> = lines.filter(|l| l.starts_with('[')).collect();
+    let prefix = if e.kind() == ErrorKind::InvalidValue || e.kind() == ErrorKind::ValueValidation {
+        "invalid config: "
+    } else {
+        ""
+    };
+    if rest.is_empty() {
+        eprintln!("{prefix}{first}");
+    } else {
+        eprintln!("{prefix}{first} {}", rest.join(" "));
+    }
+    exit(2)
 }
 
 fn exit(code: i32) -> ExitCode {

@@ -236,8 +236,10 @@ pub struct Shard {
     spare_dirty: RefCell<Vec<ConnKey>>,
     flush_signal: LocalSignal,
     pub(crate) shutdown: Latch,
-    /// The connection count reached zero during shutdown.
+    /// Every session ended (and flushed) during shutdown.
     pub(crate) drained: LocalSignal,
+    /// Sessions still running, draining ones included.
+    sessions: Cell<usize>,
     pub parser: RefCell<RpcParser>,
     /// Receive buffer shared by all connections of the shard.
     pub scratch: RefCell<Vec<u8>>,
@@ -268,6 +270,7 @@ impl Shard {
             flush_signal: LocalSignal::default(),
             shutdown: Latch::default(),
             drained: LocalSignal::default(),
+            sessions: Cell::new(0),
             parser: RefCell::new(RpcParser::new()),
             scratch: RefCell::new(vec![0; 64 * 1024]),
             metrics: ShardMetrics::default(),
@@ -322,9 +325,23 @@ impl Shard {
             self.node.connections.fetch_sub(1, Ordering::Relaxed);
         }
         self.serials.borrow_mut().try_remove(conn.key as usize);
-        if self.shutdown.is_raised() && self.conns.borrow().is_empty() {
+    }
+
+    /// A session (accepted WebSocket connection) started.
+    pub(crate) fn session_started(&self) {
+        self.sessions.set(self.sessions.get() + 1);
+    }
+
+    /// A session ended after its last flush.
+    pub(crate) fn session_ended(&self) {
+        self.sessions.set(self.sessions.get() - 1);
+        if self.sessions.get() == 0 && self.shutdown.is_raised() {
             self.drained.notify();
         }
+    }
+
+    pub(crate) fn session_count(&self) -> usize {
+        self.sessions.get()
     }
 
     pub fn conn_count(&self) -> usize {
@@ -776,7 +793,7 @@ impl Shard {
         for c in &conns {
             self.close_conn(c, 1001, "server shutdown", false, now);
         }
-        if conns.is_empty() {
+        if self.sessions.get() == 0 {
             self.drained.notify();
         }
     }

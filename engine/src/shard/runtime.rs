@@ -174,7 +174,7 @@ async fn shard_main(
     monoio::spawn(accept_loop(shard.clone(), be, Port::Backend));
     shard.shutdown.wait().await;
     let timeout = shard.config().shutdown_timeout();
-    if shard.conn_count() > 0 {
+    if shard.session_count() > 0 {
         let _ = monoio::time::timeout(timeout, shard.drained.wait()).await;
     }
     // Let the flusher and closing connections finish their last writes.

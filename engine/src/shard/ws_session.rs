@@ -25,19 +25,27 @@ type Parsed = Result<Incoming<ClientMethod>, RpcError>;
 
 /// Serves one accepted connection to the end.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+    shard.session_started();
+    session(&shard, stream).await;
+    shard.session_ended();
+}
+
+async fn session(shard: &Rc<Shard>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let cfg = shard.config();
     let mut buf = Vec::new();
-    let upgrade = match monoio::time::timeout(
+    // The handshake, the RPC execution and the final drain run as boxed
+    // futures: they are short-lived, and keeping them out of the session's
+    // own state machine keeps an idle connection's task small.
+    let handshake = monoio::time::timeout(
         cfg.handshake_timeout(),
         read_upgrade(&stream, &mut buf, &cfg.ws.allowed_origins),
-    )
-    .await
-    {
+    );
+    let upgrade = match Box::pin(handshake).await {
         Ok(Ok(u)) => u,
         Ok(Err(Some(e))) => {
             ShardMetrics::inc(&shard.metrics.handshakes_rejected);
-            let _ = write_all(&stream, &e.response()).await;
+            let _ = Box::pin(write_all(&stream, &e.response())).await;
             return;
         }
         Ok(Err(None)) => return,
@@ -51,7 +59,10 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         Some("native") => Dialect::Native,
         _ => cfg.ws.dialect,
     };
-    if write_all(&stream, &upgrade.response_101()).await.is_err() {
+    if Box::pin(write_all(&stream, &upgrade.response_101()))
+        .await
+        .is_err()
+    {
         return;
     }
     let mut pending = buf.split_off(upgrade.consumed);
@@ -59,9 +70,9 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let now = Instant::now();
     let (conn, cref) =
         shard.add_conn(|key| Conn::new(key, stream, dialect, cfg.limits.rate_burst, now));
-    read_loop(&shard, &conn, cref, &mut pending).await;
+    read_loop(shard, &conn, cref, &mut pending).await;
     shard.remove_conn(&conn);
-    drain(&shard, &conn).await;
+    Box::pin(drain(shard, &conn)).await;
 }
 
 /// Reads the upgrade request. `Err(None)`: the peer went away.
@@ -115,7 +126,7 @@ async fn read_loop(shard: &Rc<Shard>, conn: &Rc<Conn>, cref: ConnRef, pending: &
     if !pending.is_empty() {
         // Frames that arrived with the upgrade request.
         let step = ingest(shard, conn, &mut ws, pending, 0, &mut msgs);
-        execute(shard, conn, cref, &mut msgs).await;
+        run_calls(shard, conn, cref, &mut msgs).await;
         if let Step::Stop = step {
             return;
         }
@@ -139,7 +150,7 @@ async fn read_loop(shard: &Rc<Shard>, conn: &Rc<Conn>, cref: ConnRef, pending: &
             };
             conn.last_seen.set(Instant::now());
             let step = ingest(shard, conn, &mut ws, pending, n, &mut msgs);
-            execute(shard, conn, cref, &mut msgs).await;
+            run_calls(shard, conn, cref, &mut msgs).await;
             if let Step::Stop = step {
                 return;
             }
@@ -209,6 +220,13 @@ fn ingest(
         shard.send_control(conn, Bytes::from(ctrl));
     }
     step
+}
+
+/// Runs [`execute`] boxed, and only when there is something to run.
+async fn run_calls(shard: &Rc<Shard>, conn: &Rc<Conn>, cref: ConnRef, msgs: &mut Vec<Parsed>) {
+    if !msgs.is_empty() {
+        Box::pin(execute(shard, conn, cref, msgs)).await;
+    }
 }
 
 /// Executes parsed messages in order; each one's reply goes where the
@@ -425,7 +443,13 @@ pub fn history_result(h: &crate::home_shard::HistoryOutcome) -> Vec<u8> {
 /// After the reader stopped: give queued frames (a close frame above all)
 /// a bounded time to leave, then let the socket close.
 async fn drain(shard: &Rc<Shard>, conn: &Rc<Conn>) {
-    let deadline = Instant::now() + Duration::from_secs(2);
+    // On shutdown queued frames get the whole shutdown_timeout to leave.
+    let budget = if shard.shutdown.is_raised() {
+        shard.config().shutdown_timeout()
+    } else {
+        Duration::from_secs(2)
+    };
+    let deadline = Instant::now() + budget;
     while conn.has_writable() && Instant::now() < deadline {
         match conn.flush() {
             Ok((true, n)) => {
@@ -446,4 +470,30 @@ async fn drain(shard: &Rc<Shard>, conn: &Rc<Conn>) {
         }
     }
     sys::shutdown_socket(conn.fd(), Shutdown::Write);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::shard::Node;
+
+    #[test]
+    fn session_future_size() {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let _c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            let (s, _) = l.accept().unwrap();
+            s.set_nonblocking(true).unwrap();
+            let stream = TcpStream::from_std(s).unwrap();
+            let shard = Shard::new(0, Node::new(Config::default(), 1), "epoll");
+            let fut = serve(shard, stream);
+            eprintln!("serve future: {} bytes", std::mem::size_of_val(&fut));
+            eprintln!("conn: {} bytes", std::mem::size_of::<Conn>());
+        });
+    }
 }
