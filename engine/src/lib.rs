@@ -25,8 +25,10 @@
 //! - [`backend`]: the backend port's JSON-RPC methods over HTTP.
 //! - [`sys`]: every `unsafe` syscall wrapper.
 //!
-//! Around them: [`config`], [`cli`], [`metrics`], [`doctor`].
+//! Around them: [`config`], [`cli`], [`metrics`], [`doctor`], [`shell`],
+//! [`alloc_count`].
 
+pub mod alloc_count;
 pub mod backend;
 pub mod channel_table;
 pub mod cli;

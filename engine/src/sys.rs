@@ -104,6 +104,44 @@ pub fn raise_open_file_limit() -> io::Result<u64> {
     Ok(hard)
 }
 
+/// Turns transparent huge pages off for this process (`PR_SET_THP_DISABLE`):
+/// later page faults map 4 KiB pages even where the allocator asked for
+/// huge ones.
+pub fn disable_transparent_huge_pages() -> io::Result<()> {
+    // SAFETY: prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0) only sets a flag on the
+    // process's memory descriptor; no pointers are passed.
+    let r = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A global allocator wrapper that counts live bytes and allocations into
+/// [`crate::alloc_count`] (cargo feature `count-alloc`).
+pub struct CountingAlloc<A>(pub A);
+
+// SAFETY: every call forwards to the wrapped allocator with the same
+// arguments; the counters have no effect on the memory returned.
+unsafe impl<A: std::alloc::GlobalAlloc> std::alloc::GlobalAlloc for CountingAlloc<A> {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        crate::alloc_count::on_alloc(layout.size());
+        // SAFETY: forwarded as received; the caller upholds alloc's contract.
+        unsafe { self.0.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        crate::alloc_count::on_dealloc(layout.size());
+        // SAFETY: forwarded as received; `ptr` came from this allocator.
+        unsafe { self.0.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        crate::alloc_count::on_dealloc(layout.size());
+        crate::alloc_count::on_alloc(new_size);
+        // SAFETY: forwarded as received; `ptr` came from this allocator.
+        unsafe { self.0.realloc(ptr, layout, new_size) }
+    }
+}
+
 /// CPU time (user + system) consumed by the calling thread, in nanoseconds.
 pub fn thread_cpu_time_ns() -> u64 {
     let mut ts = libc::timespec {

@@ -332,8 +332,11 @@ async fn info(shard: &Rc<Shard>) -> serde_json::Value {
     for (name, _, value) in total.fields() {
         counters[name] = json!(value);
     }
+    let heap = crate::alloc_count::snapshot()
+        .map(|(live, allocs)| json!({"live_bytes": live, "allocations": allocs}));
     json!({
         "version": env!("CARGO_PKG_VERSION"),
+        "heap": heap,
         "shards": shards,
         "connections": conns,
         "subscriptions": subs,

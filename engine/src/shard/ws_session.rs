@@ -31,27 +31,40 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
 }
 
 async fn session(shard: &Rc<Shard>, stream: TcpStream) {
-    let _ = stream.set_nodelay(true);
-    let cfg = shard.config();
-    let mut buf = Vec::new();
     // The handshake, the RPC execution and the final drain run as boxed
     // futures: they are short-lived, and keeping them out of the session's
     // own state machine keeps an idle connection's task small.
-    let handshake = monoio::time::timeout(
+    let Some((stream, dialect, mut pending)) = Box::pin(handshake(shard, stream)).await else {
+        return;
+    };
+    let burst = shard.config().limits.rate_burst;
+    let (conn, cref) = shard.add_conn(|key| Conn::new(key, stream, dialect, burst, Instant::now()));
+    read_loop(shard, &conn, cref, &mut pending).await;
+    shard.remove_conn(&conn);
+    Box::pin(drain(shard, &conn)).await;
+}
+
+/// Upgrades the connection: the stream, its dialect and any bytes that
+/// came after the request, or `None` when the upgrade failed.
+async fn handshake(shard: &Shard, stream: TcpStream) -> Option<(TcpStream, Dialect, Vec<u8>)> {
+    let _ = stream.set_nodelay(true);
+    let cfg = shard.config();
+    let mut buf = Vec::new();
+    let read = monoio::time::timeout(
         cfg.handshake_timeout(),
         read_upgrade(&stream, &mut buf, &cfg.ws.allowed_origins),
     );
-    let upgrade = match Box::pin(handshake).await {
+    let upgrade = match read.await {
         Ok(Ok(u)) => u,
         Ok(Err(Some(e))) => {
             ShardMetrics::inc(&shard.metrics.handshakes_rejected);
-            let _ = Box::pin(write_all(&stream, &e.response())).await;
-            return;
+            let _ = write_all(&stream, &e.response()).await;
+            return None;
         }
-        Ok(Err(None)) => return,
+        Ok(Err(None)) => return None,
         Err(_) => {
             ShardMetrics::inc(&shard.metrics.handshakes_rejected);
-            return;
+            return None;
         }
     };
     let dialect = match upgrade.query_param("dialect") {
@@ -59,20 +72,9 @@ async fn session(shard: &Rc<Shard>, stream: TcpStream) {
         Some("native") => Dialect::Native,
         _ => cfg.ws.dialect,
     };
-    if Box::pin(write_all(&stream, &upgrade.response_101()))
-        .await
-        .is_err()
-    {
-        return;
-    }
-    let mut pending = buf.split_off(upgrade.consumed);
-    drop(buf);
-    let now = Instant::now();
-    let (conn, cref) =
-        shard.add_conn(|key| Conn::new(key, stream, dialect, cfg.limits.rate_burst, now));
-    read_loop(shard, &conn, cref, &mut pending).await;
-    shard.remove_conn(&conn);
-    Box::pin(drain(shard, &conn)).await;
+    write_all(&stream, &upgrade.response_101()).await.ok()?;
+    let pending = buf.split_off(upgrade.consumed);
+    Some((stream, dialect, pending))
 }
 
 /// Reads the upgrade request. `Err(None)`: the peer went away.
@@ -226,6 +228,8 @@ fn ingest(
 async fn run_calls(shard: &Rc<Shard>, conn: &Rc<Conn>, cref: ConnRef, msgs: &mut Vec<Parsed>) {
     if !msgs.is_empty() {
         Box::pin(execute(shard, conn, cref, msgs)).await;
+        // Idle connections keep no request buffer.
+        *msgs = Vec::new();
     }
 }
 
