@@ -51,7 +51,12 @@ fn find(v: &Value, keys: &[(&str, f64)]) -> Option<f64> {
     None
 }
 
+/// `key` at any depth; a dotted key (`latency_ns.p99`) is a path from the
+/// top.
 fn find_key(v: &Value, key: &str) -> Option<f64> {
+    if key.contains('.') {
+        return key.split('.').try_fold(v, |v, k| v.get(k))?.as_f64();
+    }
     match v {
         Value::Object(map) => {
             for (k, x) in map {
@@ -99,13 +104,15 @@ const DELIVERIES: [(&str, f64); 4] = [
     ("total_deliveries", 1.0),
     ("received", 1.0),
 ];
-const CPU_NS: [(&str, f64); 4] = [
+const CPU_NS: [(&str, f64); 5] = [
+    ("server.ns_per_delivery", 1.0),
     ("server_cpu_ns_per_delivery", 1.0),
     ("cpu_ns_per_delivery", 1.0),
     ("server_cpu_us_per_delivery", 1e3),
     ("cpu_us_per_delivery", 1e3),
 ];
-const P99_MS: [(&str, f64); 6] = [
+const P99_MS: [(&str, f64); 7] = [
+    ("latency_ns.p99", 1e-6),
     ("p99_ms", 1.0),
     ("latency_p99_ms", 1.0),
     ("p99_us", 1e-3),
@@ -144,6 +151,7 @@ fn row(run: &Path, name: &str) -> Row {
             find(
                 r,
                 &[
+                    ("server.rss_per_connection_bytes", 1.0 / 1024.0),
                     ("rss_per_connection_kib", 1.0),
                     ("rss_per_connection_bytes", 1.0 / 1024.0),
                     ("bytes_per_connection", 1.0 / 1024.0),
@@ -158,6 +166,7 @@ fn row(run: &Path, name: &str) -> Row {
             find(
                 r,
                 &[
+                    ("connects_per_s", 1.0),
                     ("connects_per_sec", 1.0),
                     ("connect_rate", 1.0),
                     ("connections_per_sec", 1.0),
