@@ -1,12 +1,37 @@
 //! Engine configuration: one plain struct with `Default`, loaded from TOML,
 //! `RINGCAST_*` environment variables and command-line flags (in increasing
 //! precedence), validated once at start with an error naming the key.
+//!
+//! [`Config::load`] merges the layers as TOML tables (defaults, then the
+//! file, then the environment, then [`Overrides`] built from the flags by
+//! [`crate::cli`]) and deserializes the result once. Every value from a
+//! layer is type-checked on its own as it is merged, so a bad value is
+//! reported against the key, variable or flag it came from, on one line:
+//!
+//! ```text
+//! invalid config: limits.max_message_size: must be at least 126 bytes (got 10)
+//! invalid config: RINGCAST_WS_LISTEN: invalid socket address "abc" (expected HOST:PORT)
+//! invalid config: ws.backlg: unknown key (in ringcast.toml)
+//! ```
+//!
+//! Environment variables are `RINGCAST_` followed by the dotted key path
+//! upper-cased with `.` replaced by `_` (`RINGCAST_SHARDS`,
+//! `RINGCAST_WS_LISTEN`, `RINGCAST_LIMITS_MAX_MESSAGE_SIZE`, ...); lists
+//! such as `ws.allowed_origins` are comma-separated. Any other `RINGCAST_*`
+//! variable is an error, except the ones in [`RESERVED_ENV`]
+//! (`RINGCAST_LOG`, a tracing filter directive, and `RINGCAST_CONFIG`, the
+//! config file path read by the CLI).
+//!
+//! Addresses (`ws.listen`, `backend.listen`) accept `IP:PORT` or
+//! `HOST:PORT`; a host name is resolved once at load time (IPv4 first).
 #![forbid(unsafe_code)]
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use toml::{Table, Value};
 
 /// Which monoio driver each shard runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -206,5 +231,1048 @@ impl Config {
     }
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout)
+    }
+}
+
+/// Prefix of the environment variables [`Config::load`] reads.
+pub const ENV_PREFIX: &str = "RINGCAST_";
+
+/// `RINGCAST_*` variables that are not config keys and that
+/// [`Config::load`] ignores: `RINGCAST_LOG` (a `tracing` filter directive
+/// that refines `log_level`) and `RINGCAST_CONFIG` (the config file path,
+/// read by the CLI as the default of `--config`).
+pub const RESERVED_ENV: &[&str] = &["RINGCAST_LOG", "RINGCAST_CONFIG"];
+
+/// Config keys whose value is a socket address.
+const ADDRESS_KEYS: &[&str] = &["ws.listen", "backend.listen"];
+
+/// Accepted values of `log_level`.
+pub const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error"];
+
+/// Smallest accepted `limits.max_message_size` (the largest payload a
+/// 7-bit WebSocket length can carry, plus one).
+pub const MIN_MESSAGE_SIZE: usize = 126;
+/// Largest accepted `limits.max_message_size`: 64 MiB.
+pub const MAX_MESSAGE_SIZE: usize = 64 << 20;
+/// Largest accepted `shards`.
+pub const MAX_SHARDS: usize = 1024;
+/// Largest accepted `history.size`.
+pub const MAX_HISTORY_SIZE: usize = 1_000_000;
+
+/// Why a configuration was rejected. Every variant displays as one line
+/// starting with `invalid config:` and naming the key, environment
+/// variable or flag at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("invalid config: cannot read {}: {}", path.display(), one_line(&source.to_string()))]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML.
+    #[error("invalid config: {}:{line}:{column}: {message}", path.display())]
+    Syntax {
+        path: PathBuf,
+        /// 1-based.
+        line: usize,
+        /// 1-based, in characters.
+        column: usize,
+        message: String,
+    },
+    /// A key in the config file is unknown or has a value of the wrong type.
+    #[error("invalid config: {key}: {message} (in {})", path.display())]
+    File {
+        path: PathBuf,
+        /// Dotted key path, e.g. `ws.listen`.
+        key: String,
+        message: String,
+    },
+    /// A `RINGCAST_*` variable is unknown or has an unusable value.
+    #[error("invalid config: {var}: {message}")]
+    Env { var: String, message: String },
+    /// A command-line flag has an unusable value.
+    #[error("invalid config: {flag}: {message}")]
+    Flag { flag: String, message: String },
+    /// The merged configuration breaks a rule of [`Config::validate`].
+    #[error("invalid config: {key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl ConfigError {
+    /// Process exit code for a configuration error (SPEC section 2).
+    pub const EXIT_CODE: i32 = 2;
+
+    fn invalid(key: &str, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Values set by command-line flags, the highest-precedence layer of
+/// [`Config::load`]. Built by [`crate::cli::ServeArgs::overrides`]; tests
+/// and embedders may build their own.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Overrides {
+    entries: Vec<Override>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Override {
+    flag: String,
+    key: String,
+    value: Value,
+}
+
+impl Overrides {
+    /// No overrides.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the dotted config `key` to `value`; errors name `flag`
+    /// (e.g. `--shards`). A later `set` of the same key wins.
+    pub fn set(
+        &mut self,
+        flag: impl Into<String>,
+        key: impl Into<String>,
+        value: impl Into<Value>,
+    ) {
+        self.entries.push(Override {
+            flag: flag.into(),
+            key: key.into(),
+            value: value.into(),
+        });
+    }
+
+    /// Whether no flag was set.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// Where a layer's value came from, for error messages.
+#[derive(Clone, Copy)]
+enum Origin<'a> {
+    File(&'a Path),
+    Env(&'a str),
+    Flag(&'a str),
+}
+
+impl Origin<'_> {
+    fn error(self, key: &str, message: impl Into<String>) -> ConfigError {
+        let message = one_line(&message.into());
+        match self {
+            Origin::File(path) => ConfigError::File {
+                path: path.to_owned(),
+                key: key.to_owned(),
+                message,
+            },
+            Origin::Env(var) => ConfigError::Env {
+                var: var.to_owned(),
+                message,
+            },
+            Origin::Flag(flag) => ConfigError::Flag {
+                flag: flag.to_owned(),
+                message,
+            },
+        }
+    }
+}
+
+/// Collapses all whitespace runs (including newlines) into single spaces.
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+impl Config {
+    /// Loads the configuration: defaults, overlaid by the TOML `file` (if
+    /// any), by the `RINGCAST_*` variables in `env` (other variables are
+    /// ignored), by `overrides`; then [`validate`](Self::validate)s it.
+    ///
+    /// `env` is usually `std::env::vars()`; passing it in keeps this
+    /// function pure for tests.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let schema = defaults_table();
+        let mut merged = schema.clone();
+
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            merge_file(&mut merged, &schema, path, &text)?;
+        }
+
+        let mut vars: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(name, _)| name.starts_with(ENV_PREFIX))
+            .filter(|(name, _)| !RESERVED_ENV.contains(&name.as_str()))
+            .collect();
+        vars.sort();
+        if !vars.is_empty() {
+            let keys = env_keys(&schema);
+            for (var, raw) in &vars {
+                let origin = Origin::Env(var);
+                let Some((key, default)) = keys
+                    .iter()
+                    .find(|(name, _, _)| name == var)
+                    .map(|(_, k, d)| (k, d))
+                else {
+                    return Err(origin.error(
+                        var,
+                        "unknown setting (`ringcast config --print-default` lists the keys)",
+                    ));
+                };
+                let value = env_value(default, raw).map_err(|m| origin.error(key, m))?;
+                set_leaf(&mut merged, &schema, key, value, origin)?;
+            }
+        }
+
+        for o in &overrides.entries {
+            set_leaf(
+                &mut merged,
+                &schema,
+                &o.key,
+                o.value.clone(),
+                Origin::Flag(&o.flag),
+            )?;
+        }
+
+        let config: Config = merged
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::invalid("config", e.message()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the rules the types cannot express; the error names the
+    /// first key that breaks one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn at_least<T: PartialOrd + std::fmt::Display>(
+            key: &str,
+            value: T,
+            min: T,
+            unit: &str,
+        ) -> Result<(), ConfigError> {
+            if value < min {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("must be at least {min}{unit} (got {value})"),
+                ));
+            }
+            Ok(())
+        }
+        fn at_most<T: PartialOrd + std::fmt::Display>(
+            key: &str,
+            value: T,
+            max: T,
+            unit: &str,
+        ) -> Result<(), ConfigError> {
+            if value > max {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("must be at most {max}{unit} (got {value})"),
+                ));
+            }
+            Ok(())
+        }
+
+        at_most("shards", self.shards, MAX_SHARDS, "")?;
+        if !LOG_LEVELS
+            .iter()
+            .any(|l| l.eq_ignore_ascii_case(self.log_level.trim()))
+        {
+            return Err(ConfigError::invalid(
+                "log_level",
+                format!(
+                    "must be one of {} (got {:?})",
+                    LOG_LEVELS.join(", "),
+                    self.log_level
+                ),
+            ));
+        }
+        at_least("shutdown_timeout", self.shutdown_timeout, 1, " s")?;
+
+        let ws = &self.ws;
+        at_least("ws.backlog", ws.backlog, 1, "")?;
+        at_most("ws.backlog", ws.backlog, 65535, "")?;
+        at_least("ws.ping_interval", ws.ping_interval, 1, " s")?;
+        at_least("ws.pong_timeout", ws.pong_timeout, 1, " s")?;
+        at_least("ws.handshake_timeout", ws.handshake_timeout, 1, " s")?;
+
+        let b = &self.backend;
+        if addresses_clash(ws.listen, b.listen) {
+            return Err(ConfigError::invalid(
+                "backend.listen",
+                format!(
+                    "must differ from ws.listen (both use {} and {})",
+                    b.listen, ws.listen
+                ),
+            ));
+        }
+        at_least("backend.max_body", b.max_body, 1024, " bytes")?;
+
+        let l = &self.limits;
+        at_least(
+            "limits.max_subscriptions_per_connection",
+            l.max_subscriptions_per_connection,
+            1,
+            "",
+        )?;
+        at_least(
+            "limits.max_message_size",
+            l.max_message_size,
+            MIN_MESSAGE_SIZE,
+            " bytes",
+        )?;
+        at_most(
+            "limits.max_message_size",
+            l.max_message_size,
+            MAX_MESSAGE_SIZE,
+            " bytes",
+        )?;
+        at_least("limits.rate_per_sec", l.rate_per_sec, 1, "")?;
+        at_least("limits.rate_burst", l.rate_burst, 1, "")?;
+        at_least(
+            "limits.max_outbound_bytes",
+            l.max_outbound_bytes,
+            1024,
+            " bytes",
+        )?;
+
+        at_most("history.size", self.history.size, MAX_HISTORY_SIZE, "")?;
+        Ok(())
+    }
+
+    /// The effective configuration as TOML (no comments), e.g. for
+    /// `ringcast config --check`. Contains `backend.api_token`; see
+    /// [`redacted`](Self::redacted).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
+    }
+
+    /// A copy with secrets (`backend.api_token`) replaced by `"<redacted>"`
+    /// when set, for printing and logging.
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        if !c.backend.api_token.is_empty() {
+            c.backend.api_token = "<redacted>".into();
+        }
+        c
+    }
+
+    /// The environment variable that sets the dotted `key`
+    /// (`limits.max_message_size` -> `RINGCAST_LIMITS_MAX_MESSAGE_SIZE`).
+    pub fn env_var_for(key: &str) -> String {
+        format!("{ENV_PREFIX}{}", key.replace('.', "_").to_ascii_uppercase())
+    }
+
+    /// A commented TOML file with every key at its default value; parsed
+    /// back it equals `Config::default()`. Printed by
+    /// `ringcast config --print-default`.
+    pub fn default_toml() -> String {
+        let d = Config::default();
+        let s = |v: &str| Value::String(v.to_owned()).to_string();
+        let driver = enum_str(&d.driver);
+        let log_format = enum_str(&d.log_format);
+        let dialect = enum_str(&d.ws.dialect);
+        let slow = enum_str(&d.limits.slow_consumer);
+        let origins = Value::Array(
+            d.ws.allowed_origins
+                .iter()
+                .map(|o| Value::String(o.clone()))
+                .collect(),
+        );
+        format!(
+            r#"# ringcast configuration, every key at its default value.
+#
+# Precedence: command-line flags > RINGCAST_* environment variables > this
+# file > built-in defaults. Each key can also be set through the environment
+# as RINGCAST_ + the dotted key path upper-cased with "." -> "_", e.g.
+# RINGCAST_SHARDS=4, RINGCAST_WS_LISTEN=0.0.0.0:58000,
+# RINGCAST_LIMITS_MAX_MESSAGE_SIZE=65536 (lists comma-separated).
+
+# Number of shards, one pinned thread each. 0 = one per CPU the process may
+# run on. At most {max_shards}. Default {shards}.
+shards = {shards}
+
+# Event-loop driver: "auto" (io_uring, falling back to epoll with a warning),
+# "uring" (io_uring only) or "epoll". Default {driver}.
+driver = {driver}
+
+# Log level: "trace", "debug", "info", "warn" or "error" (RINGCAST_LOG may
+# hold a finer tracing filter). Default {log_level}.
+log_level = {log_level}
+
+# Log format: "human" or "json". Default {log_format}.
+log_format = {log_format}
+
+# Seconds to wait for clients to close on SIGTERM/SIGINT before exiting.
+# At least 1. Default {shutdown_timeout}.
+shutdown_timeout = {shutdown_timeout}
+
+# The WebSocket port clients connect to.
+[ws]
+# Listen address, IP:PORT or HOST:PORT. Default {ws_listen}.
+listen = {ws_listen}
+# Listen backlog per shard, 1..=65535. Default {backlog}.
+backlog = {backlog}
+# Client dialect for the whole port: "native" (JSON-RPC 2.0) or "rocketws"
+# (RocketWS results and envelopes). Default {dialect}.
+dialect = {dialect}
+# Allowed Origin header values, e.g. ["https://example.com"]; empty = any.
+# Default {origins}.
+allowed_origins = {origins}
+# Seconds between server pings. At least 1. Default {ping_interval}.
+ping_interval = {ping_interval}
+# Seconds a client has to answer a ping before it is closed. At least 1.
+# Default {pong_timeout}.
+pong_timeout = {pong_timeout}
+# Seconds a client has to finish the WebSocket upgrade. At least 1.
+# Default {handshake_timeout}.
+handshake_timeout = {handshake_timeout}
+
+# The HTTP port backends publish through.
+[backend]
+# Listen address, IP:PORT or HOST:PORT; must differ from ws.listen.
+# Default {b_listen}.
+listen = {b_listen}
+# Token required as "Authorization: Bearer TOKEN" or "X-Api-Key: TOKEN" on
+# every request but GET /health. Empty = no authentication. Default {token}.
+api_token = {token}
+# Largest request body in bytes (413 past it). At least 1024.
+# Default {max_body} (1 MiB).
+max_body = {max_body}
+
+# Per-connection limits on the WebSocket port.
+[limits]
+# Connections per process. 0 = bounded only by the file-descriptor limit.
+# Default {max_connections}.
+max_connections = {max_connections}
+# Channels one connection may subscribe to. At least 1. Default {max_subs}.
+max_subscriptions_per_connection = {max_subs}
+# Largest client message in bytes; past it the connection is closed with
+# 1009. {min_msg}..={max_msg}. Default {max_message_size} (64 KiB).
+max_message_size = {max_message_size}
+# Client requests per second (token-bucket refill). At least 1.
+# Default {rate_per_sec}.
+rate_per_sec = {rate_per_sec}
+# Client request burst (token-bucket size). At least 1. Default {rate_burst}.
+rate_burst = {rate_burst}
+# Bytes queued for one connection before the slow-consumer policy applies.
+# At least 1024. Default {max_outbound_bytes} (1 MiB).
+max_outbound_bytes = {max_outbound_bytes}
+# What happens past max_outbound_bytes: "disconnect" (close 1008 "slow
+# consumer") or "drop" (drop whole frames; the client sees a gap in
+# offsets). Default {slow}.
+slow_consumer = {slow}
+
+# Per-channel publication history kept by the channel's home shard.
+[history]
+# Publications kept per channel. 0 = none; at most {max_hist}. Default {hsize}.
+size = {hsize}
+# Seconds a publication stays in history. Default {httl}.
+ttl = {httl}
+"#,
+            max_shards = MAX_SHARDS,
+            shards = d.shards,
+            driver = s(&driver),
+            log_level = s(&d.log_level),
+            log_format = s(&log_format),
+            shutdown_timeout = d.shutdown_timeout,
+            ws_listen = s(&d.ws.listen.to_string()),
+            backlog = d.ws.backlog,
+            dialect = s(&dialect),
+            origins = origins,
+            ping_interval = d.ws.ping_interval,
+            pong_timeout = d.ws.pong_timeout,
+            handshake_timeout = d.ws.handshake_timeout,
+            b_listen = s(&d.backend.listen.to_string()),
+            token = s(&d.backend.api_token),
+            max_body = d.backend.max_body,
+            max_connections = d.limits.max_connections,
+            max_subs = d.limits.max_subscriptions_per_connection,
+            min_msg = MIN_MESSAGE_SIZE,
+            max_msg = MAX_MESSAGE_SIZE,
+            max_message_size = d.limits.max_message_size,
+            rate_per_sec = d.limits.rate_per_sec,
+            rate_burst = d.limits.rate_burst,
+            max_outbound_bytes = d.limits.max_outbound_bytes,
+            slow = s(&slow),
+            max_hist = MAX_HISTORY_SIZE,
+            hsize = d.history.size,
+            httl = d.history.ttl,
+        )
+    }
+}
+
+/// The string a unit enum serializes to (`DriverKind::Auto` -> `auto`).
+fn enum_str<T: Serialize>(v: &T) -> String {
+    match Value::try_from(v) {
+        Ok(Value::String(s)) => s,
+        _ => String::new(),
+    }
+}
+
+/// Two listen addresses that cannot both be bound: same port (not 0) and
+/// the same IP, or either a wildcard of the same family.
+fn addresses_clash(a: SocketAddr, b: SocketAddr) -> bool {
+    if a.port() != b.port() || a.port() == 0 {
+        return false;
+    }
+    a.ip() == b.ip()
+        || (a.is_ipv4() == b.is_ipv4() && (a.ip().is_unspecified() || b.ip().is_unspecified()))
+}
+
+/// `Config::default()` as a TOML table: the layer every other one is merged
+/// into, and the schema (which keys exist, which are tables, each leaf's
+/// TOML type).
+fn defaults_table() -> Table {
+    Table::try_from(Config::default()).unwrap_or_default()
+}
+
+/// Every leaf key of the schema: (environment variable, dotted key,
+/// default value).
+fn env_keys(schema: &Table) -> Vec<(String, String, Value)> {
+    fn walk(table: &Table, prefix: &str, out: &mut Vec<(String, String, Value)>) {
+        for (k, v) in table {
+            let key = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            match v {
+                Value::Table(t) => walk(t, &key, out),
+                _ => out.push((Config::env_var_for(&key), key, v.clone())),
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(schema, "", &mut out);
+    out
+}
+
+/// Converts an environment variable's text to the TOML type of the key's
+/// default value.
+fn env_value(default: &Value, raw: &str) -> Result<Value, String> {
+    let t = raw.trim();
+    match default {
+        Value::Integer(_) => t
+            .parse::<i64>()
+            .map(Value::Integer)
+            .map_err(|_| format!("expected an integer, got {raw:?}")),
+        Value::Float(_) => t
+            .parse::<f64>()
+            .map(Value::Float)
+            .map_err(|_| format!("expected a number, got {raw:?}")),
+        Value::Boolean(_) => match t.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Ok(Value::Boolean(true)),
+            "false" | "0" | "no" | "off" => Ok(Value::Boolean(false)),
+            _ => Err(format!("expected true or false, got {raw:?}")),
+        },
+        Value::Array(_) => Ok(Value::Array(
+            t.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| Value::String(s.to_owned()))
+                .collect(),
+        )),
+        _ => Ok(Value::String(raw.to_owned())),
+    }
+}
+
+/// Parses the config file and merges each of its leaves into `merged`.
+fn merge_file(
+    merged: &mut Table,
+    schema: &Table,
+    path: &Path,
+    text: &str,
+) -> Result<(), ConfigError> {
+    let table: Table = toml::from_str(text).map_err(|e: toml::de::Error| {
+        let (line, column) = e
+            .span()
+            .map(|span| line_col(text, span.start))
+            .unwrap_or((1, 1));
+        ConfigError::Syntax {
+            path: path.to_owned(),
+            line,
+            column,
+            message: one_line(e.message()),
+        }
+    })?;
+    let mut leaves = Vec::new();
+    file_leaves(&table, schema, "", &mut leaves);
+    for (key, value) in leaves {
+        set_leaf(merged, schema, &key, value, Origin::File(path))?;
+    }
+    Ok(())
+}
+
+/// 1-based line and column (in characters) of byte offset `at`.
+fn line_col(text: &str, at: usize) -> (usize, usize) {
+    let before = text.get(..at).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before.get(line_start..).map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// The file's leaves: a value is descended into only when both it and the
+/// schema's value at that key are tables, so `ws = 5` is one leaf `ws`
+/// (wrong type) and `[nope]` is one leaf `nope` (unknown key).
+fn file_leaves(table: &Table, schema: &Table, prefix: &str, out: &mut Vec<(String, Value)>) {
+    for (k, v) in table {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match (v, schema.get(k)) {
+            (Value::Table(t), Some(Value::Table(s))) => file_leaves(t, s, &key, out),
+            _ => out.push((key, v.clone())),
+        }
+    }
+}
+
+/// Looks up the dotted `key` in `table`.
+fn get_path<'t>(table: &'t Table, key: &str) -> Option<&'t Value> {
+    let mut parts = key.split('.');
+    let mut value = table.get(parts.next()?)?;
+    for part in parts {
+        value = value.as_table()?.get(part)?;
+    }
+    Some(value)
+}
+
+/// A table holding only `value` at the dotted `key`.
+fn single(key: &str, value: Value) -> Table {
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let last = parts.pop().unwrap_or_default();
+    let mut table = Table::new();
+    table.insert(last.to_owned(), value);
+    while let Some(part) = parts.pop() {
+        let mut outer = Table::new();
+        outer.insert(part.to_owned(), Value::Table(table));
+        table = outer;
+    }
+    table
+}
+
+/// Type-checks `value` for the dotted `key` on its own (so an error is
+/// attributed to it) and stores it in `merged`.
+fn set_leaf(
+    merged: &mut Table,
+    schema: &Table,
+    key: &str,
+    mut value: Value,
+    origin: Origin<'_>,
+) -> Result<(), ConfigError> {
+    if get_path(schema, key).is_none() {
+        return Err(origin.error(key, "unknown key"));
+    }
+    if ADDRESS_KEYS.contains(&key) {
+        if let Value::String(s) = &value {
+            let addr = resolve_addr(s).map_err(|m| origin.error(key, m))?;
+            value = Value::String(addr.to_string());
+        }
+    }
+    let probe = single(key, value.clone());
+    if let Err(e) = probe.try_into::<Config>() {
+        let message = e.message();
+        // serde names the Rust type of a section; say what the file needs.
+        let message = match message.find("expected struct ") {
+            Some(at) => format!("{}expected a table", &message[..at]),
+            None => message.to_owned(),
+        };
+        return Err(origin.error(key, message));
+    }
+    // Insert, creating intermediate tables as needed; the schema check
+    // above guarantees every parent is a table in `merged` too.
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let last = parts.pop().unwrap_or_default();
+    let mut table = merged;
+    for part in parts {
+        let entry = table
+            .entry(part.to_owned())
+            .or_insert_with(|| Value::Table(Table::new()));
+        if !entry.is_table() {
+            *entry = Value::Table(Table::new());
+        }
+        match entry {
+            Value::Table(t) => table = t,
+            _ => return Err(origin.error(key, "not a table")),
+        }
+    }
+    table.insert(last.to_owned(), value);
+    Ok(())
+}
+
+/// Parses `IP:PORT`, or resolves `HOST:PORT` (first IPv4 address, else
+/// the first address).
+pub fn resolve_addr(s: &str) -> Result<SocketAddr, String> {
+    let t = s.trim();
+    if let Ok(addr) = t.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let bad = || format!("invalid socket address {s:?} (expected HOST:PORT)");
+    let Some((host, port)) = t.rsplit_once(':') else {
+        return Err(bad());
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(bad());
+    }
+    let addrs: Vec<SocketAddr> = t
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {s:?}: {}", one_line(&e.to_string())))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .ok_or_else(|| format!("cannot resolve {s:?}: no addresses"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+        vars.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn write_file(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("ringcast-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("write temp file");
+        path
+    }
+
+    fn load_err(file: Option<&Path>, vars: &[(&str, &str)], o: &Overrides) -> String {
+        match Config::load(file, env(vars), o) {
+            Ok(c) => panic!("expected an error, got {c:?}"),
+            Err(e) => {
+                let s = e.to_string();
+                assert!(!s.contains('\n'), "multi-line error: {s}");
+                assert!(s.starts_with("invalid config: "), "{s}");
+                s
+            }
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().expect("defaults valid");
+        let c = Config::load(None, Vec::new(), &Overrides::new()).expect("load");
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn default_toml_round_trips() {
+        let text = Config::default_toml();
+        let parsed: Config = toml::from_str(&text).expect("default toml parses");
+        assert_eq!(parsed, Config::default());
+        // Every key is written out, not left to serde defaults.
+        let table: Table = toml::from_str(&text).expect("table");
+        assert_eq!(table, defaults_table());
+        // Every key has a comment line right above it.
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let is_key = line.contains(" = ") && !line.starts_with('#');
+            if is_key {
+                assert!(
+                    i > 0 && lines[i - 1].starts_with('#'),
+                    "no comment for {line}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn default_toml_loads_as_file() {
+        let path = write_file("default.toml", &Config::default_toml());
+        let c = Config::load(Some(&path), Vec::new(), &Overrides::new()).expect("load");
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn precedence_flags_env_file_defaults() {
+        let path = write_file(
+            "prec.toml",
+            "shards = 2\nlog_level = \"debug\"\n[history]\nsize = 10\nttl = 7\n",
+        );
+        let vars = [
+            ("RINGCAST_SHARDS", "3"),
+            ("RINGCAST_HISTORY_SIZE", "11"),
+            ("PATH", "/bin"),
+            ("RINGCAST_LOG", "ringcast=trace"),
+            ("RINGCAST_CONFIG", "/nonexistent"),
+        ];
+        let mut o = Overrides::new();
+        o.set("--shards", "shards", 4);
+        let c = Config::load(Some(&path), env(&vars), &o).expect("load");
+        assert_eq!(c.shards, 4); // flag
+        assert_eq!(c.history.size, 11); // env
+        assert_eq!(c.history.ttl, 7); // file
+        assert_eq!(c.log_level, "debug"); // file
+        assert_eq!(c.ws.backlog, 4096); // default
+    }
+
+    #[test]
+    fn env_sets_every_type() {
+        let vars = [
+            ("RINGCAST_DRIVER", "epoll"),
+            ("RINGCAST_WS_LISTEN", "127.0.0.1:1234"),
+            (
+                "RINGCAST_WS_ALLOWED_ORIGINS",
+                "https://a.example, https://b.example,",
+            ),
+            ("RINGCAST_BACKEND_API_TOKEN", "s3cret"),
+            ("RINGCAST_LIMITS_MAX_MESSAGE_SIZE", "1000"),
+            ("RINGCAST_LIMITS_SLOW_CONSUMER", "drop"),
+            ("RINGCAST_WS_DIALECT", "rocketws"),
+            ("RINGCAST_LOG_FORMAT", "json"),
+        ];
+        let c = Config::load(None, env(&vars), &Overrides::new()).expect("load");
+        assert_eq!(c.driver, DriverKind::Epoll);
+        assert_eq!(c.ws.listen, SocketAddr::from(([127, 0, 0, 1], 1234)));
+        assert_eq!(
+            c.ws.allowed_origins,
+            vec![
+                "https://a.example".to_owned(),
+                "https://b.example".to_owned()
+            ]
+        );
+        assert_eq!(c.backend.api_token, "s3cret");
+        assert_eq!(c.limits.max_message_size, 1000);
+        assert_eq!(c.limits.slow_consumer, SlowConsumerPolicy::Drop);
+        assert_eq!(c.ws.dialect, Dialect::Rocketws);
+        assert_eq!(c.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn env_names_cover_every_key() {
+        let keys = env_keys(&defaults_table());
+        for var in [
+            "RINGCAST_SHARDS",
+            "RINGCAST_DRIVER",
+            "RINGCAST_LOG_LEVEL",
+            "RINGCAST_LOG_FORMAT",
+            "RINGCAST_SHUTDOWN_TIMEOUT",
+            "RINGCAST_WS_LISTEN",
+            "RINGCAST_WS_BACKLOG",
+            "RINGCAST_WS_DIALECT",
+            "RINGCAST_WS_ALLOWED_ORIGINS",
+            "RINGCAST_WS_PING_INTERVAL",
+            "RINGCAST_WS_PONG_TIMEOUT",
+            "RINGCAST_WS_HANDSHAKE_TIMEOUT",
+            "RINGCAST_BACKEND_LISTEN",
+            "RINGCAST_BACKEND_API_TOKEN",
+            "RINGCAST_BACKEND_MAX_BODY",
+            "RINGCAST_LIMITS_MAX_CONNECTIONS",
+            "RINGCAST_LIMITS_MAX_SUBSCRIPTIONS_PER_CONNECTION",
+            "RINGCAST_LIMITS_MAX_MESSAGE_SIZE",
+            "RINGCAST_LIMITS_RATE_PER_SEC",
+            "RINGCAST_LIMITS_RATE_BURST",
+            "RINGCAST_LIMITS_MAX_OUTBOUND_BYTES",
+            "RINGCAST_LIMITS_SLOW_CONSUMER",
+            "RINGCAST_HISTORY_SIZE",
+            "RINGCAST_HISTORY_TTL",
+        ] {
+            assert!(keys.iter().any(|(v, _, _)| v == var), "{var}");
+        }
+        assert_eq!(keys.len(), 24);
+    }
+
+    #[test]
+    fn env_errors_name_the_variable() {
+        let o = Overrides::new();
+        assert_eq!(
+            load_err(None, &[("RINGCAST_WS_LISTEN", "abc")], &o),
+            "invalid config: RINGCAST_WS_LISTEN: invalid socket address \"abc\" (expected HOST:PORT)"
+        );
+        let e = load_err(None, &[("RINGCAST_SHARDS", "four")], &o);
+        assert_eq!(
+            e,
+            "invalid config: RINGCAST_SHARDS: expected an integer, got \"four\""
+        );
+        let e = load_err(None, &[("RINGCAST_SHARDS", "-1")], &o);
+        assert!(e.starts_with("invalid config: RINGCAST_SHARDS: "), "{e}");
+        let e = load_err(None, &[("RINGCAST_DRIVER", "kqueue")], &o);
+        assert!(e.starts_with("invalid config: RINGCAST_DRIVER: "), "{e}");
+        assert!(e.contains("kqueue"), "{e}");
+        let e = load_err(None, &[("RINGCAST_WS_BACKLOG", "99999999999")], &o);
+        assert!(
+            e.starts_with("invalid config: RINGCAST_WS_BACKLOG: "),
+            "{e}"
+        );
+        let e = load_err(None, &[("RINGCAST_NOPE", "1")], &o);
+        assert!(
+            e.starts_with("invalid config: RINGCAST_NOPE: unknown setting"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn file_errors_name_the_key() {
+        let o = Overrides::new();
+        let p = write_file("unknown.toml", "[ws]\nbacklg = 5\n");
+        let e = load_err(Some(&p), &[], &o);
+        assert!(
+            e.starts_with("invalid config: ws.backlg: unknown key (in "),
+            "{e}"
+        );
+
+        let p = write_file("unknown_table.toml", "[nope]\na = 1\n");
+        let e = load_err(Some(&p), &[], &o);
+        assert!(e.starts_with("invalid config: nope: unknown key"), "{e}");
+
+        let p = write_file("type.toml", "[limits]\nmax_message_size = \"big\"\n");
+        let e = load_err(Some(&p), &[], &o);
+        assert!(
+            e.starts_with("invalid config: limits.max_message_size: invalid type"),
+            "{e}"
+        );
+
+        let p = write_file("table_type.toml", "ws = 5\n");
+        let e = load_err(Some(&p), &[], &o);
+        assert!(
+            e.starts_with("invalid config: ws: invalid type: integer `5`, expected a table (in "),
+            "{e}"
+        );
+
+        let p = write_file("addr.toml", "[backend]\nlisten = \"nowhere\"\n");
+        let e = load_err(Some(&p), &[], &o);
+        assert!(
+            e.starts_with("invalid config: backend.listen: invalid socket address \"nowhere\""),
+            "{e}"
+        );
+
+        let p = write_file("syntax.toml", "shards = 1\nws = [\n");
+        let e = load_err(Some(&p), &[], &o);
+        assert!(e.contains("syntax.toml:"), "{e}");
+
+        let p = write_file("dup.toml", "shards = 1\nshards = 2\n");
+        let e = load_err(Some(&p), &[], &o);
+        assert!(e.contains("dup.toml:2:"), "{e}");
+
+        let missing = std::env::temp_dir().join("ringcast-definitely-missing.toml");
+        let e = load_err(Some(&missing), &[], &o);
+        assert!(e.starts_with("invalid config: cannot read "), "{e}");
+    }
+
+    #[test]
+    fn flag_errors_name_the_flag() {
+        let mut o = Overrides::new();
+        o.set("--driver", "driver", "kqueue");
+        let e = load_err(None, &[], &o);
+        assert!(e.starts_with("invalid config: --driver: "), "{e}");
+
+        let mut o = Overrides::new();
+        o.set("--ws-listen", "ws.listen", "abc");
+        let e = load_err(None, &[], &o);
+        assert_eq!(
+            e,
+            "invalid config: --ws-listen: invalid socket address \"abc\" (expected HOST:PORT)"
+        );
+    }
+
+    #[test]
+    fn host_names_resolve() {
+        let mut o = Overrides::new();
+        o.set("--ws-conn", "ws.listen", "localhost:58001");
+        let c = Config::load(None, Vec::new(), &o).expect("localhost resolves");
+        assert_eq!(c.ws.listen.port(), 58001);
+        assert!(c.ws.listen.ip().is_loopback());
+        assert!(resolve_addr("[::1]:80").is_ok());
+        assert!(resolve_addr(":80").is_err());
+        assert!(resolve_addr("host:").is_err());
+        assert!(resolve_addr("host:99999").is_err());
+    }
+
+    #[test]
+    fn validate_rules() {
+        type Edit = fn(&mut Config);
+        let cases: &[(Edit, &str)] = &[
+            (|c| c.shards = 1025, "invalid config: shards: must be at most 1024 (got 1025)"),
+            (|c| c.ws.backlog = 0, "invalid config: ws.backlog: must be at least 1 (got 0)"),
+            (|c| c.ws.backlog = 65536, "invalid config: ws.backlog: must be at most 65535 (got 65536)"),
+            (|c| c.ws.ping_interval = 0, "invalid config: ws.ping_interval: must be at least 1 s (got 0)"),
+            (|c| c.ws.pong_timeout = 0, "invalid config: ws.pong_timeout: must be at least 1 s (got 0)"),
+            (|c| c.ws.handshake_timeout = 0, "invalid config: ws.handshake_timeout: must be at least 1 s (got 0)"),
+            (|c| c.limits.max_message_size = 10, "invalid config: limits.max_message_size: must be at least 126 bytes (got 10)"),
+            (|c| c.limits.max_message_size = (64 << 20) + 1, "invalid config: limits.max_message_size: must be at most 67108864 bytes (got 67108865)"),
+            (|c| c.limits.max_subscriptions_per_connection = 0, "invalid config: limits.max_subscriptions_per_connection: must be at least 1 (got 0)"),
+            (|c| c.limits.rate_per_sec = 0, "invalid config: limits.rate_per_sec: must be at least 1 (got 0)"),
+            (|c| c.limits.rate_burst = 0, "invalid config: limits.rate_burst: must be at least 1 (got 0)"),
+            (|c| c.limits.max_outbound_bytes = 1023, "invalid config: limits.max_outbound_bytes: must be at least 1024 bytes (got 1023)"),
+            (|c| c.backend.max_body = 1023, "invalid config: backend.max_body: must be at least 1024 bytes (got 1023)"),
+            (|c| c.history.size = 1_000_001, "invalid config: history.size: must be at most 1000000 (got 1000001)"),
+            (|c| c.shutdown_timeout = 0, "invalid config: shutdown_timeout: must be at least 1 s (got 0)"),
+            (|c| c.log_level = "loud".into(), "invalid config: log_level: must be one of trace, debug, info, warn, error (got \"loud\")"),
+            (|c| c.backend.listen = c.ws.listen, "invalid config: backend.listen: must differ from ws.listen (both use 0.0.0.0:58000 and 0.0.0.0:58000)"),
+            (|c| c.backend.listen = SocketAddr::from(([127, 0, 0, 1], 58000)), "invalid config: backend.listen: must differ from ws.listen (both use 127.0.0.1:58000 and 0.0.0.0:58000)"),
+        ];
+        for (edit, want) in cases {
+            let mut c = Config::default();
+            edit(&mut c);
+            let got = c.validate().expect_err(want).to_string();
+            assert_eq!(&got, want);
+        }
+        // Boundaries that are fine.
+        let mut c = Config {
+            shards: 1024,
+            ..Config::default()
+        };
+        c.ws.backlog = 65535;
+        c.limits.max_message_size = 126;
+        c.history.size = 0;
+        c.log_level = "WARN".into();
+        c.ws.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        c.backend.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        c.validate().expect("boundaries valid");
+        c.limits.max_message_size = 64 << 20;
+        c.ws.listen = SocketAddr::from(([127, 0, 0, 1], 58000));
+        c.backend.listen = SocketAddr::from(([127, 0, 0, 2], 58000));
+        c.validate().expect("boundaries valid");
+    }
+
+    #[test]
+    fn load_validates() {
+        let e = load_err(
+            None,
+            &[("RINGCAST_LIMITS_MAX_MESSAGE_SIZE", "10")],
+            &Overrides::new(),
+        );
+        assert_eq!(
+            e,
+            "invalid config: limits.max_message_size: must be at least 126 bytes (got 10)"
+        );
+    }
+
+    #[test]
+    fn to_toml_round_trips_and_redacts() {
+        let mut c = Config::default();
+        c.backend.api_token = "s3cret".into();
+        c.ws.allowed_origins = vec!["https://x".into()];
+        let back: Config = toml::from_str(&c.to_toml()).expect("parse");
+        assert_eq!(back, c);
+        assert!(!c.redacted().to_toml().contains("s3cret"));
+        assert_eq!(Config::default().redacted(), Config::default());
+        assert_eq!(
+            Config::env_var_for("limits.max_message_size"),
+            "RINGCAST_LIMITS_MAX_MESSAGE_SIZE"
+        );
     }
 }

@@ -107,8 +107,15 @@ impl HomeChannel {
     /// Publications with offset > `after`, at most `limit`, and the first
     /// offset after `after` that history could not supply (if any).
     fn after(&self, after: u64, limit: usize) -> (Vec<Arc<Publication>>, Option<u64>) {
-        let oldest = self.history.front().map_or(self.last_offset + 1, |(p, _)| p.offset);
-        let gap_end = if after + 1 < oldest { Some(oldest - 1) } else { None };
+        let oldest = self
+            .history
+            .front()
+            .map_or(self.last_offset + 1, |(p, _)| p.offset);
+        let gap_end = if after + 1 < oldest {
+            Some(oldest - 1)
+        } else {
+            None
+        };
         let pubs = self
             .history
             .iter()
@@ -141,7 +148,13 @@ pub struct HomeShard {
 
 impl HomeShard {
     /// `node_start_ms` makes epochs differ across restarts.
-    pub fn new(shard: usize, shards: usize, history_size: usize, history_ttl: Duration, node_start_ms: u64) -> Self {
+    pub fn new(
+        shard: usize,
+        shards: usize,
+        history_size: usize,
+        history_ttl: Duration,
+        node_start_ms: u64,
+    ) -> Self {
         HomeShard {
             shards,
             history_size,
@@ -199,14 +212,23 @@ impl HomeShard {
 
     /// Shards with subscribers of `channel`.
     pub fn interested(&self, channel: &str) -> impl Iterator<Item = usize> + '_ {
-        self.channels
-            .get(channel)
-            .into_iter()
-            .flat_map(|ch| ch.counts.iter().enumerate().filter(|(_, &c)| c > 0).map(|(s, _)| s))
+        self.channels.get(channel).into_iter().flat_map(|ch| {
+            ch.counts
+                .iter()
+                .enumerate()
+                .filter(|(_, &c)| c > 0)
+                .map(|(s, _)| s)
+        })
     }
 
     /// Registers one more subscriber on `shard` and says where it starts.
-    pub fn subscribe(&mut self, channel: &str, shard: usize, since: Option<&Since>, now: Instant) -> SubscribeOutcome {
+    pub fn subscribe(
+        &mut self,
+        channel: &str,
+        shard: usize,
+        since: Option<&Since>,
+        now: Instant,
+    ) -> SubscribeOutcome {
         let ttl = self.history_ttl;
         let ch = self.channel(channel);
         ch.counts[shard] += 1;
@@ -222,7 +244,11 @@ impl HomeShard {
         let same_epoch = *since.epoch == *ch.epoch;
         // In another epoch the client's offsets mean nothing here: everything
         // of this epoch is new to it, and what came before is unknowable.
-        let after = if same_epoch { since.offset.min(ch.last_offset) } else { 0 };
+        let after = if same_epoch {
+            since.offset.min(ch.last_offset)
+        } else {
+            0
+        };
         let (replay, gap_end) = ch.after(after, usize::MAX);
         out.replay = replay;
         out.missed = gap_end.map(|end| (after + 1, end));
@@ -238,7 +264,13 @@ impl HomeShard {
     }
 
     /// `history`: publications after `since` (or all kept), at most `limit`.
-    pub fn history(&mut self, channel: &str, since: Option<&Since>, limit: usize, now: Instant) -> HistoryOutcome {
+    pub fn history(
+        &mut self,
+        channel: &str,
+        since: Option<&Since>,
+        limit: usize,
+        now: Instant,
+    ) -> HistoryOutcome {
         let ttl = self.history_ttl;
         let ch = self.channel(channel);
         ch.expire(now, ttl);
@@ -298,7 +330,9 @@ mod tests {
     }
 
     fn publish(h: &mut HomeShard, ch: &str, now: Instant) -> Published {
-        h.publish(ch, now, |name, off| Publication::message(name, off, off, 0, Bytes::from_static(b"1")))
+        h.publish(ch, now, |name, off| {
+            Publication::message(name, off, off, 0, Bytes::from_static(b"1"))
+        })
     }
 
     #[test]
@@ -337,10 +371,21 @@ mod tests {
             publish(&mut h, "a", now);
         }
         let (_, epoch) = h.last("a");
-        let s = h.subscribe("a", 0, Some(&Since { offset: 2, epoch: epoch.to_string() }), now);
+        let s = h.subscribe(
+            "a",
+            0,
+            Some(&Since {
+                offset: 2,
+                epoch: epoch.to_string(),
+            }),
+            now,
+        );
         assert_eq!(s.recovered, Some(true));
         assert_eq!(s.missed, None);
-        assert_eq!(s.replay.iter().map(|p| p.offset).collect::<Vec<_>>(), vec![3, 4, 5]);
+        assert_eq!(
+            s.replay.iter().map(|p| p.offset).collect::<Vec<_>>(),
+            vec![3, 4, 5]
+        );
         assert_eq!(s.offset, 5);
     }
 
@@ -352,10 +397,21 @@ mod tests {
             publish(&mut h, "a", now);
         }
         let (_, epoch) = h.last("a");
-        let s = h.subscribe("a", 0, Some(&Since { offset: 4, epoch: epoch.to_string() }), now);
+        let s = h.subscribe(
+            "a",
+            0,
+            Some(&Since {
+                offset: 4,
+                epoch: epoch.to_string(),
+            }),
+            now,
+        );
         assert_eq!(s.recovered, Some(false));
         assert_eq!(s.missed, Some((5, 7)));
-        assert_eq!(s.replay.iter().map(|p| p.offset).collect::<Vec<_>>(), vec![8, 9, 10]);
+        assert_eq!(
+            s.replay.iter().map(|p| p.offset).collect::<Vec<_>>(),
+            vec![8, 9, 10]
+        );
     }
 
     #[test]
@@ -363,7 +419,15 @@ mod tests {
         let now = Instant::now();
         let mut h = home(8);
         publish(&mut h, "a", now);
-        let s = h.subscribe("a", 0, Some(&Since { offset: 1, epoch: "old".into() }), now);
+        let s = h.subscribe(
+            "a",
+            0,
+            Some(&Since {
+                offset: 1,
+                epoch: "old".into(),
+            }),
+            now,
+        );
         assert_eq!(s.recovered, Some(false));
         assert_eq!(s.replay.len(), 1);
     }
@@ -391,8 +455,19 @@ mod tests {
             publish(&mut h, "a", now);
         }
         let (_, epoch) = h.last("a");
-        let r = h.history("a", Some(&Since { offset: 6, epoch: epoch.to_string() }), 2, now);
-        assert_eq!(r.publications.iter().map(|p| p.offset).collect::<Vec<_>>(), vec![7, 8]);
+        let r = h.history(
+            "a",
+            Some(&Since {
+                offset: 6,
+                epoch: epoch.to_string(),
+            }),
+            2,
+            now,
+        );
+        assert_eq!(
+            r.publications.iter().map(|p| p.offset).collect::<Vec<_>>(),
+            vec![7, 8]
+        );
         assert_eq!(r.offset, 10);
     }
 }

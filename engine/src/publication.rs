@@ -180,7 +180,13 @@ mod tests {
 
     #[test]
     fn native_message_frame() {
-        let p = Publication::message(Arc::from("chat"), 42, 7, 1, Bytes::from_static(b"{\"a\":1}"));
+        let p = Publication::message(
+            Arc::from("chat"),
+            42,
+            7,
+            1,
+            Bytes::from_static(b"{\"a\":1}"),
+        );
         assert_eq!(p.native[0], 0x81);
         assert_eq!(
             payload(&p.native),
@@ -210,7 +216,13 @@ mod tests {
 
     #[test]
     fn rocketws_envelope() {
-        let p = Publication::message(Arc::from("c"), 1, 1, 1700000000, Bytes::from_static(b"{\"message\":\"hola!\"}"));
+        let p = Publication::message(
+            Arc::from("c"),
+            1,
+            1,
+            1700000000,
+            Bytes::from_static(b"{\"message\":\"hola!\"}"),
+        );
         assert_eq!(
             payload(p.rocketws_frame()),
             r#"{"message":"hola!","__type":"message","__ts":1700000000}"#
@@ -218,7 +230,10 @@ mod tests {
         // Built once: the same buffer on every call.
         assert_eq!(p.rocketws_frame().as_ptr(), p.rocketws_frame().as_ptr());
         let b = Publication::broadcast(1, 5, Bytes::from_static(b"{}"));
-        assert_eq!(payload(b.rocketws_frame()), r#"{"__type":"broadcast","__ts":5}"#);
+        assert_eq!(
+            payload(b.rocketws_frame()),
+            r#"{"__type":"broadcast","__ts":5}"#
+        );
     }
 
     #[test]

@@ -82,24 +82,52 @@ pub type Data = Bytes;
 /// Client (WebSocket) methods.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientMethod {
-    Subscribe { channel: Box<str>, since: Option<Since> },
-    Unsubscribe { channel: Box<str> },
-    SendData { channel: Box<str>, data: Data },
+    Subscribe {
+        channel: Box<str>,
+        since: Option<Since>,
+    },
+    Unsubscribe {
+        channel: Box<str>,
+    },
+    SendData {
+        channel: Box<str>,
+        data: Data,
+    },
     Heartbeat,
-    History { channel: Box<str>, since: Option<Since>, limit: usize },
+    History {
+        channel: Box<str>,
+        since: Option<Since>,
+        limit: usize,
+    },
 }
 
 /// Backend (HTTP) methods.
 #[derive(Debug, Clone, PartialEq)]
 pub enum BackendMethod {
-    Emit { channel: Box<str>, data: Data },
-    PublishMany { channels: Vec<Box<str>>, data: Data },
-    NotifyAll { data: Data },
-    TotalSubscribers { channel: Option<Box<str>> },
+    Emit {
+        channel: Box<str>,
+        data: Data,
+    },
+    PublishMany {
+        channels: Vec<Box<str>>,
+        data: Data,
+    },
+    NotifyAll {
+        data: Data,
+    },
+    TotalSubscribers {
+        channel: Option<Box<str>>,
+    },
     AvailableChannels,
     FlushDeadClients,
-    Last { channel: Option<Box<str>> },
-    History { channel: Box<str>, since: Option<Since>, limit: usize },
+    Last {
+        channel: Option<Box<str>>,
+    },
+    History {
+        channel: Box<str>,
+        since: Option<Since>,
+        limit: usize,
+    },
     Ping,
     Info,
 }
@@ -139,7 +167,10 @@ impl RpcParser {
         match value {
             Value::Array(items) => {
                 if items.is_empty() {
-                    return Err(RpcError::new(INVALID_REQUEST, "invalid request: empty batch"));
+                    return Err(RpcError::new(
+                        INVALID_REQUEST,
+                        "invalid request: empty batch",
+                    ));
                 }
                 Ok(Incoming::Batch(items.iter().map(parse_call).collect()))
             }
@@ -152,7 +183,10 @@ fn parse_call<M: Methods>(v: &Value<'_>) -> Call<M> {
     let Some(obj) = v.as_object() else {
         return Call {
             id: Some(Box::from(&b"null"[..])),
-            method: Err(RpcError::new(INVALID_REQUEST, "invalid request: not an object")),
+            method: Err(RpcError::new(
+                INVALID_REQUEST,
+                "invalid request: not an object",
+            )),
         };
     };
     let id = obj.get("id").map(|id| match id {
@@ -198,15 +232,17 @@ fn param<'a, 'v>(params: Option<&'a Value<'v>>, key: &str) -> Option<&'a Value<'
 fn need_object(params: Option<&Value<'_>>) -> Result<(), RpcError> {
     match params {
         Some(p) if p.is_object() => Ok(()),
-        _ => Err(RpcError::invalid_params("invalid params: expected an object")),
+        _ => Err(RpcError::invalid_params(
+            "invalid params: expected an object",
+        )),
     }
 }
 
 fn channel_param(params: Option<&Value<'_>>, key: &str) -> Result<Box<str>, RpcError> {
     need_object(params)?;
-    let c = param(params, key)
-        .and_then(|v| v.as_str())
-        .ok_or_else(|| RpcError::invalid_params(format!("invalid params: \"{key}\" must be a string")))?;
+    let c = param(params, key).and_then(|v| v.as_str()).ok_or_else(|| {
+        RpcError::invalid_params(format!("invalid params: \"{key}\" must be a string"))
+    })?;
     checked_channel(c)
 }
 
@@ -226,23 +262,32 @@ fn optional_channel(params: Option<&Value<'_>>) -> Result<Option<Box<str>>, RpcE
         Some(v) if v.is_null() => Ok(None),
         Some(v) => match v.as_str() {
             Some(c) => checked_channel(c).map(Some),
-            None => Err(RpcError::invalid_params("invalid params: \"channel\" must be a string")),
+            None => Err(RpcError::invalid_params(
+                "invalid params: \"channel\" must be a string",
+            )),
         },
     }
 }
 
 fn data_param(params: Option<&Value<'_>>) -> Result<Data, RpcError> {
     need_object(params)?;
-    let v = param(params, "data").ok_or_else(|| RpcError::invalid_params("invalid params: \"data\" is required"))?;
+    let v = param(params, "data")
+        .ok_or_else(|| RpcError::invalid_params("invalid params: \"data\" is required"))?;
     Ok(Bytes::from(v.encode().into_bytes()))
 }
 
 fn since_param(params: Option<&Value<'_>>) -> Result<Option<Since>, RpcError> {
-    let Some(s) = param(params, "since") else { return Ok(None) };
+    let Some(s) = param(params, "since") else {
+        return Ok(None);
+    };
     if s.is_null() {
         return Ok(None);
     }
-    let bad = || RpcError::invalid_params("invalid params: \"since\" must be {\"offset\": integer >= 0, \"epoch\": string}");
+    let bad = || {
+        RpcError::invalid_params(
+            "invalid params: \"since\" must be {\"offset\": integer >= 0, \"epoch\": string}",
+        )
+    };
     let offset = s.get("offset").and_then(|v| v.as_u64()).ok_or_else(bad)?;
     let epoch = s.get("epoch").and_then(|v| v.as_str()).ok_or_else(bad)?;
     Ok(Some(Since {
@@ -255,10 +300,9 @@ fn limit_param(params: Option<&Value<'_>>) -> Result<usize, RpcError> {
     match param(params, "limit") {
         None => Ok(usize::MAX),
         Some(v) if v.is_null() => Ok(usize::MAX),
-        Some(v) => v
-            .as_u64()
-            .map(|n| n as usize)
-            .ok_or_else(|| RpcError::invalid_params("invalid params: \"limit\" must be an integer >= 0")),
+        Some(v) => v.as_u64().map(|n| n as usize).ok_or_else(|| {
+            RpcError::invalid_params("invalid params: \"limit\" must be an integer >= 0")
+        }),
     }
 }
 
@@ -304,12 +348,18 @@ impl Methods for BackendMethod {
                 need_object(params)?;
                 let list = param(params, "channels")
                     .and_then(|v| v.as_array())
-                    .ok_or_else(|| RpcError::invalid_params("invalid params: \"channels\" must be an array of strings"))?;
+                    .ok_or_else(|| {
+                        RpcError::invalid_params(
+                            "invalid params: \"channels\" must be an array of strings",
+                        )
+                    })?;
                 let mut channels = Vec::with_capacity(list.len());
                 for c in list {
-                    let c = c
-                        .as_str()
-                        .ok_or_else(|| RpcError::invalid_params("invalid params: \"channels\" must be an array of strings"))?;
+                    let c = c.as_str().ok_or_else(|| {
+                        RpcError::invalid_params(
+                            "invalid params: \"channels\" must be an array of strings",
+                        )
+                    })?;
                     channels.push(checked_channel(c)?);
                 }
                 BackendMethod::PublishMany {
@@ -421,7 +471,10 @@ mod tests {
     use super::*;
 
     fn one(text: &str) -> Call<ClientMethod> {
-        match RpcParser::new().parse::<ClientMethod>(text.as_bytes()).unwrap() {
+        match RpcParser::new()
+            .parse::<ClientMethod>(text.as_bytes())
+            .unwrap()
+        {
             Incoming::Single(c) => c,
             Incoming::Batch(_) => panic!("batch"),
         }
@@ -433,7 +486,9 @@ mod tests {
 
     #[test]
     fn subscribe_with_since() {
-        let c = one(r#"{"jsonrpc":"2.0","id":7,"method":"subscribe","params":{"channel":"chat","since":{"offset":3,"epoch":"e"}}}"#);
+        let c = one(
+            r#"{"jsonrpc":"2.0","id":7,"method":"subscribe","params":{"channel":"chat","since":{"offset":3,"epoch":"e"}}}"#,
+        );
         assert_eq!(&*c.id.unwrap(), b"7");
         assert_eq!(
             c.method.unwrap(),
@@ -462,7 +517,9 @@ mod tests {
 
     #[test]
     fn send_data_keeps_data_as_json() {
-        let c = one(r#"{"jsonrpc":"2.0","id":1,"method":"send_data","params":{"channel":"c","data":{"x": [1, "two"]}}}"#);
+        let c = one(
+            r#"{"jsonrpc":"2.0","id":1,"method":"send_data","params":{"channel":"c","data":{"x": [1, "two"]}}}"#,
+        );
         match c.method.unwrap() {
             ClientMethod::SendData { data, .. } => assert_eq!(&data[..], br#"{"x":[1,"two"]}"#),
             m => panic!("{m:?}"),
@@ -472,30 +529,68 @@ mod tests {
     #[test]
     fn every_error_code() {
         assert_eq!(
-            RpcParser::new().parse::<ClientMethod>(b"{nope").unwrap_err().code,
+            RpcParser::new()
+                .parse::<ClientMethod>(b"{nope")
+                .unwrap_err()
+                .code,
             PARSE_ERROR
         );
-        assert_eq!(RpcParser::new().parse::<ClientMethod>(b"[]").unwrap_err().code, INVALID_REQUEST);
-        assert_eq!(err_code(r#"{"id":1,"method":"heartbeat"}"#), INVALID_REQUEST);
-        assert_eq!(err_code(r#"{"jsonrpc":"2.0","id":1}"#), INVALID_REQUEST);
-        assert_eq!(err_code(r#"{"jsonrpc":"2.0","id":{},"method":"heartbeat"}"#), INVALID_REQUEST);
-        assert_eq!(err_code(r#"{"jsonrpc":"2.0","id":1,"method":"heartbeat","params":5}"#), INVALID_REQUEST);
-        assert_eq!(err_code(r#"{"jsonrpc":"2.0","id":1,"method":"nope"}"#), METHOD_NOT_FOUND);
-        assert_eq!(err_code(r#"{"jsonrpc":"2.0","id":1,"method":"subscribe"}"#), INVALID_PARAMS);
-        assert_eq!(err_code(r#"{"jsonrpc":"2.0","id":1,"method":"subscribe","params":{"channel":"a b"}}"#), INVALID_PARAMS);
-        assert_eq!(err_code(r#"{"jsonrpc":"2.0","id":1,"method":"subscribe","params":{"channel":""}}"#), INVALID_PARAMS);
         assert_eq!(
-            err_code(r#"{"jsonrpc":"2.0","id":1,"method":"subscribe","params":{"channel":"a","since":{"offset":-1,"epoch":"x"}}}"#),
+            RpcParser::new()
+                .parse::<ClientMethod>(b"[]")
+                .unwrap_err()
+                .code,
+            INVALID_REQUEST
+        );
+        assert_eq!(
+            err_code(r#"{"id":1,"method":"heartbeat"}"#),
+            INVALID_REQUEST
+        );
+        assert_eq!(err_code(r#"{"jsonrpc":"2.0","id":1}"#), INVALID_REQUEST);
+        assert_eq!(
+            err_code(r#"{"jsonrpc":"2.0","id":{},"method":"heartbeat"}"#),
+            INVALID_REQUEST
+        );
+        assert_eq!(
+            err_code(r#"{"jsonrpc":"2.0","id":1,"method":"heartbeat","params":5}"#),
+            INVALID_REQUEST
+        );
+        assert_eq!(
+            err_code(r#"{"jsonrpc":"2.0","id":1,"method":"nope"}"#),
+            METHOD_NOT_FOUND
+        );
+        assert_eq!(
+            err_code(r#"{"jsonrpc":"2.0","id":1,"method":"subscribe"}"#),
             INVALID_PARAMS
         );
-        assert_eq!(err_code(r#"{"jsonrpc":"2.0","id":1,"method":"send_data","params":{"channel":"a"}}"#), INVALID_PARAMS);
+        assert_eq!(
+            err_code(r#"{"jsonrpc":"2.0","id":1,"method":"subscribe","params":{"channel":"a b"}}"#),
+            INVALID_PARAMS
+        );
+        assert_eq!(
+            err_code(r#"{"jsonrpc":"2.0","id":1,"method":"subscribe","params":{"channel":""}}"#),
+            INVALID_PARAMS
+        );
+        assert_eq!(
+            err_code(
+                r#"{"jsonrpc":"2.0","id":1,"method":"subscribe","params":{"channel":"a","since":{"offset":-1,"epoch":"x"}}}"#
+            ),
+            INVALID_PARAMS
+        );
+        assert_eq!(
+            err_code(r#"{"jsonrpc":"2.0","id":1,"method":"send_data","params":{"channel":"a"}}"#),
+            INVALID_PARAMS
+        );
         assert_eq!(one("5").method.unwrap_err().code, INVALID_REQUEST);
     }
 
     #[test]
     fn batches_keep_order() {
         let text = r#"[{"jsonrpc":"2.0","id":1,"method":"heartbeat"},{"jsonrpc":"2.0","method":"heartbeat"},{"jsonrpc":"2.0","id":3,"method":"x"}]"#;
-        let Incoming::Batch(calls) = RpcParser::new().parse::<ClientMethod>(text.as_bytes()).unwrap() else {
+        let Incoming::Batch(calls) = RpcParser::new()
+            .parse::<ClientMethod>(text.as_bytes())
+            .unwrap()
+        else {
             panic!()
         };
         assert_eq!(calls.len(), 3);
@@ -520,10 +615,17 @@ mod tests {
     #[test]
     fn limit_error_names_the_limit() {
         let mut out = Vec::new();
-        write_error(&mut out, Some(b"1"), &RpcError::limit("max_subscriptions_per_connection", "too many"));
+        write_error(
+            &mut out,
+            Some(b"1"),
+            &RpcError::limit("max_subscriptions_per_connection", "too many"),
+        );
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["error"]["code"], LIMIT_EXCEEDED);
-        assert_eq!(v["error"]["data"]["limit"], "max_subscriptions_per_connection");
+        assert_eq!(
+            v["error"]["data"]["limit"],
+            "max_subscriptions_per_connection"
+        );
     }
 
     #[test]
@@ -548,6 +650,9 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!(c.method.unwrap(), BackendMethod::TotalSubscribers { channel: None });
+        assert_eq!(
+            c.method.unwrap(),
+            BackendMethod::TotalSubscribers { channel: None }
+        );
     }
 }

@@ -30,14 +30,7 @@ pub fn recv_nonblocking(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: `buf` is a valid, exclusively borrowed region of `buf.len()`
     // bytes for the duration of the call; `fd` is owned by the caller's live
     // socket. recv never writes past `len`.
-    let n = unsafe {
-        libc::recv(
-            fd,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            libc::MSG_DONTWAIT,
-        )
-    };
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
     if n < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -66,11 +59,11 @@ pub fn send_vectored_nonblocking(fd: RawFd, bufs: &[IoSlice<'_>]) -> io::Result<
 
 /// `shutdown(2)` on a socket: wakes any reader with end-of-stream. Errors
 /// (e.g. already disconnected) are ignored; there is nothing to do about them.
-pub fn shutdown_socket(fd: RawFd, read_too: bool) {
-    let how = if read_too {
-        libc::SHUT_RDWR
-    } else {
-        libc::SHUT_WR
+pub fn shutdown_socket(fd: RawFd, how: std::net::Shutdown) {
+    let how = match how {
+        std::net::Shutdown::Read => libc::SHUT_RD,
+        std::net::Shutdown::Write => libc::SHUT_WR,
+        std::net::Shutdown::Both => libc::SHUT_RDWR,
     };
     // SAFETY: shutdown on a socket fd owned by the caller has no memory effects.
     unsafe {
@@ -89,7 +82,7 @@ pub fn open_file_limit() -> io::Result<(u64, u64)> {
     if r != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok((lim.rlim_cur as u64, lim.rlim_max as u64))
+    Ok((lim.rlim_cur, lim.rlim_max))
 }
 
 /// Raises the soft open-file limit to the hard limit (what servers do at

@@ -1,1 +1,344 @@
-//! Backend port.
+//! The backend port: HTTP/1.1 (keep-alive, pipelining) carrying JSON-RPC
+//! 2.0 from backend applications, plus `GET /health` and `GET /metrics`.
+//!
+//! Every shard accepts on the port (SO_REUSEPORT); a request is served on
+//! the shard that accepted it, which routes publishes to each channel's
+//! home shard and gathers node-wide answers from every shard.
+
+pub mod http;
+
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+
+use monoio::net::TcpStream;
+use serde_json::json;
+
+use crate::metrics::{render_prometheus, MetricsSnapshot, ShardMetrics};
+use crate::rpc::{BackendMethod, Call, Incoming, ReplyWriter, RpcError};
+use crate::shard::{Gather, HomeAnswer, HomeQuery, PublishResult, Shard};
+use crate::sys;
+use http::{Method, Request};
+
+/// Serves one backend connection until it closes.
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let fd = stream.as_raw_fd();
+    let max_body = shard.config().backend.max_body;
+    let limit = http::max_request_len(max_body);
+    let mut buf: Vec<u8> = Vec::new();
+    let mut out: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    let mut continued = false;
+    loop {
+        // Serve every complete request already buffered (pipelining).
+        let mut close = false;
+        loop {
+            match http::parse_request(&buf, max_body) {
+                Ok(Some((req, consumed))) => {
+                    let keep_alive = req.keep_alive;
+                    let owned = OwnedRequest::from(&req);
+                    buf.drain(..consumed);
+                    continued = false;
+                    handle(&shard, owned, &mut out).await;
+                    if !keep_alive {
+                        close = true;
+                        break;
+                    }
+                }
+                Ok(None) => {
+                    if !continued && http::expects_continue(&buf) {
+                        out.extend_from_slice(http::CONTINUE);
+                        continued = true;
+                    }
+                    if buf.len() > limit {
+                        http::write_error(&mut out, &http::HttpError::BodyTooLarge);
+                        close = true;
+                    }
+                    break;
+                }
+                Err(e) => {
+                    http::write_error(&mut out, &e);
+                    close = true;
+                    break;
+                }
+            }
+        }
+        if !out.is_empty() {
+            if crate::shard::write_all(&stream, &out).await.is_err() {
+                return;
+            }
+            out.clear();
+        }
+        if close || shard.shutdown.is_raised() {
+            sys::shutdown_socket(fd, std::net::Shutdown::Write);
+            return;
+        }
+        if stream.readable(false).await.is_err() {
+            return;
+        }
+        loop {
+            match sys::recv_nonblocking(fd, &mut chunk) {
+                Ok(0) => return,
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    if n < chunk.len() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+/// What the handler needs of a request once the read buffer moves on.
+struct OwnedRequest {
+    method: Method,
+    path: String,
+    keep_alive: bool,
+    auth_token: Option<String>,
+    body: Vec<u8>,
+}
+
+impl From<&Request<'_>> for OwnedRequest {
+    fn from(r: &Request<'_>) -> Self {
+        OwnedRequest {
+            method: r.method,
+            path: r.path.to_owned(),
+            keep_alive: r.keep_alive,
+            auth_token: r.auth_token.map(str::to_owned),
+            body: r.body.to_vec(),
+        }
+    }
+}
+
+async fn handle(shard: &Rc<Shard>, req: OwnedRequest, out: &mut Vec<u8>) {
+    ShardMetrics::inc(&shard.metrics.backend_requests);
+    let ka = req.keep_alive;
+    let token = &shard.config().backend.api_token;
+    let authorized = token.is_empty() || req.auth_token.as_deref() == Some(token.as_str());
+    match (req.method, req.path.as_str()) {
+        (Method::Get, "/health") => {
+            http::write_response_with(out, 200, http::CONTENT_TYPE_TEXT, b"ok", ka)
+        }
+        (_, "/health") => http::write_json_error(out, 405, "method not allowed: use GET", ka),
+        _ if !authorized => {
+            http::write_json_error(out, 401, "unauthorized: missing or wrong api token", ka)
+        }
+        (Method::Get, "/metrics") => {
+            let reports = shard.gather(Gather::Stats).await;
+            let rows: Vec<_> = reports
+                .iter()
+                .map(|r| (r.shard, r.gauges, r.metrics))
+                .collect();
+            http::write_response_with(
+                out,
+                200,
+                http::CONTENT_TYPE_PROMETHEUS,
+                render_prometheus(&rows).as_bytes(),
+                ka,
+            );
+        }
+        (_, "/metrics") => http::write_json_error(out, 405, "method not allowed: use GET", ka),
+        (Method::Post, "/") => {
+            let body = rpc_body(shard, &req.body).await;
+            http::write_response(out, 200, &body, ka);
+        }
+        (_, "/") => http::write_json_error(
+            out,
+            405,
+            "method not allowed: use POST with a JSON-RPC body",
+            ka,
+        ),
+        (_, path) => {
+            let msg = format!("not found: {}", path.chars().take(200).collect::<String>());
+            http::write_json_error(out, 404, &msg, ka)
+        }
+    }
+}
+
+/// Answers a JSON-RPC request or batch.
+async fn rpc_body(shard: &Rc<Shard>, body: &[u8]) -> Vec<u8> {
+    let parsed = shard.parser.borrow_mut().parse::<BackendMethod>(body);
+    let mut w;
+    match parsed {
+        Err(e) => {
+            w = ReplyWriter::new(false);
+            w.error_null(&e);
+        }
+        Ok(Incoming::Single(call)) => {
+            w = ReplyWriter::new(false);
+            exec(shard, call, &mut w).await;
+        }
+        Ok(Incoming::Batch(calls)) => {
+            w = ReplyWriter::new(true);
+            for call in calls {
+                exec(shard, call, &mut w).await;
+            }
+        }
+    }
+    // A body of notifications only gets an empty array-free 200 with `null`.
+    w.finish().unwrap_or_else(|| b"null".to_vec())
+}
+
+fn internal(e: impl std::fmt::Display) -> RpcError {
+    RpcError::new(-32603, format!("internal error: {e}"))
+}
+
+fn publish_json(r: &PublishResult) -> serde_json::Value {
+    json!({"offset": r.offset, "id": r.id, "subscribers": r.subscribers})
+}
+
+async fn exec(shard: &Rc<Shard>, call: Call<BackendMethod>, w: &mut ReplyWriter) {
+    let id = call.id.as_deref();
+    let result = match call.method {
+        Ok(m) => run_method(shard, m).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(v) => w.reply(id, Ok(v.to_string().as_bytes())),
+        Err(e) => w.reply(id, Err(&e)),
+    }
+}
+
+async fn run_method(
+    shard: &Rc<Shard>,
+    method: BackendMethod,
+) -> Result<serde_json::Value, RpcError> {
+    Ok(match method {
+        BackendMethod::Emit { channel, data } => {
+            let r = shard
+                .publish(&channel, data, None)
+                .await
+                .map_err(internal)?;
+            publish_json(&r)
+        }
+        BackendMethod::PublishMany { channels, data } => {
+            let mut results = Vec::with_capacity(channels.len());
+            for channel in channels {
+                let r = shard
+                    .publish(&channel, data.clone(), None)
+                    .await
+                    .map_err(internal)?;
+                let mut v = publish_json(&r);
+                v["channel"] = json!(&*channel);
+                results.push(v);
+            }
+            json!(results)
+        }
+        BackendMethod::NotifyAll { data } => {
+            let (id, connections) = shard.broadcast(data).await;
+            json!({"id": id, "connections": connections})
+        }
+        BackendMethod::TotalSubscribers { channel: Some(c) } => match shard
+            .ask_home(&c, HomeQuery::Total)
+            .await
+            .map_err(internal)?
+        {
+            HomeAnswer::Total(n) => json!({"total": n}),
+            _ => return Err(internal("unexpected answer")),
+        },
+        BackendMethod::TotalSubscribers { channel: None } => {
+            let total: u64 = shard
+                .gather(Gather::Stats)
+                .await
+                .iter()
+                .map(|r| r.gauges.subscriptions)
+                .sum();
+            json!({"total": total})
+        }
+        BackendMethod::AvailableChannels => {
+            let mut channels: Vec<(String, usize)> = shard
+                .gather(Gather::Channels)
+                .await
+                .into_iter()
+                .flat_map(|r| r.channels)
+                .collect();
+            channels.sort();
+            let list: Vec<_> = channels
+                .iter()
+                .map(|(c, n)| json!({"channel": c, "subscribers": n}))
+                .collect();
+            json!({"channels": list})
+        }
+        BackendMethod::FlushDeadClients => {
+            let n: usize = shard
+                .gather(Gather::FlushDead)
+                .await
+                .iter()
+                .map(|r| r.flushed)
+                .sum();
+            json!({"flushed": n})
+        }
+        BackendMethod::Last { channel: None } => json!({"id": shard.node.last_id()}),
+        BackendMethod::Last { channel: Some(c) } => match shard
+            .ask_home(&c, HomeQuery::Last)
+            .await
+            .map_err(internal)?
+        {
+            HomeAnswer::Last(offset, epoch) => json!({"offset": offset, "epoch": &*epoch}),
+            _ => return Err(internal("unexpected answer")),
+        },
+        BackendMethod::History {
+            channel,
+            since,
+            limit,
+        } => {
+            match shard
+                .ask_home(&channel, HomeQuery::History { since, limit })
+                .await
+                .map_err(internal)?
+            {
+                HomeAnswer::History(h) => {
+                    let raw = crate::shard::history_result(&h);
+                    serde_json::from_slice(&raw).map_err(internal)?
+                }
+                _ => return Err(internal("unexpected answer")),
+            }
+        }
+        BackendMethod::Ping => json!({"ping": "ok"}),
+        BackendMethod::Info => info(shard).await,
+    })
+}
+
+async fn info(shard: &Rc<Shard>) -> serde_json::Value {
+    let reports = shard.gather(Gather::Stats).await;
+    let mut total = MetricsSnapshot::default();
+    let (mut conns, mut subs, mut chans) = (0, 0, 0);
+    let shards: Vec<_> = reports
+        .iter()
+        .map(|r| {
+            total.add(&r.metrics);
+            conns += r.gauges.connections;
+            subs += r.gauges.subscriptions;
+            chans += r.home_channels;
+            let mut v = json!({
+                "shard": r.shard,
+                "driver": r.driver,
+                "connections": r.gauges.connections,
+                "subscriptions": r.gauges.subscriptions,
+                "channels": r.gauges.channels,
+                "home_channels": r.home_channels,
+            });
+            for (name, _, value) in r.metrics.fields() {
+                v[name] = json!(value);
+            }
+            v
+        })
+        .collect();
+    let mut counters = json!({});
+    for (name, _, value) in total.fields() {
+        counters[name] = json!(value);
+    }
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "shards": shards,
+        "connections": conns,
+        "subscriptions": subs,
+        "channels": chans,
+        "last_id": shard.node.last_id(),
+        "counters": counters,
+    })
+}

@@ -1,0 +1,393 @@
+//! A WebSocket connection's shard-side state and its outbound queue.
+//!
+//! Frames for a connection are queued as shared `Bytes` (a publication's
+//! frame is the same buffer for every subscriber) and leave in one gathered
+//! non-blocking `sendmsg` per flush. A `Hold` marks where a reply that is
+//! still being computed (it waits on another shard) will go: nothing queued
+//! behind it is sent before it, which keeps a subscribe's reply ahead of the
+//! channel's first live publications.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use monoio::net::TcpStream;
+
+use crate::channel_table::ConnKey;
+use crate::config::{Dialect, SlowConsumerPolicy};
+use crate::sys;
+
+/// Gathered writes take at most this many frames per syscall.
+const MAX_IOV: usize = 64;
+
+enum OutItem {
+    Frame(Bytes),
+    Hold(u64),
+}
+
+/// Frames waiting to be written.
+#[derive(Default)]
+pub struct Outbound {
+    items: VecDeque<OutItem>,
+    /// Bytes of the first frame already written.
+    head_written: usize,
+    /// Bytes queued and not yet written (holds excluded).
+    queued: usize,
+    next_hold: u64,
+}
+
+/// What an enqueue did under the slow-consumer policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    Queued,
+    /// Policy `drop`: the frame was dropped.
+    Dropped,
+    /// Policy `disconnect`: the budget is exceeded; close the connection.
+    OverBudget,
+}
+
+impl Outbound {
+    pub fn queued_bytes(&self) -> usize {
+        self.queued
+    }
+
+    /// Anything that could be written now.
+    pub fn has_writable(&self) -> bool {
+        matches!(self.items.front(), Some(OutItem::Frame(_)))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    fn push(&mut self, frame: Bytes) {
+        self.queued += frame.len();
+        self.items.push_back(OutItem::Frame(frame));
+    }
+
+    fn push_hold(&mut self) -> u64 {
+        self.next_hold += 1;
+        self.items.push_back(OutItem::Hold(self.next_hold));
+        self.next_hold
+    }
+
+    fn fill_hold(&mut self, token: u64, frame: Option<Bytes>) {
+        let Some(pos) = self
+            .items
+            .iter()
+            .position(|i| matches!(i, OutItem::Hold(t) if *t == token))
+        else {
+            return;
+        };
+        match frame {
+            Some(f) => {
+                self.queued += f.len();
+                self.items[pos] = OutItem::Frame(f);
+            }
+            None => {
+                self.items.remove(pos);
+            }
+        }
+    }
+
+    /// Drops every frame not yet started (keeps a partly written head so
+    /// the stream stays well-formed).
+    fn discard_unstarted(&mut self) {
+        let keep_head = self.head_written > 0;
+        let head = if keep_head {
+            self.items.pop_front()
+        } else {
+            None
+        };
+        self.items.clear();
+        self.queued = 0;
+        if let Some(OutItem::Frame(f)) = head {
+            self.queued = f.len() - self.head_written;
+            self.items.push_back(OutItem::Frame(f));
+        }
+    }
+
+    /// Writes as much as the socket takes. `Ok(true)` when everything
+    /// writable went out.
+    fn write_to(&mut self, fd: RawFd) -> io::Result<(bool, usize)> {
+        let mut total = 0;
+        loop {
+            let mut iov: [IoSlice<'_>; MAX_IOV] = [IoSlice::new(&[]); MAX_IOV];
+            let mut n = 0;
+            for (i, item) in self.items.iter().enumerate() {
+                let OutItem::Frame(f) = item else { break };
+                let start = if i == 0 { self.head_written } else { 0 };
+                iov[n] = IoSlice::new(&f[start..]);
+                n += 1;
+                if n == MAX_IOV {
+                    break;
+                }
+            }
+            if n == 0 {
+                return Ok((true, total));
+            }
+            let offered: usize = iov[..n].iter().map(|s| s.len()).sum();
+            let written = match sys::send_vectored_nonblocking(fd, &iov[..n]) {
+                Ok(w) => w,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((false, total)),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            total += written;
+            self.advance(written);
+            if written < offered {
+                return Ok((false, total));
+            }
+        }
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        self.queued -= n;
+        while n > 0 {
+            let Some(OutItem::Frame(f)) = self.items.front() else {
+                break;
+            };
+            let left = f.len() - self.head_written;
+            if n >= left {
+                n -= left;
+                self.head_written = 0;
+                self.items.pop_front();
+            } else {
+                self.head_written += n;
+                n = 0;
+            }
+        }
+    }
+}
+
+/// Liveness and lifecycle of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnState {
+    Open,
+    /// A close frame is queued; the reader is stopping.
+    Closing,
+}
+
+/// A token bucket for the per-connection request rate.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenBucket {
+    tokens: f32,
+    last: Instant,
+}
+
+impl TokenBucket {
+    pub fn new(burst: u32, now: Instant) -> Self {
+        TokenBucket {
+            tokens: burst as f32,
+            last: now,
+        }
+    }
+
+    /// Takes one token if there is one.
+    pub fn take(&mut self, rate: u32, burst: u32, now: Instant) -> bool {
+        let dt = now.saturating_duration_since(self.last).as_secs_f32();
+        self.last = now;
+        self.tokens = (self.tokens + dt * rate as f32).min(burst as f32);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// One WebSocket connection as its shard sees it.
+pub struct Conn {
+    pub key: ConnKey,
+    pub stream: TcpStream,
+    pub dialect: Dialect,
+    /// Receives its own `send_data` publications (ws4redis `echo`).
+    pub echo: bool,
+    out: RefCell<Outbound>,
+    state: Cell<ConnState>,
+    /// Queued in the shard's dirty list, waiting for the flusher.
+    pub(crate) dirty: Cell<bool>,
+    /// A writer task is waiting for the socket to drain.
+    pub(crate) write_blocked: Cell<bool>,
+    pub(crate) ping_sent: Cell<Option<Instant>>,
+    pub(crate) last_seen: Cell<Instant>,
+    pub(crate) closing_since: Cell<Option<Instant>>,
+    pub(crate) bucket: Cell<TokenBucket>,
+    /// Channels this connection is subscribed to (interned in the table).
+    pub(crate) subs: RefCell<Vec<Rc<str>>>,
+}
+
+impl Conn {
+    pub fn new(
+        key: ConnKey,
+        stream: TcpStream,
+        dialect: Dialect,
+        burst: u32,
+        now: Instant,
+    ) -> Self {
+        Conn {
+            key,
+            stream,
+            dialect,
+            echo: false,
+            out: RefCell::new(Outbound::default()),
+            state: Cell::new(ConnState::Open),
+            dirty: Cell::new(false),
+            write_blocked: Cell::new(false),
+            ping_sent: Cell::new(None),
+            last_seen: Cell::new(now),
+            closing_since: Cell::new(None),
+            bucket: Cell::new(TokenBucket::new(burst, now)),
+            subs: RefCell::new(Vec::new()),
+        }
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.stream.as_raw_fd()
+    }
+
+    pub fn state(&self) -> ConnState {
+        self.state.get()
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.state.get() == ConnState::Open
+    }
+
+    pub fn queued_bytes(&self) -> usize {
+        self.out.borrow().queued_bytes()
+    }
+
+    /// Queues a frame under the byte budget and policy.
+    pub fn enqueue(&self, frame: Bytes, budget: usize, policy: SlowConsumerPolicy) -> Enqueued {
+        let mut out = self.out.borrow_mut();
+        if out.queued + frame.len() > budget {
+            return match policy {
+                SlowConsumerPolicy::Drop => Enqueued::Dropped,
+                SlowConsumerPolicy::Disconnect => Enqueued::OverBudget,
+            };
+        }
+        out.push(frame);
+        Enqueued::Queued
+    }
+
+    /// Queues a control or reply frame regardless of the budget.
+    pub fn enqueue_control(&self, frame: Bytes) {
+        self.out.borrow_mut().push(frame);
+    }
+
+    pub fn push_hold(&self) -> u64 {
+        self.out.borrow_mut().push_hold()
+    }
+
+    pub fn fill_hold(&self, token: u64, frame: Option<Bytes>) {
+        self.out.borrow_mut().fill_hold(token, frame);
+    }
+
+    /// Marks the connection closing with `close_frame` as the last thing it
+    /// will be sent; `discard` drops what was queued before (slow consumer).
+    /// Returns false if it was already closing.
+    pub fn begin_close(&self, close_frame: Bytes, discard: bool, now: Instant) -> bool {
+        if self.state.get() != ConnState::Open {
+            return false;
+        }
+        self.state.set(ConnState::Closing);
+        self.closing_since.set(Some(now));
+        let mut out = self.out.borrow_mut();
+        if discard {
+            out.discard_unstarted();
+        }
+        out.push(close_frame);
+        true
+    }
+
+    /// Marks closing without sending anything (the peer is gone).
+    pub fn mark_closing(&self, now: Instant) {
+        if self.state.get() == ConnState::Open {
+            self.state.set(ConnState::Closing);
+            self.closing_since.set(Some(now));
+        }
+    }
+
+    /// Writes what the socket takes now. `Ok((drained, bytes))`.
+    pub fn flush(&self) -> io::Result<(bool, usize)> {
+        self.out.borrow_mut().write_to(self.fd())
+    }
+
+    pub fn has_writable(&self) -> bool {
+        self.out.borrow().has_writable()
+    }
+
+    pub fn outbound_is_empty(&self) -> bool {
+        self.out.borrow().is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holds_keep_later_frames_back_and_fill_in_place() {
+        let mut o = Outbound::default();
+        o.push(Bytes::from_static(b"a"));
+        let h = o.push_hold();
+        o.push(Bytes::from_static(b"c"));
+        assert_eq!(o.queued, 2);
+        o.advance(1);
+        assert!(!o.has_writable());
+        o.fill_hold(h, Some(Bytes::from_static(b"bb")));
+        assert!(o.has_writable());
+        assert_eq!(o.queued, 3);
+        o.advance(3);
+        assert!(o.is_empty());
+    }
+
+    #[test]
+    fn empty_hold_is_removed() {
+        let mut o = Outbound::default();
+        let h = o.push_hold();
+        o.push(Bytes::from_static(b"x"));
+        o.fill_hold(h, None);
+        assert!(o.has_writable());
+    }
+
+    #[test]
+    fn partial_writes_advance_inside_frames() {
+        let mut o = Outbound::default();
+        o.push(Bytes::from_static(b"hello"));
+        o.push(Bytes::from_static(b"world"));
+        o.advance(3);
+        assert_eq!(o.head_written, 3);
+        assert_eq!(o.queued, 7);
+        o.advance(4);
+        assert_eq!(o.head_written, 2);
+        assert_eq!(o.items.len(), 1);
+    }
+
+    #[test]
+    fn discard_keeps_a_started_frame() {
+        let mut o = Outbound::default();
+        o.push(Bytes::from_static(b"hello"));
+        o.push(Bytes::from_static(b"world"));
+        o.advance(2);
+        o.discard_unstarted();
+        assert_eq!(o.items.len(), 1);
+        assert_eq!(o.queued, 3);
+    }
+
+    #[test]
+    fn token_bucket_refills_at_rate() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(2, t0);
+        assert!(b.take(1, 2, t0));
+        assert!(b.take(1, 2, t0));
+        assert!(!b.take(1, 2, t0));
+        assert!(b.take(1, 2, t0 + std::time::Duration::from_millis(1100)));
+    }
+}

@@ -1,0 +1,217 @@
+//! Starting and stopping the shards: listeners, pinned threads, the monoio
+//! driver choice, accept loops.
+
+use std::net::{SocketAddr, TcpListener};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
+
+use super::{ws_session, Node, Shard, ShardMsg};
+use crate::backend;
+use crate::config::{Config, DriverKind};
+use crate::sys;
+
+/// A started engine.
+pub struct RunningNode {
+    pub node: Arc<Node>,
+    pub ws_addr: SocketAddr,
+    pub backend_addr: SocketAddr,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl RunningNode {
+    /// Asks every shard to stop accepting and close its clients with 1001.
+    pub fn shutdown(&self) {
+        for mb in &self.node.mailboxes {
+            mb.push(ShardMsg::Shutdown);
+        }
+    }
+
+    /// Waits for the shard threads, at most `timeout`. True if all ended.
+    pub fn join(self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.threads.iter().all(JoinHandle::is_finished) {
+                for t in self.threads {
+                    let _ = t.join();
+                }
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+}
+
+/// The number of shards to run: the configured count, or the CPUs this
+/// process may run on.
+pub fn shard_count(config: &Config) -> usize {
+    if config.shards > 0 {
+        return config.shards;
+    }
+    core_affinity::get_core_ids()
+        .map_or(0, |ids| ids.len())
+        .max(1)
+}
+
+/// Binds every shard's listeners, starts the shard threads.
+pub fn run(config: Config) -> anyhow::Result<RunningNode> {
+    let shards = shard_count(&config);
+    let nofile = sys::raise_open_file_limit().unwrap_or(1024);
+    let max = config.limits.max_connections as u64;
+    if max > 0 && max + 64 > nofile {
+        bail!(
+            "invalid config: limits.max_connections: {max} needs more open files than the limit allows ({nofile}); raise `ulimit -n` or LimitNOFILE"
+        );
+    }
+    let uring_ok = match config.driver {
+        DriverKind::Epoll => false,
+        DriverKind::Uring | DriverKind::Auto => match probe_uring() {
+            Ok(()) => true,
+            Err(e) if config.driver == DriverKind::Uring => bail!("io_uring is unavailable: {e}"),
+            Err(e) => {
+                tracing::warn!("io_uring is unavailable ({e}); falling back to the epoll driver");
+                false
+            }
+        },
+    };
+    let driver = if uring_ok { "io_uring" } else { "epoll" };
+
+    // Bind everything up front so a busy port fails the start, not a shard.
+    let mut listeners = Vec::with_capacity(shards);
+    let mut ws_addr = config.ws.listen;
+    let mut backend_addr = config.backend.listen;
+    for _ in 0..shards {
+        let ws = sys::reuseport_listener(ws_addr, config.ws.backlog)
+            .with_context(|| format!("cannot listen on {ws_addr} (ws.listen)"))?;
+        ws_addr = ws.local_addr()?;
+        let be = sys::reuseport_listener(backend_addr, config.ws.backlog)
+            .with_context(|| format!("cannot listen on {backend_addr} (backend.listen)"))?;
+        backend_addr = be.local_addr()?;
+        if uring_ok {
+            // io_uring waits for accept readiness itself.
+            ws.set_nonblocking(false)?;
+            be.set_nonblocking(false)?;
+        }
+        listeners.push((ws, be));
+    }
+    tracing::info!(shards, driver, %ws_addr, %backend_addr, "ringcast listening");
+
+    let node = Node::new(config, shards);
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let mut threads = Vec::with_capacity(shards);
+    for (id, (ws, be)) in listeners.into_iter().enumerate() {
+        let node = node.clone();
+        let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
+        let t = std::thread::Builder::new()
+            .name(format!("shard-{id}"))
+            .spawn(move || {
+                if let Some(core) = core {
+                    core_affinity::set_for_current(core);
+                }
+                let span = tracing::info_span!("shard", id);
+                let _enter = span.enter();
+                let result = if uring_ok {
+                    RuntimeBuilder::<IoUringDriver>::new()
+                        .with_entries(4096)
+                        .enable_timer()
+                        .build()
+                        .map(|mut rt| rt.block_on(shard_main(id, node.clone(), "io_uring", ws, be)))
+                } else {
+                    RuntimeBuilder::<LegacyDriver>::new()
+                        .enable_timer()
+                        .build()
+                        .map(|mut rt| rt.block_on(shard_main(id, node.clone(), "epoll", ws, be)))
+                };
+                if let Err(e) = result {
+                    tracing::error!("shard {id} could not start its runtime: {e}");
+                }
+            })?;
+        threads.push(t);
+    }
+    Ok(RunningNode {
+        node,
+        ws_addr,
+        backend_addr,
+        threads,
+    })
+}
+
+/// Creates (and drops) an io_uring runtime to see whether the kernel lets us.
+fn probe_uring() -> std::io::Result<()> {
+    RuntimeBuilder::<IoUringDriver>::new()
+        .with_entries(8)
+        .build()
+        .map(drop)
+}
+
+async fn shard_main(
+    id: usize,
+    node: Arc<Node>,
+    driver: &'static str,
+    ws: TcpListener,
+    be: TcpListener,
+) {
+    let shard = Shard::new(id, node, driver);
+    let (ws, be) = match (
+        monoio::net::TcpListener::from_std(ws),
+        monoio::net::TcpListener::from_std(be),
+    ) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!("shard {id}: cannot register listeners: {e}");
+            return;
+        }
+    };
+    monoio::spawn(shard.clone().run_flusher());
+    monoio::spawn(shard.clone().run_timer());
+    monoio::spawn(shard.clone().run_mailbox());
+    monoio::spawn(accept_loop(shard.clone(), ws, Port::WebSocket));
+    monoio::spawn(accept_loop(shard.clone(), be, Port::Backend));
+    shard.shutdown.wait().await;
+    let timeout = shard.config().shutdown_timeout();
+    if shard.session_count() > 0 {
+        let _ = monoio::time::timeout(timeout, shard.drained.wait()).await;
+    }
+    // Let the flusher and closing connections finish their last writes.
+    monoio::time::sleep(Duration::from_millis(20)).await;
+}
+
+#[derive(Clone, Copy)]
+enum Port {
+    WebSocket,
+    Backend,
+}
+
+async fn accept_loop(shard: Rc<Shard>, listener: monoio::net::TcpListener, port: Port) {
+    loop {
+        let accepted = monoio::select! {
+            r = listener.accept() => r,
+            _ = shard.shutdown.wait() => return,
+        };
+        match accepted {
+            Ok((stream, _peer)) => match port {
+                Port::WebSocket => {
+                    let max = shard.config().limits.max_connections;
+                    if max > 0 && shard.node.connection_count() >= max {
+                        drop(stream);
+                        continue;
+                    }
+                    monoio::spawn(ws_session::serve(shard.clone(), stream));
+                }
+                Port::Backend => {
+                    monoio::spawn(backend::serve(shard.clone(), stream));
+                }
+            },
+            Err(e) => {
+                // Out of fds or similar: back off instead of spinning.
+                tracing::warn!("accept failed: {e}");
+                monoio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

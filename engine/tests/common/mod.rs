@@ -1,0 +1,286 @@
+//! Shared helpers for the engine's integration tests: start the real
+//! `ringcast` binary on free loopback ports, talk to it with real clients
+//! (tungstenite over TCP, raw HTTP/1.1 for the backend port).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tungstenite::protocol::Message;
+use tungstenite::WebSocket;
+
+pub type Ws = WebSocket<TcpStream>;
+
+/// A running engine, killed on drop.
+pub struct Server {
+    pub child: Child,
+    pub ws: SocketAddr,
+    pub backend: SocketAddr,
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Server {
+    /// Starts `ringcast serve` with `--shards 2` and `extra` flags.
+    pub fn start(extra: &[&str]) -> Server {
+        Self::start_with(extra, &[])
+    }
+
+    pub fn start_with(extra: &[&str], env: &[(&str, &str)]) -> Server {
+        for _ in 0..5 {
+            let ws: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let backend: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let mut args = vec![
+                "serve".to_string(),
+                "--ws-listen".into(),
+                ws.to_string(),
+                "--backend-listen".into(),
+                backend.to_string(),
+            ];
+            if !extra.contains(&"--shards") {
+                args.push("--shards".into());
+                args.push("2".into());
+            }
+            args.extend(extra.iter().map(|s| s.to_string()));
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringcast"));
+            cmd.args(&args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
+            for (k, v) in env {
+                cmd.env(k, v);
+            }
+            let child = cmd.spawn().expect("start ringcast");
+            let mut server = Server { child, ws, backend };
+            if server.wait_ready() {
+                return server;
+            }
+        }
+        panic!("ringcast did not start");
+    }
+
+    fn wait_ready(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            if TcpStream::connect(self.backend).is_ok() && TcpStream::connect(self.ws).is_ok() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+    }
+
+    /// A WebSocket client on `path` (e.g. "/"), read timeout 5 s.
+    pub fn ws(&self, path: &str) -> Ws {
+        let stream = TcpStream::connect(self.ws).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let url = format!("ws://{}{}", self.ws, path);
+        let (ws, _) = tungstenite::client(url.as_str(), stream).expect("websocket handshake");
+        ws
+    }
+
+    /// One JSON-RPC call on the backend port; returns the whole reply.
+    pub fn backend(&self, method: &str, params: Value) -> Value {
+        let body = json!({"jsonrpc":"2.0","id":1,"method":method,"params":params}).to_string();
+        let (status, body) = self.http("POST", "/", &body, &[]);
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// `result` of a backend call (panics on an error reply).
+    pub fn call(&self, method: &str, params: Value) -> Value {
+        let v = self.backend(method, params);
+        assert!(v.get("error").is_none(), "{v}");
+        v["result"].clone()
+    }
+
+    pub fn emit(&self, channel: &str, data: Value) -> Value {
+        self.call("emit", json!({"channel": channel, "data": data}))
+    }
+
+    /// One HTTP request on a fresh connection: (status, body).
+    pub fn http(
+        &self,
+        method: &str,
+        path: &str,
+        body: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, String) {
+        let mut s = TcpStream::connect(self.backend).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        req.push_str(body);
+        s.write_all(req.as_bytes()).unwrap();
+        read_response(&mut BufReader::new(s))
+    }
+
+    /// `info` shard by shard: connections per shard.
+    pub fn connections_per_shard(&self) -> Vec<u64> {
+        let info = self.call("info", json!({}));
+        info["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["connections"].as_u64().unwrap())
+            .collect()
+    }
+
+    /// Server stderr so far (after the process ended).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads one HTTP response with a Content-Length body.
+pub fn read_response(r: &mut impl BufRead) -> (u16, String) {
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("0")
+        .parse()
+        .unwrap_or(0);
+    let mut len = 0usize;
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).unwrap();
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).unwrap();
+    (status, String::from_utf8(body).unwrap())
+}
+
+/// Sends a JSON-RPC request on a WebSocket.
+pub fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::text(v.to_string())).unwrap();
+}
+
+pub fn send_text(ws: &mut Ws, text: &str) {
+    ws.send(Message::text(text.to_string())).unwrap();
+}
+
+/// The next text message as JSON (skips pings/pongs).
+pub fn recv(ws: &mut Ws) -> Value {
+    loop {
+        match ws.read().expect("read") {
+            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+            Message::Binary(b) => return serde_json::from_slice(&b).unwrap(),
+            Message::Close(c) => panic!("closed: {c:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// Sends a request with `id` and returns its reply (publications that
+/// arrive first are skipped).
+pub fn rpc(ws: &mut Ws, id: u64, method: &str, params: Value) -> Value {
+    send(
+        ws,
+        json!({"jsonrpc":"2.0","id":id,"method":method,"params":params}),
+    );
+    loop {
+        let v = recv(ws);
+        if v.get("id") == Some(&json!(id)) {
+            return v;
+        }
+    }
+}
+
+pub fn subscribe(ws: &mut Ws, channel: &str) -> Value {
+    let r = rpc(ws, 1, "subscribe", json!({"channel": channel}));
+    assert!(r.get("result").is_some(), "{r}");
+    r["result"].clone()
+}
+
+/// Asserts nothing arrives on `ws` within `wait`.
+pub fn assert_silent(ws: &mut Ws, wait: Duration) {
+    ws.get_mut().set_read_timeout(Some(wait)).unwrap();
+    match ws.read() {
+        Err(tungstenite::Error::Io(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
+        Ok(Message::Ping(_)) | Ok(Message::Pong(_)) => {}
+        other => panic!("expected silence, got {other:?}"),
+    }
+    ws.get_mut()
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+}
+
+/// Opens clients until both shards have at least `per_shard` of them.
+pub fn clients_on_both_shards(server: &Server, per_shard: u64) -> Vec<Ws> {
+    let mut clients = Vec::new();
+    for _ in 0..400 {
+        clients.push(server.ws("/"));
+        if clients.len() as u64 >= 2 * per_shard {
+            let counts = server.connections_per_shard();
+            if counts.iter().all(|&c| c >= per_shard) {
+                return clients;
+            }
+        }
+    }
+    panic!(
+        "connections did not spread over both shards: {:?}",
+        server.connections_per_shard()
+    );
+}

@@ -1,0 +1,300 @@
+//! Command-line interface: scenarios as subcommands, shared options global,
+//! Thor's `-a -n -s` at the top level. Bad arguments become one line and
+//! exit code 2.
+#![forbid(unsafe_code)]
+
+use clap::{Parser, Subcommand};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser, Clone)]
+#[command(
+    name = "ringcast-loadgen",
+    version,
+    about = "Load generator for ringcast: connections, deliveries/s, loss, latency, server cost",
+    after_help = "Without a subcommand, runs Thor's test: -a connections, each receiving -n messages on its own channel."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub scenario: Option<Scenario>,
+    #[command(flatten)]
+    pub opts: Opts,
+}
+
+#[derive(Debug, Subcommand, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    /// C connections subscribe to K channels; publish R messages/s for T seconds through the backend.
+    Fanout,
+    /// Like fanout, publishing as fast as acknowledgements allow within --window.
+    Saturate,
+    /// Handshake + subscribe rate, failures by reason, handshake latency.
+    Connect,
+    /// Hold C connections for T seconds answering pings; sample server RSS.
+    Idle,
+    /// C clients each send_data --rate times per second to shared channels.
+    Chat,
+    /// Open and close --rate connections per second for T seconds; server RSS and fds before/after.
+    Churn,
+}
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Fanout => "fanout",
+            Scenario::Saturate => "saturate",
+            Scenario::Connect => "connect",
+            Scenario::Idle => "idle",
+            Scenario::Chat => "chat",
+            Scenario::Churn => "churn",
+        }
+    }
+}
+
+#[derive(Debug, clap::Args, Clone)]
+pub struct Opts {
+    /// WebSocket server HOST:PORT.
+    #[arg(
+        short = 's',
+        long = "server",
+        global = true,
+        default_value = "127.0.0.1:58000"
+    )]
+    pub server: String,
+    /// Request path of the WebSocket endpoint.
+    #[arg(long, global = true, default_value = "/")]
+    pub path: String,
+    /// Backend (publishing) HOST:PORT.
+    #[arg(long, global = true, default_value = "127.0.0.1:59999")]
+    pub backend: String,
+    /// Connections to open (Thor's -a).
+    #[arg(short = 'a', short_alias = 'c', long = "connections", global = true, default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub connections: u64,
+    /// Channels; connection i subscribes to channel i mod K (Thor mode: one per connection).
+    #[arg(long, global = true, value_parser = clap::value_parser!(u64).range(1..))]
+    pub channels: Option<u64>,
+    /// Publications/s (fanout), send_data/s per client (chat), connections/s (churn).
+    #[arg(long, global = true, allow_negative_numbers = true)]
+    pub rate: Option<f64>,
+    /// Seconds to run the measured phase.
+    #[arg(
+        short = 'd',
+        long,
+        global = true,
+        default_value_t = 10.0,
+        allow_negative_numbers = true
+    )]
+    pub duration: f64,
+    /// Publications in total (fanout, saturate) or per client (chat, Thor's -n).
+    #[arg(short = 'n', long, global = true, value_parser = clap::value_parser!(u64).range(1..))]
+    pub messages: Option<u64>,
+    /// Payload bytes per message.
+    #[arg(long, global = true, default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=1_048_576))]
+    pub size: u64,
+    /// Backend requests in flight at most.
+    #[arg(long, global = true, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub window: u64,
+    /// Client threads per process, each pinned to its own core.
+    #[arg(long, global = true, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub threads: u64,
+    /// Worker processes to split connections over (for fd limits).
+    #[arg(long, global = true, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub processes: u64,
+    /// Bind sources round-robin to 127.0.0.1 … 127.0.0.N (0 = kernel's choice).
+    #[arg(long, global = true, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=254))]
+    pub src_ips: u64,
+    /// Connections in handshake at once, in total.
+    #[arg(long, global = true, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..))]
+    pub connect_concurrency: u64,
+    /// Seconds a connection may take to connect, upgrade and subscribe.
+    #[arg(long, global = true, default_value_t = 10.0)]
+    pub connect_timeout: f64,
+    /// Seconds to wait for outstanding deliveries after publishing ends.
+    #[arg(long, global = true, default_value_t = 5.0)]
+    pub drain_timeout: f64,
+    /// The server's pid: report its CPU per delivery and RSS per connection.
+    #[arg(long, global = true)]
+    pub server_pid: Option<u32>,
+    /// Write the full report as JSON to FILE.
+    #[arg(long, global = true)]
+    pub json: Option<PathBuf>,
+    /// Exit 0 even with loss, duplicates, reordering or unexpected closes.
+    #[arg(long, global = true)]
+    pub allow_loss: bool,
+    /// Do not pin client threads to cores.
+    #[arg(long, global = true)]
+    pub no_pin: bool,
+    /// First core to pin client threads to.
+    #[arg(long, global = true, default_value_t = 0)]
+    pub first_core: usize,
+    /// Channel name prefix (default: lg-<pid>-).
+    #[arg(long, global = true)]
+    pub channel_prefix: Option<String>,
+    /// Testing aid: the first N connections stop reading for --stall-seconds
+    /// when publishing starts (shows how a server treats slow consumers).
+    #[arg(long, global = true, default_value_t = 0, hide = true)]
+    pub stall_connections: u64,
+    /// Testing aid: how long stalled connections stop reading.
+    #[arg(long, global = true, default_value_t = 2.0, hide = true)]
+    pub stall_seconds: f64,
+    /// Testing aid: backdate each payload's timestamp by this many ms, a
+    /// known delay the latency figures must show.
+    #[arg(long, global = true, default_value_t = 0, hide = true)]
+    pub ts_backdate_ms: u64,
+}
+
+/// Arguments checked and resolved.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub scenario: Scenario,
+    pub thor: bool,
+    pub server: SocketAddr,
+    pub host_header: String,
+    pub backend: SocketAddr,
+    pub opts: Opts,
+    pub channels: u64,
+    pub src_ips: Vec<IpAddr>,
+}
+
+fn resolve(what: &str, s: &str) -> Result<SocketAddr, String> {
+    s.to_socket_addrs()
+        .map_err(|e| format!("invalid {what} address {s:?}: {e}"))?
+        .find(|a| a.is_ipv4())
+        .ok_or_else(|| format!("invalid {what} address {s:?}: no IPv4 address"))
+}
+
+fn positive(name: &str, v: f64) -> Result<(), String> {
+    if v.is_finite() && v > 0.0 {
+        Ok(())
+    } else {
+        Err(format!("--{name} must be a positive number, got {v}"))
+    }
+}
+
+/// Checks the parsed arguments; the error is one line for the user.
+pub fn validate(cli: Cli) -> Result<Settings, String> {
+    let o = cli.opts;
+    let thor = cli.scenario.is_none();
+    let scenario = cli.scenario.unwrap_or(Scenario::Saturate);
+    positive("duration", o.duration)?;
+    positive("connect-timeout", o.connect_timeout)?;
+    positive("drain-timeout", o.drain_timeout)?;
+    if let Some(r) = o.rate {
+        positive("rate", r)?;
+    }
+    if o.processes > o.connections {
+        return Err(format!(
+            "--processes {} is more than --connections {}",
+            o.processes, o.connections
+        ));
+    }
+    if o.threads * o.processes > o.connections {
+        return Err(format!(
+            "--threads {} x --processes {} is more than --connections {}",
+            o.threads, o.processes, o.connections
+        ));
+    }
+    if let Some(p) = &o.channel_prefix {
+        if p.is_empty()
+            || p.len() > 200
+            || !p
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        {
+            return Err(format!("--channel-prefix {p:?} must be printable ASCII without spaces, quotes or backslashes"));
+        }
+    }
+    if !o.path.starts_with('/') || o.path.contains(char::is_whitespace) {
+        return Err(format!(
+            "--path {:?} must start with / and hold no spaces",
+            o.path
+        ));
+    }
+    let server = resolve("--server", &o.server)?;
+    let backend = resolve("--backend", &o.backend)?;
+    let src_ips: Vec<IpAddr> = (1..=o.src_ips)
+        .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i as u8)))
+        .collect();
+    if !src_ips.is_empty() && !server.ip().is_loopback() {
+        return Err("--src-ips needs a loopback --server (127.0.0.0/8)".into());
+    }
+    let channels = match o.channels {
+        Some(k) => k,
+        None if thor => o.connections,
+        None => 1,
+    };
+    if channels > 1_000_000 {
+        return Err(format!("--channels {channels} is more than 1000000"));
+    }
+    Ok(Settings {
+        scenario,
+        thor,
+        server,
+        host_header: o.server.clone(),
+        backend,
+        opts: o,
+        channels,
+        src_ips,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Settings, String> {
+        let mut v = vec!["ringcast-loadgen"];
+        v.extend_from_slice(args);
+        let cli = Cli::try_parse_from(v).map_err(|e| e.to_string())?;
+        validate(cli)
+    }
+
+    #[test]
+    fn thor_flags() {
+        let s = parse(&["-a", "10000", "-n", "1", "-s", "127.0.0.1:9000"]).unwrap();
+        assert!(s.thor);
+        assert_eq!(s.opts.connections, 10000);
+        assert_eq!(s.opts.messages, Some(1));
+        assert_eq!(s.channels, 10000);
+        assert_eq!(s.server, "127.0.0.1:9000".parse().unwrap());
+    }
+
+    #[test]
+    fn subcommand_with_global_options_either_side() {
+        let s = parse(&[
+            "--threads",
+            "2",
+            "fanout",
+            "-c",
+            "2000",
+            "--rate",
+            "250",
+            "--src-ips",
+            "4",
+        ])
+        .unwrap();
+        assert_eq!(s.scenario, Scenario::Fanout);
+        assert!(!s.thor);
+        assert_eq!(s.opts.threads, 2);
+        assert_eq!(s.channels, 1);
+        assert_eq!(s.src_ips.len(), 4);
+        assert_eq!(s.src_ips[3], "127.0.0.4".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn bad_arguments_are_refused() {
+        for args in [
+            &["fanout", "--rate", "0"][..],
+            &["fanout", "--duration", "-1"],
+            &["fanout", "-c", "0"],
+            &["fanout", "-c", "2", "--processes", "3"],
+            &["fanout", "--server", "nowhere"],
+            &["fanout", "--src-ips", "300"],
+            &["fanout", "--channel-prefix", "a b"],
+            &["bogus"],
+            &["fanout", "--threads", "x"],
+        ] {
+            assert!(parse(args).is_err(), "{args:?} accepted");
+        }
+    }
+}

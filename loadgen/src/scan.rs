@@ -1,0 +1,222 @@
+//! Fast field extraction from the server's JSON-RPC text frames.
+//!
+//! The hot path never parses a delivery into a JSON tree: the loadgen
+//! controls the payload (`{"ts":NANOS,"seq":K,"pad":"xx…"}`), and the engine
+//! wraps it as `{"jsonrpc":"2.0","method":"message","params":{"channel":C,
+//! "offset":N,"id":I,"data":{…}}}`, so a few substring searches and integer
+//! scans find everything the tracker needs.
+#![forbid(unsafe_code)]
+
+use memchr::memmem;
+use std::sync::LazyLock;
+
+static METHOD_MESSAGE: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"method\":\"message\""));
+static CHANNEL: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"channel\":\""));
+static OFFSET: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"offset\":"));
+static TS: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(b"\"ts\":"));
+static ID: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(b"\"id\":"));
+static RESULT: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"result\":"));
+static ERROR: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"error\":"));
+static MESSAGE: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"message\":\""));
+
+/// What a server text frame is, as far as the loadgen is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notice<'a> {
+    /// A publication on a channel.
+    Message {
+        channel: &'a [u8],
+        offset: u64,
+        /// The loadgen's embedded send time (ns since the Unix epoch).
+        ts_ns: Option<u64>,
+    },
+    /// A successful reply to request `id`; `offset` is the result's offset.
+    Reply { id: u64, offset: Option<u64> },
+    /// An error reply to request `id` (0 when the id is null).
+    Error { id: u64, message: &'a [u8] },
+    /// Anything else (broadcasts, unknown notifications).
+    Other,
+}
+
+/// Parses the unsigned decimal at the start of `s`.
+pub fn parse_u64(s: &[u8]) -> Option<u64> {
+    let mut v: u64 = 0;
+    let mut n = 0;
+    for &b in s {
+        if !b.is_ascii_digit() {
+            break;
+        }
+        v = v.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+        n += 1;
+    }
+    (n > 0).then_some(v)
+}
+
+fn after<'a>(finder: &memmem::Finder<'_>, hay: &'a [u8]) -> Option<&'a [u8]> {
+    finder.find(hay).map(|i| &hay[i + finder.needle().len()..])
+}
+
+fn number_after(finder: &memmem::Finder<'_>, hay: &[u8]) -> Option<u64> {
+    let rest = after(finder, hay)?;
+    let start = rest.iter().position(|b| !b.is_ascii_whitespace())?;
+    parse_u64(&rest[start..])
+}
+
+/// Classifies one server text frame.
+pub fn classify(payload: &[u8]) -> Notice<'_> {
+    let head = &payload[..payload.len().min(64)];
+    if METHOD_MESSAGE.find(head).is_some() {
+        let Some(rest) = after(&CHANNEL, payload) else {
+            return Notice::Other;
+        };
+        let Some(end) = memchr::memchr(b'"', rest) else {
+            return Notice::Other;
+        };
+        let channel = &rest[..end];
+        let Some(offset) = number_after(&OFFSET, payload) else {
+            return Notice::Other;
+        };
+        let ts_ns = number_after(&TS, payload);
+        return Notice::Message {
+            channel,
+            offset,
+            ts_ns,
+        };
+    }
+    if let Some(i) = RESULT.find(payload) {
+        let id = number_after(&ID, payload).unwrap_or(0);
+        let offset = number_after(&OFFSET, &payload[i..]);
+        return Notice::Reply { id, offset };
+    }
+    if let Some(i) = ERROR.find(payload) {
+        let id = number_after(&ID, payload).unwrap_or(0);
+        let message = after(&MESSAGE, &payload[i..])
+            .map(|m| &m[..memchr::memchr(b'"', m).unwrap_or(m.len())])
+            .unwrap_or(b"");
+        return Notice::Error { id, message };
+    }
+    Notice::Other
+}
+
+/// Extracts `"offset":N` from a backend `emit` response body, or the error.
+pub fn emit_result(body: &[u8]) -> Result<u64, String> {
+    if let Some(i) = RESULT.find(body) {
+        if let Some(o) = number_after(&OFFSET, &body[i..]) {
+            return Ok(o);
+        }
+    }
+    Err(String::from_utf8_lossy(body).into_owned())
+}
+
+/// Writes the loadgen payload `{"ts":NANOS,"seq":K,"pad":"xx…"}` padded to
+/// at least `size` bytes.
+pub fn write_payload(out: &mut Vec<u8>, ts_ns: u64, seq: u64, size: usize) {
+    let start = out.len();
+    let mut b = itoa::Buffer::new();
+    out.extend_from_slice(b"{\"ts\":");
+    out.extend_from_slice(b.format(ts_ns).as_bytes());
+    out.extend_from_slice(b",\"seq\":");
+    out.extend_from_slice(b.format(seq).as_bytes());
+    out.extend_from_slice(b",\"pad\":\"");
+    let used = out.len() - start + 2;
+    out.resize(out.len() + size.saturating_sub(used), b'x');
+    out.extend_from_slice(b"\"}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_a_publication() {
+        let f = br#"{"jsonrpc":"2.0","method":"message","params":{"channel":"lg-7","offset":42,"id":1732240000123,"data":{"ts":1700000000000000001,"seq":3,"pad":"xx"}}}"#;
+        assert_eq!(
+            classify(f),
+            Notice::Message {
+                channel: b"lg-7",
+                offset: 42,
+                ts_ns: Some(1_700_000_000_000_000_001)
+            }
+        );
+    }
+
+    #[test]
+    fn publication_without_timestamp_still_counts() {
+        let f = br#"{"jsonrpc":"2.0","method":"message","params":{"channel":"c","offset":1,"id":5,"data":{"x":1}}}"#;
+        assert_eq!(
+            classify(f),
+            Notice::Message {
+                channel: b"c",
+                offset: 1,
+                ts_ns: None
+            }
+        );
+    }
+
+    #[test]
+    fn classifies_replies_and_errors() {
+        let r = br#"{"jsonrpc":"2.0","id":7,"result":{"channel":"c","offset":12,"epoch":"ab"}}"#;
+        assert_eq!(
+            classify(r),
+            Notice::Reply {
+                id: 7,
+                offset: Some(12)
+            }
+        );
+        let h = br#"{"jsonrpc":"2.0","id":8,"result":{"heartbeat":"ok"}}"#;
+        assert_eq!(
+            classify(h),
+            Notice::Reply {
+                id: 8,
+                offset: None
+            }
+        );
+        let e = br#"{"jsonrpc":"2.0","id":9,"error":{"code":-32001,"message":"not subscribed"}}"#;
+        assert_eq!(
+            classify(e),
+            Notice::Error {
+                id: 9,
+                message: b"not subscribed"
+            }
+        );
+        let b = br#"{"jsonrpc":"2.0","method":"broadcast","params":{"id":1,"data":{}}}"#;
+        assert_eq!(classify(b), Notice::Other);
+    }
+
+    #[test]
+    fn payload_is_padded_to_size_and_scans_back() {
+        let mut out = Vec::new();
+        write_payload(&mut out, 123456789, 5, 100);
+        assert_eq!(out.len(), 100);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["ts"], 123456789);
+        assert_eq!(v["seq"], 5);
+        let mut small = Vec::new();
+        write_payload(&mut small, 1, 1, 0);
+        assert!(serde_json::from_slice::<serde_json::Value>(&small).is_ok());
+    }
+
+    #[test]
+    fn emit_results() {
+        assert_eq!(
+            emit_result(
+                br#"{"jsonrpc":"2.0","id":1,"result":{"offset":9,"id":3,"subscribers":2}}"#
+            ),
+            Ok(9)
+        );
+        assert!(emit_result(br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32602}}"#).is_err());
+    }
+
+    #[test]
+    fn parse_u64_edges() {
+        assert_eq!(parse_u64(b"0,"), Some(0));
+        assert_eq!(parse_u64(b"18446744073709551615}"), Some(u64::MAX));
+        assert_eq!(parse_u64(b"18446744073709551616"), None);
+        assert_eq!(parse_u64(b"x"), None);
+    }
+}
