@@ -223,7 +223,9 @@ for name in $SERVERS; do
     FAILED+=("$name"); stop_server; continue
   fi
   if [ "$CHECK_ONLY" = 0 ]; then
-    for scenario in connect idle fanout saturate; do
+    # idle first: its RSS growth is measured from a freshly started server,
+    # before any earlier scenario has grown the allocator's heap.
+    for scenario in idle connect fanout saturate; do
       kill -0 "$SERVER_PID" 2>/dev/null || { log "$name: server died"; FAILED+=("$name"); break; }
       run_scenario "$name" "$scenario"
     done
