@@ -12,8 +12,9 @@
 #   --no-build    reuse the binaries and node_modules already there
 #   --check-only  start each server, run the protocol check, stop it; no load
 #
-# Settings (environment): WS_ADDR (127.0.0.1:58000), BACKEND_ADDR
-# (127.0.0.1:59999), SERVER_CPUS (0), SERVER_CPUS_WIDE (0,1; for 2-shard
+# Settings (environment): WS_ADDR (127.0.0.1:28000), BACKEND_ADDR
+# (127.0.0.1:29999; both below the ephemeral port range, so no client's
+# TIME_WAIT can hold them), SERVER_CPUS (0), SERVER_CPUS_WIDE (0,1; for 2-shard
 # runs), LOADGEN_CPUS (1), CONNECTIONS (1000, fan-out/saturate subscribers),
 # IDLE_CONNECTIONS (10000), FANOUT_RATE (1000 publications/s), DURATION (15,
 # seconds per scenario), SRC_IPS (4 source addresses 127.0.0.1..N).
@@ -42,8 +43,8 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-WS_ADDR="${WS_ADDR:-127.0.0.1:58000}"
-BACKEND_ADDR="${BACKEND_ADDR:-127.0.0.1:59999}"
+WS_ADDR="${WS_ADDR:-127.0.0.1:28000}"
+BACKEND_ADDR="${BACKEND_ADDR:-127.0.0.1:29999}"
 SERVER_CPUS="${SERVER_CPUS:-0}"
 SERVER_CPUS_WIDE="${SERVER_CPUS_WIDE:-0,1}"
 LOADGEN_CPUS="${LOADGEN_CPUS:-1}"
@@ -241,6 +242,8 @@ fi
 
 # ---- report -------------------------------------------------------------------
 [ -x "$CHART" ] || die "$CHART not built"
+# Hand-maintained engine figures after this marker survive a new run.
+KEEP="$(sed -n '/^<!-- engine-figures -->$/,$p' "$BENCH/RESULTS.md" 2>/dev/null || true)"
 TABLE="$("$CHART" "$RUN" "$BENCH/results.png")"
 cp "$BENCH/results.png" "$RUN/results.png"
 ver() { node -p "require('$1/package.json').version" 2>/dev/null || echo "?"; }
@@ -281,5 +284,6 @@ lockver() { awk -v n="$2" '$0 == "name = \"" n "\"" {getline; gsub(/version = |"
   echo "![deliveries/s, CPU per delivery and p99 latency per server](results.png)"
   echo
   echo "Raw reports and logs: \`bench/results/$STAMP/\` (not committed)."
+  if [ -n "$KEEP" ]; then echo; echo "$KEEP"; fi
 } > "$BENCH/RESULTS.md"
 log "wrote $BENCH/RESULTS.md and $BENCH/results.png"
