@@ -153,6 +153,9 @@ pub struct ServeArgs {
     /// Seconds to finish the upgrade. [config: ws.handshake_timeout]
     #[arg(long, value_name = "SECS")]
     pub handshake_timeout: Option<u64>,
+    /// Refuse client send_data with -32004. [config: ws.client_publish = false]
+    #[arg(long)]
+    pub no_client_publish: bool,
     /// Seconds to drain on SIGTERM/SIGINT. [config: shutdown_timeout]
     #[arg(long, value_name = "SECS")]
     pub shutdown_timeout: Option<u64>,
@@ -266,6 +269,9 @@ impl ServeArgs {
             "shutdown_timeout",
             self.shutdown_timeout,
         );
+        if self.no_client_publish {
+            o.set("--no-client-publish", "ws.client_publish", false);
+        }
         set_int(&mut o, "--history-size", "history.size", self.history_size);
         set_int(&mut o, "--history-ttl", "history.ttl", self.history_ttl);
         set_int(

@@ -113,6 +113,9 @@ pub struct WsConfig {
     pub pong_timeout: u64,
     /// Seconds a client has to finish the upgrade. Default 5.
     pub handshake_timeout: u64,
+    /// Whether clients may publish with `send_data` (-32004 otherwise).
+    /// Default true.
+    pub client_publish: bool,
 }
 
 /// `[backend]`: the HTTP port backends publish through.
@@ -185,6 +188,7 @@ impl Default for WsConfig {
             ping_interval: 25,
             pong_timeout: 10,
             handshake_timeout: 5,
+            client_publish: true,
         }
     }
 }
@@ -639,6 +643,10 @@ pong_timeout = {pong_timeout}
 # Seconds a client has to finish the WebSocket upgrade. At least 1.
 # Default {handshake_timeout}.
 handshake_timeout = {handshake_timeout}
+# Whether clients may publish to channels they are subscribed to with
+# send_data; false answers send_data with -32004 permission denied.
+# Default {client_publish}.
+client_publish = {client_publish}
 
 # The HTTP port backends publish through.
 [backend]
@@ -695,6 +703,7 @@ ttl = {httl}
             ping_interval = d.ws.ping_interval,
             pong_timeout = d.ws.pong_timeout,
             handshake_timeout = d.ws.handshake_timeout,
+            client_publish = d.ws.client_publish,
             b_listen = s(&d.backend.listen.to_string()),
             token = s(&d.backend.api_token),
             max_body = d.backend.max_body,
@@ -1077,6 +1086,7 @@ mod tests {
             "RINGCAST_WS_PING_INTERVAL",
             "RINGCAST_WS_PONG_TIMEOUT",
             "RINGCAST_WS_HANDSHAKE_TIMEOUT",
+            "RINGCAST_WS_CLIENT_PUBLISH",
             "RINGCAST_BACKEND_LISTEN",
             "RINGCAST_BACKEND_API_TOKEN",
             "RINGCAST_BACKEND_MAX_BODY",
@@ -1092,7 +1102,7 @@ mod tests {
         ] {
             assert!(keys.iter().any(|(v, _, _)| v == var), "{var}");
         }
-        assert_eq!(keys.len(), 24);
+        assert_eq!(keys.len(), 25);
     }
 
     #[test]
