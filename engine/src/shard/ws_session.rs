@@ -367,6 +367,12 @@ async fn send_data(
     data: Bytes,
     rocket: bool,
 ) -> Result<Vec<u8>, RpcError> {
+    if !shard.config().ws.client_publish {
+        return Err(RpcError::new(
+            rpc::PERMISSION_DENIED,
+            "permission denied: clients may not publish on this server",
+        ));
+    }
     if !shard.is_subscribed(conn, channel) {
         if rocket {
             let peer = conn
