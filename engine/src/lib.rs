@@ -39,5 +39,6 @@ pub mod metrics;
 pub mod publication;
 pub mod rpc;
 pub mod shard;
+pub mod shell;
 pub mod sys;
 pub mod websocket;
