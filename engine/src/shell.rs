@@ -1,4 +1,1395 @@
-pub fn run(_url: &str, _token: Option<&str>) -> i32 {
-    eprintln!("shell: not built yet");
-    1
+//! `ringcast shell`: a console for the backend port (RocketWS's shell).
+//!
+//! Each command becomes one JSON-RPC 2.0 request `POST {url}/` on the
+//! backend port (SPEC section 4). Interactive with line editing, completion
+//! of command names and a history file (`$HOME/.ringcast_history`) when stdin
+//! is a terminal; reads commands line by line, with no prompt and no banner,
+//! when stdin is a pipe, and then exits non-zero if any command failed.
+//!
+//! The HTTP side is a deliberately small synchronous HTTP/1.1 client over
+//! [`std::net::TcpStream`]: one keep-alive connection, reopened when the
+//! server closed it.
+#![forbid(unsafe_code)]
+
+use std::fmt;
+use std::io::{self, BufRead, BufReader, IsTerminal, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+/// The prompt shown on a terminal.
+pub const PROMPT: &str = "ringcast> ";
+
+/// The backend port's default URL (RocketWS's default port).
+pub const DEFAULT_URL: &str = "http://127.0.0.1:59999";
+
+/// Name of the history file, in `$HOME`.
+const HISTORY_FILE: &str = ".ringcast_history";
+
+/// How long to wait for a TCP connection to the backend port.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long to wait for the server's answer to one request.
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Largest response header section accepted, in bytes.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// Largest response body accepted, in bytes.
+const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+
+/// How much of a non-JSON error body is shown.
+const MAX_SHOWN_BODY: usize = 512;
+
+/// Command names, for `help` and tab completion.
+const COMMANDS: &[&str] = &[
+    "emit",
+    "notify_all",
+    "total_subscribers",
+    "available_channels",
+    "ping",
+    "info",
+    "help",
+    "exit",
+    "quit",
+];
+
+const HELP: &str = "\
+commands:
+  emit CHANNEL JSON           publish JSON to CHANNEL's subscribers
+  notify_all JSON             send JSON to every connection once
+  total_subscribers [CHANNEL] subscribers of CHANNEL, or of all channels
+  available_channels          channels that have subscribers, with counts
+  ping                        check that the server answers
+  info                        per-shard connections, subscriptions, counters
+  help                        this text
+  exit, quit                  leave (Ctrl-D too)
+JSON is everything after the command (and channel), e.g.
+  emit news {\"title\": \"hello\", \"n\": 1}";
+
+/// Runs the shell against the backend port at `url` and returns the
+/// process exit code: 0, 1 when a command failed (pipe mode only) or 2 for a
+/// bad `url`.
+pub fn run(url: &str, token: Option<&str>) -> i32 {
+    let endpoint = match Endpoint::parse(url) {
+        Ok(endpoint) => endpoint,
+        Err(e) => {
+            eprintln!("error: invalid --url {url:?}: {e}");
+            return 2;
+        }
+    };
+    let mut shell = Shell::new(Client::new(endpoint, token.map(str::to_owned)));
+    if io::stdin().is_terminal() {
+        run_interactive(&mut shell)
+    } else {
+        let stdin = io::stdin();
+        let stdout = io::stdout();
+        let stderr = io::stderr();
+        run_script(
+            &mut shell,
+            stdin.lock(),
+            &mut stdout.lock(),
+            &mut stderr.lock(),
+        )
+    }
+}
+
+/// Pipe mode: one command per line, no prompt, no banner. Results go to
+/// `out`, errors to `err`. Returns 1 if any command failed, else 0.
+pub fn run_script(
+    shell: &mut Shell,
+    input: impl BufRead,
+    out: &mut impl Write,
+    err: &mut impl Write,
+) -> i32 {
+    let mut failed = false;
+    for line in input.lines() {
+        let line = match line {
+            Ok(line) => line,
+            Err(e) => {
+                let _ = writeln!(err, "error: cannot read standard input: {e}");
+                failed = true;
+                break;
+            }
+        };
+        match shell.execute_line(&line) {
+            Step::Output(text) => {
+                let _ = writeln!(out, "{text}");
+            }
+            Step::Failed(text) => {
+                let _ = writeln!(err, "{text}");
+                failed = true;
+            }
+            Step::Nothing => {}
+            Step::Exit => break,
+        }
+        let _ = out.flush();
+    }
+    i32::from(failed)
+}
+
+/// Terminal mode: line editing, completion and history. Returns 0.
+fn run_interactive(shell: &mut Shell) -> i32 {
+    let config = rustyline::Config::builder()
+        .auto_add_history(false)
+        .history_ignore_dups(true)
+        .and_then(|b| b.max_history_size(1000))
+        .map(|b| b.build());
+    let editor = config.and_then(rustyline::Editor::<CommandHelper, _>::with_config);
+    let mut editor = match editor {
+        Ok(editor) => editor,
+        Err(e) => {
+            // No usable terminal after all: behave like a pipe.
+            eprintln!("warning: line editing unavailable ({e}); reading plain lines");
+            let stdin = io::stdin();
+            let stdout = io::stdout();
+            let stderr = io::stderr();
+            run_script(shell, stdin.lock(), &mut stdout.lock(), &mut stderr.lock());
+            return 0;
+        }
+    };
+    editor.set_helper(Some(CommandHelper));
+    let history = history_path();
+    if let Some(path) = &history {
+        // A missing file is the normal first run.
+        let _ = editor.load_history(path);
+    }
+
+    println!(
+        "ringcast shell {} — backend {} (type help)",
+        env!("CARGO_PKG_VERSION"),
+        shell.client.endpoint
+    );
+    // Say at once if the server is not there, but stay: it may be started.
+    if let Err(e) = shell.client.call("ping", None) {
+        eprintln!("{e}");
+    }
+
+    loop {
+        match editor.readline(PROMPT) {
+            Ok(line) => {
+                if !line.trim().is_empty() {
+                    let _ = editor.add_history_entry(line.trim());
+                }
+                match shell.execute_line(&line) {
+                    Step::Output(text) => println!("{text}"),
+                    Step::Failed(text) => eprintln!("{text}"),
+                    Step::Nothing => {}
+                    Step::Exit => break,
+                }
+            }
+            // Ctrl-C drops the line being edited, as in a Unix shell.
+            Err(rustyline::error::ReadlineError::Interrupted) => continue,
+            Err(rustyline::error::ReadlineError::Eof) => break,
+            Err(e) => {
+                eprintln!("error: cannot read the terminal: {e}");
+                break;
+            }
+        }
+    }
+    if let Some(path) = &history {
+        // Not writable: no history, silently (as bash does).
+        let _ = editor.save_history(path);
+    }
+    0
+}
+
+/// `$HOME/.ringcast_history`, when `$HOME` is set.
+fn history_path() -> Option<PathBuf> {
+    let home = std::env::var_os("HOME").filter(|h| !h.is_empty())?;
+    Some(PathBuf::from(home).join(HISTORY_FILE))
+}
+
+/// Tab completion of command names for rustyline.
+struct CommandHelper;
+
+impl rustyline::completion::Completer for CommandHelper {
+    type Candidate = String;
+
+    fn complete(
+        &self,
+        line: &str,
+        pos: usize,
+        _ctx: &rustyline::Context<'_>,
+    ) -> rustyline::Result<(usize, Vec<String>)> {
+        Ok(complete_command(&line[..pos]))
+    }
+}
+
+impl rustyline::hint::Hinter for CommandHelper {
+    type Hint = String;
+}
+impl rustyline::highlight::Highlighter for CommandHelper {}
+impl rustyline::validate::Validator for CommandHelper {}
+impl rustyline::Helper for CommandHelper {}
+
+/// Completion candidates for the text before the cursor: command names
+/// while the first word is being typed, nothing after it.
+fn complete_command(before_cursor: &str) -> (usize, Vec<String>) {
+    let start = before_cursor.len() - before_cursor.trim_start().len();
+    let word = &before_cursor[start..];
+    if word.contains(char::is_whitespace) {
+        return (start, Vec::new());
+    }
+    let candidates = COMMANDS
+        .iter()
+        .filter(|c| c.starts_with(word))
+        .map(|c| (*c).to_owned())
+        .collect();
+    (start, candidates)
+}
+
+/// One parsed shell command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    Emit { channel: String, data: Value },
+    NotifyAll { data: Value },
+    TotalSubscribers { channel: Option<String> },
+    AvailableChannels,
+    Ping,
+    Info,
+    Help,
+    Exit,
+}
+
+impl Command {
+    /// The JSON-RPC method and params this command sends; `None` for the
+    /// local commands (`help`, `exit`).
+    pub fn request(&self) -> Option<(&'static str, Option<Value>)> {
+        Some(match self {
+            Command::Emit { channel, data } => {
+                ("emit", Some(json!({ "channel": channel, "data": data })))
+            }
+            Command::NotifyAll { data } => ("notify_all", Some(json!({ "data": data }))),
+            Command::TotalSubscribers {
+                channel: Some(channel),
+            } => ("total_subscribers", Some(json!({ "channel": channel }))),
+            Command::TotalSubscribers { channel: None } => ("total_subscribers", None),
+            Command::AvailableChannels => ("available_channels", None),
+            Command::Ping => ("ping", None),
+            Command::Info => ("info", None),
+            Command::Help | Command::Exit => return None,
+        })
+    }
+}
+
+/// Parses one input line. `Ok(None)` for a blank line or a `#` comment;
+/// `Err` holds the complete message to print (starting with `error: `).
+pub fn parse_line(line: &str) -> Result<Option<Command>, String> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return Ok(None);
+    }
+    let (name, rest) = split_word(line);
+    let command = match name {
+        "emit" => {
+            let (channel, json) = split_word(rest);
+            if channel.is_empty() || json.is_empty() {
+                return Err(usage("emit CHANNEL JSON"));
+            }
+            Command::Emit {
+                channel: channel.to_owned(),
+                data: parse_json("data", json)?,
+            }
+        }
+        "notify_all" => {
+            if rest.is_empty() {
+                return Err(usage("notify_all JSON"));
+            }
+            Command::NotifyAll {
+                data: parse_json("data", rest)?,
+            }
+        }
+        "total_subscribers" => {
+            let (channel, extra) = split_word(rest);
+            if !extra.is_empty() {
+                return Err(usage("total_subscribers [CHANNEL]"));
+            }
+            Command::TotalSubscribers {
+                channel: (!channel.is_empty()).then(|| channel.to_owned()),
+            }
+        }
+        "available_channels" => no_args(rest, name, Command::AvailableChannels)?,
+        "ping" => no_args(rest, name, Command::Ping)?,
+        "info" => no_args(rest, name, Command::Info)?,
+        "help" | "?" => Command::Help,
+        "exit" | "quit" => no_args(rest, name, Command::Exit)?,
+        other => return Err(format!("error: unknown command {other:?} (try help)")),
+    };
+    Ok(Some(command))
+}
+
+/// Splits off the first whitespace-separated word; the rest is trimmed.
+fn split_word(s: &str) -> (&str, &str) {
+    let s = s.trim_start();
+    match s.find(char::is_whitespace) {
+        Some(i) => (&s[..i], s[i..].trim()),
+        None => (s, ""),
+    }
+}
+
+fn parse_json(what: &str, text: &str) -> Result<Value, String> {
+    serde_json::from_str(text).map_err(|e| format!("error: invalid JSON for {what}: {e}"))
+}
+
+fn no_args(rest: &str, name: &str, command: Command) -> Result<Command, String> {
+    if rest.is_empty() {
+        Ok(command)
+    } else {
+        Err(format!("error: {name} takes no arguments (usage: {name})"))
+    }
+}
+
+fn usage(text: &str) -> String {
+    format!("error: usage: {text}")
+}
+
+/// What one input line led to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Print this on stdout.
+    Output(String),
+    /// Print this on stderr; the command failed.
+    Failed(String),
+    /// Blank line or comment.
+    Nothing,
+    /// `exit`, `quit`.
+    Exit,
+}
+
+/// The shell's state: the backend client.
+pub struct Shell {
+    client: Client,
+}
+
+impl Shell {
+    pub fn new(client: Client) -> Self {
+        Shell { client }
+    }
+
+    /// Parses and runs one line.
+    pub fn execute_line(&mut self, line: &str) -> Step {
+        match parse_line(line) {
+            Ok(Some(command)) => self.execute(&command),
+            Ok(None) => Step::Nothing,
+            Err(message) => Step::Failed(message),
+        }
+    }
+
+    /// Runs one command.
+    pub fn execute(&mut self, command: &Command) -> Step {
+        let Some((method, params)) = command.request() else {
+            return match command {
+                Command::Exit => Step::Exit,
+                _ => Step::Output(HELP.to_owned()),
+            };
+        };
+        match self.client.call(method, params) {
+            Ok(result) => Step::Output(
+                serde_json::to_string_pretty(&result).unwrap_or_else(|_| result.to_string()),
+            ),
+            Err(e) => Step::Failed(e.to_string()),
+        }
+    }
+}
+
+/// Where the backend port is: parsed from `--url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Host as written (IPv6 with its brackets).
+    host: String,
+    port: u16,
+    /// Request target, `/` unless the URL names a path.
+    path: String,
+    /// The URL as shown in messages: `http://host:port[/path]`.
+    display: String,
+}
+
+impl Endpoint {
+    /// Parses `http://HOST[:PORT][/PATH]`; the scheme may be left out.
+    pub fn parse(url: &str) -> Result<Endpoint, String> {
+        let url = url.trim();
+        let rest = match url.split_once("://") {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
+            Some((scheme, _)) if scheme.eq_ignore_ascii_case("https") => {
+                return Err("https is not supported: the backend port speaks plain HTTP".into())
+            }
+            Some((scheme, _)) => return Err(format!("unsupported scheme {scheme:?}")),
+            None => url,
+        };
+        let (authority, path) = match rest.find(['/', '?']) {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        if authority.contains('@') {
+            return Err("user info in the URL is not supported; use --token".into());
+        }
+        let (host, port) = if let Some(after) = authority.strip_prefix('[') {
+            let (inside, tail) = after.split_once(']').ok_or("unclosed '[' in host")?;
+            (format!("[{inside}]"), tail)
+        } else {
+            match authority.rfind(':') {
+                Some(i) => (authority[..i].to_owned(), &authority[i..]),
+                None => (authority.to_owned(), ""),
+            }
+        };
+        if host.is_empty() || host == "[]" {
+            return Err("no host".into());
+        }
+        let port = match port {
+            "" => 80,
+            p => p
+                .strip_prefix(':')
+                .and_then(|p| p.parse::<u16>().ok())
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("bad port {:?}", p.trim_start_matches(':')))?,
+        };
+        let path = if path.is_empty() || path.starts_with('?') {
+            format!("/{path}")
+        } else {
+            path.to_owned()
+        };
+        let mut display = format!("http://{host}:{port}");
+        if path != "/" {
+            display.push_str(&path);
+        }
+        Ok(Endpoint {
+            host,
+            port,
+            path,
+            display,
+        })
+    }
+
+    /// `host:port`, for the `Host` header and name resolution.
+    fn authority(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    fn addrs(&self) -> io::Result<Vec<SocketAddr>> {
+        let host = self.host.trim_start_matches('[').trim_end_matches(']');
+        Ok((host, self.port).to_socket_addrs()?.collect())
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.display)
+    }
+}
+
+/// Why a call failed. `Display` gives the one line the shell prints.
+#[derive(Debug)]
+pub enum CallError {
+    /// No TCP connection could be opened.
+    Unreachable { url: String, reason: String },
+    /// The connection broke or timed out during the exchange.
+    Io { url: String, reason: String },
+    /// HTTP 401.
+    Unauthorized,
+    /// Any other HTTP status than 200.
+    Http { status: u16, body: String },
+    /// A 200 answer that is not a JSON-RPC response.
+    BadResponse(String),
+    /// A JSON-RPC error object.
+    Rpc {
+        code: i64,
+        message: String,
+        data: Option<Value>,
+    },
+}
+
+impl fmt::Display for CallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CallError::Unreachable { url, reason } => write!(
+                f,
+                "error: cannot reach ringcast at {url} ({reason}) — is it running? (ringcast serve)"
+            ),
+            CallError::Io { url, reason } => {
+                write!(f, "error: connection to ringcast at {url} failed: {reason}")
+            }
+            CallError::Unauthorized => {
+                f.write_str("error: unauthorized: the server needs --token (or the token is wrong)")
+            }
+            CallError::Http { status, body } => write!(f, "error: HTTP {status}: {body}"),
+            CallError::BadResponse(what) => {
+                write!(f, "error: invalid response from server: {what}")
+            }
+            CallError::Rpc {
+                code,
+                message,
+                data,
+            } => {
+                write!(f, "error: {code} {message}")?;
+                match data {
+                    Some(data) => write!(f, " ({data})"),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+}
+
+impl std::error::Error for CallError {}
+
+/// Short reason for an I/O error, as in "connection refused".
+fn io_reason(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => "connection refused".into(),
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => "timed out".into(),
+        io::ErrorKind::ConnectionReset => "connection reset".into(),
+        io::ErrorKind::UnexpectedEof => "server closed the connection".into(),
+        _ => {
+            // Drop the "(os error N)" tail std adds.
+            let text = e.to_string();
+            match text.find(" (os error") {
+                Some(i) => text[..i].to_lowercase(),
+                None => text,
+            }
+        }
+    }
+}
+
+/// A parsed HTTP response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub body: Vec<u8>,
+    /// The server said `Connection: close` (or spoke HTTP/1.0 without
+    /// keep-alive): the connection cannot be reused.
+    pub close: bool,
+}
+
+/// A JSON-RPC client for the backend port over one keep-alive HTTP/1.1
+/// connection.
+pub struct Client {
+    endpoint: Endpoint,
+    token: Option<String>,
+    conn: Option<BufReader<TcpStream>>,
+    next_id: u64,
+}
+
+impl Client {
+    pub fn new(endpoint: Endpoint, token: Option<String>) -> Self {
+        Client {
+            endpoint,
+            token: token.filter(|t| !t.is_empty()),
+            conn: None,
+            next_id: 1,
+        }
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// Sends one JSON-RPC request and returns its `result`.
+    pub fn call(&mut self, method: &str, params: Option<Value>) -> Result<Value, CallError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut request = json!({ "jsonrpc": "2.0", "id": id, "method": method });
+        if let Some(params) = params {
+            request["params"] = params;
+        }
+        let body = request.to_string();
+        let response = self.post(body.as_bytes())?;
+        match response.status {
+            200 => {}
+            401 => return Err(CallError::Unauthorized),
+            status => {
+                return Err(CallError::Http {
+                    status,
+                    body: shown_body(&response.body),
+                });
+            }
+        }
+        parse_rpc_response(&response.body)
+    }
+
+    /// POSTs `body` and reads the response, reopening the connection once
+    /// when a kept-alive one turns out to be closed by the server.
+    fn post(&mut self, body: &[u8]) -> Result<Response, CallError> {
+        let request = self.request_bytes(body);
+        let reused = self.conn.is_some();
+        match self.exchange(&request) {
+            Ok(response) => Ok(response),
+            // A stale keep-alive connection: nothing of the answer arrived.
+            Err(Exchange::Stale(_)) if reused => {
+                self.conn = None;
+                self.exchange(&request).map_err(|e| self.exchange_error(e))
+            }
+            Err(e) => Err(self.exchange_error(e)),
+        }
+    }
+
+    fn exchange_error(&self, e: Exchange) -> CallError {
+        let url = self.endpoint.to_string();
+        match e {
+            Exchange::Connect(reason) => CallError::Unreachable { url, reason },
+            Exchange::Stale(e) | Exchange::Broken(e) => CallError::Io {
+                url,
+                reason: io_reason(&e),
+            },
+            Exchange::Protocol(what) => CallError::BadResponse(what),
+        }
+    }
+
+    fn exchange(&mut self, request: &[u8]) -> Result<Response, Exchange> {
+        if self.conn.is_none() {
+            self.conn = Some(BufReader::new(self.connect().map_err(Exchange::Connect)?));
+        }
+        let conn = self.conn.as_mut().expect("connection just opened");
+        let result = conn
+            .get_mut()
+            .write_all(request)
+            .map_err(Exchange::Stale)
+            .and_then(|()| read_response(conn));
+        match &result {
+            Ok(response) if !response.close => {}
+            _ => self.conn = None,
+        }
+        result
+    }
+
+    fn connect(&self) -> Result<TcpStream, String> {
+        let addrs = self
+            .endpoint
+            .addrs()
+            .map_err(|e| format!("cannot resolve {}: {}", self.endpoint.host, io_reason(&e)))?;
+        let mut last = None;
+        for addr in &addrs {
+            match TcpStream::connect_timeout(addr, CONNECT_TIMEOUT) {
+                Ok(stream) => {
+                    let _ = stream.set_nodelay(true);
+                    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+                    let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+                    return Ok(stream);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(match last {
+            Some(e) => io_reason(&e),
+            None => format!("no address for {}", self.endpoint.host),
+        })
+    }
+
+    fn request_bytes(&self, body: &[u8]) -> Vec<u8> {
+        let mut head = format!(
+            "POST {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: ringcast-shell/{}\r\n\
+             Accept: application/json\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n",
+            self.endpoint.path,
+            self.endpoint.authority(),
+            env!("CARGO_PKG_VERSION"),
+            body.len()
+        );
+        if let Some(token) = &self.token {
+            head.push_str("Authorization: Bearer ");
+            head.push_str(token);
+            head.push_str("\r\n");
+        }
+        head.push_str("\r\n");
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice(body);
+        bytes
+    }
+}
+
+/// How an exchange failed, to tell a stale keep-alive connection (retry)
+/// from a real failure.
+#[derive(Debug)]
+enum Exchange {
+    Connect(String),
+    /// Failed before any byte of the response arrived.
+    Stale(io::Error),
+    /// Failed in the middle of the response.
+    Broken(io::Error),
+    Protocol(String),
+}
+
+/// Reads one HTTP/1.1 response (skipping 1xx interim ones).
+fn read_response(reader: &mut impl BufRead) -> Result<Response, Exchange> {
+    loop {
+        let mut header_bytes = 0usize;
+        let mut status_line = String::new();
+        match reader.read_line(&mut status_line) {
+            Ok(0) => {
+                return Err(Exchange::Stale(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "server closed the connection",
+                )))
+            }
+            Ok(n) => header_bytes += n,
+            Err(e) => return Err(Exchange::Stale(e)),
+        }
+        let mut parts = status_line.trim_end().splitn(3, ' ');
+        let version = parts.next().unwrap_or("");
+        let status = parts.next().and_then(|s| s.parse::<u16>().ok());
+        let (Some(status), true) = (status, version.starts_with("HTTP/1.")) else {
+            return Err(Exchange::Protocol(format!(
+                "not an HTTP response: {:?}",
+                status_line.trim_end()
+            )));
+        };
+        let mut close = version == "HTTP/1.0";
+        let mut content_length: Option<usize> = None;
+        let mut chunked = false;
+        loop {
+            let mut line = String::new();
+            let n = reader.read_line(&mut line).map_err(Exchange::Broken)?;
+            if n == 0 {
+                return Err(Exchange::Broken(io::ErrorKind::UnexpectedEof.into()));
+            }
+            header_bytes += n;
+            if header_bytes > MAX_HEADER_BYTES {
+                return Err(Exchange::Protocol("response headers too large".into()));
+            }
+            let line = line.trim_end_matches(['\r', '\n']);
+            if line.is_empty() {
+                break;
+            }
+            let Some((name, value)) = line.split_once(':') else {
+                return Err(Exchange::Protocol(format!("bad header line {line:?}")));
+            };
+            let value = value.trim();
+            if name.eq_ignore_ascii_case("content-length") {
+                let len = value
+                    .parse::<usize>()
+                    .map_err(|_| Exchange::Protocol(format!("bad Content-Length {value:?}")))?;
+                content_length = Some(len);
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                chunked = value.to_ascii_lowercase().contains("chunked");
+            } else if name.eq_ignore_ascii_case("connection") {
+                let value = value.to_ascii_lowercase();
+                if value.contains("close") {
+                    close = true;
+                } else if value.contains("keep-alive") {
+                    close = false;
+                }
+            }
+        }
+        if (100..200).contains(&status) {
+            continue;
+        }
+        let body = if status == 204 || status == 304 {
+            Vec::new()
+        } else if chunked {
+            read_chunked(reader)?
+        } else if let Some(len) = content_length {
+            if len > MAX_BODY_BYTES {
+                return Err(Exchange::Protocol(format!(
+                    "response body too large ({len} bytes)"
+                )));
+            }
+            let mut body = vec![0; len];
+            reader.read_exact(&mut body).map_err(Exchange::Broken)?;
+            body
+        } else {
+            // Neither: the body runs to the end of the connection.
+            close = true;
+            let mut body = Vec::new();
+            reader
+                .take(MAX_BODY_BYTES as u64)
+                .read_to_end(&mut body)
+                .map_err(Exchange::Broken)?;
+            body
+        };
+        return Ok(Response {
+            status,
+            body,
+            close,
+        });
+    }
+}
+
+fn read_chunked(reader: &mut impl BufRead) -> Result<Vec<u8>, Exchange> {
+    let mut body = Vec::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).map_err(Exchange::Broken)?;
+        let size = line.trim().split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(size, 16)
+            .map_err(|_| Exchange::Protocol(format!("bad chunk size {size:?}")))?;
+        if size == 0 {
+            // Trailers, up to the empty line.
+            loop {
+                let mut trailer = String::new();
+                let n = reader.read_line(&mut trailer).map_err(Exchange::Broken)?;
+                if n == 0 || trailer.trim().is_empty() {
+                    return Ok(body);
+                }
+            }
+        }
+        if body.len() + size > MAX_BODY_BYTES {
+            return Err(Exchange::Protocol("response body too large".into()));
+        }
+        let start = body.len();
+        body.resize(start + size, 0);
+        reader
+            .read_exact(&mut body[start..])
+            .map_err(Exchange::Broken)?;
+        let mut crlf = String::new();
+        reader.read_line(&mut crlf).map_err(Exchange::Broken)?;
+    }
+}
+
+/// An error body as shown after `HTTP NNN:`: compact JSON, or the text
+/// trimmed and cut to a sane length.
+fn shown_body(body: &[u8]) -> String {
+    if let Ok(value) = serde_json::from_slice::<Value>(body) {
+        return value.to_string();
+    }
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() {
+        return "(empty body)".into();
+    }
+    match text.char_indices().nth(MAX_SHOWN_BODY) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text.to_owned(),
+    }
+}
+
+/// Extracts `result` from a JSON-RPC response body, or its error.
+fn parse_rpc_response(body: &[u8]) -> Result<Value, CallError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| CallError::BadResponse(format!("not JSON ({e}): {}", shown_body(body))))?;
+    // A single request gets a single response; take the first of a batch.
+    let value = match value {
+        Value::Array(mut items) if !items.is_empty() => items.swap_remove(0),
+        other => other,
+    };
+    let Value::Object(mut object) = value else {
+        return Err(CallError::BadResponse(format!(
+            "not a JSON-RPC response: {value}"
+        )));
+    };
+    if let Some(error) = object.remove("error").filter(|e| !e.is_null()) {
+        let code = error.get("code").and_then(Value::as_i64).unwrap_or(0);
+        let message = error
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("(no message)")
+            .to_owned();
+        let data = error.get("data").filter(|d| !d.is_null()).cloned();
+        return Err(CallError::Rpc {
+            code,
+            message,
+            data,
+        });
+    }
+    match object.remove("result") {
+        Some(result) => Ok(result),
+        None => Err(CallError::BadResponse(format!(
+            "neither result nor error in {}",
+            Value::Object(object)
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+    use std::net::TcpListener;
+    use std::sync::mpsc;
+    use std::thread;
+
+    fn parse(line: &str) -> Command {
+        parse_line(line).expect("parses").expect("a command")
+    }
+
+    fn parse_err(line: &str) -> String {
+        parse_line(line).expect_err("fails")
+    }
+
+    #[test]
+    fn emit_takes_the_rest_of_the_line_as_json() {
+        assert_eq!(
+            parse(r#"emit chan {"a": 1}"#),
+            Command::Emit {
+                channel: "chan".into(),
+                data: json!({"a": 1})
+            }
+        );
+        assert_eq!(
+            parse("  emit   news    {\"title\": \"two  spaces\", \"n\": [1, 2]}  "),
+            Command::Emit {
+                channel: "news".into(),
+                data: json!({"title": "two  spaces", "n": [1, 2]})
+            }
+        );
+        assert_eq!(
+            parse("emit\tnews\t\"just a string\""),
+            Command::Emit {
+                channel: "news".into(),
+                data: json!("just a string")
+            }
+        );
+    }
+
+    #[test]
+    fn data_may_be_any_json() {
+        assert_eq!(
+            parse("emit c 42"),
+            Command::Emit {
+                channel: "c".into(),
+                data: json!(42)
+            }
+        );
+        assert_eq!(
+            parse("emit c [1,2]"),
+            Command::Emit {
+                channel: "c".into(),
+                data: json!([1, 2])
+            }
+        );
+        assert_eq!(
+            parse("notify_all null"),
+            Command::NotifyAll { data: Value::Null }
+        );
+        assert_eq!(
+            parse(r#"notify_all {"message": "hola!"}"#),
+            Command::NotifyAll {
+                data: json!({"message": "hola!"})
+            }
+        );
+    }
+
+    #[test]
+    fn invalid_json_is_one_clear_line() {
+        assert_eq!(
+            parse_err("emit news {oops}"),
+            "error: invalid JSON for data: key must be a string at line 1 column 2"
+        );
+        assert_eq!(
+            parse_err("notify_all hello"),
+            "error: invalid JSON for data: expected value at line 1 column 1"
+        );
+        assert_eq!(
+            parse_err(r#"emit news {"a": 1} trailing"#),
+            "error: invalid JSON for data: trailing characters at line 1 column 10"
+        );
+        assert!(!parse_err("emit news {\"a\":").contains('\n'));
+    }
+
+    #[test]
+    fn missing_arguments_show_usage() {
+        assert_eq!(parse_err("emit"), "error: usage: emit CHANNEL JSON");
+        assert_eq!(parse_err("emit news"), "error: usage: emit CHANNEL JSON");
+        assert_eq!(parse_err("notify_all   "), "error: usage: notify_all JSON");
+        assert_eq!(
+            parse_err("total_subscribers a b"),
+            "error: usage: total_subscribers [CHANNEL]"
+        );
+        assert_eq!(
+            parse_err("ping now"),
+            "error: ping takes no arguments (usage: ping)"
+        );
+    }
+
+    #[test]
+    fn other_commands() {
+        assert_eq!(
+            parse("total_subscribers"),
+            Command::TotalSubscribers { channel: None }
+        );
+        assert_eq!(
+            parse("total_subscribers news"),
+            Command::TotalSubscribers {
+                channel: Some("news".into())
+            }
+        );
+        assert_eq!(parse("available_channels"), Command::AvailableChannels);
+        assert_eq!(parse("ping"), Command::Ping);
+        assert_eq!(parse("info"), Command::Info);
+        assert_eq!(parse("help"), Command::Help);
+        assert_eq!(parse("exit"), Command::Exit);
+        assert_eq!(parse("quit"), Command::Exit);
+        assert_eq!(parse_line("").unwrap(), None);
+        assert_eq!(parse_line("   \t").unwrap(), None);
+        assert_eq!(parse_line("# a comment").unwrap(), None);
+    }
+
+    #[test]
+    fn unknown_command() {
+        assert_eq!(parse_err("x"), r#"error: unknown command "x" (try help)"#);
+        assert_eq!(
+            parse_err("Emit a 1"),
+            r#"error: unknown command "Emit" (try help)"#
+        );
+    }
+
+    #[test]
+    fn requests() {
+        let emit = parse(r#"emit news {"a": 1}"#);
+        assert_eq!(
+            emit.request(),
+            Some(("emit", Some(json!({"channel": "news", "data": {"a": 1}}))))
+        );
+        assert_eq!(
+            parse("notify_all [1]").request(),
+            Some(("notify_all", Some(json!({"data": [1]}))))
+        );
+        assert_eq!(
+            parse("total_subscribers").request(),
+            Some(("total_subscribers", None))
+        );
+        assert_eq!(
+            parse("total_subscribers c").request(),
+            Some(("total_subscribers", Some(json!({"channel": "c"}))))
+        );
+        assert_eq!(
+            parse("available_channels").request(),
+            Some(("available_channels", None))
+        );
+        assert_eq!(parse("ping").request(), Some(("ping", None)));
+        assert_eq!(parse("info").request(), Some(("info", None)));
+        assert_eq!(parse("help").request(), None);
+        assert_eq!(parse("exit").request(), None);
+    }
+
+    #[test]
+    fn completion() {
+        assert_eq!(complete_command("em"), (0, vec!["emit".to_owned()]));
+        assert_eq!(
+            complete_command("  to"),
+            (2, vec!["total_subscribers".to_owned()])
+        );
+        assert_eq!(complete_command("emit ne"), (0, vec![]));
+        assert_eq!(complete_command("").1.len(), COMMANDS.len());
+    }
+
+    #[test]
+    fn urls() {
+        let e = Endpoint::parse("http://127.0.0.1:59999").unwrap();
+        assert_eq!(
+            (e.host.as_str(), e.port, e.path.as_str()),
+            ("127.0.0.1", 59999, "/")
+        );
+        assert_eq!(e.to_string(), "http://127.0.0.1:59999");
+        let e = Endpoint::parse("http://127.0.0.1:59999/").unwrap();
+        assert_eq!(e.to_string(), "http://127.0.0.1:59999");
+        let e = Endpoint::parse("localhost:8080").unwrap();
+        assert_eq!((e.host.as_str(), e.port), ("localhost", 8080));
+        let e = Endpoint::parse("HTTP://example.com/rpc").unwrap();
+        assert_eq!(
+            (e.host.as_str(), e.port, e.path.as_str()),
+            ("example.com", 80, "/rpc")
+        );
+        assert_eq!(e.to_string(), "http://example.com:80/rpc");
+        let e = Endpoint::parse("http://[::1]:5000").unwrap();
+        assert_eq!((e.host.as_str(), e.port), ("[::1]", 5000));
+        assert_eq!(e.authority(), "[::1]:5000");
+        assert!(Endpoint::parse("https://x:1")
+            .unwrap_err()
+            .contains("https"));
+        assert!(Endpoint::parse("ftp://x:1").is_err());
+        assert!(Endpoint::parse("http://x:notaport").is_err());
+        assert!(Endpoint::parse("http://x:0").is_err());
+        assert!(Endpoint::parse("http://:80").is_err());
+        assert!(Endpoint::parse("").is_err());
+    }
+
+    fn response(raw: &str) -> Result<Response, Exchange> {
+        read_response(&mut Cursor::new(raw.as_bytes().to_vec()))
+    }
+
+    #[test]
+    fn reads_responses() {
+        let r = response("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloEXTRA").unwrap();
+        assert_eq!(
+            (r.status, r.body.as_slice(), r.close),
+            (200, &b"hello"[..], false)
+        );
+        let r =
+            response("HTTP/1.1 404 Not Found\r\ncontent-length: 2\r\nConnection: close\r\n\r\n{}")
+                .unwrap();
+        assert_eq!((r.status, r.close), (404, true));
+        let r =
+            response("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx")
+                .unwrap();
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"x"[..]));
+        let r = response(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(r.body, b"abcde");
+        let r = response("HTTP/1.0 200 OK\r\n\r\nto the end").unwrap();
+        assert_eq!((r.body.as_slice(), r.close), (&b"to the end"[..], true));
+        assert!(matches!(response(""), Err(Exchange::Stale(_))));
+        assert!(matches!(
+            response("SSH-2.0-x\r\n"),
+            Err(Exchange::Protocol(_))
+        ));
+        assert!(matches!(
+            response("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort"),
+            Err(Exchange::Broken(_))
+        ));
+    }
+
+    #[test]
+    fn rpc_responses() {
+        let ok = parse_rpc_response(br#"{"jsonrpc":"2.0","id":1,"result":{"ping":"ok"}}"#);
+        assert_eq!(ok.unwrap(), json!({"ping": "ok"}));
+        let err = parse_rpc_response(
+            br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":"invalid params"}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(err.to_string(), "error: -32602 invalid params");
+        let err = parse_rpc_response(
+            br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32002,"message":"limit exceeded","data":{"limit":"x"}}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"error: -32002 limit exceeded ({"limit":"x"})"#
+        );
+        assert!(matches!(
+            parse_rpc_response(b"{'a': 1}"),
+            Err(CallError::BadResponse(_))
+        ));
+        assert!(matches!(
+            parse_rpc_response(b"{}"),
+            Err(CallError::BadResponse(_))
+        ));
+    }
+
+    #[test]
+    fn error_messages() {
+        let e = CallError::Unreachable {
+            url: "http://127.0.0.1:59999".into(),
+            reason: "connection refused".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "error: cannot reach ringcast at http://127.0.0.1:59999 (connection refused) — is it running? (ringcast serve)"
+        );
+        assert_eq!(
+            CallError::Unauthorized.to_string(),
+            "error: unauthorized: the server needs --token (or the token is wrong)"
+        );
+        assert_eq!(
+            shown_body(b"{\"error\": \"not found\"}"),
+            r#"{"error":"not found"}"#
+        );
+        assert_eq!(shown_body(b"  plain\n"), "plain");
+        assert_eq!(shown_body(b""), "(empty body)");
+        assert_eq!(shown_body(&[b'a'; 600]).chars().count(), MAX_SHOWN_BODY + 1);
+    }
+
+    /// What a fake backend saw: the raw request (head and body).
+    struct Seen {
+        head: String,
+        body: Value,
+        connection: usize,
+    }
+
+    /// A fake backend port: answers each request with `reply(body)`;
+    /// closes the connection after `per_conn` requests.
+    fn fake_server(
+        per_conn: usize,
+        reply: fn(&Value) -> (u16, String),
+    ) -> (String, mpsc::Receiver<Seen>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for (connection, stream) in listener.incoming().enumerate() {
+                let Ok(stream) = stream else { return };
+                let tx = tx.clone();
+                thread::spawn(move || serve_connection(stream, connection, per_conn, reply, tx));
+            }
+        });
+        (url, rx)
+    }
+
+    fn serve_connection(
+        stream: std::net::TcpStream,
+        connection: usize,
+        per_conn: usize,
+        reply: fn(&Value) -> (u16, String),
+        tx: mpsc::Sender<Seen>,
+    ) {
+        let mut reader = BufReader::new(stream);
+        for _ in 0..per_conn {
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                head.push_str(&line);
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            if head.is_empty() {
+                break;
+            }
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            let mut body = vec![0; len];
+            reader.read_exact(&mut body).unwrap();
+            let body: Value = serde_json::from_slice(&body).unwrap();
+            let (status, answer) = reply(&body);
+            let out = format!(
+                        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{answer}",
+                        answer.len()
+                    );
+            // Recorded before answering, so a test sees it as soon
+            // as its call returns.
+            if tx
+                .send(Seen {
+                    head,
+                    body,
+                    connection,
+                })
+                .is_err()
+            {
+                return;
+            }
+            reader.get_mut().write_all(out.as_bytes()).unwrap();
+        }
+    }
+
+    fn echo_result(body: &Value) -> (u16, String) {
+        let answer = json!({"jsonrpc": "2.0", "id": body["id"], "result": {"method": body["method"], "params": body.get("params")}});
+        (200, answer.to_string())
+    }
+
+    fn shell_for(url: &str, token: Option<&str>) -> Shell {
+        Shell::new(Client::new(
+            Endpoint::parse(url).unwrap(),
+            token.map(str::to_owned),
+        ))
+    }
+
+    #[test]
+    fn sends_json_rpc_over_one_keep_alive_connection() {
+        let (url, seen) = fake_server(usize::MAX, echo_result);
+        let mut shell = shell_for(&url, Some("s3cret"));
+        let step = shell.execute_line(r#"emit news {"a": 1}"#);
+        let Step::Output(text) = step else {
+            panic!("{step:?}")
+        };
+        assert_eq!(
+            serde_json::from_str::<Value>(&text).unwrap(),
+            json!({"method": "emit", "params": {"channel": "news", "data": {"a": 1}}})
+        );
+        assert!(text.contains("\n  "), "pretty-printed: {text}");
+        let first = seen.recv().unwrap();
+        assert!(
+            first.head.starts_with("POST / HTTP/1.1\r\n"),
+            "{}",
+            first.head
+        );
+        assert!(first
+            .head
+            .contains("\r\nContent-Type: application/json\r\n"));
+        assert!(first.head.contains("\r\nAuthorization: Bearer s3cret\r\n"));
+        assert_eq!(first.body["jsonrpc"], "2.0");
+        assert_eq!(first.body["method"], "emit");
+
+        assert!(matches!(shell.execute_line("ping"), Step::Output(_)));
+        let second = seen.recv().unwrap();
+        assert_eq!(second.connection, first.connection, "connection reused");
+        assert!(second.body.get("params").is_none());
+        assert_ne!(second.body["id"], first.body["id"]);
+    }
+
+    #[test]
+    fn reconnects_when_the_server_closed_the_connection() {
+        let (url, seen) = fake_server(1, echo_result);
+        let mut shell = shell_for(&url, None);
+        for _ in 0..3 {
+            let step = shell.execute_line("info");
+            assert!(matches!(step, Step::Output(_)), "{step:?}");
+        }
+        let connections: Vec<usize> = seen.iter().take(3).map(|s| s.connection).collect();
+        assert_eq!(connections, vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn http_errors_are_clear() {
+        let (url, _seen) = fake_server(usize::MAX, |body| match body["method"].as_str() {
+            Some("ping") => (401, r#"{"error":"unauthorized"}"#.into()),
+            Some("info") => (404, r#"{"error":"not found"}"#.into()),
+            _ => (
+                200,
+                r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32601,"message":"method not found"}}"#
+                    .into(),
+            ),
+        });
+        let mut shell = shell_for(&url, None);
+        assert_eq!(
+            shell.execute_line("ping"),
+            Step::Failed(
+                "error: unauthorized: the server needs --token (or the token is wrong)".into()
+            )
+        );
+        assert_eq!(
+            shell.execute_line("info"),
+            Step::Failed(r#"error: HTTP 404: {"error":"not found"}"#.into())
+        );
+        assert_eq!(
+            shell.execute_line("available_channels"),
+            Step::Failed("error: -32601 method not found".into())
+        );
+    }
+
+    fn free_port() -> u16 {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    #[test]
+    fn stopped_server_is_reported_and_fails_the_script() {
+        let url = format!("http://127.0.0.1:{}", free_port());
+        let mut shell = shell_for(&url, None);
+        let input = Cursor::new("help\nping\n# comment\n\nemit news {\"a\":1}\n");
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = run_script(&mut shell, input, &mut out, &mut err);
+        assert_eq!(code, 1);
+        let err = String::from_utf8(err).unwrap();
+        let expected = format!(
+            "error: cannot reach ringcast at {url} (connection refused) — is it running? (ringcast serve)\n"
+        );
+        assert_eq!(err, expected.repeat(2));
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .contains("emit CHANNEL JSON"));
+    }
+
+    #[test]
+    fn script_stops_at_exit_and_sends_nothing_for_bad_json() {
+        let (url, seen) = fake_server(usize::MAX, echo_result);
+        let mut shell = shell_for(&url, None);
+        let input = Cursor::new("emit news {bad\nping\nexit\nping\n");
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        assert_eq!(run_script(&mut shell, input, &mut out, &mut err), 1);
+        let err = String::from_utf8(err).unwrap();
+        assert!(err.starts_with("error: invalid JSON for data: "), "{err}");
+        assert_eq!(err.lines().count(), 1);
+        let methods: Vec<Value> = seen.try_iter().map(|s| s.body["method"].clone()).collect();
+        assert_eq!(methods, vec![json!("ping")]);
+
+        let mut shell = shell_for(&url, None);
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        assert_eq!(
+            run_script(&mut shell, Cursor::new("ping\nquit\n"), &mut out, &mut err),
+            0
+        );
+        assert!(err.is_empty());
+    }
 }
