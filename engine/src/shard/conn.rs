@@ -66,13 +66,24 @@ impl Outbound {
 
     fn push(&mut self, frame: Bytes) {
         self.queued += frame.len();
-        self.items.push_back(OutItem::Frame(frame));
+        self.push_item(OutItem::Frame(frame));
     }
 
     fn push_hold(&mut self) -> u64 {
         self.next_hold += 1;
-        self.items.push_back(OutItem::Hold(self.next_hold));
+        self.push_item(OutItem::Hold(self.next_hold));
         self.next_hold
+    }
+
+    /// The first item gets room for exactly one: a mostly idle connection
+    /// never queues more than a reply or a ping at a time. Busier ones grow
+    /// by doubling and keep their capacity, so steady fan-out allocates
+    /// nothing per delivery.
+    fn push_item(&mut self, item: OutItem) {
+        if self.items.capacity() == 0 {
+            self.items.reserve_exact(1);
+        }
+        self.items.push_back(item);
     }
 
     fn fill_hold(&mut self, token: u64, frame: Option<Bytes>) {

@@ -563,7 +563,10 @@ impl Shard {
     fn activate(&self, conn: &Rc<Conn>, channel: &str, outcome: &SubscribeOutcome) {
         let (name, change) = self.table.borrow_mut().subscribe(channel, conn.key);
         if matches!(change, Change::Changed { .. }) {
-            conn.subs.borrow_mut().push(name);
+            let mut subs = conn.subs.borrow_mut();
+            // Most connections hold a few channels: grow one at a time.
+            subs.reserve_exact(1);
+            subs.push(name);
         }
         let now = Instant::now();
         for p in &outcome.replay {
