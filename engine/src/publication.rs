@@ -112,10 +112,20 @@ impl Publication {
     }
 }
 
-/// RocketWS's envelope of `data` (compact JSON).
+/// RocketWS's envelope of `data` (compact JSON). Like RocketWS's
+/// `data.update(__type=..., __ts=...)`, the added keys replace any `__type`
+/// or `__ts` the publisher put in `data`, so the frame never carries a
+/// duplicate key.
 fn rocketws_json(data: &[u8], kind: &str, ts_secs: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(data.len() + 40);
     let is_object = data.first() == Some(&b'{') && data.last() == Some(&b'}');
+    if is_object && has_reserved_key(data) {
+        if let Ok(serde_json::Value::Object(mut map)) = serde_json::from_slice(data) {
+            map.insert("__type".into(), kind.into());
+            map.insert("__ts".into(), ts_secs.into());
+            return serde_json::Value::Object(map).to_string().into_bytes();
+        }
+    }
+    let mut out = Vec::with_capacity(data.len() + 40);
     if is_object {
         let inner = &data[1..data.len() - 1];
         out.push(b'{');
@@ -134,6 +144,12 @@ fn rocketws_json(data: &[u8], kind: &str, ts_secs: u64) -> Vec<u8> {
     out.extend_from_slice(itoa::Buffer::new().format(ts_secs).as_bytes());
     out.push(b'}');
     out
+}
+
+/// Whether compact JSON `data` may hold a `__type` or `__ts` key (a cheap
+/// byte scan; a hit inside a string value only costs a re-encode).
+fn has_reserved_key(data: &[u8]) -> bool {
+    data.windows(6).any(|w| w == b"\"__ts\"") || data.windows(8).any(|w| w == b"\"__type\"")
 }
 
 /// A complete unfragmented server text frame carrying `payload`.
@@ -233,6 +249,31 @@ mod tests {
         assert_eq!(
             payload(b.rocketws_frame()),
             r#"{"__type":"broadcast","__ts":5}"#
+        );
+    }
+
+    #[test]
+    fn rocketws_added_keys_replace_the_publishers() {
+        let p = Publication::message(
+            Arc::from("c"),
+            1,
+            1,
+            7,
+            Bytes::from_static(br#"{"__type":"x","a":1,"__ts":0}"#),
+        );
+        let v: serde_json::Value = serde_json::from_str(payload(p.rocketws_frame())).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"a": 1, "__type": "message", "__ts": 7})
+        );
+        // Exactly one of each key.
+        assert_eq!(payload(p.rocketws_frame()).matches("__type").count(), 1);
+        assert_eq!(payload(p.rocketws_frame()).matches("__ts").count(), 1);
+        // Non-object data is wrapped, as before.
+        let b = Publication::broadcast(1, 5, Bytes::from_static(b"3"));
+        assert_eq!(
+            payload(b.rocketws_frame()),
+            r#"{"data":3,"__type":"broadcast","__ts":5}"#
         );
     }
 

@@ -13,6 +13,7 @@ use std::rc::Rc;
 use monoio::net::TcpStream;
 use serde_json::json;
 
+use crate::config::Dialect;
 use crate::metrics::{render_prometheus, MetricsSnapshot, ShardMetrics};
 use crate::rpc::{BackendMethod, Call, Incoming, ReplyWriter, RpcError};
 use crate::shard::{Gather, HomeAnswer, HomeQuery, PublishResult, Shard};
@@ -191,15 +192,75 @@ fn publish_json(r: &PublishResult) -> serde_json::Value {
     json!({"offset": r.offset, "id": r.id, "subscribers": r.subscribers})
 }
 
+/// RocketWS's `data` rule: a JSON object (`data` is compact JSON here).
+fn rocketws_object(data: &[u8]) -> Result<(), RpcError> {
+    if data.first() == Some(&b'{') {
+        Ok(())
+    } else {
+        Err(RpcError::invalid_params(
+            "invalid params: \"data\" must be a JSON object (RocketWS dialect)",
+        ))
+    }
+}
+
 async fn exec(shard: &Rc<Shard>, call: Call<BackendMethod>, w: &mut ReplyWriter) {
     let id = call.id.as_deref();
     let result = match call.method {
+        Ok(m) if shard.config().ws.dialect == Dialect::Rocketws => run_rocketws(shard, m).await,
         Ok(m) => run_method(shard, m).await,
         Err(e) => Err(e),
     };
     match result {
         Ok(v) => w.reply(id, Ok(v.to_string().as_bytes())),
         Err(e) => w.reply(id, Err(&e)),
+    }
+}
+
+/// The backend port in the RocketWS dialect (`[ws] dialect = "rocketws"`):
+/// RocketWS's results where RocketWS had a JSON-representable one, always as
+/// valid JSON; `data` must be an object. Everything else answers natively.
+///
+/// | method | result |
+/// |---|---|
+/// | `emit` | `"emitted: N"` (N subscribers reached) |
+/// | `notify_all` | `"notified: N"` (N connections, each once) |
+/// | `available_channels` | `["chat", ...]` (names, sorted) |
+/// | `publish_many` | native, but `data` must be an object |
+/// | others | native (`ping`, `flush_dead_clients` are RocketWS's already) |
+async fn run_rocketws(
+    shard: &Rc<Shard>,
+    method: BackendMethod,
+) -> Result<serde_json::Value, RpcError> {
+    match method {
+        BackendMethod::Emit { channel, data } => {
+            rocketws_object(&data)?;
+            let r = shard
+                .publish(&channel, data, None)
+                .await
+                .map_err(internal)?;
+            Ok(json!(format!("emitted: {}", r.subscribers)))
+        }
+        BackendMethod::NotifyAll { data } => {
+            rocketws_object(&data)?;
+            let (_, connections) = shard.broadcast(data).await;
+            Ok(json!(format!("notified: {connections}")))
+        }
+        BackendMethod::AvailableChannels => {
+            let mut names: Vec<String> = shard
+                .gather(Gather::Channels)
+                .await
+                .into_iter()
+                .flat_map(|r| r.channels)
+                .map(|(c, _)| c)
+                .collect();
+            names.sort();
+            Ok(json!(names))
+        }
+        BackendMethod::PublishMany { channels, data } => {
+            rocketws_object(&data)?;
+            run_method(shard, BackendMethod::PublishMany { channels, data }).await
+        }
+        other => run_method(shard, other).await,
     }
 }
 
