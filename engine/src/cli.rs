@@ -11,7 +11,7 @@
 //! key, which `main` prints before exiting with [`ConfigError::EXIT_CODE`].
 //!
 //! RocketWS spellings are accepted: `--ws-conn HOST:PORT` is
-//! `--ws-listen`, `--ms-conn HOST:PORT` is `--backend-listen`; host names
+//! `--ws-listen`, `--ms-conn HOST:PORT` (later `--transport`) is `--backend-listen`; host names
 //! such as `localhost:58000` are resolved.
 #![forbid(unsafe_code)]
 
@@ -111,7 +111,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR", visible_alias = "ws-conn", value_parser = parse_addr)]
     pub ws_listen: Option<SocketAddr>,
     /// Backend (HTTP) listen address. [config: backend.listen]
-    #[arg(long, value_name = "ADDR", visible_alias = "ms-conn", value_parser = parse_addr)]
+    #[arg(long, value_name = "ADDR", visible_aliases = ["ms-conn", "transport"], value_parser = parse_addr)]
     pub backend_listen: Option<SocketAddr>,
     /// Token required on the backend port. [config: backend.api_token]
     #[arg(long, value_name = "TOKEN")]
