@@ -24,6 +24,21 @@ pub fn reuseport_listener(addr: SocketAddr, backlog: u32) -> io::Result<std::net
     Ok(socket.into())
 }
 
+/// Fails with `AddrInUse` when another socket already listens on `addr`.
+///
+/// `SO_REUSEPORT` would let a second ringcast (same user) bind the port
+/// silently and take half the connections; a probe bound with
+/// `SO_REUSEADDR` only is refused by a live listener but not by
+/// connections lingering in TIME_WAIT.
+pub fn ensure_not_listening(addr: SocketAddr) -> io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    probe.set_reuse_address(true)?;
+    probe.bind(&addr.into())
+}
+
 /// Non-blocking receive into `buf`. `Ok(0)` is end of stream; `WouldBlock`
 /// means nothing is there now.
 pub fn recv_nonblocking(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
@@ -196,6 +211,16 @@ mod tests {
         let port = a.local_addr().unwrap().port();
         let b = reuseport_listener(SocketAddr::from(([127, 0, 0, 1], port)), 16).unwrap();
         assert_eq!(b.local_addr().unwrap().port(), port);
+    }
+
+    #[test]
+    fn a_live_listener_is_detected() {
+        let a = reuseport_listener("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let addr = a.local_addr().unwrap();
+        let e = ensure_not_listening(addr).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
+        drop(a);
+        ensure_not_listening(addr).unwrap();
     }
 
     #[test]

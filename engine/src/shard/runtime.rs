@@ -82,6 +82,14 @@ pub fn run(config: Config) -> anyhow::Result<RunningNode> {
     let driver = if uring_ok { "io_uring" } else { "epoll" };
 
     // Bind everything up front so a busy port fails the start, not a shard.
+    for (addr, key) in [
+        (config.ws.listen, "ws.listen"),
+        (config.backend.listen, "backend.listen"),
+    ] {
+        sys::ensure_not_listening(addr).with_context(|| {
+            format!("cannot listen on {addr} ({key}): is another ringcast running?")
+        })?;
+    }
     let mut listeners = Vec::with_capacity(shards);
     let mut ws_addr = config.ws.listen;
     let mut backend_addr = config.backend.listen;
