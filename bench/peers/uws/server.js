@@ -119,7 +119,7 @@ app.post('/', (res) => {
   const chunks = [];
   res.onAborted(() => { res.aborted = true; });
   res.onData((chunk, isLast) => {
-    chunks.push(Buffer.from(chunk)); // uWS reuses the chunk's memory
+    chunks.push(Buffer.from(new Uint8Array(chunk))); // copy: uWS reuses (and detaches) the chunk
     if (!isLast || res.aborted) return;
     const out = backend(Buffer.concat(chunks).toString());
     res.cork(() => res.writeHeader('Content-Type', 'application/json').end(out));
