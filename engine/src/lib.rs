@@ -9,10 +9,11 @@
 //!
 //! Sans-IO protocol logic (no sockets, unit-tested on byte slices):
 //! - [`codec`]: RFC 6455 frame header decode/encode and masking.
-//! - [`handshake`]: the HTTP upgrade request parser and 101/400/426 answers.
+//! - [`handshake`]: the HTTP upgrade request parser and 101/400/403/426
+//!   answers.
 //! - [`websocket`]: the per-connection WebSocket state machine
 //!   (fragmentation, UTF-8, control frames, close handshake).
-//! - [`rpc`]: the client JSON-RPC 2.0 dialects (parse, dispatch, encode).
+//! - [`rpc`]: JSON-RPC 2.0 for both ports (parse, typed methods, replies).
 //! - [`publication`]: builds a publication's frame once.
 //! - [`channel_table`]: a shard's channel -> local subscribers index.
 //! - [`home_shard`]: per-channel state kept by the channel's home shard
@@ -23,7 +24,7 @@
 //! - [`shard`]: the shard runtime: threads, listeners, connections,
 //!   cross-shard mailboxes.
 //! - [`backend`]: the backend port's JSON-RPC methods over HTTP.
-//! - [`sys`]: every `unsafe` syscall wrapper.
+//! - [`sys`]: every `unsafe` block (syscalls, the counting allocator).
 //!
 //! Around them: [`config`], [`cli`], [`metrics`], [`doctor`], [`shell`],
 //! [`alloc_count`].

@@ -2,11 +2,11 @@
 //!
 //! The data path talks to sockets directly in two places: a non-blocking
 //! `recv` into the shard's shared scratch buffer (so an idle connection owns
-//! no read buffer) and a non-blocking gathered `sendmsg` that puts all of a
-//! connection's queued frames into one syscall without copying them.
+//! no read buffer) and a non-blocking `send` of a connection's queued frames
+//! (one frame from its shared buffer, or several joined into one buffer).
 //! Listeners are plain `socket2` sockets with `SO_REUSEPORT`.
 
-use std::io::{self, IoSlice};
+use std::io;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 
@@ -53,18 +53,20 @@ pub fn recv_nonblocking(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
-/// Non-blocking gathered send of `bufs`; returns how many bytes the kernel
-/// took (possibly fewer than offered). `WouldBlock` when the socket buffer
-/// is full. Never raises SIGPIPE.
-pub fn send_vectored_nonblocking(fd: RawFd, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-    // SAFETY: a zeroed msghdr is a valid "no name, no control" header.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    // IoSlice is guaranteed ABI-compatible with `struct iovec` on Unix.
-    msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
-    msg.msg_iovlen = bufs.len().min(libc::UIO_MAXIOV as usize) as _;
-    // SAFETY: `msg` points at `bufs`, which outlives the call and is only read
-    // by the kernel; `fd` is owned by the caller's live socket.
-    let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+/// Non-blocking send of `buf`; returns how many bytes the kernel took
+/// (possibly fewer than offered). `WouldBlock` when the socket buffer is
+/// full. Never raises SIGPIPE.
+pub fn send_nonblocking(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is a valid region of `buf.len()` bytes, only read by the
+    // kernel during the call; `fd` is owned by the caller's live socket.
+    let n = unsafe {
+        libc::send(
+            fd,
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
     if n < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -178,17 +180,13 @@ mod tests {
     use std::os::fd::AsRawFd;
 
     #[test]
-    fn vectored_send_and_nonblocking_recv_over_loopback() {
+    fn nonblocking_send_and_recv_over_loopback() {
         let listener = reuseport_listener("127.0.0.1:0".parse().unwrap(), 16).unwrap();
         listener.set_nonblocking(false).unwrap();
         let addr = listener.local_addr().unwrap();
         let mut client = std::net::TcpStream::connect(addr).unwrap();
         let (server, _) = listener.accept().unwrap();
-        let n = send_vectored_nonblocking(
-            server.as_raw_fd(),
-            &[IoSlice::new(b"hello "), IoSlice::new(b"world")],
-        )
-        .unwrap();
+        let n = send_nonblocking(server.as_raw_fd(), b"hello world").unwrap();
         assert_eq!(n, 11);
         let mut got = [0u8; 11];
         client.read_exact(&mut got).unwrap();

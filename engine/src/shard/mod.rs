@@ -7,7 +7,7 @@
 //! A publication is built once by its channel's home shard and handed by
 //! reference to every other shard with subscribers; each writes the same
 //! bytes to its local subscribers, and a flusher task puts each
-//! connection's queued frames into one gathered `sendmsg` per loop turn.
+//! connection's queued frames into one `send` per loop turn.
 
 pub mod conn;
 pub mod mailbox;
@@ -243,6 +243,8 @@ pub struct Shard {
     pub parser: RefCell<RpcParser>,
     /// Receive buffer shared by all connections of the shard.
     pub scratch: RefCell<Vec<u8>>,
+    /// Send buffer that joins a connection's queued frames into one write.
+    gather: RefCell<Vec<u8>>,
     pub metrics: ShardMetrics,
     ping: Bytes,
 }
@@ -273,6 +275,7 @@ impl Shard {
             sessions: Cell::new(0),
             parser: RefCell::new(RpcParser::new()),
             scratch: RefCell::new(vec![0; 64 * 1024]),
+            gather: RefCell::new(Vec::with_capacity(conn::GATHER_MAX)),
             metrics: ShardMetrics::default(),
             ping: Bytes::from(ping_frame(b"")),
             node,
@@ -818,12 +821,18 @@ impl Shard {
         }
     }
 
+    /// Writes what `conn`'s socket takes now, through the shard's gather
+    /// buffer.
+    pub(crate) fn flush_now(&self, conn: &Conn) -> std::io::Result<(bool, usize)> {
+        conn.flush(&mut self.gather.borrow_mut())
+    }
+
     /// One flush attempt; starts a writer task if the socket is full.
     pub fn flush_conn(self: &Rc<Self>, conn: &Rc<Conn>) {
         if conn.write_blocked.get() {
             return;
         }
-        match conn.flush() {
+        match self.flush_now(conn) {
             Ok((drained, n)) => {
                 ShardMetrics::add(&self.metrics.bytes_out, n as u64);
                 if !drained {
@@ -902,7 +911,7 @@ async fn wait_writable(shard: Rc<Shard>, conn: Rc<Conn>) {
         if conn.stream.writable(false).await.is_err() {
             break;
         }
-        match conn.flush() {
+        match shard.flush_now(&conn) {
             Ok((drained, n)) => {
                 ShardMetrics::add(&shard.metrics.bytes_out, n as u64);
                 if drained {

@@ -108,7 +108,7 @@ async fn read_upgrade(
 pub(crate) async fn write_all(stream: &TcpStream, mut data: &[u8]) -> std::io::Result<()> {
     let fd = stream.as_raw_fd();
     while !data.is_empty() {
-        match sys::send_vectored_nonblocking(fd, &[std::io::IoSlice::new(data)]) {
+        match sys::send_nonblocking(fd, data) {
             Ok(n) => data = &data[n..],
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => stream.writable(false).await?,
             Err(e) => return Err(e),
@@ -461,7 +461,7 @@ async fn drain(shard: &Rc<Shard>, conn: &Rc<Conn>) {
     };
     let deadline = Instant::now() + budget;
     while conn.has_writable() && Instant::now() < deadline {
-        match conn.flush() {
+        match shard.flush_now(conn) {
             Ok((true, n)) => {
                 ShardMetrics::add(&shard.metrics.bytes_out, n as u64);
                 break;
