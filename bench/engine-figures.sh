@@ -17,8 +17,8 @@ cd "$ROOT"
 [ "${1:-}" = "--no-build" ] || cargo build --release -p ringcast -p ringcast-loadgen
 WS=127.0.0.1:28000
 BE=127.0.0.1:29999
-SERVER_CPU="${SERVER_CPU:-1}"
-LOADGEN_CPU="${LOADGEN_CPU:-0}"
+SERVER_CPU="${SERVER_CPU:-0}"
+LOADGEN_CPU="${LOADGEN_CPU:-1}"
 SERVER_PID=""
 trap '[ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null; true' EXIT
 
