@@ -39,7 +39,10 @@ stop() {
 }
 loadgen() {
   echo "\$ ringcast-loadgen $*"
-  taskset -c "$LOADGEN_CPU" target/release/ringcast-loadgen "$@" -s "$WS" --backend "$BE" --src-ips 4 --server-pid "$SERVER_PID" 2>&1 |
+  # --first-core: the loadgen pins its client thread itself (default core
+  # 0), which would otherwise override taskset.
+  taskset -c "$LOADGEN_CPU" target/release/ringcast-loadgen "$@" -s "$WS" --backend "$BE" --src-ips 4 \
+    --first-core "$LOADGEN_CPU" --server-pid "$SERVER_PID" 2>&1 |
     grep -E "connections  |deliveries|lost|latency  |CPU|RSS" || true
   echo
 }
