@@ -519,29 +519,6 @@ fn health_and_metrics() {
     assert!(deliveries >= 1.0, "{text}");
 }
 
-/// A WebSocket client on raw TCP: does the upgrade, then never reads again
-/// (so it never sees, let alone answers, a ping).
-fn deaf_client(server: &Server) -> TcpStream {
-    let mut s = TcpStream::connect(server.ws).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let req = format!(
-        "GET / HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        server.ws
-    );
-    s.write_all(req.as_bytes()).unwrap();
-    // Read the 101 head byte by byte, so nothing after it is consumed.
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut b).unwrap();
-        head.push(b[0]);
-    }
-    let head = String::from_utf8_lossy(&head);
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    s
-}
-
 #[test]
 fn flush_dead_clients_closes_a_client_that_never_answers_pings() {
     let server = Server::start(&["--ping-interval", "1", "--pong-timeout", "30"]);

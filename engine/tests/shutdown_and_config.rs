@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
@@ -148,27 +148,6 @@ fn sigint_also_closes_with_1001_and_exits_0() {
     let _ = ws.flush();
     let status = exit_within(&mut server, Duration::from_secs(15));
     assert_eq!(status.code(), Some(0), "{status}");
-}
-
-/// A WebSocket client on raw TCP that upgrades, then never reads again:
-/// it never answers the server's close frame.
-fn deaf_client(server: &Server) -> TcpStream {
-    let mut s = TcpStream::connect(server.ws).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let req = format!(
-        "GET / HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        server.ws
-    );
-    s.write_all(req.as_bytes()).unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut b).unwrap();
-        head.push(b[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"));
-    s
 }
 
 /// A masked client text frame (mask key 0, so the payload goes as is).

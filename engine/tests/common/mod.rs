@@ -284,3 +284,27 @@ pub fn clients_on_both_shards(server: &Server, per_shard: u64) -> Vec<Ws> {
         server.connections_per_shard()
     );
 }
+
+/// A WebSocket client on raw TCP: does the upgrade, then never reads again
+/// unless the test does (so it answers neither pings nor close frames).
+/// The 101 head is read byte by byte, so nothing after it is consumed.
+pub fn deaf_client(server: &Server) -> TcpStream {
+    use std::io::Read;
+    let mut s = TcpStream::connect(server.ws).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let req = format!(
+        "GET / HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        server.ws
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut b).unwrap();
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    s
+}
