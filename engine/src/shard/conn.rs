@@ -52,10 +52,6 @@ pub enum Enqueued {
 }
 
 impl Outbound {
-    pub fn queued_bytes(&self) -> usize {
-        self.queued
-    }
-
     /// Anything that could be written now.
     pub fn has_writable(&self) -> bool {
         matches!(self.items.front(), Some(OutItem::Frame(_)))
@@ -228,8 +224,6 @@ pub struct Conn {
     pub key: ConnKey,
     pub stream: TcpStream,
     pub dialect: Dialect,
-    /// Receives its own `send_data` publications (ws4redis `echo`).
-    pub echo: bool,
     out: RefCell<Outbound>,
     state: Cell<ConnState>,
     /// Queued in the shard's dirty list, waiting for the flusher.
@@ -256,7 +250,6 @@ impl Conn {
             key,
             stream,
             dialect,
-            echo: false,
             out: RefCell::new(Outbound::default()),
             state: Cell::new(ConnState::Open),
             dirty: Cell::new(false),
@@ -279,10 +272,6 @@ impl Conn {
 
     pub fn is_open(&self) -> bool {
         self.state.get() == ConnState::Open
-    }
-
-    pub fn queued_bytes(&self) -> usize {
-        self.out.borrow().queued_bytes()
     }
 
     /// Queues a frame under the byte budget and policy.
@@ -344,10 +333,6 @@ impl Conn {
 
     pub fn has_writable(&self) -> bool {
         self.out.borrow().has_writable()
-    }
-
-    pub fn outbound_is_empty(&self) -> bool {
-        self.out.borrow().is_empty()
     }
 }
 

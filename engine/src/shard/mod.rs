@@ -347,10 +347,6 @@ impl Shard {
         self.sessions.get()
     }
 
-    pub fn conn_count(&self) -> usize {
-        self.conns.borrow().len()
-    }
-
     /// Queues a publication frame for `conn` under its outbound budget.
     fn offer(&self, conn: &Rc<Conn>, frame: &Bytes, now: Instant) -> bool {
         if !conn.is_open() {

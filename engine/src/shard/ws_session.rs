@@ -392,7 +392,7 @@ async fn send_data(
             "invalid params: \"data\" must be a JSON object",
         ));
     }
-    let exclude = (!conn.echo).then_some((shard.id, conn.key));
+    let exclude = Some((shard.id, conn.key));
     let r = shard
         .publish(channel, data, exclude)
         .await
