@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -14,22 +14,7 @@ use common::*;
 use serde_json::{json, Value};
 use tungstenite::protocol::Message;
 
-/// One parsed HTTP response.
-#[derive(Debug)]
-struct Response {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
 impl Response {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
     fn json(&self) -> Value {
         serde_json::from_str(&self.body)
             .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
@@ -51,37 +36,6 @@ impl Response {
     }
 }
 
-/// Reads one response (Content-Length framed).
-fn read_full(r: &mut impl BufRead) -> Response {
-    let mut line = String::new();
-    r.read_line(&mut line).expect("status line");
-    assert!(line.starts_with("HTTP/1.1 "), "status line: {line:?}");
-    let status = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let mut headers = Vec::new();
-    let mut len = 0usize;
-    loop {
-        let mut h = String::new();
-        r.read_line(&mut h).unwrap();
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        let (k, v) = h.split_once(':').expect("header line");
-        let (k, v) = (k.trim().to_string(), v.trim().to_string());
-        if k.eq_ignore_ascii_case("content-length") {
-            len = v.parse().unwrap();
-        }
-        headers.push((k, v));
-    }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).unwrap();
-    Response {
-        status,
-        headers,
-        body: String::from_utf8(body).unwrap(),
-    }
-}
-
 fn connect(server: &Server) -> TcpStream {
     let s = TcpStream::connect(server.backend).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -92,7 +46,7 @@ fn connect(server: &Server) -> TcpStream {
 fn raw(server: &Server, bytes: &[u8]) -> Response {
     let mut s = connect(server);
     s.write_all(bytes).unwrap();
-    read_full(&mut BufReader::new(s))
+    read_http_response(&mut BufReader::new(s))
 }
 
 /// A request (keep-alive unless `close`).
@@ -390,7 +344,7 @@ fn keep_alive_serves_several_requests_on_one_connection() {
         let body = rpc_body(i, "emit", json!({"channel": "ka", "data": i}));
         w.write_all(request("POST", "/", &body, &[], false).as_bytes())
             .unwrap();
-        let resp = read_full(&mut r);
+        let resp = read_http_response(&mut r);
         assert_eq!(resp.status, 200, "{resp:?}");
         let v = resp.json();
         assert_eq!(v["id"], i, "{v}");
@@ -405,12 +359,12 @@ fn keep_alive_serves_several_requests_on_one_connection() {
     // GETs on the same connection too.
     w.write_all(request("GET", "/health", "", &[], false).as_bytes())
         .unwrap();
-    let resp = read_full(&mut r);
+    let resp = read_http_response(&mut r);
     assert_eq!((resp.status, resp.body.as_str()), (200, "ok"));
     // `Connection: close` ends it after the answer.
     w.write_all(request("POST", "/", &rpc_body(9, "ping", json!(null)), &[], true).as_bytes())
         .unwrap();
-    let resp = read_full(&mut r);
+    let resp = read_http_response(&mut r);
     assert_eq!(resp.json()["result"], json!({"ping":"ok"}));
     let mut rest = Vec::new();
     let n = r
@@ -440,15 +394,15 @@ fn pipelined_requests_are_answered_in_order() {
     ));
     w.write_all(all.as_bytes()).unwrap();
     for i in 1..=3u64 {
-        let resp = read_full(&mut r);
+        let resp = read_http_response(&mut r);
         assert_eq!(resp.status, 200, "{resp:?}");
         let v = resp.json();
         assert_eq!(v["id"], i, "answers in order: {v}");
         assert_eq!(v["result"]["offset"], i, "executed in order: {v}");
     }
-    let resp = read_full(&mut r);
+    let resp = read_http_response(&mut r);
     assert_eq!((resp.status, resp.body.as_str()), (200, "ok"));
-    let resp = read_full(&mut r);
+    let resp = read_http_response(&mut r);
     assert_eq!(resp.json()["id"], 4);
     let mut rest = Vec::new();
     assert_eq!(r.read_to_end(&mut rest).unwrap(), 0);
@@ -473,7 +427,7 @@ fn pipelined_requests_are_answered_in_order() {
         w.flush().unwrap();
     }
     for i in 5..=7u64 {
-        let resp = read_full(&mut r);
+        let resp = read_http_response(&mut r);
         assert_eq!(resp.json()["id"], i, "{resp:?}");
     }
 }

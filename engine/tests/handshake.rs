@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{BufReader, ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -13,23 +13,6 @@ use serde_json::{json, Value};
 use tungstenite::handshake::derive_accept_key;
 
 const KEY: &str = "x3JJHMbDL1EzLkh9GBhXDw==";
-
-/// A parsed HTTP response head and body.
-#[derive(Debug)]
-struct Response {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Response {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
 
 fn connect(server: &Server) -> TcpStream {
     let s = TcpStream::connect(server.ws).unwrap();
@@ -61,40 +44,6 @@ fn upgrade_request(method: &str, without: &[&str], extra: &[(&str, &str)]) -> St
     req
 }
 
-/// Reads a response head and, when it has a Content-Length, its body.
-fn read_response_head(r: &mut impl BufRead) -> Response {
-    let mut line = String::new();
-    r.read_line(&mut line).expect("read status line");
-    assert!(line.starts_with("HTTP/1.1 "), "status line: {line:?}");
-    let status: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("status line: {line:?}"));
-    let mut headers = Vec::new();
-    loop {
-        let mut h = String::new();
-        r.read_line(&mut h).expect("read header");
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        let (k, v) = h.split_once(':').unwrap_or_else(|| panic!("header {h:?}"));
-        headers.push((k.trim().to_string(), v.trim().to_string()));
-    }
-    let mut resp = Response {
-        status,
-        headers,
-        body: String::new(),
-    };
-    if let Some(len) = resp.header("content-length") {
-        let mut body = vec![0u8; len.parse().unwrap()];
-        r.read_exact(&mut body).expect("read body");
-        resp.body = String::from_utf8(body).unwrap();
-    }
-    resp
-}
-
 /// Expects EOF (or a reset) on the socket within its read timeout.
 fn expect_closed(r: &mut impl Read) {
     let mut b = [0u8; 64];
@@ -113,7 +62,7 @@ fn rejected(server: &Server, request: &[u8], status: u16) -> Response {
     let mut s = connect(server);
     s.write_all(request).unwrap();
     let mut r = BufReader::new(s);
-    let resp = read_response_head(&mut r);
+    let resp = read_http_response(&mut r);
     assert_eq!(
         resp.status,
         status,
@@ -146,7 +95,7 @@ fn upgrade(server: &Server, extra: &[(&str, &str)]) -> BufReader<TcpStream> {
     s.write_all(upgrade_request("GET", &[], extra).as_bytes())
         .unwrap();
     let mut r = BufReader::new(s);
-    let resp = read_response_head(&mut r);
+    let resp = read_http_response(&mut r);
     assert_eq!(resp.status, 101, "{resp:?}");
     assert_eq!(
         resp.header("sec-websocket-accept"),
@@ -215,7 +164,7 @@ fn valid_upgrade_is_101_with_accept_key() {
         &[("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")],
     );
     s.write_all(req.as_bytes()).unwrap();
-    let resp = read_response_head(&mut BufReader::new(s));
+    let resp = read_http_response(&mut BufReader::new(s));
     assert_eq!(resp.status, 101);
     assert_eq!(
         resp.header("sec-websocket-accept"),
@@ -231,7 +180,7 @@ fn frames_pipelined_with_the_upgrade_request_are_served() {
     bytes.extend_from_slice(&text_frame(HEARTBEAT.as_bytes()));
     s.write_all(&bytes).unwrap();
     let mut r = BufReader::new(s);
-    let resp = read_response_head(&mut r);
+    let resp = read_http_response(&mut r);
     assert_eq!(resp.status, 101, "{resp:?}");
     assert_eq!(read_text(&mut r), HEARTBEAT_REPLY);
 }

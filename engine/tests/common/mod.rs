@@ -3,7 +3,7 @@
 //! (tungstenite over TCP, raw HTTP/1.1 for the backend port).
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -179,33 +179,62 @@ impl Drop for Server {
     }
 }
 
-/// Reads one HTTP response with a Content-Length body.
-pub fn read_response(r: &mut impl BufRead) -> (u16, String) {
+/// One HTTP response as the tests see it.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads one HTTP/1.1 response: the head and, when it has a
+/// Content-Length, the body.
+pub fn read_http_response(r: &mut impl BufRead) -> Response {
     let mut line = String::new();
-    r.read_line(&mut line).unwrap();
+    r.read_line(&mut line).expect("read status line");
+    assert!(line.starts_with("HTTP/1.1 "), "status line: {line:?}");
     let status: u16 = line
         .split_whitespace()
         .nth(1)
-        .unwrap_or("0")
-        .parse()
-        .unwrap_or(0);
-    let mut len = 0usize;
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("status line: {line:?}"));
+    let mut headers = Vec::new();
     loop {
         let mut h = String::new();
-        r.read_line(&mut h).unwrap();
+        r.read_line(&mut h).expect("read header");
         let h = h.trim_end();
         if h.is_empty() {
             break;
         }
-        if let Some((k, v)) = h.split_once(':') {
-            if k.eq_ignore_ascii_case("content-length") {
-                len = v.trim().parse().unwrap();
-            }
-        }
+        let (k, v) = h.split_once(':').unwrap_or_else(|| panic!("header {h:?}"));
+        headers.push((k.trim().to_string(), v.trim().to_string()));
     }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).unwrap();
-    (status, String::from_utf8(body).unwrap())
+    let mut resp = Response {
+        status,
+        headers,
+        body: String::new(),
+    };
+    if let Some(len) = resp.header("content-length") {
+        let mut body = vec![0u8; len.parse().expect("content-length")];
+        r.read_exact(&mut body).expect("read body");
+        resp.body = String::from_utf8(body).expect("UTF-8 body");
+    }
+    resp
+}
+
+/// Reads one HTTP response: (status, body).
+pub fn read_response(r: &mut impl BufRead) -> (u16, String) {
+    let resp = read_http_response(r);
+    (resp.status, resp.body)
 }
 
 /// Sends a JSON-RPC request on a WebSocket.
@@ -289,7 +318,6 @@ pub fn clients_on_both_shards(server: &Server, per_shard: u64) -> Vec<Ws> {
 /// unless the test does (so it answers neither pings nor close frames).
 /// The 101 head is read byte by byte, so nothing after it is consumed.
 pub fn deaf_client(server: &Server) -> TcpStream {
-    use std::io::Read;
     let mut s = TcpStream::connect(server.ws).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let req = format!(
