@@ -9,7 +9,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
-use ringcast::channel_table::ChannelTable;
+use ringcast::pubsub::channel_table::ChannelTable;
 
 /// `subs` subscriptions, ten per channel (`ch-0` … `ch-{subs/10 - 1}`).
 fn spread(subs: u32) -> (ChannelTable, Vec<String>) {

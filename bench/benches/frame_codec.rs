@@ -9,8 +9,8 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use ringcast::codec::{apply_mask, decode_header, encode_header, OpCode};
-use ringcast::websocket::WsProtocol;
+use ringcast::protocol::codec::{apply_mask, decode_header, encode_header, OpCode};
+use ringcast::protocol::websocket::WsProtocol;
 
 const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 

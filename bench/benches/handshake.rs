@@ -7,7 +7,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use ringcast::handshake::parse_upgrade;
+use ringcast::protocol::handshake::parse_upgrade;
 
 /// What a current desktop Chrome sends.
 const BROWSER_REQUEST: &[u8] = b"GET /?dialect=native HTTP/1.1\r\n\

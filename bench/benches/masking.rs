@@ -9,7 +9,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ringcast::codec::apply_mask;
+use ringcast::protocol::codec::apply_mask;
 
 const MASK: [u8; 4] = [0x12, 0x34, 0x56, 0x78];
 const SIZES: [usize; 7] = [16, 64, 256, 1024, 4096, 16 * 1024, 64 * 1024];

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ringcast::home_shard::HomeShard;
-use ringcast::publication::Publication;
+use ringcast::pubsub::home_shard::HomeShard;
+use ringcast::pubsub::publication::Publication;
 use ringcast_bench::payload::json_object;
 
 fn publication(c: &mut Criterion) {

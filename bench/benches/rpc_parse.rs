@@ -11,7 +11,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ringcast::rpc::{ClientMethod, Incoming, RpcParser};
+use ringcast::protocol::rpc::{ClientMethod, Incoming, RpcParser};
 use ringcast_bench::payload::send_data_request;
 use serde::Deserialize;
 use serde_json::value::RawValue;

@@ -7,41 +7,29 @@
 //!
 //! # Layout
 //!
-//! Sans-IO protocol logic (no sockets, unit-tested on byte slices):
-//! - [`codec`]: RFC 6455 frame header decode/encode and masking.
-//! - [`handshake`]: the HTTP upgrade request parser and 101/400/403/426
-//!   answers.
-//! - [`websocket`]: the per-connection WebSocket state machine
-//!   (fragmentation, UTF-8, control frames, close handshake).
-//! - [`rpc`]: JSON-RPC 2.0 for both ports (parse, typed methods, replies).
-//! - [`publication`]: builds a publication's frame once.
-//! - [`channel_table`]: a shard's channel -> local subscribers index.
-//! - [`home_shard`]: per-channel state kept by the channel's home shard
-//!   (offsets, epoch, history, which shards are interested).
-//! - [`backend::http`]: HTTP/1.1 request parsing for the backend port.
+//! The tree is grouped by layer; each layer only uses the ones above it in
+//! this list.
 //!
-//! The I/O layer (moves bytes, owns sockets):
-//! - [`shard`]: the shard runtime: threads, listeners, connections,
-//!   cross-shard mailboxes.
-//! - [`backend`]: the backend port's JSON-RPC methods over HTTP.
-//! - [`sys`]: every `unsafe` block (syscalls, the counting allocator).
-//!
-//! Around them: [`config`], [`cli`], [`metrics`], [`doctor`], [`shell`],
-//! [`alloc_count`].
+//! - [`protocol`]: wire protocols without I/O, tested on byte slices:
+//!   [`protocol::codec`] (RFC 6455 frame header, masking),
+//!   [`protocol::handshake`] (the upgrade request and its answers),
+//!   [`protocol::websocket`] (per-connection WebSocket state machine),
+//!   [`protocol::rpc`] (JSON-RPC 2.0 for both ports), [`protocol::http`]
+//!   (HTTP/1.1 requests and responses).
+//! - [`pubsub`]: the publish/subscribe core without I/O:
+//!   [`pubsub::publication`] (a publication and its wire forms, built once),
+//!   [`pubsub::channel_table`] (a shard's channel -> local subscribers),
+//!   [`pubsub::home_shard`] (offsets, epochs, history of the channels a
+//!   shard is home to).
+//! - [`runtime`]: the I/O layer: [`runtime::shard`] (a shard's connections,
+//!   delivery, mailboxes, WebSocket sessions), [`runtime::backend`] (the
+//!   backend port), [`runtime::node`] (starts the shard threads and
+//!   listeners), [`runtime::sys`] (every `unsafe` block).
+//! - [`ops`]: what operators touch: [`ops::config`], [`ops::cli`],
+//!   [`ops::metrics`], [`ops::doctor`], [`ops::shell`],
+//!   [`ops::alloc_count`].
 
-pub mod alloc_count;
-pub mod backend;
-pub mod channel_table;
-pub mod cli;
-pub mod codec;
-pub mod config;
-pub mod doctor;
-pub mod handshake;
-pub mod home_shard;
-pub mod metrics;
-pub mod publication;
-pub mod rpc;
-pub mod shard;
-pub mod shell;
-pub mod sys;
-pub mod websocket;
+pub mod ops;
+pub mod protocol;
+pub mod pubsub;
+pub mod runtime;

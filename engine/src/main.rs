@@ -7,8 +7,8 @@ use mimalloc::MiMalloc;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use ringcast::cli::{Cli, Command, ServeArgs};
-use ringcast::config::{Config, ConfigError, LogFormat};
+use ringcast::ops::cli::{Cli, Command, ServeArgs};
+use ringcast::ops::config::{Config, ConfigError, LogFormat};
 
 #[cfg(not(feature = "count-alloc"))]
 #[global_allocator]
@@ -16,7 +16,8 @@ static GLOBAL: MiMalloc = MiMalloc;
 
 #[cfg(feature = "count-alloc")]
 #[global_allocator]
-static GLOBAL: ringcast::sys::CountingAlloc<MiMalloc> = ringcast::sys::CountingAlloc(MiMalloc);
+static GLOBAL: ringcast::runtime::sys::CountingAlloc<MiMalloc> =
+    ringcast::runtime::sys::CountingAlloc(MiMalloc);
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -38,9 +39,9 @@ fn main() -> ExitCode {
                 Err(e) => config_error(&e),
             }
         }
-        Command::Shell(args) => exit(ringcast::shell::run(&args.url, args.token.as_deref())),
+        Command::Shell(args) => exit(ringcast::ops::shell::run(&args.url, args.token.as_deref())),
         Command::Doctor(args) => match args.load_config() {
-            Ok(c) => exit(ringcast::doctor::run(&c)),
+            Ok(c) => exit(ringcast::ops::doctor::run(&c)),
             Err(e) => config_error(&e),
         },
     }
@@ -111,7 +112,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
     // Transparent huge pages make the allocator's arenas resident 2 MiB at a
     // time; with tens of thousands of small per-connection objects that
     // costs more RSS than it saves in TLB misses.
-    if let Err(e) = ringcast::sys::disable_transparent_huge_pages() {
+    if let Err(e) = ringcast::runtime::sys::disable_transparent_huge_pages() {
         tracing::debug!("could not disable transparent huge pages: {e}");
     }
     // Signals are caught before any shard runs, so none is lost.
@@ -123,7 +124,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
         }
     };
     let timeout = config.shutdown_timeout();
-    let node = match ringcast::shard::run(config) {
+    let node = match ringcast::runtime::run(config) {
         Ok(n) => n,
         Err(e) => {
             let msg = format!("{e:#}");

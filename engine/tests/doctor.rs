@@ -6,8 +6,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use ringcast::config::Config;
-use ringcast::doctor::{self, Status};
+use ringcast::ops::config::Config;
+use ringcast::ops::doctor::{self, Status};
 
 /// Set in the child process started by `low_ulimit_blocks_on_open_files`.
 const CHILD_ENV: &str = "RINGCAST_DOCTOR_CHILD";

@@ -1,5 +1,5 @@
 //! Fuzzes the backend port's sans-IO HTTP/1.1 parser
-//! (`ringcast::backend::http`): pipelined requests, chunked bodies, limits.
+//! (`ringcast::protocol::http`): pipelined requests, chunked bodies, limits.
 //!
 //! Input: the first byte picks `max_body` (byte * 8, so the 413 paths are
 //! reachable with small inputs); the rest is the byte stream. Checks that
@@ -10,7 +10,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ringcast::backend::http::{
+use ringcast::protocol::http::{
     max_request_len, parse_request, write_error, write_response, HttpError,
 };
 

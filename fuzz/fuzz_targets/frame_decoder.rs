@@ -3,8 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ringcast::codec::{apply_mask, decode_header, encode_header};
-use ringcast::websocket::WsProtocol;
+use ringcast::protocol::codec::{apply_mask, decode_header, encode_header};
+use ringcast::protocol::websocket::WsProtocol;
 
 const MAX_MESSAGE: usize = 64 * 1024;
 
@@ -51,7 +51,7 @@ fuzz_target!(|data: &[u8]| {
             MAX_MESSAGE,
             &mut out,
             |kind, payload| {
-                if kind == ringcast::websocket::MessageKind::Text {
+                if kind == ringcast::protocol::websocket::MessageKind::Text {
                     assert!(std::str::from_utf8(payload).is_ok());
                 }
                 assert!(payload.len() <= MAX_MESSAGE);

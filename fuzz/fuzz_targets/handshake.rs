@@ -2,13 +2,13 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ringcast::handshake::parse_upgrade;
+use ringcast::protocol::handshake::parse_upgrade;
 
 fuzz_target!(|data: &[u8]| {
     let allowed = ["https://app.example".to_owned()];
     for origins in [&allowed[..], &[]] {
         match parse_upgrade(data, origins) {
-            Ok(None) => assert!(data.len() <= ringcast::handshake::MAX_REQUEST_HEAD),
+            Ok(None) => assert!(data.len() <= ringcast::protocol::handshake::MAX_REQUEST_HEAD),
             Ok(Some(upgrade)) => {
                 assert!(upgrade.consumed <= data.len());
                 assert!(upgrade.path.starts_with(upgrade.path_without_query()));

@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ringcast::channel_table::ChannelTable;
-use ringcast::home_shard::HomeShard;
-use ringcast::publication::Publication;
+use ringcast::pubsub::channel_table::ChannelTable;
+use ringcast::pubsub::home_shard::HomeShard;
+use ringcast::pubsub::publication::Publication;
 
 static ALLOCS: AtomicU64 = AtomicU64::new(0);
 static ALLOC_BYTES: AtomicU64 = AtomicU64::new(0);

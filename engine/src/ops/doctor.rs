@@ -17,7 +17,7 @@ use std::fmt::Write as _;
 use std::io;
 use std::path::Path;
 
-use crate::config::{Config, DriverKind};
+use crate::ops::config::{Config, DriverKind};
 
 /// Connections assumed when `limits.max_connections` is 0 (unbounded): the
 /// checks then compare against this and only warn.

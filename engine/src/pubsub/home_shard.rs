@@ -12,7 +12,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::publication::Publication;
+use crate::pubsub::publication::Publication;
 
 /// Which shard is home to `channel` among `shards`. Stable for the life of
 /// the process (a fixed-key FxHash-style hash, not randomized per thread).

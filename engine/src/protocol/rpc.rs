@@ -13,8 +13,8 @@ use bytes::Bytes;
 use simd_json::prelude::*;
 use simd_json::BorrowedValue as Value;
 
-use crate::home_shard::Since;
-use crate::publication::write_json_str;
+use crate::pubsub::home_shard::Since;
+use crate::pubsub::publication::write_json_str;
 
 pub const PARSE_ERROR: i32 = -32700;
 pub const INVALID_REQUEST: i32 = -32600;

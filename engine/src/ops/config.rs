@@ -4,7 +4,7 @@
 //!
 //! [`Config::load`] merges the layers as TOML tables (defaults, then the
 //! file, then the environment, then [`Overrides`] built from the flags by
-//! [`crate::cli`]) and deserializes the result once. Every value from a
+//! [`crate::ops::cli`]) and deserializes the result once. Every value from a
 //! layer is type-checked on its own as it is merged, so a bad value is
 //! reported against the key, variable or flag it came from, on one line:
 //!
@@ -317,7 +317,7 @@ impl ConfigError {
 }
 
 /// Values set by command-line flags, the highest-precedence layer of
-/// [`Config::load`]. Built by [`crate::cli::ServeArgs::overrides`]; tests
+/// [`Config::load`]. Built by [`crate::ops::cli::ServeArgs::overrides`]; tests
 /// and embedders may build their own.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Overrides {

@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::codec::{encode_header, OpCode};
+use crate::protocol::codec::{encode_header, OpCode};
 
 /// What kind of publication this is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

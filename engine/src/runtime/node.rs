@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 
-use super::{ws_session, Node, Shard, ShardMsg};
-use crate::backend;
-use crate::config::{Config, DriverKind};
-use crate::sys;
+use crate::ops::config::{Config, DriverKind};
+use crate::runtime::backend;
+use crate::runtime::shard::{ws_session, Node, Shard, ShardMsg};
+use crate::runtime::sys;
 
 /// A started engine.
 pub struct RunningNode {

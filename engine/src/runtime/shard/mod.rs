@@ -11,9 +11,8 @@
 
 pub mod conn;
 pub mod mailbox;
-mod runtime;
 pub mod signal;
-mod ws_session;
+pub(crate) mod ws_session;
 
 use std::cell::{Cell, RefCell};
 use std::net::Shutdown;
@@ -26,18 +25,17 @@ use bytes::Bytes;
 use futures_channel::oneshot;
 use slab::Slab;
 
-use crate::channel_table::{Change, ChannelTable, ConnKey};
-use crate::config::{Config, Dialect};
-use crate::home_shard::{home_of, HistoryOutcome, HomeShard, Since, SubscribeOutcome};
-use crate::metrics::{Gauges, MetricsSnapshot, ShardMetrics};
-use crate::publication::Publication;
-use crate::rpc::RpcParser;
-use crate::sys;
-use crate::websocket::{close_frame, ping_frame};
+use crate::ops::config::{Config, Dialect};
+use crate::ops::metrics::{Gauges, MetricsSnapshot, ShardMetrics};
+use crate::protocol::rpc::RpcParser;
+use crate::protocol::websocket::{close_frame, ping_frame};
+use crate::pubsub::channel_table::{Change, ChannelTable, ConnKey};
+use crate::pubsub::home_shard::{home_of, HistoryOutcome, HomeShard, Since, SubscribeOutcome};
+use crate::pubsub::publication::Publication;
+use crate::runtime::sys;
 
 pub use conn::{Conn, Enqueued};
 use mailbox::Mailbox;
-pub use runtime::{run, shard_count, RunningNode};
 use signal::{Latch, LocalSignal};
 pub(crate) use ws_session::{history_result, write_all};
 

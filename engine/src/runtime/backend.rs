@@ -5,20 +5,18 @@
 //! the shard that accepted it, which routes publishes to each channel's
 //! home shard and gathers node-wide answers from every shard.
 
-pub mod http;
-
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 
 use monoio::net::TcpStream;
 use serde_json::json;
 
-use crate::config::Dialect;
-use crate::metrics::{render_prometheus, MetricsSnapshot, ShardMetrics};
-use crate::rpc::{BackendMethod, Call, Incoming, ReplyWriter, RpcError};
-use crate::shard::{Gather, HomeAnswer, HomeQuery, PublishResult, Shard};
-use crate::sys;
-use http::{Method, Request};
+use crate::ops::config::Dialect;
+use crate::ops::metrics::{render_prometheus, MetricsSnapshot, ShardMetrics};
+use crate::protocol::http::{self, Method, Request};
+use crate::protocol::rpc::{BackendMethod, Call, Incoming, ReplyWriter, RpcError};
+use crate::runtime::shard::{Gather, HomeAnswer, HomeQuery, PublishResult, Shard};
+use crate::runtime::sys;
 
 /// Serves one backend connection until it closes.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
@@ -65,7 +63,10 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             }
         }
         if !out.is_empty() {
-            if crate::shard::write_all(&stream, &out).await.is_err() {
+            if crate::runtime::shard::write_all(&stream, &out)
+                .await
+                .is_err()
+            {
                 return;
             }
             out.clear();
@@ -353,7 +354,7 @@ async fn run_method(
                 .map_err(internal)?
             {
                 HomeAnswer::History(h) => {
-                    let raw = crate::shard::history_result(&h);
+                    let raw = crate::runtime::shard::history_result(&h);
                     serde_json::from_slice(&raw).map_err(internal)?
                 }
                 _ => return Err(internal("unexpected answer")),
@@ -393,7 +394,7 @@ async fn info(shard: &Rc<Shard>) -> serde_json::Value {
     for (name, _, value) in total.fields() {
         counters[name] = json!(value);
     }
-    let heap = crate::alloc_count::snapshot()
+    let heap = crate::ops::alloc_count::snapshot()
         .map(|(live, allocs)| json!({"live_bytes": live, "allocations": allocs}));
     json!({
         "version": env!("CARGO_PKG_VERSION"),

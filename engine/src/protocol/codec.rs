@@ -6,7 +6,7 @@
 //! unmasked server frames straight into the caller's buffer; [`apply_mask`]
 //! (un)masks a payload in place, in pieces if need be. The per-connection
 //! rules (masking required, fragmentation, UTF-8, close codes) live in
-//! [`crate::websocket`]; the errors of both layers are [`ProtocolError`].
+//! [`crate::protocol::websocket`]; the errors of both layers are [`ProtocolError`].
 #![forbid(unsafe_code)]
 
 use thiserror::Error;

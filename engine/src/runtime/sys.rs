@@ -135,25 +135,25 @@ pub fn disable_transparent_huge_pages() -> io::Result<()> {
 }
 
 /// A global allocator wrapper that counts live bytes and allocations into
-/// [`crate::alloc_count`] (cargo feature `count-alloc`).
+/// [`crate::ops::alloc_count`] (cargo feature `count-alloc`).
 pub struct CountingAlloc<A>(pub A);
 
 // SAFETY: every call forwards to the wrapped allocator with the same
 // arguments; the counters have no effect on the memory returned.
 unsafe impl<A: std::alloc::GlobalAlloc> std::alloc::GlobalAlloc for CountingAlloc<A> {
     unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
-        crate::alloc_count::on_alloc(layout.size());
+        crate::ops::alloc_count::on_alloc(layout.size());
         // SAFETY: forwarded as received; the caller upholds alloc's contract.
         unsafe { self.0.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
-        crate::alloc_count::on_dealloc(layout.size());
+        crate::ops::alloc_count::on_dealloc(layout.size());
         // SAFETY: forwarded as received; `ptr` came from this allocator.
         unsafe { self.0.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
-        crate::alloc_count::on_dealloc(layout.size());
-        crate::alloc_count::on_alloc(new_size);
+        crate::ops::alloc_count::on_dealloc(layout.size());
+        crate::ops::alloc_count::on_alloc(new_size);
         // SAFETY: forwarded as received; `ptr` came from this allocator.
         unsafe { self.0.realloc(ptr, layout, new_size) }
     }

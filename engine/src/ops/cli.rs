@@ -21,7 +21,7 @@ use std::path::PathBuf;
 
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
-use crate::config::{resolve_addr, Config, ConfigError, Overrides};
+use crate::ops::config::{resolve_addr, Config, ConfigError, Overrides};
 
 /// Default backend URL of `ringcast shell` (RocketWS's default).
 pub const DEFAULT_SHELL_URL: &str = "http://127.0.0.1:59999";
@@ -326,7 +326,7 @@ fn process_env() -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{DriverKind, SlowConsumerPolicy};
+    use crate::ops::config::{DriverKind, SlowConsumerPolicy};
     use clap::CommandFactory;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
@@ -415,14 +415,14 @@ mod tests {
         assert_eq!(c.backend.listen, SocketAddr::from(([127, 0, 0, 1], 7001)));
         assert_eq!(c.backend.api_token, "tok");
         assert_eq!(c.log_level, "debug");
-        assert_eq!(c.log_format, crate::config::LogFormat::Json);
+        assert_eq!(c.log_format, crate::ops::config::LogFormat::Json);
         assert_eq!(c.ws.backlog, 128);
         assert_eq!(c.limits.max_connections, 1000);
         assert_eq!(c.limits.max_subscriptions_per_connection, 7);
         assert_eq!(c.limits.max_message_size, 2048);
         assert_eq!(c.limits.max_outbound_bytes, 4096);
         assert_eq!(c.limits.slow_consumer, SlowConsumerPolicy::Drop);
-        assert_eq!(c.ws.dialect, crate::config::Dialect::Rocketws);
+        assert_eq!(c.ws.dialect, crate::ops::config::Dialect::Rocketws);
         assert_eq!(c.ws.ping_interval, 3);
         assert_eq!(c.ws.pong_timeout, 4);
         assert_eq!(c.ws.handshake_timeout, 6);

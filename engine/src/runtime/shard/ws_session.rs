@@ -13,13 +13,13 @@ use monoio::net::TcpStream;
 
 use super::conn::Conn;
 use super::{ConnRef, HomeAnswer, HomeQuery, Shard, SubscribeInfo};
-use crate::config::Dialect;
-use crate::handshake::{parse_upgrade, HandshakeError, Upgrade, MAX_REQUEST_HEAD};
-use crate::metrics::ShardMetrics;
-use crate::publication::{text_frame, write_json_str};
-use crate::rpc::{self, Call, ClientMethod, Incoming, ReplyWriter, RpcError};
-use crate::sys;
-use crate::websocket::WsProtocol;
+use crate::ops::config::Dialect;
+use crate::ops::metrics::ShardMetrics;
+use crate::protocol::handshake::{parse_upgrade, HandshakeError, Upgrade, MAX_REQUEST_HEAD};
+use crate::protocol::rpc::{self, Call, ClientMethod, Incoming, ReplyWriter, RpcError};
+use crate::protocol::websocket::WsProtocol;
+use crate::pubsub::publication::{text_frame, write_json_str};
+use crate::runtime::sys;
 
 type Parsed = Result<Incoming<ClientMethod>, RpcError>;
 
@@ -332,7 +332,7 @@ async fn subscribe(
     conn: &Rc<Conn>,
     cref: ConnRef,
     channel: &str,
-    since: Option<crate::home_shard::Since>,
+    since: Option<crate::pubsub::home_shard::Since>,
 ) -> Result<SubscribeInfo, RpcError> {
     if shard.is_subscribed(conn, channel) {
         // Already in: report where the channel is, change nothing.
@@ -436,7 +436,7 @@ pub fn subscribe_result(channel: &str, info: &SubscribeInfo) -> Vec<u8> {
 }
 
 /// `{"publications":[...],"offset":N,"epoch":E}`
-pub fn history_result(h: &crate::home_shard::HistoryOutcome) -> Vec<u8> {
+pub fn history_result(h: &crate::pubsub::home_shard::HistoryOutcome) -> Vec<u8> {
     let mut out = br#"{"publications":["#.to_vec();
     for (i, p) in h.publications.iter().enumerate() {
         if i > 0 {
@@ -485,8 +485,8 @@ async fn drain(shard: &Rc<Shard>, conn: &Rc<Conn>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
-    use crate::shard::Node;
+    use crate::ops::config::Config;
+    use crate::runtime::shard::Node;
 
     #[test]
     fn session_future_size() {

@@ -20,12 +20,12 @@
 //! `max_message_size + `[`MAX_HEADER_LEN`] (14) bytes to make progress.
 #![forbid(unsafe_code)]
 
-use crate::codec::{
+use crate::protocol::codec::{
     apply_mask, close_code, decode_header, write_close, write_frame, FrameHeader, OpCode,
     MAX_CONTROL_PAYLOAD,
 };
 
-pub use crate::codec::{ProtocolError, MAX_HEADER_LEN};
+pub use crate::protocol::codec::{ProtocolError, MAX_HEADER_LEN};
 
 /// The type of a complete data message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -335,7 +335,7 @@ pub fn ping_frame(payload: &[u8]) -> Vec<u8> {
 
 /// A complete unfragmented text frame (server to client).
 pub fn text_frame(payload: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(crate::codec::MAX_SERVER_HEADER_LEN + payload.len());
+    let mut out = Vec::with_capacity(crate::protocol::codec::MAX_SERVER_HEADER_LEN + payload.len());
     write_frame(&mut out, OpCode::Text, payload.as_bytes());
     out
 }
@@ -361,7 +361,8 @@ mod tests {
     fn raw_frame(b0: u8, payload: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         let mut header = [0u8; 10];
-        let n = crate::codec::encode_header(true, OpCode::Text, payload.len(), &mut header);
+        let n =
+            crate::protocol::codec::encode_header(true, OpCode::Text, payload.len(), &mut header);
         header[0] = b0;
         header[1] |= 0x80;
         out.extend_from_slice(&header[..n]);

@@ -18,9 +18,9 @@ use std::time::Instant;
 use bytes::Bytes;
 use monoio::net::TcpStream;
 
-use crate::channel_table::ConnKey;
-use crate::config::{Dialect, SlowConsumerPolicy};
-use crate::sys;
+use crate::ops::config::{Dialect, SlowConsumerPolicy};
+use crate::pubsub::channel_table::ConnKey;
+use crate::runtime::sys;
 
 /// Frames are gathered into one send up to this many bytes.
 pub const GATHER_MAX: usize = 64 * 1024;
