@@ -1,5 +1,5 @@
 //! Client JSON-RPC request parsing: simd-json as the engine does it
-//! (`RpcParser` with reused buffers, down to a typed `ClientMethod` whose
+//! (`RpcParser` with reused buffers, down to a typed `Op` whose
 //! `data` is kept as compact bytes) against serde_json, 64 B … 4 KiB.
 //!
 //! Every client request is parsed once; at a few hundred thousand requests
@@ -11,7 +11,8 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ringcast::protocol::rpc::{ClientMethod, Incoming, RpcParser};
+use ringcast::protocol::rpc::{Incoming, RpcParser};
+use ringcast::pubsub::ops::Op;
 use ringcast_bench::payload::send_data_request;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -54,7 +55,7 @@ fn rpc_parse(c: &mut Criterion) {
         g.throughput(Throughput::Bytes(bytes.len() as u64));
 
         let mut parser = RpcParser::new();
-        match parser.parse::<ClientMethod>(bytes) {
+        match parser.parse::<Op>(bytes) {
             Ok(Incoming::Single(call)) => {
                 assert!(call.method.is_ok(), "{label}: {:?}", call.method)
             }
@@ -63,7 +64,7 @@ fn rpc_parse(c: &mut Criterion) {
         g.bench_with_input(
             BenchmarkId::new("simd_json_engine", &label),
             bytes,
-            |b, bytes| b.iter(|| parser.parse::<ClientMethod>(black_box(bytes)).unwrap()),
+            |b, bytes| b.iter(|| parser.parse::<Op>(black_box(bytes)).unwrap()),
         );
         g.bench_with_input(
             BenchmarkId::new("serde_json_value", &label),

@@ -14,6 +14,7 @@ use simd_json::prelude::*;
 use simd_json::BorrowedValue as Value;
 
 use crate::pubsub::home_shard::Since;
+use crate::pubsub::ops::Op;
 use crate::pubsub::publication::write_json_str;
 
 pub const PARSE_ERROR: i32 = -32700;
@@ -26,6 +27,7 @@ pub const RATE_LIMITED: i32 = -32003;
 pub const PERMISSION_DENIED: i32 = -32004;
 /// RocketWS's generic server error (send_data without subscription).
 pub const SERVER_ERROR: i32 = -32000;
+pub const INTERNAL_ERROR: i32 = -32603;
 
 /// A JSON-RPC error object.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -78,28 +80,6 @@ pub enum Incoming<M> {
 
 /// The raw `data` member of params as compact JSON.
 pub type Data = Bytes;
-
-/// Client (WebSocket) methods.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ClientMethod {
-    Subscribe {
-        channel: Box<str>,
-        since: Option<Since>,
-    },
-    Unsubscribe {
-        channel: Box<str>,
-    },
-    SendData {
-        channel: Box<str>,
-        data: Data,
-    },
-    Heartbeat,
-    History {
-        channel: Box<str>,
-        since: Option<Since>,
-        limit: usize,
-    },
-}
 
 /// Backend (HTTP) methods.
 #[derive(Debug, Clone, PartialEq)]
@@ -312,22 +292,24 @@ fn method_not_found(method: &str) -> RpcError {
     RpcError::new(METHOD_NOT_FOUND, m)
 }
 
-impl Methods for ClientMethod {
+/// The client (WebSocket) method set parses straight into engine
+/// operations: `send_data` is [`Op::Publish`].
+impl Methods for Op {
     fn from_call(method: &str, params: Option<&Value<'_>>) -> Result<Self, RpcError> {
         Ok(match method {
-            "subscribe" => ClientMethod::Subscribe {
+            "subscribe" => Op::Subscribe {
                 channel: channel_param(params, "channel")?,
                 since: since_param(params)?,
             },
-            "unsubscribe" => ClientMethod::Unsubscribe {
+            "unsubscribe" => Op::Unsubscribe {
                 channel: channel_param(params, "channel")?,
             },
-            "send_data" => ClientMethod::SendData {
+            "send_data" => Op::Publish {
                 channel: channel_param(params, "channel")?,
                 data: data_param(params)?,
             },
-            "heartbeat" => ClientMethod::Heartbeat,
-            "history" => ClientMethod::History {
+            "heartbeat" => Op::Heartbeat,
+            "history" => Op::History {
                 channel: channel_param(params, "channel")?,
                 since: since_param(params)?,
                 limit: limit_param(params)?,
@@ -416,6 +398,7 @@ pub fn write_error(out: &mut Vec<u8>, id: Option<&[u8]>, err: &RpcError) {
 
 /// Collects the replies to one frame/body: nothing for notifications, one
 /// object for a single request, an array for a batch.
+#[derive(Debug)]
 pub struct ReplyWriter {
     out: Vec<u8>,
     batch: bool,
@@ -470,11 +453,8 @@ impl ReplyWriter {
 mod tests {
     use super::*;
 
-    fn one(text: &str) -> Call<ClientMethod> {
-        match RpcParser::new()
-            .parse::<ClientMethod>(text.as_bytes())
-            .unwrap()
-        {
+    fn one(text: &str) -> Call<Op> {
+        match RpcParser::new().parse::<Op>(text.as_bytes()).unwrap() {
             Incoming::Single(c) => c,
             Incoming::Batch(_) => panic!("batch"),
         }
@@ -492,7 +472,7 @@ mod tests {
         assert_eq!(&*c.id.unwrap(), b"7");
         assert_eq!(
             c.method.unwrap(),
-            ClientMethod::Subscribe {
+            Op::Subscribe {
                 channel: "chat".into(),
                 since: Some(Since {
                     offset: 3,
@@ -512,7 +492,7 @@ mod tests {
     fn notification_has_no_id() {
         let c = one(r#"{"jsonrpc":"2.0","method":"heartbeat"}"#);
         assert!(c.id.is_none());
-        assert_eq!(c.method.unwrap(), ClientMethod::Heartbeat);
+        assert_eq!(c.method.unwrap(), Op::Heartbeat);
     }
 
     #[test]
@@ -521,7 +501,7 @@ mod tests {
             r#"{"jsonrpc":"2.0","id":1,"method":"send_data","params":{"channel":"c","data":{"x": [1, "two"]}}}"#,
         );
         match c.method.unwrap() {
-            ClientMethod::SendData { data, .. } => assert_eq!(&data[..], br#"{"x":[1,"two"]}"#),
+            Op::Publish { data, .. } => assert_eq!(&data[..], br#"{"x":[1,"two"]}"#),
             m => panic!("{m:?}"),
         }
     }
@@ -529,17 +509,11 @@ mod tests {
     #[test]
     fn every_error_code() {
         assert_eq!(
-            RpcParser::new()
-                .parse::<ClientMethod>(b"{nope")
-                .unwrap_err()
-                .code,
+            RpcParser::new().parse::<Op>(b"{nope").unwrap_err().code,
             PARSE_ERROR
         );
         assert_eq!(
-            RpcParser::new()
-                .parse::<ClientMethod>(b"[]")
-                .unwrap_err()
-                .code,
+            RpcParser::new().parse::<Op>(b"[]").unwrap_err().code,
             INVALID_REQUEST
         );
         assert_eq!(
@@ -587,10 +561,7 @@ mod tests {
     #[test]
     fn batches_keep_order() {
         let text = r#"[{"jsonrpc":"2.0","id":1,"method":"heartbeat"},{"jsonrpc":"2.0","method":"heartbeat"},{"jsonrpc":"2.0","id":3,"method":"x"}]"#;
-        let Incoming::Batch(calls) = RpcParser::new()
-            .parse::<ClientMethod>(text.as_bytes())
-            .unwrap()
-        else {
+        let Incoming::Batch(calls) = RpcParser::new().parse::<Op>(text.as_bytes()).unwrap() else {
             panic!()
         };
         assert_eq!(calls.len(), 3);

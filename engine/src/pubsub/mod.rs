@@ -5,4 +5,5 @@
 
 pub mod channel_table;
 pub mod home_shard;
+pub mod ops;
 pub mod publication;

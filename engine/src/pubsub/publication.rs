@@ -2,10 +2,10 @@
 //!
 //! The home shard serializes a publication exactly once into a complete
 //! server-to-client WebSocket frame (`native`) held in a reference-counted
-//! buffer. Every shard writes those same bytes to each local subscriber. The
-//! RocketWS envelope (bare `data` object plus `__type`/`__ts`) is a second
-//! pre-serialized form, built on first use by whichever shard needs it and
-//! then shared the same way. Nothing here runs per subscriber.
+//! buffer. Every shard writes those same bytes to each local subscriber. Every
+//! other protocol's form (RocketWS's envelope, ...) is cached beside it,
+//! built on first use by whichever shard needs it and then shared the same
+//! way. Nothing here runs per subscriber.
 #![forbid(unsafe_code)]
 
 use std::sync::{Arc, OnceLock};
@@ -13,6 +13,9 @@ use std::sync::{Arc, OnceLock};
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::protocol::codec::{encode_header, OpCode};
+
+/// Wire forms a publication can cache (one per registered protocol).
+pub const MAX_FORMS: usize = 8;
 
 /// What kind of publication this is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +42,8 @@ pub struct Publication {
     pub data: Bytes,
     /// The complete native-dialect text frame.
     pub native: Bytes,
-    rocketws: OnceLock<Bytes>,
+    /// Other protocols' forms, allocated when the first one is built.
+    forms: OnceLock<Box<[OnceLock<Bytes>; MAX_FORMS - 1]>>,
 }
 
 impl Publication {
@@ -63,7 +67,7 @@ impl Publication {
             ts_secs,
             native: text_frame(&json),
             data,
-            rocketws: OnceLock::new(),
+            forms: OnceLock::new(),
         }
     }
 
@@ -83,21 +87,20 @@ impl Publication {
             ts_secs,
             native: text_frame(&json),
             data,
-            rocketws: OnceLock::new(),
+            forms: OnceLock::new(),
         }
     }
 
-    /// The RocketWS-dialect frame: the bare `data` object with `__type` and
-    /// `__ts` added. Built once, on first use, by whichever shard asks first.
-    /// `data` that is not an object is wrapped as `{"data": ...}`.
-    pub fn rocketws_frame(&self) -> &Bytes {
-        self.rocketws.get_or_init(|| {
-            let kind = match self.kind {
-                PubKind::Message => "message",
-                PubKind::Broadcast => "broadcast",
-            };
-            text_frame(&rocketws_json(&self.data, kind, self.ts_secs))
-        })
+    /// The wire form in `slot` (a protocol's index in the registry),
+    /// built by `build` on first use by whichever shard asks first, then
+    /// shared by every subscriber of that form on every shard. Slot 0 is
+    /// the native frame, built eagerly.
+    pub fn form(&self, slot: usize, build: impl FnOnce(&Publication) -> Bytes) -> &Bytes {
+        if slot == 0 {
+            return &self.native;
+        }
+        let forms = self.forms.get_or_init(Default::default);
+        forms[slot - 1].get_or_init(|| build(self))
     }
 
     /// `{"offset":N,"id":I,"data":...}` as listed by `history`.
@@ -110,46 +113,6 @@ impl Publication {
         out.extend_from_slice(&self.data);
         out.push(b'}');
     }
-}
-
-/// RocketWS's envelope of `data` (compact JSON). Like RocketWS's
-/// `data.update(__type=..., __ts=...)`, the added keys replace any `__type`
-/// or `__ts` the publisher put in `data`, so the frame never carries a
-/// duplicate key.
-fn rocketws_json(data: &[u8], kind: &str, ts_secs: u64) -> Vec<u8> {
-    let is_object = data.first() == Some(&b'{') && data.last() == Some(&b'}');
-    if is_object && has_reserved_key(data) {
-        if let Ok(serde_json::Value::Object(mut map)) = serde_json::from_slice(data) {
-            map.insert("__type".into(), kind.into());
-            map.insert("__ts".into(), ts_secs.into());
-            return serde_json::Value::Object(map).to_string().into_bytes();
-        }
-    }
-    let mut out = Vec::with_capacity(data.len() + 40);
-    if is_object {
-        let inner = &data[1..data.len() - 1];
-        out.push(b'{');
-        if !inner.iter().all(u8::is_ascii_whitespace) {
-            out.extend_from_slice(inner);
-            out.push(b',');
-        }
-    } else {
-        out.extend_from_slice(br#"{"data":"#);
-        out.extend_from_slice(data);
-        out.push(b',');
-    }
-    out.extend_from_slice(br#""__type":""#);
-    out.extend_from_slice(kind.as_bytes());
-    out.extend_from_slice(br#"","__ts":"#);
-    out.extend_from_slice(itoa::Buffer::new().format(ts_secs).as_bytes());
-    out.push(b'}');
-    out
-}
-
-/// Whether compact JSON `data` may hold a `__type` or `__ts` key (a cheap
-/// byte scan; a hit inside a string value only costs a re-encode).
-fn has_reserved_key(data: &[u8]) -> bool {
-    data.windows(6).any(|w| w == b"\"__ts\"") || data.windows(8).any(|w| w == b"\"__type\"")
 }
 
 /// A complete unfragmented server text frame carrying `payload`.
@@ -228,53 +191,6 @@ mod tests {
         assert_eq!(p.native[1], 126);
         let len = u16::from_be_bytes([p.native[2], p.native[3]]) as usize;
         assert_eq!(len, p.native.len() - 4);
-    }
-
-    #[test]
-    fn rocketws_envelope() {
-        let p = Publication::message(
-            Arc::from("c"),
-            1,
-            1,
-            1700000000,
-            Bytes::from_static(b"{\"message\":\"hola!\"}"),
-        );
-        assert_eq!(
-            payload(p.rocketws_frame()),
-            r#"{"message":"hola!","__type":"message","__ts":1700000000}"#
-        );
-        // Built once: the same buffer on every call.
-        assert_eq!(p.rocketws_frame().as_ptr(), p.rocketws_frame().as_ptr());
-        let b = Publication::broadcast(1, 5, Bytes::from_static(b"{}"));
-        assert_eq!(
-            payload(b.rocketws_frame()),
-            r#"{"__type":"broadcast","__ts":5}"#
-        );
-    }
-
-    #[test]
-    fn rocketws_added_keys_replace_the_publishers() {
-        let p = Publication::message(
-            Arc::from("c"),
-            1,
-            1,
-            7,
-            Bytes::from_static(br#"{"__type":"x","a":1,"__ts":0}"#),
-        );
-        let v: serde_json::Value = serde_json::from_str(payload(p.rocketws_frame())).unwrap();
-        assert_eq!(
-            v,
-            serde_json::json!({"a": 1, "__type": "message", "__ts": 7})
-        );
-        // Exactly one of each key.
-        assert_eq!(payload(p.rocketws_frame()).matches("__type").count(), 1);
-        assert_eq!(payload(p.rocketws_frame()).matches("__ts").count(), 1);
-        // Non-object data is wrapped, as before.
-        let b = Publication::broadcast(1, 5, Bytes::from_static(b"3"));
-        assert_eq!(
-            payload(b.rocketws_frame()),
-            r#"{"data":3,"__type":"broadcast","__ts":5}"#
-        );
     }
 
     #[test]

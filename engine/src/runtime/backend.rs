@@ -14,8 +14,13 @@ use serde_json::json;
 use crate::ops::config::Dialect;
 use crate::ops::metrics::{render_prometheus, MetricsSnapshot, ShardMetrics};
 use crate::protocol::http::{self, Method, Request};
+use crate::protocol::native;
+use crate::protocol::rocketws::{self, BackendResult};
+use crate::protocol::rpc;
 use crate::protocol::rpc::{BackendMethod, Call, Incoming, ReplyWriter, RpcError};
-use crate::runtime::shard::{Gather, HomeAnswer, HomeQuery, PublishResult, Shard};
+use crate::pubsub::ops::PublishResult;
+use crate::runtime::io::write_all;
+use crate::runtime::shard::{Gather, HomeAnswer, HomeQuery, Shard};
 use crate::runtime::sys;
 
 /// Serves one backend connection until it closes.
@@ -63,10 +68,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             }
         }
         if !out.is_empty() {
-            if crate::runtime::shard::write_all(&stream, &out)
-                .await
-                .is_err()
-            {
+            if write_all(&stream, &out).await.is_err() {
                 return;
             }
             out.clear();
@@ -186,22 +188,18 @@ async fn rpc_body(shard: &Rc<Shard>, body: &[u8]) -> Vec<u8> {
 }
 
 fn internal(e: impl std::fmt::Display) -> RpcError {
-    RpcError::new(-32603, format!("internal error: {e}"))
+    RpcError::new(rpc::INTERNAL_ERROR, format!("internal error: {e}"))
+}
+
+/// A method's result as JSON bytes, for the one reply encoder.
+type MethodResult = Result<Vec<u8>, RpcError>;
+
+fn json_bytes(v: &serde_json::Value) -> Vec<u8> {
+    v.to_string().into_bytes()
 }
 
 fn publish_json(r: &PublishResult) -> serde_json::Value {
     json!({"offset": r.offset, "id": r.id, "subscribers": r.subscribers})
-}
-
-/// RocketWS's `data` rule: a JSON object (`data` is compact JSON here).
-fn rocketws_object(data: &[u8]) -> Result<(), RpcError> {
-    if data.first() == Some(&b'{') {
-        Ok(())
-    } else {
-        Err(RpcError::invalid_params(
-            "invalid params: \"data\" must be a JSON object (RocketWS dialect)",
-        ))
-    }
 }
 
 async fn exec(shard: &Rc<Shard>, call: Call<BackendMethod>, w: &mut ReplyWriter) {
@@ -211,65 +209,59 @@ async fn exec(shard: &Rc<Shard>, call: Call<BackendMethod>, w: &mut ReplyWriter)
         Ok(m) => run_method(shard, m).await,
         Err(e) => Err(e),
     };
-    match result {
-        Ok(v) => w.reply(id, Ok(v.to_string().as_bytes())),
-        Err(e) => w.reply(id, Err(&e)),
-    }
+    w.reply(id, result.as_deref());
 }
 
 /// The backend port in the RocketWS dialect (`[ws] dialect = "rocketws"`):
-/// RocketWS's results where RocketWS had a JSON-representable one, always as
-/// valid JSON; `data` must be an object. Everything else answers natively.
-///
-/// | method | result |
-/// |---|---|
-/// | `emit` | `"emitted: N"` (N subscribers reached) |
-/// | `notify_all` | `"notified: N"` (N connections, each once) |
-/// | `available_channels` | `["chat", ...]` (names, sorted) |
-/// | `publish_many` | native, but `data` must be an object |
-/// | others | native (`ping`, `flush_dead_clients` are RocketWS's already) |
-async fn run_rocketws(
-    shard: &Rc<Shard>,
-    method: BackendMethod,
-) -> Result<serde_json::Value, RpcError> {
+/// RocketWS's results (see [`rocketws::backend_result`]), always valid
+/// JSON; `data` must be an object. Everything else answers natively.
+async fn run_rocketws(shard: &Rc<Shard>, method: BackendMethod) -> MethodResult {
     match method {
         BackendMethod::Emit { channel, data } => {
-            rocketws_object(&data)?;
+            rocketws::backend_object(&data)?;
             let r = shard
                 .publish(&channel, data, None)
                 .await
                 .map_err(internal)?;
-            Ok(json!(format!("emitted: {}", r.subscribers)))
+            Ok(rocketws::backend_result(BackendResult::Emitted(
+                r.subscribers,
+            )))
         }
         BackendMethod::NotifyAll { data } => {
-            rocketws_object(&data)?;
+            rocketws::backend_object(&data)?;
             let (_, connections) = shard.broadcast(data).await;
-            Ok(json!(format!("notified: {connections}")))
+            Ok(rocketws::backend_result(BackendResult::Notified(
+                connections,
+            )))
         }
         BackendMethod::AvailableChannels => {
-            let mut names: Vec<String> = shard
-                .gather(Gather::Channels)
-                .await
-                .into_iter()
-                .flat_map(|r| r.channels)
-                .map(|(c, _)| c)
-                .collect();
-            names.sort();
-            Ok(json!(names))
+            let channels = sorted_channels(shard).await;
+            Ok(rocketws::backend_result(BackendResult::ChannelNames(
+                &channels,
+            )))
         }
         BackendMethod::PublishMany { channels, data } => {
-            rocketws_object(&data)?;
+            rocketws::backend_object(&data)?;
             run_method(shard, BackendMethod::PublishMany { channels, data }).await
         }
         other => run_method(shard, other).await,
     }
 }
 
-async fn run_method(
-    shard: &Rc<Shard>,
-    method: BackendMethod,
-) -> Result<serde_json::Value, RpcError> {
-    Ok(match method {
+/// Every channel with subscribers and its count, sorted by name.
+async fn sorted_channels(shard: &Rc<Shard>) -> Vec<(String, usize)> {
+    let mut channels: Vec<(String, usize)> = shard
+        .gather(Gather::Channels)
+        .await
+        .into_iter()
+        .flat_map(|r| r.channels)
+        .collect();
+    channels.sort();
+    channels
+}
+
+async fn run_method(shard: &Rc<Shard>, method: BackendMethod) -> MethodResult {
+    let value = match method {
         BackendMethod::Emit { channel, data } => {
             let r = shard
                 .publish(&channel, data, None)
@@ -312,14 +304,8 @@ async fn run_method(
             json!({"total": total})
         }
         BackendMethod::AvailableChannels => {
-            let mut channels: Vec<(String, usize)> = shard
-                .gather(Gather::Channels)
+            let list: Vec<_> = sorted_channels(shard)
                 .await
-                .into_iter()
-                .flat_map(|r| r.channels)
-                .collect();
-            channels.sort();
-            let list: Vec<_> = channels
                 .iter()
                 .map(|(c, n)| json!({"channel": c, "subscribers": n}))
                 .collect();
@@ -348,21 +334,19 @@ async fn run_method(
             since,
             limit,
         } => {
-            match shard
+            return match shard
                 .ask_home(&channel, HomeQuery::History { since, limit })
                 .await
                 .map_err(internal)?
             {
-                HomeAnswer::History(h) => {
-                    let raw = crate::runtime::shard::history_result(&h);
-                    serde_json::from_slice(&raw).map_err(internal)?
-                }
-                _ => return Err(internal("unexpected answer")),
+                HomeAnswer::History(h) => Ok(native::history_result(&h)),
+                _ => Err(internal("unexpected answer")),
             }
         }
         BackendMethod::Ping => json!({"ping": "ok"}),
         BackendMethod::Info => info(shard).await,
-    })
+    };
+    Ok(json_bytes(&value))
 }
 
 async fn info(shard: &Rc<Shard>) -> serde_json::Value {

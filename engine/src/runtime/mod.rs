@@ -3,6 +3,7 @@
 //! [`node`] starts it all and sits above [`shard`] and [`backend`].
 
 pub mod backend;
+pub mod io;
 pub mod node;
 pub mod shard;
 pub mod sys;

@@ -18,7 +18,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use monoio::net::TcpStream;
 
-use crate::ops::config::{Dialect, SlowConsumerPolicy};
+use crate::ops::config::SlowConsumerPolicy;
+use crate::protocol::adapter::ProtocolId;
 use crate::pubsub::channel_table::ConnKey;
 use crate::runtime::sys;
 
@@ -223,7 +224,8 @@ impl TokenBucket {
 pub struct Conn {
     pub key: ConnKey,
     pub stream: TcpStream,
-    pub dialect: Dialect,
+    /// The wire protocol it speaks (`protocol::adapter::PROTOCOLS`).
+    pub proto: ProtocolId,
     out: RefCell<Outbound>,
     state: Cell<ConnState>,
     /// Queued in the shard's dirty list, waiting for the flusher.
@@ -242,14 +244,14 @@ impl Conn {
     pub fn new(
         key: ConnKey,
         stream: TcpStream,
-        dialect: Dialect,
+        proto: ProtocolId,
         burst: u32,
         now: Instant,
     ) -> Self {
         Conn {
             key,
             stream,
-            dialect,
+            proto,
             out: RefCell::new(Outbound::default()),
             state: Cell::new(ConnState::Open),
             dirty: Cell::new(false),

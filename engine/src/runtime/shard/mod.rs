@@ -9,6 +9,7 @@
 //! bytes to its local subscribers, and a flusher task puts each
 //! connection's queued frames into one `send` per loop turn.
 
+mod client_ops;
 pub mod conn;
 pub mod mailbox;
 pub mod signal;
@@ -25,19 +26,20 @@ use bytes::Bytes;
 use futures_channel::oneshot;
 use slab::Slab;
 
-use crate::ops::config::{Config, Dialect};
+use crate::ops::config::Config;
 use crate::ops::metrics::{Gauges, MetricsSnapshot, ShardMetrics};
+use crate::protocol::adapter::protocol;
 use crate::protocol::rpc::RpcParser;
 use crate::protocol::websocket::{close_frame, ping_frame};
 use crate::pubsub::channel_table::{Change, ChannelTable, ConnKey};
 use crate::pubsub::home_shard::{home_of, HistoryOutcome, HomeShard, Since, SubscribeOutcome};
+use crate::pubsub::ops::{PublishResult, SubscribeInfo};
 use crate::pubsub::publication::Publication;
 use crate::runtime::sys;
 
 pub use conn::{Conn, Enqueued};
 use mailbox::Mailbox;
 use signal::{Latch, LocalSignal};
-pub(crate) use ws_session::{history_result, write_all};
 
 /// What every shard shares: configuration, the mailboxes and the id clock.
 pub struct Node {
@@ -95,35 +97,6 @@ pub fn unix_ms() -> u64 {
 pub struct ConnRef {
     pub key: ConnKey,
     pub serial: u64,
-}
-
-/// The answer to a publish at the home shard.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PublishResult {
-    pub offset: u64,
-    pub id: u64,
-    /// Subscribers it was delivered to (the sender excluded).
-    pub subscribers: usize,
-}
-
-/// What a subscriber learns when its subscription takes effect.
-#[derive(Debug, Clone)]
-pub struct SubscribeInfo {
-    pub offset: u64,
-    pub epoch: Arc<str>,
-    pub recovered: Option<bool>,
-    pub missed: Option<(u64, u64)>,
-}
-
-impl From<&SubscribeOutcome> for SubscribeInfo {
-    fn from(o: &SubscribeOutcome) -> Self {
-        SubscribeInfo {
-            offset: o.offset,
-            epoch: o.epoch.clone(),
-            recovered: o.recovered,
-            missed: o.missed,
-        }
-    }
 }
 
 /// A question for a channel's home shard.
@@ -397,11 +370,12 @@ impl Shard {
         }
     }
 
+    /// The form of `p` that `conn`'s protocol delivers (built once per
+    /// publication, then shared).
     fn frame_for<'a>(conn: &Conn, p: &'a Publication) -> &'a Bytes {
-        match conn.dialect {
-            Dialect::Native => &p.native,
-            Dialect::Rocketws => p.rocketws_frame(),
-        }
+        p.form(usize::from(conn.proto), |p| {
+            protocol(conn.proto).encode_publication(p)
+        })
     }
 
     /// Delivers a channel publication to this shard's subscribers.

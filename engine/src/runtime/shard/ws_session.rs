@@ -12,16 +12,14 @@ use bytes::Bytes;
 use monoio::net::TcpStream;
 
 use super::conn::Conn;
-use super::{ConnRef, HomeAnswer, HomeQuery, Shard, SubscribeInfo};
-use crate::ops::config::Dialect;
+use super::{ConnRef, Shard};
 use crate::ops::metrics::ShardMetrics;
+use crate::protocol::adapter::{protocol, route_upgrade, Answer, Exchange, ProtocolId};
 use crate::protocol::handshake::{parse_upgrade, HandshakeError, Upgrade, MAX_REQUEST_HEAD};
-use crate::protocol::rpc::{self, Call, ClientMethod, Incoming, ReplyWriter, RpcError};
 use crate::protocol::websocket::WsProtocol;
-use crate::pubsub::publication::{text_frame, write_json_str};
+use crate::pubsub::publication::text_frame;
+use crate::runtime::io::write_all;
 use crate::runtime::sys;
-
-type Parsed = Result<Incoming<ClientMethod>, RpcError>;
 
 /// Serves one accepted connection to the end.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
@@ -34,19 +32,19 @@ async fn session(shard: &Rc<Shard>, stream: TcpStream) {
     // The handshake, the RPC execution and the final drain run as boxed
     // futures: they are short-lived, and keeping them out of the session's
     // own state machine keeps an idle connection's task small.
-    let Some((stream, dialect, mut pending)) = Box::pin(handshake(shard, stream)).await else {
+    let Some((stream, proto, mut pending)) = Box::pin(handshake(shard, stream)).await else {
         return;
     };
     let burst = shard.config().limits.rate_burst;
-    let (conn, cref) = shard.add_conn(|key| Conn::new(key, stream, dialect, burst, Instant::now()));
+    let (conn, cref) = shard.add_conn(|key| Conn::new(key, stream, proto, burst, Instant::now()));
     read_loop(shard, &conn, cref, &mut pending).await;
     shard.remove_conn(&conn);
     Box::pin(drain(shard, &conn)).await;
 }
 
-/// Upgrades the connection: the stream, its dialect and any bytes that
+/// Upgrades the connection: the stream, its protocol and any bytes that
 /// came after the request, or `None` when the upgrade failed.
-async fn handshake(shard: &Shard, stream: TcpStream) -> Option<(TcpStream, Dialect, Vec<u8>)> {
+async fn handshake(shard: &Shard, stream: TcpStream) -> Option<(TcpStream, ProtocolId, Vec<u8>)> {
     let _ = stream.set_nodelay(true);
     let cfg = shard.config();
     let mut buf = Vec::new();
@@ -67,14 +65,10 @@ async fn handshake(shard: &Shard, stream: TcpStream) -> Option<(TcpStream, Diale
             return None;
         }
     };
-    let dialect = match upgrade.query_param("dialect") {
-        Some("rocketws") => Dialect::Rocketws,
-        Some("native") => Dialect::Native,
-        _ => cfg.ws.dialect,
-    };
+    let proto = route_upgrade(upgrade.query_param("dialect"), cfg.ws.dialect);
     write_all(&stream, &upgrade.response_101()).await.ok()?;
     let pending = buf.split_off(upgrade.consumed);
-    Some((stream, dialect, pending))
+    Some((stream, proto, pending))
 }
 
 /// Reads the upgrade request. `Err(None)`: the peer went away.
@@ -104,19 +98,6 @@ async fn read_upgrade(
     }
 }
 
-/// Writes `data` fully (used only before the connection is registered).
-pub(crate) async fn write_all(stream: &TcpStream, mut data: &[u8]) -> std::io::Result<()> {
-    let fd = stream.as_raw_fd();
-    while !data.is_empty() {
-        match sys::send_nonblocking(fd, data) {
-            Ok(n) => data = &data[n..],
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => stream.writable(false).await?,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
 enum Step {
     Continue,
     Stop,
@@ -124,7 +105,7 @@ enum Step {
 
 async fn read_loop(shard: &Rc<Shard>, conn: &Rc<Conn>, cref: ConnRef, pending: &mut Vec<u8>) {
     let mut ws = WsProtocol::new();
-    let mut msgs: Vec<Parsed> = Vec::new();
+    let mut msgs: Vec<Exchange> = Vec::new();
     if !pending.is_empty() {
         // Frames that arrived with the upgrade request.
         let step = ingest(shard, conn, &mut ws, pending, 0, &mut msgs);
@@ -174,15 +155,16 @@ fn ingest(
     ws: &mut WsProtocol,
     pending: &mut Vec<u8>,
     n: usize,
-    msgs: &mut Vec<Parsed>,
+    msgs: &mut Vec<Exchange>,
 ) -> Step {
     let max = shard.config().limits.max_message_size;
     let mut scratch = shard.scratch.borrow_mut();
     let mut parser = shard.parser.borrow_mut();
     let mut ctrl = Vec::new();
+    let proto = protocol(conn.proto);
     let mut on_message = |_kind, payload: &[u8]| {
         ShardMetrics::inc(&shard.metrics.messages_in);
-        msgs.push(parser.parse::<ClientMethod>(payload));
+        msgs.push(proto.handle_message(payload, &mut parser));
     };
     let on_pong = |_: &[u8]| conn.ping_sent.set(None);
     let result = if pending.is_empty() {
@@ -225,7 +207,7 @@ fn ingest(
 }
 
 /// Runs [`execute`] boxed, and only when there is something to run.
-async fn run_calls(shard: &Rc<Shard>, conn: &Rc<Conn>, cref: ConnRef, msgs: &mut Vec<Parsed>) {
+async fn run_calls(shard: &Rc<Shard>, conn: &Rc<Conn>, cref: ConnRef, msgs: &mut Vec<Exchange>) {
     if !msgs.is_empty() {
         Box::pin(execute(shard, conn, cref, msgs)).await;
         // Idle connections keep no request buffer.
@@ -233,221 +215,37 @@ async fn run_calls(shard: &Rc<Shard>, conn: &Rc<Conn>, cref: ConnRef, msgs: &mut
     }
 }
 
-/// Executes parsed messages in order; each one's reply goes where the
-/// message's hold was placed, ahead of anything queued after it.
-async fn execute(shard: &Rc<Shard>, conn: &Rc<Conn>, cref: ConnRef, msgs: &mut Vec<Parsed>) {
-    for parsed in msgs.drain(..) {
+/// Executes the client's messages in order: each call's operation runs in
+/// the engine and its protocol renders the answer. A message's reply goes
+/// where its hold was placed, ahead of anything queued after it.
+async fn execute(shard: &Rc<Shard>, conn: &Rc<Conn>, cref: ConnRef, msgs: &mut Vec<Exchange>) {
+    let proto = protocol(conn.proto);
+    let peer = || {
+        conn.stream
+            .peer_addr()
+            .map_or_else(|_| "unknown".into(), |a| a.to_string())
+    };
+    for ex in msgs.drain(..) {
         let hold = conn.push_hold();
-        let reply = match parsed {
-            Err(e) => {
-                let mut w = ReplyWriter::new(false);
-                w.error_null(&e);
-                w.finish()
-            }
-            Ok(Incoming::Single(call)) => {
-                let mut w = ReplyWriter::new(false);
-                exec_call(shard, conn, cref, call, &mut w).await;
-                w.finish()
-            }
-            Ok(Incoming::Batch(calls)) => {
-                let mut w = ReplyWriter::new(true);
-                for call in calls {
-                    exec_call(shard, conn, cref, call, &mut w).await;
+        let mut reply = ex.reply;
+        for call in ex.calls {
+            let id = call.id.as_deref();
+            match &call.op {
+                Err(e) => proto.write_answer(&mut reply, id, Answer::Rejected(e)),
+                Ok(op) => {
+                    let result = shard.run_client_op(conn, cref, op).await;
+                    let answer = Answer::Done {
+                        op,
+                        result,
+                        peer: &peer,
+                    };
+                    proto.write_answer(&mut reply, id, answer);
                 }
-                w.finish()
             }
-        };
-        conn.fill_hold(hold, reply.map(|json| text_frame(&json)));
+        }
+        conn.fill_hold(hold, reply.finish().map(|json| text_frame(&json)));
         shard.mark_dirty(conn);
     }
-}
-
-fn internal(e: impl std::fmt::Display) -> RpcError {
-    RpcError::new(-32603, format!("internal error: {e}"))
-}
-
-async fn exec_call(
-    shard: &Rc<Shard>,
-    conn: &Rc<Conn>,
-    cref: ConnRef,
-    call: Call<ClientMethod>,
-    w: &mut ReplyWriter,
-) {
-    let id = call.id.as_deref();
-    let method = match call.method {
-        Ok(m) => m,
-        Err(e) => return w.reply(id, Err(&e)),
-    };
-    let limits = &shard.config().limits;
-    let mut bucket = conn.bucket.get();
-    let allowed = bucket.take(limits.rate_per_sec, limits.rate_burst, Instant::now());
-    conn.bucket.set(bucket);
-    if !allowed {
-        return w.reply(id, Err(&RpcError::new(rpc::RATE_LIMITED, "rate limited")));
-    }
-    let rocket = conn.dialect == Dialect::Rocketws;
-    let result: Result<Vec<u8>, RpcError> = match method {
-        ClientMethod::Heartbeat => Ok(br#"{"heartbeat":"ok"}"#.to_vec()),
-        ClientMethod::Subscribe { channel, since } => subscribe(shard, conn, cref, &channel, since)
-            .await
-            .map(|info| {
-                if rocket {
-                    br#""subscribed""#.to_vec()
-                } else {
-                    subscribe_result(&channel, &info)
-                }
-            }),
-        ClientMethod::Unsubscribe { channel } => {
-            if shard.unsubscribe(conn, &channel) || rocket {
-                Ok(if rocket {
-                    br#""unsubscribed""#.to_vec()
-                } else {
-                    channel_result(&channel)
-                })
-            } else {
-                Err(not_subscribed(&channel))
-            }
-        }
-        ClientMethod::SendData { channel, data } => {
-            send_data(shard, conn, &channel, data, rocket).await
-        }
-        ClientMethod::History {
-            channel,
-            since,
-            limit,
-        } => match shard
-            .ask_home(&channel, HomeQuery::History { since, limit })
-            .await
-        {
-            Ok(HomeAnswer::History(h)) => Ok(history_result(&h)),
-            Ok(_) => Err(internal("unexpected answer")),
-            Err(e) => Err(internal(e)),
-        },
-    };
-    w.reply(id, result.as_deref());
-}
-
-async fn subscribe(
-    shard: &Rc<Shard>,
-    conn: &Rc<Conn>,
-    cref: ConnRef,
-    channel: &str,
-    since: Option<crate::pubsub::home_shard::Since>,
-) -> Result<SubscribeInfo, RpcError> {
-    if shard.is_subscribed(conn, channel) {
-        // Already in: report where the channel is, change nothing.
-        return match shard.ask_home(channel, HomeQuery::Last).await {
-            Ok(HomeAnswer::Last(offset, epoch)) => Ok(SubscribeInfo {
-                offset,
-                epoch,
-                recovered: None,
-                missed: None,
-            }),
-            Ok(_) => Err(internal("unexpected answer")),
-            Err(e) => Err(internal(e)),
-        };
-    }
-    let max = shard.config().limits.max_subscriptions_per_connection;
-    if conn.subs.borrow().len() >= max {
-        return Err(RpcError::limit(
-            "max_subscriptions_per_connection",
-            format!("limit exceeded: at most {max} subscriptions per connection"),
-        ));
-    }
-    shard
-        .subscribe(conn, cref, channel, since)
-        .await
-        .map_err(internal)
-}
-
-async fn send_data(
-    shard: &Rc<Shard>,
-    conn: &Rc<Conn>,
-    channel: &str,
-    data: Bytes,
-    rocket: bool,
-) -> Result<Vec<u8>, RpcError> {
-    if !shard.config().ws.client_publish {
-        return Err(RpcError::new(
-            rpc::PERMISSION_DENIED,
-            "permission denied: clients may not publish on this server",
-        ));
-    }
-    if !shard.is_subscribed(conn, channel) {
-        if rocket {
-            let peer = conn
-                .stream
-                .peer_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_else(|_| "unknown".into());
-            return Err(RpcError::new(
-                rpc::SERVER_ERROR,
-                format!("client {peer} is not subscribed to channel {channel}"),
-            ));
-        }
-        return Err(not_subscribed(channel));
-    }
-    if rocket && data.first() != Some(&b'{') {
-        return Err(RpcError::invalid_params(
-            "invalid params: \"data\" must be a JSON object",
-        ));
-    }
-    let exclude = Some((shard.id, conn.key));
-    let r = shard
-        .publish(channel, data, exclude)
-        .await
-        .map_err(internal)?;
-    Ok(if rocket {
-        format!("\"emitted: {}\"", r.subscribers).into_bytes()
-    } else {
-        format!(
-            r#"{{"offset":{},"subscribers":{}}}"#,
-            r.offset, r.subscribers
-        )
-        .into_bytes()
-    })
-}
-
-fn not_subscribed(channel: &str) -> RpcError {
-    RpcError::new(rpc::NOT_SUBSCRIBED, format!("not subscribed: {channel}"))
-}
-
-fn channel_result(channel: &str) -> Vec<u8> {
-    let mut out = br#"{"channel":"#.to_vec();
-    write_json_str(&mut out, channel);
-    out.push(b'}');
-    out
-}
-
-/// `{"channel":C,"offset":N,"epoch":E,"recovered"?:b,"missed"?:{...}}`
-pub fn subscribe_result(channel: &str, info: &SubscribeInfo) -> Vec<u8> {
-    let mut out = br#"{"channel":"#.to_vec();
-    write_json_str(&mut out, channel);
-    out.extend_from_slice(format!(r#","offset":{},"epoch":"#, info.offset).as_bytes());
-    write_json_str(&mut out, &info.epoch);
-    if let Some(r) = info.recovered {
-        out.extend_from_slice(format!(r#","recovered":{r}"#).as_bytes());
-    }
-    if let Some((from, to)) = info.missed {
-        out.extend_from_slice(format!(r#","missed":{{"from":{from},"to":{to}}}"#).as_bytes());
-    }
-    out.push(b'}');
-    out
-}
-
-/// `{"publications":[...],"offset":N,"epoch":E}`
-pub fn history_result(h: &crate::pubsub::home_shard::HistoryOutcome) -> Vec<u8> {
-    let mut out = br#"{"publications":["#.to_vec();
-    for (i, p) in h.publications.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        p.write_history_entry(&mut out);
-    }
-    out.extend_from_slice(format!(r#"],"offset":{},"epoch":"#, h.offset).as_bytes());
-    write_json_str(&mut out, &h.epoch);
-    out.push(b'}');
-    out
 }
 
 /// After the reader stopped: give queued frames (a close frame above all)

@@ -1,0 +1,93 @@
+//! The engine's operations: what a protocol adapter asks of the engine on
+//! behalf of a client ([`Op`]), and what the engine answers ([`Outcome`],
+//! [`OpError`]). This is the whole vocabulary between the wire protocols
+//! (`protocol::*`) and the shard runtime; neither side knows the other's
+//! types beyond it.
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::home_shard::{HistoryOutcome, Since, SubscribeOutcome};
+
+/// One operation a client asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    /// Join a channel, optionally recovering what was missed since a
+    /// position in it.
+    Subscribe {
+        channel: Box<str>,
+        since: Option<Since>,
+    },
+    /// Leave a channel.
+    Unsubscribe { channel: Box<str> },
+    /// Publish `data` (compact JSON) on a channel the client is subscribed
+    /// to; every other subscriber receives it (the sender does not).
+    Publish { channel: Box<str>, data: Bytes },
+    /// The channel's retained publications.
+    History {
+        channel: Box<str>,
+        since: Option<Since>,
+        limit: usize,
+    },
+    /// A keep-alive from the client; touches nothing.
+    Heartbeat,
+}
+
+/// What the engine did.
+#[derive(Debug)]
+pub enum Outcome {
+    Subscribed(SubscribeInfo),
+    /// `false`: the client was not subscribed (nothing changed).
+    Unsubscribed(bool),
+    Published(PublishResult),
+    History(HistoryOutcome),
+    Heartbeat,
+}
+
+/// Why the engine refused or failed an operation. Adapters render these
+/// in their protocol's own words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OpError {
+    #[error("not subscribed: {0}")]
+    NotSubscribed(Box<str>),
+    #[error("permission denied: clients may not publish on this server")]
+    PublishDenied,
+    #[error("rate limited")]
+    RateLimited,
+    #[error("limit exceeded: at most {0} subscriptions per connection")]
+    TooManySubscriptions(usize),
+    /// The channel's home shard is gone (shutdown) or answered wrongly.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+}
+
+/// The answer to a publish at the home shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishResult {
+    pub offset: u64,
+    pub id: u64,
+    /// Subscribers it was delivered to (the sender excluded).
+    pub subscribers: usize,
+}
+
+/// What a subscriber learns when its subscription takes effect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscribeInfo {
+    pub offset: u64,
+    pub epoch: Arc<str>,
+    pub recovered: Option<bool>,
+    pub missed: Option<(u64, u64)>,
+}
+
+impl From<&SubscribeOutcome> for SubscribeInfo {
+    fn from(o: &SubscribeOutcome) -> Self {
+        SubscribeInfo {
+            offset: o.offset,
+            epoch: o.epoch.clone(),
+            recovered: o.recovered,
+            missed: o.missed,
+        }
+    }
+}
