@@ -127,13 +127,8 @@ fn serve(args: &ServeArgs) -> ExitCode {
     let node = match ringcast::runtime::run(config) {
         Ok(n) => n,
         Err(e) => {
-            let msg = format!("{e:#}");
-            eprintln!("{msg}");
-            return exit(if msg.starts_with("invalid config") {
-                2
-            } else {
-                1
-            });
+            eprintln!("{e}");
+            return ExitCode::from(e.exit_code());
         }
     };
     if let Some(sig) = signals.forever().next() {

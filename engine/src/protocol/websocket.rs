@@ -333,23 +333,6 @@ pub fn ping_frame(payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// A complete unfragmented text frame (server to client).
-pub fn text_frame(payload: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(crate::protocol::codec::MAX_SERVER_HEADER_LEN + payload.len());
-    write_frame(&mut out, OpCode::Text, payload.as_bytes());
-    out
-}
-
-/// The close frame sent to every client on shutdown (1001).
-pub fn shutdown_close_frame() -> Vec<u8> {
-    close_frame(close_code::GOING_AWAY, "server shutdown")
-}
-
-/// The close frame sent to a slow consumer (1008).
-pub fn slow_consumer_close_frame() -> Vec<u8> {
-    close_frame(close_code::POLICY_VIOLATION, "slow consumer")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -736,7 +719,7 @@ mod tests {
         let mut out = Vec::new();
         ws.send_close(1001, "server shutdown", &mut out);
         ws.send_close(1001, "server shutdown", &mut out);
-        assert_eq!(out, shutdown_close_frame());
+        assert_eq!(out, close_frame(close_code::GOING_AWAY, "server shutdown"));
         assert!(ws.is_close_sent());
         assert!(!ws.is_closed());
         // No pong after our close; the client's close completes the handshake.
@@ -751,16 +734,10 @@ mod tests {
 
     #[test]
     fn helpers() {
-        assert_eq!(
-            close_payload(&slow_consumer_close_frame())[..2],
-            1008u16.to_be_bytes()
-        );
-        assert_eq!(
-            &close_payload(&slow_consumer_close_frame())[2..],
-            b"slow consumer"
-        );
+        let slow = close_frame(close_code::POLICY_VIOLATION, "slow consumer");
+        assert_eq!(close_payload(&slow)[..2], 1008u16.to_be_bytes());
+        assert_eq!(&close_payload(&slow)[2..], b"slow consumer");
         assert_eq!(ping_frame(b"t"), [0x89, 0x01, b't']);
-        assert_eq!(text_frame("hi"), [0x81, 0x02, b'h', b'i']);
         assert_eq!(ping_frame(&[0; 200]).len(), 2 + 125);
     }
 

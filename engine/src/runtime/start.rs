@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 
 use crate::ops::config::{Config, DriverKind};
@@ -47,6 +46,41 @@ impl RunningNode {
     }
 }
 
+/// Why the engine could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A setting that cannot work on this host (exit code 2, like a bad
+    /// config file).
+    #[error("invalid config: {0}")]
+    InvalidConfig(String),
+    #[error("cannot listen on {addr} ({key}): is another ringcast running?: {source}")]
+    PortInUse {
+        addr: SocketAddr,
+        key: &'static str,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr} ({key}): {source}")]
+    Listen {
+        addr: SocketAddr,
+        key: &'static str,
+        source: std::io::Error,
+    },
+    #[error("io_uring is unavailable: {0}")]
+    Uring(std::io::Error),
+    #[error("cannot start the shards: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl StartError {
+    /// The process exit code: 2 for configuration errors, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartError::InvalidConfig(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
 /// The number of shards to run: the configured count, or the CPUs this
 /// process may run on.
 pub fn shard_count(config: &Config) -> usize {
@@ -59,20 +93,20 @@ pub fn shard_count(config: &Config) -> usize {
 }
 
 /// Binds every shard's listeners, starts the shard threads.
-pub fn run(config: Config) -> anyhow::Result<RunningNode> {
+pub fn run(config: Config) -> Result<RunningNode, StartError> {
     let shards = shard_count(&config);
     let nofile = sys::raise_open_file_limit().unwrap_or(1024);
     let max = config.limits.max_connections as u64;
     if max > 0 && max + 64 > nofile {
-        bail!(
-            "invalid config: limits.max_connections: {max} needs more open files than the limit allows ({nofile}); raise `ulimit -n` or LimitNOFILE"
-        );
+        return Err(StartError::InvalidConfig(format!(
+            "limits.max_connections: {max} needs more open files than the limit allows ({nofile}); raise `ulimit -n` or LimitNOFILE"
+        )));
     }
     let uring_ok = match config.driver {
         DriverKind::Epoll => false,
         DriverKind::Uring | DriverKind::Auto => match probe_uring() {
             Ok(()) => true,
-            Err(e) if config.driver == DriverKind::Uring => bail!("io_uring is unavailable: {e}"),
+            Err(e) if config.driver == DriverKind::Uring => return Err(StartError::Uring(e)),
             Err(e) => {
                 tracing::warn!("io_uring is unavailable ({e}); falling back to the epoll driver");
                 false
@@ -86,19 +120,31 @@ pub fn run(config: Config) -> anyhow::Result<RunningNode> {
         (config.ws.listen, "ws.listen"),
         (config.backend.listen, "backend.listen"),
     ] {
-        sys::ensure_not_listening(addr).with_context(|| {
-            format!("cannot listen on {addr} ({key}): is another ringcast running?")
+        sys::ensure_not_listening(addr).map_err(|source| StartError::PortInUse {
+            addr,
+            key,
+            source,
         })?;
     }
     let mut listeners = Vec::with_capacity(shards);
     let mut ws_addr = config.ws.listen;
     let mut backend_addr = config.backend.listen;
     for _ in 0..shards {
-        let ws = sys::reuseport_listener(ws_addr, config.ws.backlog)
-            .with_context(|| format!("cannot listen on {ws_addr} (ws.listen)"))?;
+        let ws = sys::reuseport_listener(ws_addr, config.ws.backlog).map_err(|source| {
+            StartError::Listen {
+                addr: ws_addr,
+                key: "ws.listen",
+                source,
+            }
+        })?;
         ws_addr = ws.local_addr()?;
-        let be = sys::reuseport_listener(backend_addr, config.ws.backlog)
-            .with_context(|| format!("cannot listen on {backend_addr} (backend.listen)"))?;
+        let be = sys::reuseport_listener(backend_addr, config.ws.backlog).map_err(|source| {
+            StartError::Listen {
+                addr: backend_addr,
+                key: "backend.listen",
+                source,
+            }
+        })?;
         backend_addr = be.local_addr()?;
         if uring_ok {
             // io_uring waits for accept readiness itself.

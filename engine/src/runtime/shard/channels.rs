@@ -1,0 +1,282 @@
+//! Channels across shards: publishing at the home shard, subscribing and
+//! leaving, questions to a channel's home shard, and node-wide gathers.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures_channel::oneshot;
+
+use super::*;
+use crate::ops::metrics::{Gauges, ShardMetrics};
+use crate::protocol::codec::close_code;
+use crate::pubsub::channel_table::{Change, ConnKey};
+use crate::pubsub::home_shard::{Since, SubscribeOutcome};
+use crate::pubsub::ops::{PublishResult, SubscribeInfo};
+use crate::pubsub::publication::Publication;
+
+impl Shard {
+    // ----- channels ------------------------------------------------------
+
+    /// Publishes on the channel's home shard (here or by message).
+    pub async fn publish(
+        &self,
+        channel: &str,
+        data: Bytes,
+        exclude: Option<(usize, ConnKey)>,
+    ) -> Result<PublishResult, ShardGone> {
+        let home = self.node.home_of(channel);
+        if home == self.id {
+            return Ok(self.publish_at_home(channel, data, exclude));
+        }
+        let (tx, rx) = oneshot::channel();
+        self.node.mailboxes[home].push(ShardMsg::Publish {
+            channel: channel.into(),
+            data,
+            exclude,
+            reply: tx,
+        });
+        rx.await.map_err(|_| ShardGone)
+    }
+
+    /// The home shard's half of a publish: assign offset and id, build the
+    /// frame once, deliver here and forward to interested shards.
+    pub(super) fn publish_at_home(
+        &self,
+        channel: &str,
+        data: Bytes,
+        exclude: Option<(usize, ConnKey)>,
+    ) -> PublishResult {
+        let node = &self.node;
+        let ts = unix_ms() / 1000;
+        let mut id = 0;
+        let mut home = self.home.borrow_mut();
+        let published = home.publish(channel, Instant::now(), |name, offset| {
+            id = node.next_id();
+            Publication::message(name, offset, id, ts, data)
+        });
+        ShardMetrics::inc(&self.metrics.publications);
+        let p = &published.publication;
+        for shard in home.interested(channel) {
+            let ex = exclude.filter(|&(s, _)| s == shard).map(|(_, k)| k);
+            if shard == self.id {
+                self.deliver(p, ex);
+            } else {
+                node.mailboxes[shard].push(ShardMsg::Deliver {
+                    publication: p.clone(),
+                    exclude: ex,
+                });
+            }
+        }
+        PublishResult {
+            offset: p.offset,
+            id,
+            subscribers: published.subscribers
+                - usize::from(exclude.is_some()).min(published.subscribers),
+        }
+    }
+
+    /// `notify_all`: one broadcast frame, delivered once per connection on
+    /// every shard. Returns (id, connections reached).
+    pub async fn broadcast(&self, data: Bytes) -> (u64, usize) {
+        let id = self.node.next_id();
+        let p = Arc::new(Publication::broadcast(id, unix_ms() / 1000, data));
+        let mut waits = Vec::new();
+        for shard in 0..self.node.shards {
+            if shard != self.id {
+                let (tx, rx) = oneshot::channel();
+                self.node.mailboxes[shard].push(ShardMsg::Broadcast {
+                    publication: p.clone(),
+                    reply: tx,
+                });
+                waits.push(rx);
+            }
+        }
+        let mut n = self.deliver_all(&p);
+        for rx in waits {
+            n += rx.await.unwrap_or(0);
+        }
+        (id, n)
+    }
+
+    pub fn is_subscribed(&self, conn: &Conn, channel: &str) -> bool {
+        conn.subs.borrow().iter().any(|c| &**c == channel)
+    }
+
+    /// Subscribes `conn`; the subscription takes effect at the home shard's
+    /// current offset, and missed publications (with `since`) are queued
+    /// right behind the reply.
+    pub async fn subscribe(
+        &self,
+        conn: &Rc<Conn>,
+        cref: ConnRef,
+        channel: &str,
+        since: Option<Since>,
+    ) -> Result<SubscribeInfo, ShardGone> {
+        let home = self.node.home_of(channel);
+        if home == self.id {
+            let outcome =
+                self.home
+                    .borrow_mut()
+                    .subscribe(channel, self.id, since.as_ref(), Instant::now());
+            self.activate(conn, channel, &outcome);
+            return Ok(SubscribeInfo::from(&outcome));
+        }
+        let (tx, rx) = oneshot::channel();
+        self.node.mailboxes[home].push(ShardMsg::Subscribe {
+            channel: channel.into(),
+            from: self.id,
+            conn: cref,
+            since,
+            reply: tx,
+        });
+        rx.await.map_err(|_| ShardGone)
+    }
+
+    pub(super) fn activate(&self, conn: &Rc<Conn>, channel: &str, outcome: &SubscribeOutcome) {
+        let (name, change) = self.table.borrow_mut().subscribe(channel, conn.key);
+        if matches!(change, Change::Changed { .. }) {
+            let mut subs = conn.subs.borrow_mut();
+            // Most connections hold a few channels: grow one at a time.
+            subs.reserve_exact(1);
+            subs.push(name);
+        }
+        let now = Instant::now();
+        for p in &outcome.replay {
+            self.offer(conn, Self::frame_for(conn, p), now);
+        }
+    }
+
+    /// Removes `conn` from `channel`; false if it was not subscribed.
+    pub fn unsubscribe(&self, conn: &Conn, channel: &str) -> bool {
+        let mut subs = conn.subs.borrow_mut();
+        let Some(pos) = subs.iter().position(|c| &**c == channel) else {
+            return false;
+        };
+        subs.swap_remove(pos);
+        drop(subs);
+        self.leave(channel, conn.key);
+        true
+    }
+
+    pub(super) fn leave(&self, channel: &str, key: ConnKey) {
+        if let Change::Changed { .. } = self.table.borrow_mut().unsubscribe(channel, key) {
+            let home = self.node.home_of(channel);
+            if home == self.id {
+                self.home.borrow_mut().unsubscribe(channel, self.id);
+            } else {
+                self.node.mailboxes[home].push(ShardMsg::Unsubscribe {
+                    channel: channel.into(),
+                    from: self.id,
+                });
+            }
+        }
+    }
+
+    /// Asks the home shard of `channel`.
+    pub async fn ask_home(&self, channel: &str, query: HomeQuery) -> Result<HomeAnswer, ShardGone> {
+        let home = self.node.home_of(channel);
+        if home == self.id {
+            return Ok(self.answer_home(channel, query));
+        }
+        let (tx, rx) = oneshot::channel();
+        self.node.mailboxes[home].push(ShardMsg::Home {
+            channel: channel.into(),
+            query,
+            reply: tx,
+        });
+        rx.await.map_err(|_| ShardGone)
+    }
+
+    pub(super) fn answer_home(&self, channel: &str, query: HomeQuery) -> HomeAnswer {
+        let mut home = self.home.borrow_mut();
+        match query {
+            HomeQuery::Total => HomeAnswer::Total(home.total(channel)),
+            HomeQuery::Last => {
+                let (o, e) = home.last(channel);
+                HomeAnswer::Last(o, e)
+            }
+            HomeQuery::History { since, limit } => {
+                HomeAnswer::History(home.history(channel, since.as_ref(), limit, Instant::now()))
+            }
+        }
+    }
+
+    /// Asks every shard (this one included) and collects the answers in
+    /// shard order.
+    pub async fn gather(&self, query: Gather) -> Vec<ShardReport> {
+        let mut waits = Vec::with_capacity(self.node.shards);
+        for shard in 0..self.node.shards {
+            if shard == self.id {
+                waits.push(None);
+            } else {
+                let (tx, rx) = oneshot::channel();
+                self.node.mailboxes[shard].push(ShardMsg::Gather { query, reply: tx });
+                waits.push(Some(rx));
+            }
+        }
+        let mut out = Vec::with_capacity(waits.len());
+        for w in waits {
+            match w {
+                None => out.push(self.report(query)),
+                Some(rx) => {
+                    if let Ok(r) = rx.await {
+                        out.push(r);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    pub(super) fn report(&self, query: Gather) -> ShardReport {
+        let flushed = if query == Gather::FlushDead {
+            self.flush_dead()
+        } else {
+            0
+        };
+        let table = self.table.borrow();
+        let home = self.home.borrow();
+        ShardReport {
+            shard: self.id,
+            driver: self.driver,
+            gauges: Gauges {
+                connections: self.conns.borrow().len() as u64,
+                subscriptions: table.subscription_count() as u64,
+                channels: table.channel_count() as u64,
+            },
+            home_channels: home.channel_count(),
+            metrics: self.metrics.snapshot(),
+            channels: if query == Gather::Channels {
+                home.channels_with_subscribers()
+                    .map(|(c, n)| (c.to_owned(), n))
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            flushed,
+        }
+    }
+
+    /// Closes connections with a ping outstanding for over a second.
+    pub(super) fn flush_dead(&self) -> usize {
+        let now = Instant::now();
+        let dead: Vec<Rc<Conn>> = self
+            .conns
+            .borrow()
+            .iter()
+            .filter(|c| {
+                c.is_open()
+                    && c.ping_sent
+                        .get()
+                        .is_some_and(|t| now.duration_since(t).as_secs_f32() >= 1.0)
+            })
+            .cloned()
+            .collect();
+        for c in &dead {
+            self.close_conn(c, close_code::GOING_AWAY, "dead client", true, now);
+        }
+        dead.len()
+    }
+}

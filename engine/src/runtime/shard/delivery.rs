@@ -1,0 +1,195 @@
+//! Getting frames to connections: the outbound budget and slow-consumer
+//! policy, server-initiated closes, fan-out of a publication to local
+//! subscribers, and the flusher that writes each dirty connection once per
+//! loop turn.
+
+use std::net::Shutdown;
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::*;
+use crate::ops::metrics::ShardMetrics;
+use crate::protocol::adapter::protocol;
+use crate::protocol::codec::close_code;
+use crate::protocol::websocket::close_frame;
+use crate::pubsub::channel_table::ConnKey;
+use crate::pubsub::publication::Publication;
+use crate::runtime::sys;
+
+impl Shard {
+    pub(super) fn offer(&self, conn: &Rc<Conn>, frame: &Bytes, now: Instant) -> bool {
+        if !conn.is_open() {
+            return false;
+        }
+        let cfg = &self.node.config.limits;
+        match conn.enqueue(frame.clone(), cfg.max_outbound_bytes, cfg.slow_consumer) {
+            Enqueued::Queued => {
+                self.mark_dirty(conn);
+                true
+            }
+            Enqueued::Dropped => {
+                ShardMetrics::inc(&self.metrics.dropped_deliveries);
+                false
+            }
+            Enqueued::OverBudget => {
+                ShardMetrics::inc(&self.metrics.slow_consumer_disconnects);
+                self.close_conn(
+                    conn,
+                    close_code::POLICY_VIOLATION,
+                    "slow consumer",
+                    true,
+                    now,
+                );
+                false
+            }
+        }
+    }
+
+    /// Queues a reply or control frame (never dropped).
+    pub fn send_control(&self, conn: &Rc<Conn>, frame: Bytes) {
+        conn.enqueue_control(frame);
+        self.mark_dirty(conn);
+    }
+
+    pub fn mark_dirty(&self, conn: &Conn) {
+        if !conn.dirty.replace(true) {
+            self.dirty.borrow_mut().push(conn.key);
+            self.flush_signal.notify();
+        }
+    }
+
+    /// Starts a server-side close: queue the close frame, stop the reader.
+    pub fn close_conn(
+        &self,
+        conn: &Rc<Conn>,
+        code: u16,
+        reason: &str,
+        discard: bool,
+        now: Instant,
+    ) {
+        if conn.begin_close(Bytes::from(close_frame(code, reason)), discard, now) {
+            self.mark_dirty(conn);
+            // Wakes the reader with end-of-stream; it cleans up and drains.
+            shutdown_read(conn);
+        }
+    }
+
+    /// The form of `p` that `conn`'s protocol delivers (built once per
+    /// publication, then shared).
+    pub(super) fn frame_for<'a>(conn: &Conn, p: &'a Publication) -> &'a Bytes {
+        p.form(usize::from(conn.proto), |p| {
+            protocol(conn.proto).encode_publication(p)
+        })
+    }
+
+    /// Delivers a channel publication to this shard's subscribers.
+    pub fn deliver(&self, p: &Publication, exclude: Option<ConnKey>) -> usize {
+        let Some(channel) = p.channel.as_deref() else {
+            return 0;
+        };
+        let table = self.table.borrow();
+        let Some(subs) = table.subscribers(channel) else {
+            return 0;
+        };
+        let conns = self.conns.borrow();
+        let now = Instant::now();
+        let mut n = 0;
+        for &key in subs {
+            if Some(key) == exclude {
+                continue;
+            }
+            if let Some(conn) = conns.get(key) {
+                n += self.offer(conn, Self::frame_for(conn, p), now) as usize;
+            }
+        }
+        ShardMetrics::add(&self.metrics.deliveries, n as u64);
+        n
+    }
+
+    /// Delivers a broadcast to every local connection once.
+    pub fn deliver_all(&self, p: &Publication) -> usize {
+        let conns = self.conns.borrow();
+        let now = Instant::now();
+        let mut n = 0;
+        for conn in conns.iter() {
+            n += self.offer(conn, Self::frame_for(conn, p), now) as usize;
+        }
+        ShardMetrics::add(&self.metrics.deliveries, n as u64);
+        n
+    }
+
+    pub async fn run_flusher(self: Rc<Self>) {
+        loop {
+            self.flush_signal.wait().await;
+            let mut batch = std::mem::take(&mut *self.spare_dirty.borrow_mut());
+            std::mem::swap(&mut batch, &mut *self.dirty.borrow_mut());
+            for key in batch.drain(..) {
+                let conn = self.conns.borrow().get(key).cloned();
+                if let Some(conn) = conn {
+                    conn.dirty.set(false);
+                    self.flush_conn(&conn);
+                }
+            }
+            *self.spare_dirty.borrow_mut() = batch;
+        }
+    }
+
+    /// Writes what `conn`'s socket takes now, through the shard's gather
+    /// buffer.
+    pub(crate) fn flush_now(&self, conn: &Conn) -> std::io::Result<(bool, usize)> {
+        conn.flush(&mut self.gather.borrow_mut())
+    }
+
+    /// One flush attempt; starts a writer task if the socket is full.
+    pub fn flush_conn(self: &Rc<Self>, conn: &Rc<Conn>) {
+        if conn.write_blocked.get() {
+            return;
+        }
+        match self.flush_now(conn) {
+            Ok((drained, n)) => {
+                ShardMetrics::add(&self.metrics.bytes_out, n as u64);
+                if !drained {
+                    conn.write_blocked.set(true);
+                    monoio::spawn(wait_writable(self.clone(), conn.clone()));
+                }
+            }
+            Err(_) => {
+                // The peer is gone: stop the reader, which cleans up.
+                conn.mark_closing(Instant::now());
+                shutdown_read(conn);
+            }
+        }
+    }
+}
+
+/// Makes a waiting reader see end-of-stream (Linux wakes pollers on SHUT_RD).
+pub(super) fn shutdown_read(conn: &Conn) {
+    sys::shutdown_socket(conn.fd(), Shutdown::Read);
+}
+
+async fn wait_writable(shard: Rc<Shard>, conn: Rc<Conn>) {
+    loop {
+        if conn.stream.writable(false).await.is_err() {
+            break;
+        }
+        match shard.flush_now(&conn) {
+            Ok((drained, n)) => {
+                ShardMetrics::add(&shard.metrics.bytes_out, n as u64);
+                if drained {
+                    break;
+                }
+            }
+            Err(_) => {
+                conn.mark_closing(Instant::now());
+                sys::shutdown_socket(conn.fd(), Shutdown::Both);
+                break;
+            }
+        }
+    }
+    conn.write_blocked.set(false);
+    if conn.has_writable() {
+        shard.mark_dirty(&conn);
+    }
+}

@@ -1,0 +1,243 @@
+//! The shard's long-running tasks besides the flusher: the mailbox loop,
+//! the once-a-second timer (pings, pong deadlines, stuck closes, history
+//! expiry) and shutdown.
+
+use std::net::Shutdown;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::protocol::codec::close_code;
+use crate::pubsub::ops::SubscribeInfo;
+use crate::runtime::sys;
+
+impl Shard {
+    // ----- the shard's loops ---------------------------------------------
+
+    /// Handles one message from another shard.
+    pub fn handle_msg(&self, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Publish {
+                channel,
+                data,
+                exclude,
+                reply,
+            } => {
+                let r = self.publish_at_home(&channel, data, exclude);
+                let _ = reply.send(r);
+            }
+            ShardMsg::Deliver {
+                publication,
+                exclude,
+            } => {
+                self.deliver(&publication, exclude);
+            }
+            ShardMsg::Broadcast { publication, reply } => {
+                let _ = reply.send(self.deliver_all(&publication));
+            }
+            ShardMsg::Subscribe {
+                channel,
+                from,
+                conn,
+                since,
+                reply,
+            } => {
+                let outcome = self.home.borrow_mut().subscribe(
+                    &channel,
+                    from,
+                    since.as_ref(),
+                    Instant::now(),
+                );
+                self.node.mailboxes[from].push(ShardMsg::SubscribeAck {
+                    channel,
+                    conn,
+                    outcome,
+                    reply,
+                });
+            }
+            ShardMsg::SubscribeAck {
+                channel,
+                conn,
+                outcome,
+                reply,
+            } => match self.conn(conn).filter(|c| c.is_open()) {
+                Some(c) => {
+                    self.activate(&c, &channel, &outcome);
+                    let _ = reply.send(SubscribeInfo::from(&outcome));
+                }
+                None => {
+                    // The subscriber left while the ack was under way.
+                    let home = self.node.home_of(&channel);
+                    self.node.mailboxes[home].push(ShardMsg::Unsubscribe {
+                        channel,
+                        from: self.id,
+                    });
+                }
+            },
+            ShardMsg::Unsubscribe { channel, from } => {
+                self.home.borrow_mut().unsubscribe(&channel, from);
+            }
+            ShardMsg::Home {
+                channel,
+                query,
+                reply,
+            } => {
+                let _ = reply.send(self.answer_home(&channel, query));
+            }
+            ShardMsg::Gather { query, reply } => {
+                let _ = reply.send(self.report(query));
+            }
+            ShardMsg::Shutdown => self.begin_shutdown(),
+        }
+    }
+
+    /// Stop accepting, close every client with 1001.
+    pub fn begin_shutdown(&self) {
+        if self.shutdown.is_raised() {
+            return;
+        }
+        self.shutdown.raise();
+        let now = Instant::now();
+        let conns: Vec<Rc<Conn>> = self.conns.borrow().iter().cloned().collect();
+        for c in &conns {
+            self.close_conn(c, close_code::GOING_AWAY, "server shutdown", false, now);
+        }
+        if self.sessions.get() == 0 {
+            self.drained.notify();
+        }
+    }
+
+    /// Pings, pong deadlines, stuck closes and history expiry, once a second.
+    pub async fn run_timer(self: Rc<Self>) {
+        let cfg = &self.node.config;
+        let (interval, pong_timeout) = (cfg.ping_interval(), cfg.pong_timeout());
+        let mut ticks = 0u64;
+        loop {
+            monoio::time::sleep(std::time::Duration::from_secs(1)).await;
+            ticks += 1;
+            let now = Instant::now();
+            let conns: Vec<Rc<Conn>> = self.conns.borrow().iter().cloned().collect();
+            for c in &conns {
+                let clock = Liveness {
+                    closing_since: c.closing_since.get(),
+                    ping_sent: c.ping_sent.get(),
+                    last_seen: c.last_seen.get(),
+                };
+                match clock.poll(now, interval, pong_timeout) {
+                    Tick::Idle => {}
+                    Tick::ForceClose => sys::shutdown_socket(c.fd(), Shutdown::Both),
+                    Tick::PongTimeout => {
+                        self.close_conn(c, close_code::INTERNAL_ERROR, "pong timeout", true, now)
+                    }
+                    Tick::Ping => {
+                        c.ping_sent.set(Some(now));
+                        self.send_control(c, self.ping.clone());
+                    }
+                }
+            }
+            if ticks.is_multiple_of(10) {
+                self.home.borrow_mut().prune(now);
+            }
+        }
+    }
+
+    /// Drains the mailbox until shutdown has completed.
+    pub async fn run_mailbox(self: Rc<Self>) {
+        let mailbox = &self.node.mailboxes[self.id];
+        loop {
+            let msg = mailbox.recv().await;
+            self.handle_msg(msg);
+            // Take what else is there now, but let I/O run between bursts.
+            for _ in 0..1024 {
+                match mailbox.try_pop() {
+                    Some(m) => self.handle_msg(m),
+                    None => break,
+                }
+            }
+        }
+    }
+}
+
+/// A connection's liveness clock, as the once-a-second timer sees it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Liveness {
+    /// When the server started closing it.
+    pub closing_since: Option<Instant>,
+    /// When the unanswered ping went out.
+    pub ping_sent: Option<Instant>,
+    /// When the client last sent anything.
+    pub last_seen: Instant,
+}
+
+/// What the timer does to one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Tick {
+    Idle,
+    /// The client has not finished the close handshake in time: cut the
+    /// socket.
+    ForceClose,
+    /// No pong within the deadline: close with 1011.
+    PongTimeout,
+    /// Quiet for `ping_interval`: send a ping.
+    Ping,
+}
+
+impl Liveness {
+    pub fn poll(&self, now: Instant, interval: Duration, pong_timeout: Duration) -> Tick {
+        match (self.closing_since, self.ping_sent) {
+            (Some(t), _) if now.duration_since(t) > pong_timeout => Tick::ForceClose,
+            (Some(_), _) => Tick::Idle,
+            (None, Some(t)) if now.duration_since(t) > pong_timeout => Tick::PongTimeout,
+            (None, Some(_)) => Tick::Idle,
+            (None, None) if now.duration_since(self.last_seen) >= interval => Tick::Ping,
+            (None, None) => Tick::Idle,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    fn at(t0: Instant, s: u64) -> Instant {
+        t0 + S * s as u32
+    }
+
+    #[test]
+    fn quiet_connection_is_pinged_after_the_interval() {
+        let t0 = Instant::now();
+        let l = Liveness {
+            closing_since: None,
+            ping_sent: None,
+            last_seen: t0,
+        };
+        assert_eq!(l.poll(at(t0, 24), 25 * S, 10 * S), Tick::Idle);
+        assert_eq!(l.poll(at(t0, 25), 25 * S, 10 * S), Tick::Ping);
+    }
+
+    #[test]
+    fn unanswered_ping_times_out() {
+        let t0 = Instant::now();
+        let l = Liveness {
+            closing_since: None,
+            ping_sent: Some(t0),
+            last_seen: t0,
+        };
+        assert_eq!(l.poll(at(t0, 10), 25 * S, 10 * S), Tick::Idle);
+        assert_eq!(l.poll(at(t0, 11), 25 * S, 10 * S), Tick::PongTimeout);
+    }
+
+    #[test]
+    fn stuck_close_is_cut_and_never_pinged() {
+        let t0 = Instant::now();
+        let l = Liveness {
+            closing_since: Some(t0),
+            ping_sent: None,
+            last_seen: t0 - 100 * S,
+        };
+        assert_eq!(l.poll(at(t0, 5), 25 * S, 10 * S), Tick::Idle);
+        assert_eq!(l.poll(at(t0, 11), 25 * S, 10 * S), Tick::ForceClose);
+    }
+}

@@ -1,0 +1,114 @@
+//! The messages shards exchange, and the questions and answers they carry.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_channel::oneshot;
+
+use crate::ops::metrics::{Gauges, MetricsSnapshot};
+use crate::pubsub::channel_table::ConnKey;
+use crate::pubsub::home_shard::{HistoryOutcome, Since, SubscribeOutcome};
+use crate::pubsub::ops::{PublishResult, SubscribeInfo};
+use crate::pubsub::publication::Publication;
+
+/// A connection's identity across shards: slab key plus a per-shard serial
+/// (so a reused slab key is never mistaken for the old connection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnRef {
+    pub key: ConnKey,
+    pub serial: u64,
+}
+
+/// A question for a channel's home shard.
+#[derive(Debug)]
+pub enum HomeQuery {
+    Total,
+    Last,
+    History { since: Option<Since>, limit: usize },
+}
+
+#[derive(Debug)]
+pub enum HomeAnswer {
+    Total(usize),
+    Last(u64, Arc<str>),
+    History(HistoryOutcome),
+}
+
+/// A question every shard answers for itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gather {
+    Stats,
+    /// Stats plus the home channels that have subscribers.
+    Channels,
+    /// Close connections whose pings went unanswered.
+    FlushDead,
+}
+
+/// One shard's answer to a [`Gather`].
+#[derive(Debug, Clone, Default)]
+pub struct ShardReport {
+    pub shard: usize,
+    pub driver: &'static str,
+    pub gauges: Gauges,
+    pub home_channels: usize,
+    pub metrics: MetricsSnapshot,
+    pub channels: Vec<(String, usize)>,
+    pub flushed: usize,
+}
+
+/// Messages between shards.
+pub enum ShardMsg {
+    /// To the home shard: publish `data` on `channel`.
+    Publish {
+        channel: Box<str>,
+        data: Bytes,
+        exclude: Option<(usize, ConnKey)>,
+        reply: oneshot::Sender<PublishResult>,
+    },
+    /// From the home shard: deliver to local subscribers of the channel.
+    Deliver {
+        publication: Arc<Publication>,
+        exclude: Option<ConnKey>,
+    },
+    /// Deliver to every local connection once.
+    Broadcast {
+        publication: Arc<Publication>,
+        reply: oneshot::Sender<usize>,
+    },
+    /// To the home shard: one more subscriber on shard `from`.
+    Subscribe {
+        channel: Box<str>,
+        from: usize,
+        conn: ConnRef,
+        since: Option<Since>,
+        reply: oneshot::Sender<SubscribeInfo>,
+    },
+    /// From the home shard, in order with its `Deliver`s: the subscription
+    /// takes effect now.
+    SubscribeAck {
+        channel: Box<str>,
+        conn: ConnRef,
+        outcome: SubscribeOutcome,
+        reply: oneshot::Sender<SubscribeInfo>,
+    },
+    /// To the home shard: one subscriber on shard `from` left.
+    Unsubscribe {
+        channel: Box<str>,
+        from: usize,
+    },
+    Home {
+        channel: Box<str>,
+        query: HomeQuery,
+        reply: oneshot::Sender<HomeAnswer>,
+    },
+    Gather {
+        query: Gather,
+        reply: oneshot::Sender<ShardReport>,
+    },
+    Shutdown,
+}
+
+/// The error a cross-shard call returns when the other shard has stopped.
+#[derive(Debug, thiserror::Error)]
+#[error("shard is shutting down")]
+pub struct ShardGone;

@@ -1,0 +1,60 @@
+//! What every shard of a node shares: the configuration, the mailboxes,
+//! the publication id clock and the node-wide connection count.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::*;
+use crate::ops::config::Config;
+use crate::pubsub::home_shard::home_of;
+
+/// What every shard shares: configuration, the mailboxes and the id clock.
+pub struct Node {
+    pub config: Config,
+    pub shards: usize,
+    pub mailboxes: Vec<Mailbox<ShardMsg>>,
+    /// Node-wide publication ids: strictly increasing, seeded from the Unix
+    /// time in milliseconds so they never go back across restarts.
+    next_id: AtomicU64,
+    pub start_ms: u64,
+    /// Open WebSocket connections over all shards (checked against
+    /// `max_connections` at accept; touched once per connect/disconnect).
+    pub(super) connections: AtomicUsize,
+}
+
+impl Node {
+    pub fn new(config: Config, shards: usize) -> Arc<Node> {
+        let start_ms = unix_ms();
+        Arc::new(Node {
+            config,
+            shards,
+            mailboxes: (0..shards).map(|_| Mailbox::new()).collect(),
+            next_id: AtomicU64::new(start_ms),
+            start_ms,
+            connections: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    pub fn last_id(&self) -> u64 {
+        self.next_id.load(Ordering::Relaxed)
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    pub fn home_of(&self, channel: &str) -> usize {
+        home_of(channel, self.shards)
+    }
+}
+
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
