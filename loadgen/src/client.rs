@@ -494,19 +494,16 @@ fn handle_readable(conn: &mut Conn, ctx: &mut Ctx, rbuf: &mut Vec<u8>) -> Result
     Ok(())
 }
 
-/// Runs one client thread to completion.
-pub fn run_thread(plan: ThreadPlan, control: Arc<Control>) -> ThreadStats {
-    if let Some(core) = plan.core {
-        core_affinity::set_for_current(core_affinity::CoreId { id: core });
-    }
-    let mut poll = Poll::new().expect("epoll instance");
-    let mut events = Events::with_capacity(1024);
-    let mut conns: Slab<Conn> = Slab::with_capacity(plan.connections.len());
-    let mut rbuf = vec![0u8; READ_BUF];
-    let channels = plan.channel_names.len();
-    let mut ctx = Ctx {
-        plan: &plan,
-        stats: ThreadStats {
+/// How long one `poll` waits for events.
+const POLL_TIMEOUT: Duration = Duration::from_millis(5);
+/// How often handshake timeouts and the drain condition are checked.
+const SWEEP_EVERY: Duration = Duration::from_millis(10);
+/// How often chat traffic is generated.
+const CHAT_TICK: Duration = Duration::from_millis(1);
+
+impl ThreadStats {
+    fn new() -> Self {
+        ThreadStats {
             opened: 0,
             connect_failures: BTreeMap::new(),
             connect_hist: new_histogram(),
@@ -521,372 +518,535 @@ pub fn run_thread(plan: ThreadPlan, control: Arc<Control>) -> ThreadStats {
             churned: 0,
             last_delivery_wall_ns: 0,
             connect_done_ns: 0,
-        },
-        now_wall_ns: wall_ns(),
-        now_ns: control.since_epoch_ns(),
-        finals: None,
-        rng: 0x9E37_79B9_7F4A_7C15 ^ (plan.index as u64 + 1).wrapping_mul(0x2545_F491_4F6C_DD1D),
-        next_id: 0,
-        acked: vec![0; channels],
-        scratch: Vec::new(),
-        progress: 0,
-    };
-    let mut last_sweep = Instant::now();
-    let mut stall_state = 0u8;
-    let mut stall_started = Instant::now();
-    let mut last_chat_tick = Instant::now();
-    let mut next_conn = 0usize; // next index into plan.connections to open
-    let mut in_handshake = 0usize;
-    let mut ready_signalled = false;
-    let mut sent_signalled = false;
-    let mut dead_subs: Vec<Sub> = Vec::new();
-    let churn_start = Instant::now();
-    let mut churn_opened = 0u64;
-    let mut run_started: Option<Instant> = None;
-    let mut chat_due_base = 0u64;
-    let mut rr = 0usize;
-    let mut last_progress = 0u64;
-    let poll_timeout = Duration::from_millis(5);
+        }
+    }
+}
 
-    let total = plan.connections.len();
+impl Conn {
+    /// A connection whose TCP connect to the server is under way.
+    fn connecting(sock: TcpStream, channels: &[u32], stalled: bool) -> Self {
+        Conn {
+            sock,
+            state: State::Connecting,
+            key: handshake::new_key(),
+            started: Instant::now(),
+            out: Vec::new(),
+            partial: Vec::new(),
+            frag: Vec::new(),
+            frag_op: 0,
+            subs: channels
+                .iter()
+                .map(|&c| Sub {
+                    chan: c,
+                    start: 0,
+                    subscribed: false,
+                    own: 0,
+                    tracker: OffsetTracker::new(0),
+                })
+                .collect(),
+            pending_subs: 0,
+            sent: 0,
+            stalled,
+            inflight: Vec::new(),
+        }
+    }
+
+    /// Still connecting, upgrading or subscribing.
+    fn handshaking(&self) -> bool {
+        matches!(
+            self.state,
+            State::Connecting | State::Upgrading | State::Subscribing
+        )
+    }
+}
+
+/// Fault injection progress (see [`ThreadPlan::stall`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stall {
+    NotYet,
+    Stalled(Instant),
+    Over,
+}
+
+/// One client thread's event loop state: its connections and what it has
+/// measured so far. [`run_thread`] drives it one loop turn at a time.
+struct Pool<'a> {
+    plan: &'a ThreadPlan,
+    control: &'a Control,
+    poll: Poll,
+    conns: Slab<Conn>,
+    /// The thread's reusable read buffer.
+    rbuf: Vec<u8>,
+    ctx: Ctx<'a>,
+    /// Next index into `plan.connections` to open.
+    next_conn: usize,
+    /// Connections not yet subscribed.
+    in_handshake: usize,
+    /// Subscriptions of closed connections, kept for the final books.
+    dead_subs: Vec<Sub>,
+    churn_start: Instant,
+    churn_opened: u64,
+    stall: Stall,
+    last_sweep: Instant,
+    ready_signalled: bool,
+    sent_signalled: bool,
+    last_chat_tick: Instant,
+    /// Chat: when the measured phase started, and `stats.sent` then.
+    run_started: Option<Instant>,
+    chat_due_base: u64,
+    /// Chat: round-robin position over the open connections.
+    rr: usize,
+    /// Deliveries already added to `control.delivered`.
+    last_progress: u64,
+}
+
+impl<'a> Pool<'a> {
+    fn new(plan: &'a ThreadPlan, control: &'a Control) -> Self {
+        let ctx = Ctx {
+            plan,
+            stats: ThreadStats::new(),
+            now_wall_ns: wall_ns(),
+            now_ns: control.since_epoch_ns(),
+            finals: None,
+            rng: 0x9E37_79B9_7F4A_7C15
+                ^ (plan.index as u64 + 1).wrapping_mul(0x2545_F491_4F6C_DD1D),
+            next_id: 0,
+            acked: vec![0; plan.channel_names.len()],
+            scratch: Vec::new(),
+            progress: 0,
+        };
+        Pool {
+            plan,
+            control,
+            poll: Poll::new().expect("epoll instance"),
+            conns: Slab::with_capacity(plan.connections.len()),
+            rbuf: vec![0u8; READ_BUF],
+            ctx,
+            next_conn: 0,
+            in_handshake: 0,
+            dead_subs: Vec::new(),
+            churn_start: Instant::now(),
+            churn_opened: 0,
+            stall: Stall::NotYet,
+            last_sweep: Instant::now(),
+            ready_signalled: false,
+            sent_signalled: false,
+            last_chat_tick: Instant::now(),
+            run_started: None,
+            chat_due_base: 0,
+            rr: 0,
+            last_progress: 0,
+        }
+    }
+
+    /// Whether churn is owed another connection by now.
+    fn churn_due(&self, rate: f64) -> bool {
+        (self.churn_start.elapsed().as_secs_f64() * rate) as u64 > self.churn_opened
+    }
+
+    /// The next connection to open, as (its number, its channels), if one
+    /// is due.
+    fn next_to_open(&mut self) -> Option<(usize, Vec<u32>)> {
+        let total = self.plan.connections.len();
+        if let Some(rate) = self.plan.churn_rate {
+            if !self.churn_due(rate) {
+                return None;
+            }
+            self.churn_opened += 1;
+            let n = self.churn_opened as usize;
+            Some((n, self.plan.connections[n % total.max(1)].clone()))
+        } else {
+            if self.next_conn >= total {
+                return None;
+            }
+            self.next_conn += 1;
+            let n = self.next_conn - 1;
+            Some((n, self.plan.connections[n].clone()))
+        }
+    }
+
+    /// Opens new connections within the concurrency bound.
+    fn open_connections(&mut self, ph: u8) {
+        let plan = self.plan;
+        let want_more = match plan.churn_rate {
+            Some(rate) => ph < phase::DRAIN && self.churn_due(rate),
+            None => self.next_conn < plan.connections.len(),
+        };
+        let concurrency = plan.concurrency.max(1);
+        if !want_more || self.in_handshake >= concurrency {
+            return;
+        }
+        for _ in 0..concurrency - self.in_handshake {
+            let Some((n, channels)) = self.next_to_open() else {
+                break;
+            };
+            let stalled = plan
+                .stall
+                .as_ref()
+                .is_some_and(|(v, _)| plan.churn_rate.is_none() && v.contains(&n));
+            if let Err(e) = self.open(n, &channels, stalled) {
+                *self
+                    .ctx
+                    .stats
+                    .connect_failures
+                    .entry(io_reason(&e))
+                    .or_default() += 1;
+            }
+        }
+    }
+
+    /// Starts connection number `n` and registers it with the poller.
+    fn open(&mut self, n: usize, channels: &[u32], stalled: bool) -> io::Result<()> {
+        let sock = start_connect(self.plan, n + self.plan.index, stalled)?;
+        let entry = self.conns.vacant_entry();
+        let mut conn = Conn::connecting(sock, channels, stalled);
+        self.poll.registry().register(
+            &mut conn.sock,
+            Token(entry.key()),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        entry.insert(conn);
+        self.in_handshake += 1;
+        Ok(())
+    }
+
+    /// Fault injection: once the measured phase starts, stalled connections
+    /// stop reading for the planned time, then resume.
+    fn apply_stall(&mut self, ph: u8) {
+        let Some((_, duration)) = &self.plan.stall else {
+            return;
+        };
+        let interest = match self.stall {
+            Stall::NotYet if ph >= phase::RUN => {
+                self.stall = Stall::Stalled(Instant::now());
+                Interest::WRITABLE
+            }
+            Stall::Stalled(since) if since.elapsed() >= *duration => {
+                self.stall = Stall::Over;
+                Interest::READABLE | Interest::WRITABLE
+            }
+            _ => return,
+        };
+        for (k, c) in self.conns.iter_mut().filter(|(_, c)| c.stalled) {
+            let _ = self
+                .poll
+                .registry()
+                .reregister(&mut c.sock, Token(k), interest);
+        }
+    }
+
+    /// Handles one readiness event of one connection.
+    fn handle_event(&mut self, ev: &mio::event::Event) {
+        let key = ev.token().0;
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let before = conn.state;
+        let mut result: Result<(), End> = Ok(());
+        if conn.state == State::Connecting {
+            if ev.is_error() || ev.is_read_closed() || ev.is_write_closed() {
+                let err = conn
+                    .sock
+                    .take_error()
+                    .ok()
+                    .flatten()
+                    .unwrap_or_else(|| io::Error::other("connect failed"));
+                result = Err(End::ConnectFailed(io_reason(&err)));
+            } else if ev.is_writable() {
+                match conn.sock.peer_addr() {
+                    Ok(_) => {
+                        conn.out.extend_from_slice(&handshake::request(
+                            &self.plan.host_header,
+                            &self.plan.path,
+                            &conn.key,
+                        ));
+                        conn.state = State::Upgrading;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+                    Err(e) => result = Err(End::ConnectFailed(io_reason(&e))),
+                }
+            }
+        }
+        if result.is_ok() && ev.is_readable() && conn.state != State::Connecting {
+            result = handle_readable(conn, &mut self.ctx, &mut self.rbuf);
+        }
+        if result.is_ok() && !conn.out.is_empty() {
+            result = flush(conn);
+        }
+        let was_handshaking = matches!(
+            before,
+            State::Connecting | State::Upgrading | State::Subscribing
+        );
+        if was_handshaking && conn.state == State::Open {
+            self.in_handshake -= 1;
+            self.control.open.fetch_add(1, Ordering::Relaxed);
+            if self.plan.churn_rate.is_some() {
+                // Churn: close right after the subscription is confirmed.
+                let mask = self.ctx.mask();
+                frame::encode_masked(&mut conn.out, opcode::CLOSE, &1000u16.to_be_bytes(), mask);
+                conn.state = State::Closing;
+                result = flush(conn);
+            }
+        }
+        if let Err(end) = result {
+            self.close(key, end);
+        }
+    }
+
+    /// Removes an ended connection and books why it ended.
+    fn close(&mut self, key: usize, end: End) {
+        let conn = self.conns.remove(key);
+        let handshaking = conn.handshaking();
+        if handshaking {
+            self.in_handshake -= 1;
+        }
+        if conn.state == State::Open {
+            self.control.open.fetch_sub(1, Ordering::Relaxed);
+        }
+        let stats = &mut self.ctx.stats;
+        match end {
+            End::Done => stats.churned += 1,
+            End::ConnectFailed(r) => *stats.connect_failures.entry(r).or_default() += 1,
+            End::Unexpected(r) if handshaking => *stats.connect_failures.entry(r).or_default() += 1,
+            End::Unexpected(r) => {
+                stats.unexpected_closes += 1;
+                *stats.close_reasons.entry(r).or_default() += 1;
+            }
+        }
+        self.dead_subs.extend(conn.subs);
+    }
+
+    /// Whether a sweep (timeouts, drain check) is due this turn.
+    fn sweep_due(&mut self) -> bool {
+        let due = self.last_sweep.elapsed() >= SWEEP_EVERY;
+        if due {
+            self.last_sweep = Instant::now();
+        }
+        due
+    }
+
+    /// Drops connections whose handshake took longer than the connect
+    /// timeout.
+    fn expire_handshakes(&mut self) {
+        if self.in_handshake == 0 {
+            return;
+        }
+        let limit = self.plan.connect_timeout;
+        let timed_out: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.handshaking() && c.started.elapsed() > limit)
+            .map(|(k, _)| k)
+            .collect();
+        for k in timed_out {
+            let conn = self.conns.remove(k);
+            self.in_handshake -= 1;
+            *self
+                .ctx
+                .stats
+                .connect_failures
+                .entry("timeout".into())
+                .or_default() += 1;
+            self.dead_subs.extend(conn.subs);
+        }
+    }
+
+    /// Churn: forgets connections whose close handshake never finished.
+    fn expire_churned(&mut self) {
+        if self.plan.churn_rate.is_none() {
+            return;
+        }
+        let limit = self.plan.connect_timeout * 2;
+        let stale: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.state == State::Closing && c.started.elapsed() > limit)
+            .map(|(k, _)| k)
+            .collect();
+        for k in stale {
+            self.conns.remove(k);
+            self.ctx.stats.churned += 1;
+        }
+    }
+
+    /// Tells the main thread once this thread has finished connecting
+    /// (churn threads at once: they never finish).
+    fn signal_ready(&mut self) {
+        if self.ready_signalled {
+            return;
+        }
+        if self.next_conn >= self.plan.connections.len() && self.in_handshake == 0 {
+            self.ready_signalled = true;
+            self.ctx.stats.connect_done_ns = self.control.since_epoch_ns();
+            self.control.ready.fetch_add(1, Ordering::AcqRel);
+        } else if self.plan.churn_rate.is_some() {
+            self.ready_signalled = true;
+            self.control.ready.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Chat: sends what is due in the measured phase, then, once sending
+    /// stops, reports this thread's acknowledged offsets.
+    fn chat(&mut self, ph: u8, chat: &ChatPlan) {
+        if ph == phase::RUN && self.last_chat_tick.elapsed() >= CHAT_TICK {
+            self.last_chat_tick = Instant::now();
+            self.send_due_chat(chat);
+        }
+        if ph >= phase::STOP_SENDING && !self.sent_signalled {
+            self.report_acked();
+        }
+    }
+
+    /// Sends the `send_data` calls due by now at `chat.rate_per_client`,
+    /// round-robin over the open connections.
+    fn send_due_chat(&mut self, chat: &ChatPlan) {
+        let sent = self.ctx.stats.sent;
+        let started = *self.run_started.get_or_insert_with(|| {
+            self.chat_due_base = sent;
+            Instant::now()
+        });
+        let open: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.state == State::Open)
+            .map(|(k, _)| k)
+            .collect();
+        if open.is_empty() {
+            return;
+        }
+        let rate = chat.rate_per_client * open.len() as f64;
+        let due = (started.elapsed().as_secs_f64() * rate) as u64;
+        let mut to_send = (self.chat_due_base + due)
+            .saturating_sub(self.ctx.stats.sent)
+            .min(open.len() as u64 * 4);
+        let mut tried = 0;
+        while to_send > 0 && tried < open.len() * 2 {
+            let k = open[self.rr % open.len()];
+            self.rr += 1;
+            tried += 1;
+            let conn = &mut self.conns[k];
+            if chat.messages_per_client.is_some_and(|m| conn.sent >= m) {
+                continue;
+            }
+            send_chat(conn, &mut self.ctx, chat.size);
+            to_send -= 1;
+        }
+        for k in open {
+            let conn = &mut self.conns[k];
+            if !conn.out.is_empty() {
+                // On error the read side reports the close.
+                let _ = flush(conn);
+            }
+        }
+    }
+
+    /// Once no own message awaits its ack (or the deadline passed), merges
+    /// this thread's acknowledged offsets into `control.acked`.
+    fn report_acked(&mut self) {
+        let waiting = self
+            .conns
+            .iter()
+            .any(|(_, c)| c.state == State::Open && !c.inflight.is_empty());
+        let deadline_passed =
+            self.ctx.now_ns > self.control.drain_deadline_ns.load(Ordering::Relaxed);
+        if waiting && !deadline_passed {
+            return;
+        }
+        self.sent_signalled = true;
+        let mut acked = self.control.acked.lock().expect("acked lock");
+        for (m, &x) in acked.iter_mut().zip(&self.ctx.acked) {
+            *m = (*m).max(x);
+        }
+        drop(acked);
+        self.control.sent_done.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Adds the deliveries since the last call to `control.delivered`.
+    fn report_progress(&mut self) {
+        let d = self.ctx.progress;
+        if d != self.last_progress {
+            self.control
+                .delivered
+                .fetch_add(d - self.last_progress, Ordering::Relaxed);
+            self.last_progress = d;
+        }
+    }
+
+    /// In DRAIN: whether every open subscription has received up to its
+    /// channel's final offset and every close finished, or the deadline
+    /// passed.
+    fn drained(&mut self) -> bool {
+        if self.ctx.finals.is_none() {
+            self.ctx.finals = self.control.finals.get().map(|v| v.as_slice());
+        }
+        let Some(finals) = self.ctx.finals else {
+            return false;
+        };
+        let pending = self.conns.iter().any(|(_, c)| {
+            c.state == State::Open
+                && c.subs
+                    .iter()
+                    .any(|s| s.tracker.outstanding(finals[s.chan as usize]) > 0)
+        });
+        let closing = self.conns.iter().any(|(_, c)| c.state == State::Closing);
+        (!pending && !closing)
+            || self.ctx.now_ns > self.control.drain_deadline_ns.load(Ordering::Relaxed)
+    }
+
+    /// Closes the books on every subscription, open or closed.
+    fn finish(mut self) -> ThreadStats {
+        if self.ctx.finals.is_none() {
+            self.ctx.finals = self.control.finals.get().map(|v| v.as_slice());
+        }
+        for (_, conn) in self.conns.iter_mut() {
+            self.dead_subs.append(&mut conn.subs);
+        }
+        let (counts, expected) = close_books(&self.dead_subs, self.ctx.finals);
+        self.ctx.stats.counts = counts;
+        self.ctx.stats.expected = expected;
+        self.ctx.stats
+    }
+}
+
+/// Runs one client thread to completion.
+pub fn run_thread(plan: ThreadPlan, control: Arc<Control>) -> ThreadStats {
+    if let Some(core) = plan.core {
+        core_affinity::set_for_current(core_affinity::CoreId { id: core });
+    }
+    let mut pool = Pool::new(&plan, &control);
+    let mut events = Events::with_capacity(1024);
     loop {
         let ph = control.phase.load(Ordering::Acquire);
         if control.abort.load(Ordering::Relaxed) {
             break;
         }
-        // Open new connections within the concurrency bound.
-        let churning = plan.churn_rate.is_some() && ph < phase::DRAIN;
-        let want_more = if let Some(rate) = plan.churn_rate {
-            churning && (churn_start.elapsed().as_secs_f64() * rate) as u64 > churn_opened
-        } else {
-            next_conn < total
-        };
-        if want_more && in_handshake < plan.concurrency.max(1) {
-            let mut budget = plan.concurrency.max(1) - in_handshake;
-            while budget > 0 {
-                let (n, subs) = if plan.churn_rate.is_some() {
-                    if (churn_start.elapsed().as_secs_f64() * plan.churn_rate.unwrap_or(0.0)) as u64
-                        <= churn_opened
-                    {
-                        break;
-                    }
-                    churn_opened += 1;
-                    let n = churn_opened as usize;
-                    (n, plan.connections[n % total.max(1)].clone())
-                } else {
-                    if next_conn >= total {
-                        break;
-                    }
-                    next_conn += 1;
-                    (next_conn - 1, plan.connections[next_conn - 1].clone())
-                };
-                budget -= 1;
-                let stall = plan
-                    .stall
-                    .as_ref()
-                    .is_some_and(|(v, _)| plan.churn_rate.is_none() && v.contains(&n));
-                match start_connect(&plan, n + plan.index, stall) {
-                    Ok(sock) => {
-                        let entry = conns.vacant_entry();
-                        let mut conn = Conn {
-                            sock,
-                            state: State::Connecting,
-                            key: handshake::new_key(),
-                            started: Instant::now(),
-                            out: Vec::new(),
-                            partial: Vec::new(),
-                            frag: Vec::new(),
-                            frag_op: 0,
-                            subs: subs
-                                .iter()
-                                .map(|&c| Sub {
-                                    chan: c,
-                                    start: 0,
-                                    subscribed: false,
-                                    own: 0,
-                                    tracker: OffsetTracker::new(0),
-                                })
-                                .collect(),
-                            pending_subs: 0,
-                            sent: 0,
-                            stalled: stall,
-                            inflight: Vec::new(),
-                        };
-                        if let Err(e) = poll.registry().register(
-                            &mut conn.sock,
-                            Token(entry.key()),
-                            Interest::READABLE | Interest::WRITABLE,
-                        ) {
-                            *ctx.stats.connect_failures.entry(io_reason(&e)).or_default() += 1;
-                            continue;
-                        }
-                        entry.insert(conn);
-                        in_handshake += 1;
-                    }
-                    Err(e) => {
-                        *ctx.stats.connect_failures.entry(io_reason(&e)).or_default() += 1;
-                    }
-                }
-            }
-        }
-
-        if let Some((_, d)) = &plan.stall {
-            if ph >= phase::RUN && stall_state == 0 {
-                stall_state = 1;
-                stall_started = Instant::now();
-                for (k, c) in conns.iter_mut().filter(|(_, c)| c.stalled) {
-                    let _ = poll
-                        .registry()
-                        .reregister(&mut c.sock, Token(k), Interest::WRITABLE);
-                }
-            } else if stall_state == 1 && stall_started.elapsed() >= *d {
-                stall_state = 2;
-                for (k, c) in conns.iter_mut().filter(|(_, c)| c.stalled) {
-                    let _ = poll.registry().reregister(
-                        &mut c.sock,
-                        Token(k),
-                        Interest::READABLE | Interest::WRITABLE,
-                    );
-                }
-            }
-        }
-        if let Err(e) = poll.poll(&mut events, Some(poll_timeout)) {
+        pool.open_connections(ph);
+        pool.apply_stall(ph);
+        if let Err(e) = pool.poll.poll(&mut events, Some(POLL_TIMEOUT)) {
             if e.kind() != io::ErrorKind::Interrupted {
                 break;
             }
         }
-        ctx.now_wall_ns = wall_ns();
-        ctx.now_ns = control.since_epoch_ns();
+        pool.ctx.now_wall_ns = wall_ns();
+        pool.ctx.now_ns = control.since_epoch_ns();
         for ev in events.iter() {
-            let key = ev.token().0;
-            let Some(conn) = conns.get_mut(key) else {
-                continue;
-            };
-            let before = conn.state;
-            let mut result: Result<(), End> = Ok(());
-            if conn.state == State::Connecting {
-                if ev.is_error() || ev.is_read_closed() || ev.is_write_closed() {
-                    let err = conn
-                        .sock
-                        .take_error()
-                        .ok()
-                        .flatten()
-                        .unwrap_or_else(|| io::Error::other("connect failed"));
-                    result = Err(End::ConnectFailed(io_reason(&err)));
-                } else if ev.is_writable() {
-                    match conn.sock.peer_addr() {
-                        Ok(_) => {
-                            let host = &plan.host_header;
-                            conn.out.extend_from_slice(&handshake::request(
-                                host, &plan.path, &conn.key,
-                            ));
-                            conn.state = State::Upgrading;
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::NotConnected => continue,
-                        Err(e) => result = Err(End::ConnectFailed(io_reason(&e))),
-                    }
-                }
-            }
-            if result.is_ok() && ev.is_readable() && conn.state != State::Connecting {
-                result = handle_readable(conn, &mut ctx, &mut rbuf);
-            }
-            if result.is_ok() && !conn.out.is_empty() {
-                result = flush(conn);
-            }
-            let after = conn.state;
-            let was_handshaking = matches!(
-                before,
-                State::Connecting | State::Upgrading | State::Subscribing
-            );
-            if was_handshaking && after == State::Open {
-                in_handshake -= 1;
-                control.open.fetch_add(1, Ordering::Relaxed);
-                if plan.churn_rate.is_some() {
-                    // Churn: close right after the subscription is confirmed.
-                    let mask = ctx.mask();
-                    frame::encode_masked(
-                        &mut conn.out,
-                        opcode::CLOSE,
-                        &1000u16.to_be_bytes(),
-                        mask,
-                    );
-                    conn.state = State::Closing;
-                    result = flush(conn);
-                }
-            }
-            if let Err(end) = result {
-                let conn = conns.remove(key);
-                let handshaking = matches!(
-                    conn.state,
-                    State::Connecting | State::Upgrading | State::Subscribing
-                );
-                if handshaking {
-                    in_handshake -= 1;
-                }
-                if conn.state == State::Open {
-                    control.open.fetch_sub(1, Ordering::Relaxed);
-                }
-                match end {
-                    End::Done => ctx.stats.churned += 1,
-                    End::ConnectFailed(r) => *ctx.stats.connect_failures.entry(r).or_default() += 1,
-                    End::Unexpected(r) if handshaking => {
-                        *ctx.stats.connect_failures.entry(r).or_default() += 1
-                    }
-                    End::Unexpected(r) => {
-                        ctx.stats.unexpected_closes += 1;
-                        *ctx.stats.close_reasons.entry(r).or_default() += 1;
-                    }
-                }
-                dead_subs.extend(conn.subs);
-            }
+            pool.handle_event(ev);
         }
-
-        let sweep = last_sweep.elapsed() >= Duration::from_millis(10);
+        let sweep = pool.sweep_due();
         if sweep {
-            last_sweep = Instant::now();
+            pool.expire_handshakes();
+            pool.expire_churned();
         }
-        // Connect timeouts.
-        if in_handshake > 0 && sweep {
-            let timed_out: Vec<usize> = conns
-                .iter()
-                .filter(|(_, c)| {
-                    matches!(
-                        c.state,
-                        State::Connecting | State::Upgrading | State::Subscribing
-                    ) && c.started.elapsed() > plan.connect_timeout
-                })
-                .map(|(k, _)| k)
-                .collect();
-            for k in timed_out {
-                let conn = conns.remove(k);
-                in_handshake -= 1;
-                *ctx.stats
-                    .connect_failures
-                    .entry("timeout".into())
-                    .or_default() += 1;
-                dead_subs.extend(conn.subs);
-            }
-        }
-        if plan.churn_rate.is_some() && sweep {
-            let stale: Vec<usize> = conns
-                .iter()
-                .filter(|(_, c)| {
-                    c.state == State::Closing && c.started.elapsed() > plan.connect_timeout * 2
-                })
-                .map(|(k, _)| k)
-                .collect();
-            for k in stale {
-                conns.remove(k);
-                ctx.stats.churned += 1;
-            }
-        }
-
-        if !ready_signalled && next_conn >= total && in_handshake == 0 {
-            ready_signalled = true;
-            ctx.stats.connect_done_ns = control.since_epoch_ns();
-            control.ready.fetch_add(1, Ordering::AcqRel);
-        }
-        if plan.churn_rate.is_some() && !ready_signalled {
-            ready_signalled = true;
-            control.ready.fetch_add(1, Ordering::AcqRel);
-        }
-
-        // Chat sending.
+        pool.signal_ready();
         if let Some(chat) = &plan.chat {
-            if ph == phase::RUN && last_chat_tick.elapsed() >= Duration::from_millis(1) {
-                last_chat_tick = Instant::now();
-                let started = *run_started.get_or_insert_with(|| {
-                    chat_due_base = ctx.stats.sent;
-                    Instant::now()
-                });
-                let open: Vec<usize> = conns
-                    .iter()
-                    .filter(|(_, c)| c.state == State::Open)
-                    .map(|(k, _)| k)
-                    .collect();
-                if !open.is_empty() {
-                    let rate = chat.rate_per_client * open.len() as f64;
-                    let due = (started.elapsed().as_secs_f64() * rate) as u64;
-                    let mut to_send = (chat_due_base + due)
-                        .saturating_sub(ctx.stats.sent)
-                        .min(open.len() as u64 * 4);
-                    let mut tried = 0;
-                    while to_send > 0 && tried < open.len() * 2 {
-                        let k = open[rr % open.len()];
-                        rr += 1;
-                        tried += 1;
-                        let conn = &mut conns[k];
-                        if chat.messages_per_client.is_some_and(|m| conn.sent >= m) {
-                            continue;
-                        }
-                        send_chat(conn, &mut ctx, chat.size);
-                        to_send -= 1;
-                    }
-                    for k in open {
-                        let conn = &mut conns[k];
-                        if !conn.out.is_empty() && flush(conn).is_err() {
-                            // The read side reports the close.
-                        }
-                    }
-                }
-            }
-            if ph >= phase::STOP_SENDING && !sent_signalled {
-                let waiting = conns
-                    .iter()
-                    .any(|(_, c)| c.state == State::Open && !c.inflight.is_empty());
-                let deadline_passed =
-                    ctx.now_ns > control.drain_deadline_ns.load(Ordering::Relaxed);
-                if !waiting || deadline_passed {
-                    sent_signalled = true;
-                    let mut a = control.acked.lock().expect("acked lock");
-                    for (m, &x) in a.iter_mut().zip(&ctx.acked) {
-                        *m = (*m).max(x);
-                    }
-                    drop(a);
-                    control.sent_done.fetch_add(1, Ordering::AcqRel);
-                }
-            }
+            pool.chat(ph, chat);
         }
-
-        let d = ctx.progress;
-        if d != last_progress {
-            control
-                .delivered
-                .fetch_add(d - last_progress, Ordering::Relaxed);
-            last_progress = d;
-        }
-
-        if ph == phase::DRAIN && sweep {
-            if ctx.finals.is_none() {
-                ctx.finals = control.finals.get().map(|v| v.as_slice());
-            }
-            let Some(finals) = ctx.finals else { continue };
-            let pending = conns.iter().any(|(_, c)| {
-                c.state == State::Open
-                    && c.subs
-                        .iter()
-                        .any(|s| s.tracker.outstanding(finals[s.chan as usize]) > 0)
-            });
-            let closing = conns.iter().any(|(_, c)| c.state == State::Closing);
-            if (!pending && !closing)
-                || ctx.now_ns > control.drain_deadline_ns.load(Ordering::Relaxed)
-            {
-                break;
-            }
+        pool.report_progress();
+        if ph == phase::DRAIN && sweep && pool.drained() {
+            break;
         }
     }
-
-    // Close the books on every subscription, open or closed.
-    if ctx.finals.is_none() {
-        ctx.finals = control.finals.get().map(|v| v.as_slice());
-    }
-    for (_, conn) in conns.iter_mut() {
-        dead_subs.append(&mut conn.subs);
-    }
-    let (counts, expected) = close_books(&dead_subs, ctx.finals);
-    ctx.stats.counts = counts;
-    ctx.stats.expected = expected;
-    ctx.stats
+    pool.finish()
 }
 
 /// Final counts and expected deliveries of a set of subscriptions.

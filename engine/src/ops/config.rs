@@ -24,6 +24,16 @@
 //!
 //! Addresses (`ws.listen`, `backend.listen`) accept `IP:PORT` or
 //! `HOST:PORT`; a host name is resolved once at load time (IPv4 first).
+//!
+//! Each key is declared once, in a `config_section!` block: its doc comment
+//! (which states its unit, bounds and default) and `pub name: Type =
+//! default,`. That one declaration makes the struct field, its `Default`,
+//! its environment variable, and its commented entry in
+//! [`Config::default_toml`]. To add a key, add that line to its section;
+//! to add a `[section]`, declare its struct with `config_section!` and add
+//! it as a field of its parent (the field's doc comment heads the section).
+//! A field of a new plain type (an enum, say) needs `impl ConfigValue for
+//! Type {}`. Rules the types cannot express go in [`Config::validate`].
 #![forbid(unsafe_code)]
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -74,152 +84,192 @@ pub enum LogFormat {
     Json,
 }
 
-/// The whole engine configuration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Config {
-    /// Number of shards (one pinned thread each). `0` = one per CPU in the
-    /// process's affinity mask.
-    pub shards: usize,
-    /// monoio driver. Default `auto`.
-    pub driver: DriverKind,
-    /// `info`, `debug`, ... Default `info`.
-    pub log_level: String,
-    /// Default `human`.
-    pub log_format: LogFormat,
-    /// Seconds to wait for clients to close on SIGTERM/SIGINT. Default 10.
-    pub shutdown_timeout: u64,
-    pub ws: WsConfig,
-    pub backend: BackendConfig,
-    pub limits: LimitsConfig,
-    pub history: HistoryConfig,
-}
-
-/// `[ws]`: the WebSocket port.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct WsConfig {
-    /// Listen address. Default `0.0.0.0:58000`.
-    pub listen: SocketAddr,
-    /// Listen backlog per shard. Default 4096.
-    pub backlog: u32,
-    /// Dialect for the whole port. Default `native`.
-    pub dialect: Dialect,
-    /// Allowed `Origin` header values; empty = any.
-    pub allowed_origins: Vec<String>,
-    /// Seconds between server pings. Default 25.
-    pub ping_interval: u64,
-    /// Seconds a client has to answer a ping. Default 10.
-    pub pong_timeout: u64,
-    /// Seconds a client has to finish the upgrade. Default 5.
-    pub handshake_timeout: u64,
-    /// Whether clients may publish with `send_data` (-32004 otherwise).
-    /// Default true.
-    pub client_publish: bool,
-}
-
-/// `[backend]`: the HTTP port backends publish through.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct BackendConfig {
-    /// Listen address. Default `127.0.0.1:59999`.
-    pub listen: SocketAddr,
-    /// Bearer token / X-Api-Key required on every request but `/health`.
-    /// Empty = no auth.
-    pub api_token: String,
-    /// Largest request body in bytes. Default 1 MiB.
-    pub max_body: usize,
-}
-
-/// `[limits]`: per-connection limits (SPEC section 7).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LimitsConfig {
-    /// Connections per process; 0 = bounded only by the fd limit.
-    pub max_connections: usize,
-    /// Default 128.
-    pub max_subscriptions_per_connection: usize,
-    /// Largest client message in bytes (close 1009 past it). Default 64 KiB.
-    pub max_message_size: usize,
-    /// Token-bucket refill, requests per second. Default 100.
-    pub rate_per_sec: u32,
-    /// Token-bucket size. Default 200.
-    pub rate_burst: u32,
-    /// Queued outbound bytes per connection before the slow-consumer
-    /// policy applies. Default 1 MiB.
-    pub max_outbound_bytes: usize,
-    /// Default `disconnect`.
-    pub slow_consumer: SlowConsumerPolicy,
-}
-
-/// `[history]`: per-channel publication history kept by the home shard.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct HistoryConfig {
-    /// Publications kept per channel. Default 64; 0 = none.
-    pub size: usize,
-    /// Seconds a publication stays in history. Default 300.
-    pub ttl: u64,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            shards: 0,
-            driver: DriverKind::Auto,
-            log_level: "info".into(),
-            log_format: LogFormat::Human,
-            shutdown_timeout: 10,
-            ws: WsConfig::default(),
-            backend: BackendConfig::default(),
-            limits: LimitsConfig::default(),
-            history: HistoryConfig::default(),
+/// Declares a config section: the struct (with serde's `default` and
+/// `deny_unknown_fields`), its `Default` and its [`ConfigValue::SECTION`]
+/// from one list of fields, each written as its doc comment and
+/// `pub name: Type = default,`.
+///
+/// A field's doc comment is the only description of its key: it is the
+/// rustdoc and, line for line, the comment above the key in
+/// [`Config::default_toml`]. A field whose type is itself declared here is
+/// a `[section]`; its doc comment heads the section.
+macro_rules! config_section {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $(
+                $(#[doc = $doc:literal])*
+                pub $field:ident : $ty:ty = $default:expr,
+            )*
         }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct $name {
+            $(
+                $(#[doc = $doc])*
+                pub $field: $ty,
+            )*
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                $name {
+                    $($field: $default,)*
+                }
+            }
+        }
+
+        impl ConfigValue for $name {
+            const SECTION: Option<&'static [KeyDoc]> = Some(&[$(
+                KeyDoc {
+                    name: stringify!($field),
+                    doc: &[$($doc),*],
+                    section: <$ty as ConfigValue>::SECTION,
+                },
+            )*]);
+        }
+    };
+}
+
+/// A type a config key can hold. Sections declared with `config_section!`
+/// list their keys; every other type is a plain value (add an empty `impl`
+/// for a new one).
+trait ConfigValue {
+    /// The keys of a section, in declaration order; `None` for a value.
+    const SECTION: Option<&'static [KeyDoc]> = None;
+}
+
+impl ConfigValue for bool {}
+impl ConfigValue for u32 {}
+impl ConfigValue for u64 {}
+impl ConfigValue for usize {}
+impl ConfigValue for String {}
+impl ConfigValue for SocketAddr {}
+impl<T> ConfigValue for Vec<T> {}
+impl<T> ConfigValue for Option<T> {}
+impl ConfigValue for DriverKind {}
+impl ConfigValue for SlowConsumerPolicy {}
+impl ConfigValue for Dialect {}
+impl ConfigValue for LogFormat {}
+
+/// One declared key: its name, its doc comment lines (as `#[doc]` holds
+/// them, with a leading space) and, for a section, that section's keys.
+#[derive(Debug)]
+struct KeyDoc {
+    name: &'static str,
+    doc: &'static [&'static str],
+    section: Option<&'static [KeyDoc]>,
+}
+
+config_section! {
+    /// The whole engine configuration.
+    pub struct Config {
+        /// Number of shards, one pinned thread each. 0 = one per CPU the
+        /// process may run on. At most 1024. Default 0.
+        pub shards: usize = 0,
+        /// Event-loop driver: `auto` (io_uring, falling back to epoll with a
+        /// warning), `uring` (io_uring only) or `epoll`. Default `auto`.
+        pub driver: DriverKind = DriverKind::Auto,
+        /// Log level: `trace`, `debug`, `info`, `warn` or `error`
+        /// (RINGCAST_LOG may hold a finer tracing filter). Default `info`.
+        pub log_level: String = "info".into(),
+        /// Log format: `human` or `json`. Default `human`.
+        pub log_format: LogFormat = LogFormat::Human,
+        /// Seconds to wait for clients to close on SIGTERM/SIGINT before
+        /// exiting. At least 1. Default 10.
+        pub shutdown_timeout: u64 = 10,
+        /// The WebSocket port clients connect to.
+        pub ws: WsConfig = WsConfig::default(),
+        /// The HTTP port backends publish through.
+        pub backend: BackendConfig = BackendConfig::default(),
+        /// Per-connection limits on the WebSocket port (SPEC section 7).
+        pub limits: LimitsConfig = LimitsConfig::default(),
+        /// Per-channel publication history kept by the channel's home shard.
+        pub history: HistoryConfig = HistoryConfig::default(),
     }
 }
 
-impl Default for WsConfig {
-    fn default() -> Self {
-        WsConfig {
-            listen: SocketAddr::from(([0, 0, 0, 0], 58000)),
-            backlog: 4096,
-            dialect: Dialect::Native,
-            allowed_origins: Vec::new(),
-            ping_interval: 25,
-            pong_timeout: 10,
-            handshake_timeout: 5,
-            client_publish: true,
-        }
+config_section! {
+    /// `[ws]`: the WebSocket port.
+    pub struct WsConfig {
+        /// Listen address, IP:PORT or HOST:PORT. Default `0.0.0.0:58000`.
+        pub listen: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 58000)),
+        /// Listen backlog per shard, 1..=65535. Default 4096.
+        pub backlog: u32 = 4096,
+        /// Client dialect for the whole port: `native` (JSON-RPC 2.0) or
+        /// `rocketws` (RocketWS results and envelopes). Default `native`.
+        pub dialect: Dialect = Dialect::Native,
+        /// Allowed `Origin` header values, e.g. ["https://example.com"];
+        /// empty = any. Default empty.
+        pub allowed_origins: Vec<String> = Vec::new(),
+        /// Seconds between server pings. At least 1. Default 25.
+        pub ping_interval: u64 = 25,
+        /// Seconds a client has to answer a ping before it is closed. At
+        /// least 1. Default 10.
+        pub pong_timeout: u64 = 10,
+        /// Seconds a client has to finish the WebSocket upgrade. At least 1.
+        /// Default 5.
+        pub handshake_timeout: u64 = 5,
+        /// Whether clients may publish to channels they are subscribed to
+        /// with `send_data`; false answers `send_data` with -32004
+        /// permission denied. Default true.
+        pub client_publish: bool = true,
     }
 }
 
-impl Default for BackendConfig {
-    fn default() -> Self {
-        BackendConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 59999)),
-            api_token: String::new(),
-            max_body: 1 << 20,
-        }
+config_section! {
+    /// `[backend]`: the HTTP port backends publish through.
+    pub struct BackendConfig {
+        /// Listen address, IP:PORT or HOST:PORT; must differ from
+        /// `ws.listen`. Default `127.0.0.1:59999`.
+        pub listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 59999)),
+        /// Token required as `Authorization: Bearer TOKEN` or
+        /// `X-Api-Key: TOKEN` on every request but `GET /health`. Empty = no
+        /// authentication. Default empty.
+        pub api_token: String = String::new(),
+        /// Largest request body in bytes (413 past it). At least 1024.
+        /// Default 1048576 (1 MiB).
+        pub max_body: usize = 1 << 20,
     }
 }
 
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        LimitsConfig {
-            max_connections: 0,
-            max_subscriptions_per_connection: 128,
-            max_message_size: 64 << 10,
-            rate_per_sec: 100,
-            rate_burst: 200,
-            max_outbound_bytes: 1 << 20,
-            slow_consumer: SlowConsumerPolicy::Disconnect,
-        }
+config_section! {
+    /// `[limits]`: per-connection limits (SPEC section 7).
+    pub struct LimitsConfig {
+        /// Connections per process. 0 = bounded only by the file-descriptor
+        /// limit. Default 0.
+        pub max_connections: usize = 0,
+        /// Channels one connection may subscribe to. At least 1.
+        /// Default 128.
+        pub max_subscriptions_per_connection: usize = 128,
+        /// Largest client message in bytes; past it the connection is closed
+        /// with 1009. 126..=67108864 (64 MiB). Default 65536 (64 KiB).
+        pub max_message_size: usize = 64 << 10,
+        /// Client requests per second (token-bucket refill). At least 1.
+        /// Default 100.
+        pub rate_per_sec: u32 = 100,
+        /// Client request burst (token-bucket size). At least 1. Default 200.
+        pub rate_burst: u32 = 200,
+        /// Bytes queued for one connection before the slow-consumer policy
+        /// applies. At least 1024. Default 1048576 (1 MiB).
+        pub max_outbound_bytes: usize = 1 << 20,
+        /// What happens past `max_outbound_bytes`: `disconnect` (close 1008
+        /// "slow consumer") or `drop` (drop whole frames; the client sees a
+        /// gap in offsets). Default `disconnect`.
+        pub slow_consumer: SlowConsumerPolicy = SlowConsumerPolicy::Disconnect,
     }
 }
 
-impl Default for HistoryConfig {
-    fn default() -> Self {
-        HistoryConfig { size: 64, ttl: 300 }
+config_section! {
+    /// `[history]`: per-channel publication history kept by the home shard.
+    pub struct HistoryConfig {
+        /// Publications kept per channel. 0 = none; at most 1000000.
+        /// Default 64.
+        pub size: usize = 64,
+        /// Seconds a publication stays in history. Default 300.
+        pub ttl: u64 = 300,
     }
 }
 
@@ -582,152 +632,69 @@ impl Config {
     /// A commented TOML file with every key at its default value; parsed
     /// back it equals `Config::default()`. Printed by
     /// `ringcast config --print-default`.
+    ///
+    /// Generated from `Config::default()` and the fields' doc comments
+    /// (see `config_section!`), so a new field appears here by itself.
     pub fn default_toml() -> String {
-        let d = Config::default();
-        let s = |v: &str| Value::String(v.to_owned()).to_string();
-        let driver = enum_str(&d.driver);
-        let log_format = enum_str(&d.log_format);
-        let dialect = enum_str(&d.ws.dialect);
-        let slow = enum_str(&d.limits.slow_consumer);
-        let origins = Value::Array(
-            d.ws.allowed_origins
-                .iter()
-                .map(|o| Value::String(o.clone()))
-                .collect(),
-        );
-        format!(
-            r#"# ringcast configuration, every key at its default value.
-#
-# Precedence: command-line flags > RINGCAST_* environment variables > this
-# file > built-in defaults. Each key can also be set through the environment
-# as RINGCAST_ + the dotted key path upper-cased with "." -> "_", e.g.
-# RINGCAST_SHARDS=4, RINGCAST_WS_LISTEN=0.0.0.0:58000,
-# RINGCAST_LIMITS_MAX_MESSAGE_SIZE=65536 (lists comma-separated).
-
-# Number of shards, one pinned thread each. 0 = one per CPU the process may
-# run on. At most {max_shards}. Default {shards}.
-shards = {shards}
-
-# Event-loop driver: "auto" (io_uring, falling back to epoll with a warning),
-# "uring" (io_uring only) or "epoll". Default {driver}.
-driver = {driver}
-
-# Log level: "trace", "debug", "info", "warn" or "error" (RINGCAST_LOG may
-# hold a finer tracing filter). Default {log_level}.
-log_level = {log_level}
-
-# Log format: "human" or "json". Default {log_format}.
-log_format = {log_format}
-
-# Seconds to wait for clients to close on SIGTERM/SIGINT before exiting.
-# At least 1. Default {shutdown_timeout}.
-shutdown_timeout = {shutdown_timeout}
-
-# The WebSocket port clients connect to.
-[ws]
-# Listen address, IP:PORT or HOST:PORT. Default {ws_listen}.
-listen = {ws_listen}
-# Listen backlog per shard, 1..=65535. Default {backlog}.
-backlog = {backlog}
-# Client dialect for the whole port: "native" (JSON-RPC 2.0) or "rocketws"
-# (RocketWS results and envelopes). Default {dialect}.
-dialect = {dialect}
-# Allowed Origin header values, e.g. ["https://example.com"]; empty = any.
-# Default {origins}.
-allowed_origins = {origins}
-# Seconds between server pings. At least 1. Default {ping_interval}.
-ping_interval = {ping_interval}
-# Seconds a client has to answer a ping before it is closed. At least 1.
-# Default {pong_timeout}.
-pong_timeout = {pong_timeout}
-# Seconds a client has to finish the WebSocket upgrade. At least 1.
-# Default {handshake_timeout}.
-handshake_timeout = {handshake_timeout}
-# Whether clients may publish to channels they are subscribed to with
-# send_data; false answers send_data with -32004 permission denied.
-# Default {client_publish}.
-client_publish = {client_publish}
-
-# The HTTP port backends publish through.
-[backend]
-# Listen address, IP:PORT or HOST:PORT; must differ from ws.listen.
-# Default {b_listen}.
-listen = {b_listen}
-# Token required as "Authorization: Bearer TOKEN" or "X-Api-Key: TOKEN" on
-# every request but GET /health. Empty = no authentication. Default {token}.
-api_token = {token}
-# Largest request body in bytes (413 past it). At least 1024.
-# Default {max_body} (1 MiB).
-max_body = {max_body}
-
-# Per-connection limits on the WebSocket port.
-[limits]
-# Connections per process. 0 = bounded only by the file-descriptor limit.
-# Default {max_connections}.
-max_connections = {max_connections}
-# Channels one connection may subscribe to. At least 1. Default {max_subs}.
-max_subscriptions_per_connection = {max_subs}
-# Largest client message in bytes; past it the connection is closed with
-# 1009. {min_msg}..={max_msg}. Default {max_message_size} (64 KiB).
-max_message_size = {max_message_size}
-# Client requests per second (token-bucket refill). At least 1.
-# Default {rate_per_sec}.
-rate_per_sec = {rate_per_sec}
-# Client request burst (token-bucket size). At least 1. Default {rate_burst}.
-rate_burst = {rate_burst}
-# Bytes queued for one connection before the slow-consumer policy applies.
-# At least 1024. Default {max_outbound_bytes} (1 MiB).
-max_outbound_bytes = {max_outbound_bytes}
-# What happens past max_outbound_bytes: "disconnect" (close 1008 "slow
-# consumer") or "drop" (drop whole frames; the client sees a gap in
-# offsets). Default {slow}.
-slow_consumer = {slow}
-
-# Per-channel publication history kept by the channel's home shard.
-[history]
-# Publications kept per channel. 0 = none; at most {max_hist}. Default {hsize}.
-size = {hsize}
-# Seconds a publication stays in history. Default {httl}.
-ttl = {httl}
-"#,
-            max_shards = MAX_SHARDS,
-            shards = d.shards,
-            driver = s(&driver),
-            log_level = s(&d.log_level),
-            log_format = s(&log_format),
-            shutdown_timeout = d.shutdown_timeout,
-            ws_listen = s(&d.ws.listen.to_string()),
-            backlog = d.ws.backlog,
-            dialect = s(&dialect),
-            origins = origins,
-            ping_interval = d.ws.ping_interval,
-            pong_timeout = d.ws.pong_timeout,
-            handshake_timeout = d.ws.handshake_timeout,
-            client_publish = d.ws.client_publish,
-            b_listen = s(&d.backend.listen.to_string()),
-            token = s(&d.backend.api_token),
-            max_body = d.backend.max_body,
-            max_connections = d.limits.max_connections,
-            max_subs = d.limits.max_subscriptions_per_connection,
-            min_msg = MIN_MESSAGE_SIZE,
-            max_msg = MAX_MESSAGE_SIZE,
-            max_message_size = d.limits.max_message_size,
-            rate_per_sec = d.limits.rate_per_sec,
-            rate_burst = d.limits.rate_burst,
-            max_outbound_bytes = d.limits.max_outbound_bytes,
-            slow = s(&slow),
-            max_hist = MAX_HISTORY_SIZE,
-            hsize = d.history.size,
-            httl = d.history.ttl,
-        )
+        let mut out = String::from(DEFAULT_TOML_HEADER);
+        let keys = <Config as ConfigValue>::SECTION.unwrap_or_default();
+        write_section(&mut out, "", keys, &defaults_table());
+        out
     }
 }
 
-/// The string a unit enum serializes to (`DriverKind::Auto` -> `auto`).
-fn enum_str<T: Serialize>(v: &T) -> String {
-    match Value::try_from(v) {
-        Ok(Value::String(s)) => s,
-        _ => String::new(),
+/// The top of [`Config::default_toml`].
+const DEFAULT_TOML_HEADER: &str = "\
+# ringcast configuration, every key at its default value.
+#
+# Precedence: command-line flags > RINGCAST_* environment variables > this
+# file > built-in defaults. Each key can also be set through the environment
+# as RINGCAST_ + the dotted key path upper-cased with \".\" -> \"_\", e.g.
+# RINGCAST_SHARDS=4, RINGCAST_WS_LISTEN=0.0.0.0:58000,
+# RINGCAST_LIMITS_MAX_MESSAGE_SIZE=65536 (lists comma-separated).
+";
+
+/// Appends `doc` as `#` comment lines.
+fn write_doc(out: &mut String, doc: &[&str]) {
+    for line in doc {
+        let line = line.strip_prefix(' ').unwrap_or(line).trim_end();
+        if line.is_empty() {
+            out.push_str("#\n");
+        } else {
+            out.push_str("# ");
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+}
+
+/// Appends the section at dotted `path` ("" for the top level): each plain
+/// key under its doc comment, then each sub-section under its doc comment
+/// and `[header]`. Keys without a value (a `None` option) are left out.
+fn write_section(out: &mut String, path: &str, keys: &[KeyDoc], values: &Table) {
+    for key in keys.iter().filter(|k| k.section.is_none()) {
+        let Some(value) = values.get(key.name) else {
+            continue;
+        };
+        if path.is_empty() {
+            out.push('\n');
+        }
+        write_doc(out, key.doc);
+        out.push_str(&format!("{} = {value}\n", key.name));
+    }
+    for key in keys {
+        let (Some(section), Some(Value::Table(table))) = (key.section, values.get(key.name)) else {
+            continue;
+        };
+        let path = if path.is_empty() {
+            key.name.to_owned()
+        } else {
+            format!("{path}.{}", key.name)
+        };
+        out.push('\n');
+        write_doc(out, key.doc);
+        out.push_str(&format!("[{path}]\n"));
+        write_section(out, &path, section, table);
     }
 }
 
@@ -1005,6 +972,128 @@ mod tests {
                     "no comment for {line}"
                 );
             }
+        }
+    }
+
+    /// Every leaf of a serialized `Config`, as a dotted key.
+    fn leaf_keys(table: &Table, prefix: &str, out: &mut Vec<String>) {
+        for (k, v) in table {
+            let key = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            match v {
+                Value::Table(t) => leaf_keys(t, &key, out),
+                _ => out.push(key),
+            }
+        }
+    }
+
+    #[test]
+    fn every_field_is_in_default_toml_with_its_doc() {
+        let text = Config::default_toml();
+        let lines: Vec<&str> = text.lines().collect();
+        let mut keys = Vec::new();
+        leaf_keys(&defaults_table(), "", &mut keys);
+        assert!(!keys.is_empty());
+        for key in &keys {
+            let (section, name) = match key.rsplit_once('.') {
+                Some((s, n)) => (format!("[{s}]"), n),
+                None => (String::new(), key.as_str()),
+            };
+            // The key's line, inside its own section.
+            let start = if section.is_empty() {
+                0
+            } else {
+                lines
+                    .iter()
+                    .position(|l| *l == section)
+                    .unwrap_or_else(|| panic!("no {section} in:\n{text}"))
+                    + 1
+            };
+            let end = lines[start..]
+                .iter()
+                .position(|l| l.starts_with('['))
+                .map_or(lines.len(), |i| start + i);
+            let at = lines[start..end]
+                .iter()
+                .position(|l| l.starts_with(&format!("{name} = ")))
+                .unwrap_or_else(|| panic!("{key} missing from default_toml:\n{text}"))
+                + start;
+            assert!(
+                lines[at - 1].starts_with("# ") && lines[at - 1].len() > 2,
+                "{key} has no doc comment"
+            );
+        }
+    }
+
+    #[test]
+    fn declared_keys_match_serialized_keys() {
+        // Walk the declarations, not the serialized values: a field that
+        // serde renamed or skipped would show up here.
+        fn walk(keys: &[KeyDoc], prefix: &str, out: &mut Vec<String>) {
+            for k in keys {
+                let key = if prefix.is_empty() {
+                    k.name.to_owned()
+                } else {
+                    format!("{prefix}.{}", k.name)
+                };
+                assert!(!k.doc.is_empty(), "{key} has no doc comment");
+                match k.section {
+                    Some(s) => walk(s, &key, out),
+                    None => out.push(key),
+                }
+            }
+        }
+        let mut declared = Vec::new();
+        walk(
+            <Config as ConfigValue>::SECTION.unwrap_or_default(),
+            "",
+            &mut declared,
+        );
+        let mut serialized = Vec::new();
+        leaf_keys(&defaults_table(), "", &mut serialized);
+        declared.sort();
+        serialized.sort();
+        assert_eq!(declared, serialized);
+    }
+
+    #[test]
+    fn documented_defaults_match() {
+        // "Default X." in a doc comment must be the value written below it.
+        let text = Config::default_toml();
+        let lines: Vec<&str> = text.lines().collect();
+        let mut doc = String::new();
+        for line in &lines {
+            if let Some(c) = line.strip_prefix("# ") {
+                doc.push_str(c);
+                doc.push(' ');
+                continue;
+            }
+            if let Some((key, value)) = line.split_once(" = ") {
+                let said = doc
+                    .rsplit_once("Default ")
+                    .map(|(_, d)| d.split(' ').next().unwrap_or_default())
+                    .unwrap_or_else(|| panic!("{key}: doc says no default"));
+                let said = said.trim_end_matches('.').trim_matches('`');
+                let value = value.trim_matches('"');
+                let ok = said == value || (said == "empty" && matches!(value, "" | "[]"));
+                assert!(ok, "{key}: doc says default {said}, value is {value}");
+            }
+            doc.clear();
+        }
+    }
+
+    #[test]
+    fn documented_bounds_match_constants() {
+        let text = Config::default_toml();
+        for bound in [
+            format!("At most {MAX_SHARDS}."),
+            format!("{MIN_MESSAGE_SIZE}..={MAX_MESSAGE_SIZE} "),
+            format!("at most {MAX_HISTORY_SIZE}."),
+        ] {
+            assert!(text.contains(&bound), "{bound:?} not in:\n{text}");
         }
     }
 

@@ -81,6 +81,40 @@ pub struct Check {
     pub fix: String,
 }
 
+impl Check {
+    /// A finding of any status; `fix` is the exact fix (empty for `Ok`).
+    pub fn new(
+        name: &'static str,
+        status: Status,
+        found: impl Into<String>,
+        need: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Check {
+        Check {
+            name,
+            status,
+            found: found.into(),
+            need: need.into(),
+            fix: fix.into(),
+        }
+    }
+
+    /// Nothing to do.
+    pub fn ok(name: &'static str, found: impl Into<String>, need: impl Into<String>) -> Check {
+        Check::new(name, Status::Ok, found, need, "")
+    }
+
+    /// Limits scale or performance; `fix` says how to lift it.
+    pub fn warn(
+        name: &'static str,
+        found: impl Into<String>,
+        need: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Check {
+        Check::new(name, Status::Warn, found, need, fix)
+    }
+}
+
 /// A resource limit; `None` means unlimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rlimit {
@@ -263,13 +297,12 @@ fn below(limit: Option<u64>, need: u64) -> bool {
 }
 
 fn unread(name: &'static str, what: &str) -> Check {
-    Check {
+    Check::warn(
         name,
-        status: Status::Warn,
-        found: format!("could not read {what}"),
-        need: "-".to_owned(),
-        fix: format!("check that {what} is readable (is /proc mounted?)"),
-    }
+        format!("could not read {what}"),
+        "-",
+        format!("check that {what} is readable (is /proc mounted?)"),
+    )
 }
 
 /// Every check, in table order. Pure: same config and facts, same answer.
@@ -306,13 +339,7 @@ fn check_nofile(t: &Target, f: &HostFacts) -> Check {
         need - t.connections
     );
     if !below(lim.soft, need) {
-        return Check {
-            name: NAME,
-            status: Status::Ok,
-            found,
-            need: need_s,
-            fix: String::new(),
-        };
+        return Check::ok(NAME, found, need_s);
     }
     let fix = if below(lim.hard, need) {
         format!(
@@ -326,13 +353,7 @@ fn check_nofile(t: &Target, f: &HostFacts) -> Check {
         let soft = lim.hard.map_or(want, |h| want.min(h));
         format!("ulimit -n {soft} before starting; systemd: LimitNOFILE={soft}")
     };
-    Check {
-        name: NAME,
-        status: t.blocking(),
-        found,
-        need: need_s,
-        fix,
-    }
+    Check::new(NAME, t.blocking(), found, need_s, fix)
 }
 
 fn check_nr_open(t: &Target, f: &HostFacts) -> Check {
@@ -340,20 +361,14 @@ fn check_nr_open(t: &Target, f: &HostFacts) -> Check {
     let need = t.fds();
     match f.fs_nr_open {
         None => unread(NAME, "/proc/sys/fs/nr_open"),
-        Some(v) if v < need => Check {
-            name: NAME,
-            status: t.blocking(),
-            found: format!("{v} (caps every process's hard limit)"),
-            need: format!(">= {need}"),
-            fix: format!("sysctl -w fs.nr_open={}", need.next_power_of_two()),
-        },
-        Some(v) => Check {
-            name: NAME,
-            status: Status::Ok,
-            found: v.to_string(),
-            need: format!(">= {need}"),
-            fix: String::new(),
-        },
+        Some(v) if v < need => Check::new(
+            NAME,
+            t.blocking(),
+            format!("{v} (caps every process's hard limit)"),
+            format!(">= {need}"),
+            format!("sysctl -w fs.nr_open={}", need.next_power_of_two()),
+        ),
+        Some(v) => Check::ok(NAME, v.to_string(), format!(">= {need}")),
     }
 }
 
@@ -362,20 +377,14 @@ fn check_file_max(t: &Target, f: &HostFacts) -> Check {
     let need = t.fds();
     match f.fs_file_max {
         None => unread(NAME, "/proc/sys/fs/file-max"),
-        Some(v) if v < need => Check {
-            name: NAME,
-            status: t.blocking(),
-            found: format!("{v} (system-wide open files)"),
-            need: format!(">= {need}"),
-            fix: format!("sysctl -w fs.file-max={}", (2 * need).next_power_of_two()),
-        },
-        Some(v) => Check {
-            name: NAME,
-            status: Status::Ok,
-            found: v.to_string(),
-            need: format!(">= {need}"),
-            fix: String::new(),
-        },
+        Some(v) if v < need => Check::new(
+            NAME,
+            t.blocking(),
+            format!("{v} (system-wide open files)"),
+            format!(">= {need}"),
+            format!("sysctl -w fs.file-max={}", (2 * need).next_power_of_two()),
+        ),
+        Some(v) => Check::ok(NAME, v.to_string(), format!(">= {need}")),
     }
 }
 
@@ -410,13 +419,7 @@ fn check_io_uring(t: &Target, f: &HostFacts) -> Check {
     }
     .to_owned();
     match &f.io_uring {
-        UringProbe::Available => Check {
-            name: NAME,
-            status: Status::Ok,
-            found: format!("ring created; {disabled}"),
-            need,
-            fix: String::new(),
-        },
+        UringProbe::Available => Check::ok(NAME, format!("ring created; {disabled}"), need),
         UringProbe::Unavailable { errno, message } => {
             let status = match t.driver {
                 DriverKind::Uring => Status::Fail,
@@ -439,13 +442,13 @@ fn check_io_uring(t: &Target, f: &HostFacts) -> Check {
             if status == Status::Ok {
                 fix.clear();
             }
-            Check {
-                name: NAME,
+            Check::new(
+                NAME,
                 status,
-                found: format!("{why} ({message}); {disabled}"),
+                format!("{why} ({message}); {disabled}"),
                 need,
                 fix,
-            }
+            )
         }
     }
 }
@@ -472,73 +475,55 @@ fn check_memlock(t: &Target, f: &HostFacts) -> Check {
         None => true,
     };
     if t.driver == DriverKind::Epoll || !below(lim.soft, need) {
-        return Check {
-            name: NAME,
-            status: Status::Ok,
-            found,
-            need: need_s,
-            fix: String::new(),
-        };
+        return Check::ok(NAME, found, need_s);
     }
     if !charged {
         // Since 5.12 rings are charged to the memory cgroup, not memlock;
         // only registered buffers still count.
-        return Check {
-            name: NAME,
-            status: Status::Ok,
-            found: format!("{found} (kernel >= 5.12 does not charge rings here)"),
-            need: need_s,
-            fix: String::new(),
-        };
+        return Check::ok(
+            NAME,
+            format!("{found} (kernel >= 5.12 does not charge rings here)"),
+            need_s,
+        );
     }
     let status = if t.driver == DriverKind::Uring {
         Status::Fail
     } else {
         Status::Warn
     };
-    Check {
-        name: NAME,
+    Check::new(
+        NAME,
         status,
         found,
-        need: need_s,
-        fix: "LimitMEMLOCK=infinity in ringcast.service; shell (as root): ulimit -l unlimited"
-            .to_owned(),
-    }
+        need_s,
+        "LimitMEMLOCK=infinity in ringcast.service; shell (as root): ulimit -l unlimited",
+    )
 }
 
 fn check_cpus(config: &Config, t: &Target, f: &HostFacts) -> Check {
     const NAME: &str = "cpus in affinity mask";
     let found = format!("{} usable", f.cpus);
     if config.shards == 0 {
-        return Check {
-            name: NAME,
-            status: Status::Ok,
+        return Check::ok(
+            NAME,
             found,
-            need: format!("shards = 0 -> {} shards, one per CPU", t.shards),
-            fix: String::new(),
-        };
+            format!("shards = 0 -> {} shards, one per CPU", t.shards),
+        );
     }
     let need = format!(">= {} (shards = {})", t.shards, config.shards);
     if (f.cpus as u64) < t.shards {
-        Check {
-            name: NAME,
-            status: Status::Warn,
+        Check::warn(
+            NAME,
             found,
             need,
-            fix: format!(
+            format!(
                 "shards = {} (or 0 for one per CPU) in ringcast.toml, or widen the mask: \
                  CPUAffinity= in ringcast.service / taskset -c",
                 f.cpus
             ),
-        }
+        )
     } else {
-        Check {
-            name: NAME,
-            status: Status::Ok,
-            found,
-            need,
-            fix: String::new(),
-        }
+        Check::ok(NAME, found, need)
     }
 }
 
@@ -547,20 +532,13 @@ fn check_somaxconn(t: &Target, f: &HostFacts) -> Check {
     let need = format!(">= {} (ws.backlog)", t.backlog);
     match f.somaxconn {
         None => unread(NAME, "/proc/sys/net/core/somaxconn"),
-        Some(v) if v < t.backlog => Check {
-            name: NAME,
-            status: Status::Warn,
-            found: format!("{v} (listen backlog silently capped to it)"),
+        Some(v) if v < t.backlog => Check::warn(
+            NAME,
+            format!("{v} (listen backlog silently capped to it)"),
             need,
-            fix: format!("sysctl -w net.core.somaxconn={}", t.backlog),
-        },
-        Some(v) => Check {
-            name: NAME,
-            status: Status::Ok,
-            found: v.to_string(),
-            need,
-            fix: String::new(),
-        },
+            format!("sysctl -w net.core.somaxconn={}", t.backlog),
+        ),
+        Some(v) => Check::ok(NAME, v.to_string(), need),
     }
 }
 
@@ -569,20 +547,13 @@ fn check_syn_backlog(t: &Target, f: &HostFacts) -> Check {
     let need = format!(">= {} (ws.backlog)", t.backlog);
     match f.tcp_max_syn_backlog {
         None => unread(NAME, "/proc/sys/net/ipv4/tcp_max_syn_backlog"),
-        Some(v) if v < t.backlog => Check {
-            name: NAME,
-            status: Status::Warn,
-            found: format!("{v} (half-open connections dropped past it in bursts)"),
+        Some(v) if v < t.backlog => Check::warn(
+            NAME,
+            format!("{v} (half-open connections dropped past it in bursts)"),
             need,
-            fix: format!("sysctl -w net.ipv4.tcp_max_syn_backlog={}", t.backlog),
-        },
-        Some(v) => Check {
-            name: NAME,
-            status: Status::Ok,
-            found: v.to_string(),
-            need,
-            fix: String::new(),
-        },
+            format!("sysctl -w net.ipv4.tcp_max_syn_backlog={}", t.backlog),
+        ),
+        Some(v) => Check::ok(NAME, v.to_string(), need),
     }
 }
 
@@ -599,23 +570,15 @@ fn check_port_range(t: &Target, f: &HostFacts) -> Check {
         t.connections
     );
     if ports < WIDE_PORT_RANGE && sources > 1 {
-        Check {
-            name: NAME,
-            status: Status::Warn,
+        Check::warn(
+            NAME,
             found,
             need,
-            fix: "sysctl -w net.ipv4.ip_local_port_range=\"1024 65535\" \
-                  (only matters for load generators)"
-                .to_owned(),
-        }
+            "sysctl -w net.ipv4.ip_local_port_range=\"1024 65535\" \
+                 (only matters for load generators)",
+        )
     } else {
-        Check {
-            name: NAME,
-            status: Status::Ok,
-            found,
-            need,
-            fix: String::new(),
-        }
+        Check::ok(NAME, found, need)
     }
 }
 
@@ -639,26 +602,19 @@ fn check_tcp_mem(t: &Target, f: &HostFacts) -> Check {
     );
     if max < need_pages {
         let new_max = need_pages.next_power_of_two();
-        Check {
-            name: NAME,
-            status: Status::Warn,
+        Check::warn(
+            NAME,
             found,
             need,
-            fix: format!(
+            format!(
                 "sysctl -w net.ipv4.tcp_mem=\"{} {} {}\"",
                 new_max / 2,
                 new_max * 3 / 4,
                 new_max
             ),
-        }
+        )
     } else {
-        Check {
-            name: NAME,
-            status: Status::Ok,
-            found,
-            need,
-            fix: String::new(),
-        }
+        Check::ok(NAME, found, need)
     }
 }
 
@@ -674,31 +630,28 @@ fn check_socket_buffers(t: &Target, f: &HostFacts) -> Check {
     );
     let big = r[1] > SMALL_SOCKET_BUFFER || w[1] > SMALL_SOCKET_BUFFER;
     if t.connections >= MANY_CONNECTIONS && big {
-        Check {
-            name: NAME,
-            status: Status::Warn,
+        Check::warn(
+            NAME,
             found,
-            need: format!(
+            format!(
                 "defaults <= {} for {} mostly idle connections",
                 fmt_bytes(SMALL_SOCKET_BUFFER),
                 t.connections
             ),
-            fix: format!(
+            format!(
                 "sysctl -w net.ipv4.tcp_rmem=\"4096 16384 {}\" net.ipv4.tcp_wmem=\"4096 16384 {}\"",
                 r[2], w[2]
             ),
-        }
+        )
     } else {
-        Check {
-            name: NAME,
-            status: Status::Ok,
+        Check::ok(
+            NAME,
             found,
-            need: format!(
+            format!(
                 "small defaults matter from {MANY_CONNECTIONS} connections (target {})",
                 t.connections
             ),
-            fix: String::new(),
-        }
+        )
     }
 }
 
@@ -706,32 +659,19 @@ fn check_conntrack(t: &Target, f: &HostFacts) -> Check {
     const NAME: &str = "net.netfilter.nf_conntrack_max";
     let need = format!(">= {} when conntrack tracks the port", t.connections);
     match f.nf_conntrack_max {
-        None => Check {
-            name: NAME,
-            status: Status::Ok,
-            found: "conntrack not loaded".to_owned(),
+        None => Check::ok(NAME, "conntrack not loaded", need),
+        Some(v) if v < t.connections => Check::warn(
+            NAME,
+            format!("{v} (new connections dropped when the table is full)"),
             need,
-            fix: String::new(),
-        },
-        Some(v) if v < t.connections => Check {
-            name: NAME,
-            status: Status::Warn,
-            found: format!("{v} (new connections dropped when the table is full)"),
-            need,
-            fix: format!(
+            format!(
                 "sysctl -w net.netfilter.nf_conntrack_max={}, or skip tracking: \
                  iptables -t raw -A PREROUTING -p tcp --dport {} -j NOTRACK",
                 (2 * t.connections).next_power_of_two(),
                 t.port
             ),
-        },
-        Some(v) => Check {
-            name: NAME,
-            status: Status::Ok,
-            found: v.to_string(),
-            need,
-            fix: String::new(),
-        },
+        ),
+        Some(v) => Check::ok(NAME, v.to_string(), need),
     }
 }
 
@@ -740,20 +680,17 @@ fn check_netdev_backlog(t: &Target, f: &HostFacts) -> Check {
     const WANT: u64 = 16_384;
     match f.netdev_max_backlog {
         None => unread(NAME, "/proc/sys/net/core/netdev_max_backlog"),
-        Some(v) if v < WANT && t.connections >= MANY_CONNECTIONS => Check {
-            name: NAME,
-            status: Status::Warn,
-            found: format!("{v} (packets queued per CPU before drops)"),
-            need: format!(">= {WANT} for reconnect storms of {}", t.connections),
-            fix: format!("sysctl -w net.core.netdev_max_backlog={WANT}"),
-        },
-        Some(v) => Check {
-            name: NAME,
-            status: Status::Ok,
-            found: v.to_string(),
-            need: format!(">= {WANT} from {MANY_CONNECTIONS} connections"),
-            fix: String::new(),
-        },
+        Some(v) if v < WANT && t.connections >= MANY_CONNECTIONS => Check::warn(
+            NAME,
+            format!("{v} (packets queued per CPU before drops)"),
+            format!(">= {WANT} for reconnect storms of {}", t.connections),
+            format!("sysctl -w net.core.netdev_max_backlog={WANT}"),
+        ),
+        Some(v) => Check::ok(
+            NAME,
+            v.to_string(),
+            format!(">= {WANT} from {MANY_CONNECTIONS} connections"),
+        ),
     }
 }
 

@@ -6,14 +6,12 @@
 //! is a terminal; reads commands line by line, with no prompt and no banner,
 //! when stdin is a pipe, and then exits non-zero if any command failed.
 //!
-//! The HTTP side is a deliberately small synchronous HTTP/1.1 client over
-//! [`std::net::TcpStream`]: one keep-alive connection, reopened when the
-//! server closed it.
+//! HTTP is `ureq`'s blocking client: one keep-alive connection, reopened
+//! when the server closed it.
 #![forbid(unsafe_code)]
 
 use std::fmt;
-use std::io::{self, BufRead, BufReader, IsTerminal, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::io::{self, BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -38,7 +36,7 @@ const IO_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_HEADER_BYTES: usize = 64 * 1024;
 
 /// Largest response body accepted, in bytes.
-const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+const MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
 
 /// How much of a non-JSON error body is shown.
 const MAX_SHOWN_BODY: usize = 512;
@@ -463,14 +461,9 @@ impl Endpoint {
         })
     }
 
-    /// `host:port`, for the `Host` header and name resolution.
+    /// `host:port`, as in the URL.
     fn authority(&self) -> String {
         format!("{}:{}", self.host, self.port)
-    }
-
-    fn addrs(&self) -> io::Result<Vec<SocketAddr>> {
-        let host = self.host.trim_start_matches('[').trim_end_matches(']');
-        Ok((host, self.port).to_socket_addrs()?.collect())
     }
 }
 
@@ -553,31 +546,34 @@ fn io_reason(e: &io::Error) -> String {
     }
 }
 
-/// A parsed HTTP response.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Response {
-    pub status: u16,
-    pub body: Vec<u8>,
-    /// The server said `Connection: close` (or spoke HTTP/1.0 without
-    /// keep-alive): the connection cannot be reused.
-    pub close: bool,
-}
-
-/// A JSON-RPC client for the backend port over one keep-alive HTTP/1.1
-/// connection.
+/// A JSON-RPC client for the backend port. HTTP is `ureq`'s: one agent
+/// whose pool keeps the connection alive between commands and opens a new
+/// one when the server has closed it.
 pub struct Client {
     endpoint: Endpoint,
+    /// `http://host:port/path`, the URL every request is POSTed to.
+    url: String,
     token: Option<String>,
-    conn: Option<BufReader<TcpStream>>,
+    agent: ureq::Agent,
     next_id: u64,
 }
 
 impl Client {
     pub fn new(endpoint: Endpoint, token: Option<String>) -> Self {
+        let agent = ureq::Agent::config_builder()
+            .timeout_connect(Some(CONNECT_TIMEOUT))
+            .timeout_per_call(Some(IO_TIMEOUT))
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .max_response_header_size(MAX_HEADER_BYTES)
+            .user_agent(concat!("ringcast-shell/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .into();
         Client {
+            url: format!("http://{}{}", endpoint.authority(), endpoint.path),
             endpoint,
             token: token.filter(|t| !t.is_empty()),
-            conn: None,
+            agent,
             next_id: 1,
         }
     }
@@ -594,247 +590,77 @@ impl Client {
         if let Some(params) = params {
             request["params"] = params;
         }
-        let body = request.to_string();
-        let response = self.post(body.as_bytes())?;
-        match response.status {
-            200 => {}
-            401 => return Err(CallError::Unauthorized),
-            status => {
-                return Err(CallError::Http {
-                    status,
-                    body: shown_body(&response.body),
-                });
-            }
-        }
-        parse_rpc_response(&response.body)
-    }
-
-    /// POSTs `body` and reads the response, reopening the connection once
-    /// when a kept-alive one turns out to be closed by the server.
-    fn post(&mut self, body: &[u8]) -> Result<Response, CallError> {
-        let request = self.request_bytes(body);
-        let reused = self.conn.is_some();
-        match self.exchange(&request) {
-            Ok(response) => Ok(response),
-            // A stale keep-alive connection: nothing of the answer arrived.
-            Err(Exchange::Stale(_)) if reused => {
-                self.conn = None;
-                self.exchange(&request).map_err(|e| self.exchange_error(e))
-            }
-            Err(e) => Err(self.exchange_error(e)),
+        let (status, body) = self
+            .post(&request.to_string())
+            .map_err(|e| self.call_error(e))?;
+        match status {
+            200 => parse_rpc_response(&body),
+            401 => Err(CallError::Unauthorized),
+            status => Err(CallError::Http {
+                status,
+                body: shown_body(&body),
+            }),
         }
     }
 
-    fn exchange_error(&self, e: Exchange) -> CallError {
+    /// POSTs `body`; returns the status and the response body.
+    fn post(&self, body: &str) -> Result<(u16, Vec<u8>), ureq::Error> {
+        let mut request = self
+            .agent
+            .post(&self.url)
+            .header("Accept", "application/json")
+            .header("Content-Type", "application/json");
+        if let Some(token) = &self.token {
+            request = request.header("Authorization", format!("Bearer {token}"));
+        }
+        let mut response = request.send(body)?;
+        let status = response.status().as_u16();
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_BODY_BYTES)
+            .read_to_vec()?;
+        Ok((status, body))
+    }
+
+    /// The one-line error for a failed HTTP exchange: no connection at all
+    /// (`Unreachable`), a broken one (`Io`), or a malformed answer.
+    fn call_error(&self, e: ureq::Error) -> CallError {
+        use ureq::{Error, Timeout};
         let url = self.endpoint.to_string();
+        let unreachable = |reason: String| CallError::Unreachable {
+            url: url.clone(),
+            reason,
+        };
         match e {
-            Exchange::Connect(reason) => CallError::Unreachable { url, reason },
-            Exchange::Stale(e) | Exchange::Broken(e) => CallError::Io {
+            Error::Io(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                unreachable(io_reason(&e))
+            }
+            Error::HostNotFound => unreachable(format!("cannot resolve {}", self.endpoint.host)),
+            Error::ConnectionFailed => unreachable("connection failed".into()),
+            Error::Timeout(Timeout::Resolve | Timeout::Connect) => unreachable("timed out".into()),
+            Error::Timeout(_) => CallError::Io {
+                url,
+                reason: "timed out".into(),
+            },
+            Error::Io(e) => CallError::Io {
                 url,
                 reason: io_reason(&e),
             },
-            Exchange::Protocol(what) => CallError::BadResponse(what),
-        }
-    }
-
-    fn exchange(&mut self, request: &[u8]) -> Result<Response, Exchange> {
-        if self.conn.is_none() {
-            self.conn = Some(BufReader::new(self.connect().map_err(Exchange::Connect)?));
-        }
-        let conn = self.conn.as_mut().expect("connection just opened");
-        let result = conn
-            .get_mut()
-            .write_all(request)
-            .map_err(Exchange::Stale)
-            .and_then(|()| read_response(conn));
-        match &result {
-            Ok(response) if !response.close => {}
-            _ => self.conn = None,
-        }
-        result
-    }
-
-    fn connect(&self) -> Result<TcpStream, String> {
-        let addrs = self
-            .endpoint
-            .addrs()
-            .map_err(|e| format!("cannot resolve {}: {}", self.endpoint.host, io_reason(&e)))?;
-        let mut last = None;
-        for addr in &addrs {
-            match TcpStream::connect_timeout(addr, CONNECT_TIMEOUT) {
-                Ok(stream) => {
-                    let _ = stream.set_nodelay(true);
-                    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
-                    let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
-                    return Ok(stream);
-                }
-                Err(e) => last = Some(e),
+            Error::BodyExceedsLimit(limit) => {
+                CallError::BadResponse(format!("response body larger than {limit} bytes"))
             }
+            Error::LargeResponseHeader(..) => {
+                CallError::BadResponse("response headers too large".into())
+            }
+            other => CallError::BadResponse(one_line(&other.to_string())),
         }
-        Err(match last {
-            Some(e) => io_reason(&e),
-            None => format!("no address for {}", self.endpoint.host),
-        })
-    }
-
-    fn request_bytes(&self, body: &[u8]) -> Vec<u8> {
-        let mut head = format!(
-            "POST {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: ringcast-shell/{}\r\n\
-             Accept: application/json\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\n",
-            self.endpoint.path,
-            self.endpoint.authority(),
-            env!("CARGO_PKG_VERSION"),
-            body.len()
-        );
-        if let Some(token) = &self.token {
-            head.push_str("Authorization: Bearer ");
-            head.push_str(token);
-            head.push_str("\r\n");
-        }
-        head.push_str("\r\n");
-        let mut bytes = head.into_bytes();
-        bytes.extend_from_slice(body);
-        bytes
     }
 }
 
-/// How an exchange failed, to tell a stale keep-alive connection (retry)
-/// from a real failure.
-#[derive(Debug)]
-enum Exchange {
-    Connect(String),
-    /// Failed before any byte of the response arrived.
-    Stale(io::Error),
-    /// Failed in the middle of the response.
-    Broken(io::Error),
-    Protocol(String),
-}
-
-/// Reads one HTTP/1.1 response (skipping 1xx interim ones).
-fn read_response(reader: &mut impl BufRead) -> Result<Response, Exchange> {
-    loop {
-        let mut header_bytes = 0usize;
-        let mut status_line = String::new();
-        match reader.read_line(&mut status_line) {
-            Ok(0) => {
-                return Err(Exchange::Stale(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "server closed the connection",
-                )))
-            }
-            Ok(n) => header_bytes += n,
-            Err(e) => return Err(Exchange::Stale(e)),
-        }
-        let mut parts = status_line.trim_end().splitn(3, ' ');
-        let version = parts.next().unwrap_or("");
-        let status = parts.next().and_then(|s| s.parse::<u16>().ok());
-        let (Some(status), true) = (status, version.starts_with("HTTP/1.")) else {
-            return Err(Exchange::Protocol(format!(
-                "not an HTTP response: {:?}",
-                status_line.trim_end()
-            )));
-        };
-        let mut close = version == "HTTP/1.0";
-        let mut content_length: Option<usize> = None;
-        let mut chunked = false;
-        loop {
-            let mut line = String::new();
-            let n = reader.read_line(&mut line).map_err(Exchange::Broken)?;
-            if n == 0 {
-                return Err(Exchange::Broken(io::ErrorKind::UnexpectedEof.into()));
-            }
-            header_bytes += n;
-            if header_bytes > MAX_HEADER_BYTES {
-                return Err(Exchange::Protocol("response headers too large".into()));
-            }
-            let line = line.trim_end_matches(['\r', '\n']);
-            if line.is_empty() {
-                break;
-            }
-            let Some((name, value)) = line.split_once(':') else {
-                return Err(Exchange::Protocol(format!("bad header line {line:?}")));
-            };
-            let value = value.trim();
-            if name.eq_ignore_ascii_case("content-length") {
-                let len = value
-                    .parse::<usize>()
-                    .map_err(|_| Exchange::Protocol(format!("bad Content-Length {value:?}")))?;
-                content_length = Some(len);
-            } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                chunked = value.to_ascii_lowercase().contains("chunked");
-            } else if name.eq_ignore_ascii_case("connection") {
-                let value = value.to_ascii_lowercase();
-                if value.contains("close") {
-                    close = true;
-                } else if value.contains("keep-alive") {
-                    close = false;
-                }
-            }
-        }
-        if (100..200).contains(&status) {
-            continue;
-        }
-        let body = if status == 204 || status == 304 {
-            Vec::new()
-        } else if chunked {
-            read_chunked(reader)?
-        } else if let Some(len) = content_length {
-            if len > MAX_BODY_BYTES {
-                return Err(Exchange::Protocol(format!(
-                    "response body too large ({len} bytes)"
-                )));
-            }
-            let mut body = vec![0; len];
-            reader.read_exact(&mut body).map_err(Exchange::Broken)?;
-            body
-        } else {
-            // Neither: the body runs to the end of the connection.
-            close = true;
-            let mut body = Vec::new();
-            reader
-                .take(MAX_BODY_BYTES as u64)
-                .read_to_end(&mut body)
-                .map_err(Exchange::Broken)?;
-            body
-        };
-        return Ok(Response {
-            status,
-            body,
-            close,
-        });
-    }
-}
-
-fn read_chunked(reader: &mut impl BufRead) -> Result<Vec<u8>, Exchange> {
-    let mut body = Vec::new();
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).map_err(Exchange::Broken)?;
-        let size = line.trim().split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size, 16)
-            .map_err(|_| Exchange::Protocol(format!("bad chunk size {size:?}")))?;
-        if size == 0 {
-            // Trailers, up to the empty line.
-            loop {
-                let mut trailer = String::new();
-                let n = reader.read_line(&mut trailer).map_err(Exchange::Broken)?;
-                if n == 0 || trailer.trim().is_empty() {
-                    return Ok(body);
-                }
-            }
-        }
-        if body.len() + size > MAX_BODY_BYTES {
-            return Err(Exchange::Protocol("response body too large".into()));
-        }
-        let start = body.len();
-        body.resize(start + size, 0);
-        reader
-            .read_exact(&mut body[start..])
-            .map_err(Exchange::Broken)?;
-        let mut crlf = String::new();
-        reader.read_line(&mut crlf).map_err(Exchange::Broken)?;
-    }
+/// Collapses whitespace runs (including newlines) into single spaces.
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// An error body as shown after `HTTP NNN:`: compact JSON, or the text
@@ -894,7 +720,7 @@ fn parse_rpc_response(body: &[u8]) -> Result<Value, CallError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Cursor;
+    use std::io::{BufReader, Cursor, Read};
     use std::net::TcpListener;
     use std::sync::mpsc;
     use std::thread;
@@ -1095,43 +921,6 @@ mod tests {
         assert!(Endpoint::parse("").is_err());
     }
 
-    fn response(raw: &str) -> Result<Response, Exchange> {
-        read_response(&mut Cursor::new(raw.as_bytes().to_vec()))
-    }
-
-    #[test]
-    fn reads_responses() {
-        let r = response("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloEXTRA").unwrap();
-        assert_eq!(
-            (r.status, r.body.as_slice(), r.close),
-            (200, &b"hello"[..], false)
-        );
-        let r =
-            response("HTTP/1.1 404 Not Found\r\ncontent-length: 2\r\nConnection: close\r\n\r\n{}")
-                .unwrap();
-        assert_eq!((r.status, r.close), (404, true));
-        let r =
-            response("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx")
-                .unwrap();
-        assert_eq!((r.status, r.body.as_slice()), (200, &b"x"[..]));
-        let r = response(
-            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n",
-        )
-        .unwrap();
-        assert_eq!(r.body, b"abcde");
-        let r = response("HTTP/1.0 200 OK\r\n\r\nto the end").unwrap();
-        assert_eq!((r.body.as_slice(), r.close), (&b"to the end"[..], true));
-        assert!(matches!(response(""), Err(Exchange::Stale(_))));
-        assert!(matches!(
-            response("SSH-2.0-x\r\n"),
-            Err(Exchange::Protocol(_))
-        ));
-        assert!(matches!(
-            response("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort"),
-            Err(Exchange::Broken(_))
-        ));
-    }
-
     #[test]
     fn rpc_responses() {
         let ok = parse_rpc_response(br#"{"jsonrpc":"2.0","id":1,"result":{"ping":"ok"}}"#);
@@ -1233,8 +1022,11 @@ mod tests {
             }
             let len = head
                 .lines()
-                .find_map(|l| l.strip_prefix("Content-Length: "))
-                .and_then(|v| v.trim().parse::<usize>().ok())
+                .find_map(|l| {
+                    l.split_once(':')
+                        .filter(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+                })
+                .and_then(|(_, v)| v.trim().parse::<usize>().ok())
                 .unwrap_or(0);
             let mut body = vec![0; len];
             reader.read_exact(&mut body).unwrap();
@@ -1291,10 +1083,10 @@ mod tests {
             "{}",
             first.head
         );
-        assert!(first
-            .head
-            .contains("\r\nContent-Type: application/json\r\n"));
-        assert!(first.head.contains("\r\nAuthorization: Bearer s3cret\r\n"));
+        // Header names are case-insensitive; ureq sends them lower-case.
+        let head = first.head.to_ascii_lowercase();
+        assert!(head.contains("\r\ncontent-type: application/json\r\n"));
+        assert!(head.contains("\r\nauthorization: bearer s3cret\r\n"));
         assert_eq!(first.body["jsonrpc"], "2.0");
         assert_eq!(first.body["method"], "emit");
 
