@@ -188,6 +188,31 @@ config_section! {
         pub limits: LimitsConfig = LimitsConfig::default(),
         /// Per-channel publication history kept by the channel's home shard.
         pub history: HistoryConfig = HistoryConfig::default(),
+        /// Which wire protocol serves which URL path of the WebSocket port.
+        /// A connection on no configured path speaks `ws.dialect`;
+        /// `?dialect=NAME` in the URL chooses for one connection.
+        pub protocols: ProtocolsConfig = ProtocolsConfig::default(),
+    }
+}
+
+config_section! {
+    /// `[protocols]`: one sub-section per wire protocol.
+    pub struct ProtocolsConfig {
+        /// ringcast's JSON-RPC 2.0 protocol.
+        pub native: ProtocolRoute = ProtocolRoute::default(),
+        /// RocketWS's dialect (results, envelopes).
+        pub rocketws: ProtocolRoute = ProtocolRoute::default(),
+    }
+}
+
+config_section! {
+    /// Where one protocol is served.
+    pub struct ProtocolRoute {
+        /// URL path served by this protocol, with everything below it
+        /// (e.g. `/rocketws` also serves `/rocketws/x`); must start with `/`
+        /// and differ from the other protocols' paths; empty = none.
+        /// Default empty.
+        pub path: String = String::new(),
     }
 }
 
@@ -270,6 +295,42 @@ config_section! {
         pub size: usize = 64,
         /// Seconds a publication stays in history. Default 300.
         pub ttl: u64 = 300,
+    }
+}
+
+impl ProtocolsConfig {
+    /// Every protocol's path key and value, for validation and routing.
+    pub fn paths(&self) -> [(&'static str, &str); 2] {
+        [
+            ("protocols.native.path", &self.native.path),
+            ("protocols.rocketws.path", &self.rocketws.path),
+        ]
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let paths = self.paths();
+        for (i, (key, path)) in paths.iter().enumerate() {
+            if path.is_empty() {
+                continue;
+            }
+            if !path.starts_with('/') || path.contains(['?', '#', ' ']) {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("must be a URL path starting with / (got {path:?})"),
+                ));
+            }
+            let trimmed = path.trim_end_matches('/');
+            if let Some((other, _)) = paths[..i]
+                .iter()
+                .find(|(_, p)| !p.is_empty() && p.trim_end_matches('/') == trimmed)
+            {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("must differ from {other} (both are {path:?})"),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -573,6 +634,7 @@ impl Config {
             ));
         }
         at_least("backend.max_body", b.max_body, 1024, " bytes")?;
+        self.protocols.validate()?;
 
         let l = &self.limits;
         at_least(
@@ -1188,10 +1250,12 @@ mod tests {
             "RINGCAST_LIMITS_SLOW_CONSUMER",
             "RINGCAST_HISTORY_SIZE",
             "RINGCAST_HISTORY_TTL",
+            "RINGCAST_PROTOCOLS_NATIVE_PATH",
+            "RINGCAST_PROTOCOLS_ROCKETWS_PATH",
         ] {
             assert!(keys.iter().any(|(v, _, _)| v == var), "{var}");
         }
-        assert_eq!(keys.len(), 25);
+        assert_eq!(keys.len(), 27);
     }
 
     #[test]
@@ -1306,6 +1370,9 @@ mod tests {
         let cases: &[(Edit, &str)] = &[
             (|c| c.shards = 1025, "invalid config: shards: must be at most 1024 (got 1025)"),
             (|c| c.ws.backlog = 0, "invalid config: ws.backlog: must be at least 1 (got 0)"),
+            (|c| c.protocols.rocketws.path = "rocketws".into(), "invalid config: protocols.rocketws.path: must be a URL path starting with / (got \"rocketws\")"),
+            (|c| c.protocols.rocketws.path = "/a?b".into(), "invalid config: protocols.rocketws.path: must be a URL path starting with / (got \"/a?b\")"),
+            (|c| { c.protocols.native.path = "/x".into(); c.protocols.rocketws.path = "/x/".into() }, "invalid config: protocols.rocketws.path: must differ from protocols.native.path (both are \"/x/\")"),
             (|c| c.ws.backlog = 65536, "invalid config: ws.backlog: must be at most 65535 (got 65536)"),
             (|c| c.ws.ping_interval = 0, "invalid config: ws.ping_interval: must be at least 1 s (got 0)"),
             (|c| c.ws.pong_timeout = 0, "invalid config: ws.pong_timeout: must be at least 1 s (got 0)"),

@@ -15,9 +15,10 @@
 
 use bytes::Bytes;
 
+use super::native::{self, Native};
+use super::rocketws::{self, RocketWs};
 use super::rpc::{Incoming, ReplyWriter, RpcError, RpcParser};
-use super::{native, rocketws};
-use crate::ops::config::Dialect;
+use crate::ops::config::{Config, Dialect};
 use crate::pubsub::ops::{Op, OpError, Outcome};
 use crate::pubsub::publication::{Publication, MAX_FORMS};
 
@@ -38,17 +39,52 @@ pub fn by_name(name: &str) -> Option<ProtocolId> {
         .map(|i| i as ProtocolId)
 }
 
-/// The protocol an upgrade asks for: `?dialect=NAME` when it names one,
-/// else the port's configured dialect.
-pub fn route_upgrade(dialect_param: Option<&str>, port_default: Dialect) -> ProtocolId {
-    if let Some(id) = dialect_param.and_then(by_name) {
-        return id;
+/// Which protocol serves a WebSocket upgrade, by URL path: built once from
+/// the configuration (`[protocols.*] path`, `ws.dialect`).
+#[derive(Debug, Clone)]
+pub struct Router {
+    /// Configured paths (without a trailing `/`), longest first.
+    routes: Vec<(Box<str>, ProtocolId)>,
+    /// For requests on no configured path.
+    default: ProtocolId,
+}
+
+impl Router {
+    pub fn new(cfg: &Config) -> Router {
+        let mut routes: Vec<(Box<str>, ProtocolId)> = PROTOCOLS
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.path(cfg).trim_end_matches('/'), i as ProtocolId))
+            .filter(|(path, _)| !path.is_empty())
+            .map(|(path, id)| (path.into(), id))
+            .collect();
+        routes.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
+        let default = match cfg.ws.dialect {
+            Dialect::Native => Native.name(),
+            Dialect::Rocketws => RocketWs.name(),
+        };
+        Router {
+            routes,
+            default: by_name(default).unwrap_or(0),
+        }
     }
-    let name = match port_default {
-        Dialect::Native => "native",
-        Dialect::Rocketws => "rocketws",
-    };
-    by_name(name).unwrap_or(0)
+
+    /// The protocol for an upgrade on `path` (without the query):
+    /// `?dialect=NAME` when it names a protocol, else the longest configured
+    /// path that is `path` or a parent of it, else the port's default.
+    pub fn route(&self, path: &str, dialect_param: Option<&str>) -> ProtocolId {
+        if let Some(id) = dialect_param.and_then(by_name) {
+            return id;
+        }
+        for (prefix, id) in &self.routes {
+            if let Some(rest) = path.strip_prefix(&**prefix) {
+                if rest.is_empty() || rest.starts_with('/') {
+                    return *id;
+                }
+            }
+        }
+        self.default
+    }
 }
 
 /// The protocol at `id`.
@@ -60,6 +96,10 @@ pub fn protocol(id: ProtocolId) -> &'static dyn Protocol {
 pub trait Protocol: Sync {
     /// Its name in configuration, `?dialect=` and logs.
     fn name(&self) -> &'static str;
+
+    /// The URL path it is configured to serve (`[protocols.NAME] path`);
+    /// empty: none.
+    fn path<'c>(&self, cfg: &'c Config) -> &'c str;
 
     /// The complete server-to-client WebSocket frame that carries `p` to a
     /// subscriber of this protocol. Called at most once per publication.
@@ -150,11 +190,36 @@ mod tests {
     #[test]
     fn upgrade_routing() {
         let rocket = by_name("rocketws").unwrap();
-        assert_eq!(route_upgrade(None, Dialect::Native), 0);
-        assert_eq!(route_upgrade(Some("rocketws"), Dialect::Native), rocket);
-        assert_eq!(route_upgrade(Some("native"), Dialect::Rocketws), 0);
-        assert_eq!(route_upgrade(Some("bogus"), Dialect::Rocketws), rocket);
-        assert_eq!(route_upgrade(None, Dialect::Rocketws), rocket);
+        let mut cfg = Config::default();
+        let r = Router::new(&cfg);
+        assert_eq!(r.route("/", None), 0);
+        assert_eq!(r.route("/any/path", Some("rocketws")), rocket);
+        assert_eq!(r.route("/", Some("bogus")), 0);
+        cfg.ws.dialect = Dialect::Rocketws;
+        let r = Router::new(&cfg);
+        assert_eq!(r.route("/", None), rocket);
+        assert_eq!(r.route("/", Some("native")), 0);
+        assert_eq!(r.route("/", Some("bogus")), rocket);
+    }
+
+    #[test]
+    fn paths_route_with_their_subtrees_longest_first() {
+        let rocket = by_name("rocketws").unwrap();
+        let mut cfg = Config::default();
+        cfg.protocols.rocketws.path = "/ws/".into();
+        cfg.protocols.native.path = "/ws/native".into();
+        let r = Router::new(&cfg);
+        assert_eq!(r.route("/ws", None), rocket);
+        assert_eq!(r.route("/ws/", None), rocket);
+        assert_eq!(r.route("/ws/room/1", None), rocket);
+        assert_eq!(
+            r.route("/wsx", None),
+            0,
+            "a prefix of a name is not a parent"
+        );
+        assert_eq!(r.route("/ws/native/x", None), 0);
+        assert_eq!(r.route("/ws/room", Some("native")), 0);
+        assert_eq!(r.route("/elsewhere", None), 0);
     }
 
     #[test]

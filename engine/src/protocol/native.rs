@@ -5,6 +5,8 @@
 
 use bytes::Bytes;
 
+use crate::ops::config::Config;
+
 use super::adapter::{json_rpc_exchange, Answer, Exchange, Protocol};
 use super::rpc::{self, ReplyWriter, RpcError, RpcParser};
 use crate::pubsub::home_shard::HistoryOutcome;
@@ -17,6 +19,10 @@ pub struct Native;
 impl Protocol for Native {
     fn name(&self) -> &'static str {
         "native"
+    }
+
+    fn path<'c>(&self, cfg: &'c Config) -> &'c str {
+        &cfg.protocols.native.path
     }
 
     fn encode_publication(&self, p: &Publication) -> Bytes {

@@ -9,6 +9,8 @@
 
 use bytes::Bytes;
 
+use crate::ops::config::Config;
+
 use super::adapter::{json_rpc_exchange, Answer, Exchange, Protocol};
 use super::native::{history_result, rpc_error};
 use super::rpc::{self, ReplyWriter, RpcError, RpcParser};
@@ -21,6 +23,10 @@ pub struct RocketWs;
 impl Protocol for RocketWs {
     fn name(&self) -> &'static str {
         "rocketws"
+    }
+
+    fn path<'c>(&self, cfg: &'c Config) -> &'c str {
+        &cfg.protocols.rocketws.path
     }
 
     fn encode_publication(&self, p: &Publication) -> Bytes {

@@ -7,6 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::*;
 use crate::ops::config::Config;
+use crate::protocol::adapter::Router;
 use crate::pubsub::home_shard::home_of;
 
 /// What every shard shares: configuration, the mailboxes and the id clock.
@@ -21,12 +22,15 @@ pub struct Node {
     /// Open WebSocket connections over all shards (checked against
     /// `max_connections` at accept; touched once per connect/disconnect).
     pub(super) connections: AtomicUsize,
+    /// Which protocol serves an upgrade, by path.
+    pub router: Router,
 }
 
 impl Node {
     pub fn new(config: Config, shards: usize) -> Arc<Node> {
         let start_ms = unix_ms();
         Arc::new(Node {
+            router: Router::new(&config),
             config,
             shards,
             mailboxes: (0..shards).map(|_| Mailbox::new()).collect(),

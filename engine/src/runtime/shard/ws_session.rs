@@ -14,7 +14,7 @@ use monoio::net::TcpStream;
 use super::conn::Conn;
 use super::{ConnRef, Shard};
 use crate::ops::metrics::ShardMetrics;
-use crate::protocol::adapter::{protocol, route_upgrade, Answer, Exchange, ProtocolId};
+use crate::protocol::adapter::{protocol, Answer, Exchange, ProtocolId};
 use crate::protocol::handshake::{parse_upgrade, HandshakeError, Upgrade, MAX_REQUEST_HEAD};
 use crate::protocol::websocket::WsProtocol;
 use crate::pubsub::publication::text_frame;
@@ -65,7 +65,10 @@ async fn handshake(shard: &Shard, stream: TcpStream) -> Option<(TcpStream, Proto
             return None;
         }
     };
-    let proto = route_upgrade(upgrade.query_param("dialect"), cfg.ws.dialect);
+    let proto = shard
+        .node
+        .router
+        .route(upgrade.path_without_query(), upgrade.query_param("dialect"));
     write_all(&stream, &upgrade.response_101()).await.ok()?;
     let pending = buf.split_off(upgrade.consumed);
     Some((stream, proto, pending))
