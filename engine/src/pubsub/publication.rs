@@ -115,14 +115,17 @@ impl Publication {
     }
 }
 
-/// A complete unfragmented server text frame carrying `payload`.
+/// A complete unfragmented server text frame carrying `payload`, in a
+/// buffer that is already shared: every later clone (one per subscriber)
+/// only bumps a reference count, where a frame frozen from a plain
+/// `BytesMut` would allocate its shared header on the first clone.
 pub fn text_frame(payload: &[u8]) -> Bytes {
     let mut header = [0u8; 10];
     let h = encode_header(true, OpCode::Text, payload.len(), &mut header);
     let mut buf = BytesMut::with_capacity(h + payload.len());
     buf.put_slice(&header[..h]);
     buf.put_slice(payload);
-    buf.freeze()
+    buf.split().freeze()
 }
 
 /// Appends `s` as a JSON string literal.
