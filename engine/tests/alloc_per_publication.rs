@@ -160,8 +160,10 @@ fn room(ws: SocketAddr, channel: &str, native: usize, rocketws: usize) -> Vec<Cl
 
 #[test]
 fn a_publication_allocates_the_same_for_any_number_and_mix_of_subscribers() {
-    let mut config = Config::default();
-    config.shards = 1;
+    let mut config = Config {
+        shards: 1,
+        ..Config::default()
+    };
     config.ws.listen = "127.0.0.1:0".parse().unwrap();
     config.backend.listen = "127.0.0.1:0".parse().unwrap();
     let node = ringcast::runtime::run(config).expect("start the engine");
