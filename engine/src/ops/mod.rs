@@ -1,9 +1,11 @@
 //! What an operator touches: configuration, the command line, metrics,
-//! `ringcast doctor`, `ringcast shell`, and the allocation counter.
+//! the dashboard, `ringcast doctor`, `ringcast shell`, and the allocation
+//! counter.
 
 pub mod alloc_count;
 pub mod cli;
 pub mod config;
+pub mod dashboard;
 pub mod doctor;
 pub mod metrics;
 pub mod shell;
