@@ -4,7 +4,7 @@
 // textContent, never as markup.
 "use strict";
 (function () {
-  const KEEP = 120; // samples kept per series (two minutes)
+  const KEEP = 60; // samples kept per series (one minute)
   const COLORS = ["#4fb3ff", "#ffb454", "#6fdc8c", "#f07178", "#c792ea", "#89ddff", "#ffcb6b", "#aad94c"];
   const TOTAL_COLOR = "#e6e6e6";
   const SVG = "http://www.w3.org/2000/svg";
@@ -23,7 +23,7 @@
     ["deliveries", "Deliveries/s", "deliveries_per_s"],
     ["publications", "Publications/s", "publications_per_s"],
     ["connections", "Connections", "connections"],
-    ["trouble", "Slow-consumer disconnects/s and dropped deliveries/s", null,
+    ["trouble", "Slow consumers (per second)", null,
       [["slow_consumer_disconnects_per_s", "slow-consumer disconnects/s", "#f07178"],
        ["dropped_deliveries_per_s", "dropped deliveries/s", "#ffb454"]]],
   ];
@@ -57,11 +57,11 @@
   }
 
   // Charts: an SVG with a polyline per series.
-  const W = 600, H = 150, PAD = 34;
+  const H = 150, PAD = 34;
   const charts = {};
   for (const [id, title, key, totals] of CHARTS) {
     const box = el("div", { class: "chart", id: "chart-" + id });
-    const svg = el("svg:svg", { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none", role: "img", "aria-label": title });
+    const svg = el("svg:svg", { role: "img", "aria-label": title });
     box.append(el("h2", {}, title), svg, el("div", { class: "legend" }));
     $("charts").append(box);
     charts[id] = { box, svg, key, totals, series: new Map() };
@@ -79,6 +79,8 @@
 
   function draw(chart) {
     const { svg } = chart;
+    const W = svg.clientWidth || 600; // one SVG unit per pixel: text keeps its shape
+    svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
     svg.replaceChildren();
     let max = 0;
     for (const s of chart.series.values()) for (const v of s.values) if (v !== null && v > max) max = v;
@@ -88,6 +90,8 @@
       svg.append(el("svg:line", { class: "grid", x1: PAD, x2: W, y1: y, y2: y }));
       svg.append(el("svg:text", { class: "axis", x: 2, y: y + 3 }, fmt(top * f)));
     }
+    svg.append(el("svg:text", { class: "axis", x: PAD, y: H - 1 }, "−" + KEEP + " s"));
+    svg.append(el("svg:text", { class: "axis", x: W - 22, y: H - 1 }, "now"));
     for (const s of chart.series.values()) {
       const pts = [];
       const n = s.values.length;
