@@ -26,8 +26,8 @@
 //!   backend port), [`runtime::node`] (starts the shard threads and
 //!   listeners), [`runtime::sys`] (every `unsafe` block).
 //! - [`ops`]: what operators touch: [`ops::config`], [`ops::cli`],
-//!   [`ops::metrics`], [`ops::doctor`], [`ops::shell`],
-//!   [`ops::alloc_count`].
+//!   [`ops::metrics`], [`ops::dashboard`] (the backend port's live page),
+//!   [`ops::doctor`], [`ops::shell`], [`ops::alloc_count`].
 
 pub mod ops;
 pub mod protocol;

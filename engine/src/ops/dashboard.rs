@@ -172,7 +172,7 @@ Connection: close\r\n\r\n\
 retry: 2000\n\n";
 
 /// Serves `GET /dashboard/events` on `stream` until the client goes, a
-/// write stalls for [`WRITE_TIMEOUT`], or the shard shuts down.
+/// write stalls for 10 s, or the shard shuts down.
 pub async fn stream_events(shard: &Rc<Shard>, stream: &TcpStream) {
     if !write_within(stream, EVENTS_HEAD).await {
         return;
