@@ -36,9 +36,13 @@ fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
-/// `Some(())` when Chromium, Node and puppeteer-core are there; otherwise
-/// panics under CI and prints a skip line elsewhere.
-fn browser_available(test: &str) -> Option<()> {
+/// One browser at a time: each test starts a Chromium (and one a load
+/// generator), and the machines this runs on have two cores.
+static ONE_BROWSER: Mutex<()> = Mutex::new(());
+
+/// A guard holding [`ONE_BROWSER`] when Chromium, Node and puppeteer-core
+/// are there; otherwise panics under CI and prints a skip line elsewhere.
+fn browser_available(test: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| CHROMIUM.into());
     let node = Command::new("node")
         .arg("--version")
@@ -59,7 +63,7 @@ fn browser_available(test: &str) -> Option<()> {
         None
     };
     match missing {
-        None => Some(()),
+        None => Some(ONE_BROWSER.lock().unwrap_or_else(|e| e.into_inner())),
         Some(what) if in_ci() => {
             panic!("{test}: browser tests need {what}; scripts/setup.sh installs it")
         }
@@ -287,9 +291,9 @@ fn page_listener() -> TcpListener {
 
 #[test]
 fn native_protocol_subscribe_history_and_recovery_after_a_server_drop() {
-    if browser_available("native_protocol").is_none() {
+    let Some(_browser) = browser_available("native_protocol") else {
         return;
-    }
+    };
     let listener = page_listener();
     let origin = format!("http://{}", listener.local_addr().unwrap());
     // The page's real Origin is the only one allowed: the browser's
@@ -343,9 +347,9 @@ fn native_protocol_subscribe_history_and_recovery_after_a_server_drop() {
 
 #[test]
 fn rocketws_page_subscribes_sends_and_reads_bare_data() {
-    if browser_available("rocketws_page").is_none() {
+    let Some(_browser) = browser_available("rocketws_page") else {
         return;
-    }
+    };
     let server = Server::start(&[]);
     let pages = PageServer::start(page_listener(), server.backend);
     let url = pages.url("rocketws.html", server.ws, "%3Fdialect%3Drocketws");
@@ -399,9 +403,9 @@ fn rocketws_page_subscribes_sends_and_reads_bare_data() {
 
 #[test]
 fn permessage_deflate_is_declined_and_large_messages_flow() {
-    if browser_available("permessage_deflate").is_none() {
+    let Some(_browser) = browser_available("permessage_deflate") else {
         return;
-    }
+    };
     let server = Server::start(&[]);
     let pages = PageServer::start(page_listener(), server.backend);
     let d = drive(&pages.url("deflate.html", server.ws, ""), &[]);
@@ -430,9 +434,9 @@ fn loadgen_binary() -> Option<PathBuf> {
 
 #[test]
 fn dashboard_under_load_renders_live_figures_and_a_screenshot() {
-    if browser_available("dashboard_under_load").is_none() {
+    let Some(_browser) = browser_available("dashboard_under_load") else {
         return;
-    }
+    };
     let Some(loadgen) = loadgen_binary() else {
         return;
     };
