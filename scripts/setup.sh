@@ -8,11 +8,15 @@ cd "$(dirname "$0")/.."
 # command -> Debian package. `script` drives the shell's pseudo-terminal
 # test (tmux is the alternative), systemd-analyze checks the unit file,
 # node/npm run the uWebSockets.js and ws peers of bench/compare.sh, curl and
-# taskset are used by the bench scripts. Tests skip, with a message, what
-# they cannot find, so a failed install does not stop the build.
+# taskset are used by the bench scripts, chromium runs the browser tests
+# (engine/tests/browser.rs; chromedriver comes with it for WebDriver
+# clients). Tests skip, with a message, what they cannot find, so a failed
+# install does not stop the build; the browser tests fail instead under
+# CI=true.
 declare -A wanted=(
   [script]=util-linux [taskset]=util-linux [tmux]=tmux
   [systemd-analyze]=systemd [node]=nodejs [npm]=npm [ps]=procps [curl]=curl
+  [chromium]=chromium [chromedriver]=chromium-driver
 )
 missing=()
 for cmd in "${!wanted[@]}"; do
@@ -27,6 +31,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   else
     echo "setup: please install ${missing[*]} (sudo apt-get install ${missing[*]})" >&2
   fi
+fi
+
+# The browser tests' driver: puppeteer-core, pinned by package-lock.json.
+# It drives the system Chromium and downloads no browser.
+if command -v npm >/dev/null 2>&1; then
+  (cd engine/tests/browser && npm ci --no-audit --no-fund --loglevel=error) ||
+    echo "setup: npm ci in engine/tests/browser failed; the browser tests need it" >&2
 fi
 
 cargo build --workspace --all-targets

@@ -7,24 +7,32 @@
 //!
 //! # Layout
 //!
-//! The tree is grouped by layer; each layer only uses the ones above it in
-//! this list.
+//! The tree is grouped by layer. The first two are sans-IO (no sockets,
+//! unit-tested on values and byte slices); the I/O layer uses them; the
+//! operator tools sit beside. Configuration ([`ops::config`]) is read by
+//! every layer.
 //!
-//! - [`protocol`]: wire protocols without I/O, tested on byte slices:
-//!   [`protocol::codec`] (RFC 6455 frame header, masking),
-//!   [`protocol::handshake`] (the upgrade request and its answers),
-//!   [`protocol::websocket`] (per-connection WebSocket state machine),
-//!   [`protocol::rpc`] (JSON-RPC 2.0 for both ports), [`protocol::http`]
-//!   (HTTP/1.1 requests and responses).
-//! - [`pubsub`]: the publish/subscribe core without I/O:
-//!   [`pubsub::publication`] (a publication and its wire forms, built once),
+//! - [`pubsub`]: the publish/subscribe core. [`pubsub::ops`] (the
+//!   operations a client can ask for and the engine's answers: the whole
+//!   vocabulary between protocols and runtime), [`pubsub::publication`] (a
+//!   publication and its wire forms, each built once),
 //!   [`pubsub::channel_table`] (a shard's channel -> local subscribers),
-//!   [`pubsub::home_shard`] (offsets, epochs, history of the channels a
+//!   [`pubsub::home_shard`] (offsets, epochs and history of the channels a
 //!   shard is home to).
-//! - [`runtime`]: the I/O layer: [`runtime::shard`] (a shard's connections,
-//!   delivery, mailboxes, WebSocket sessions), [`runtime::backend`] (the
-//!   backend port), [`runtime::node`] (starts the shard threads and
-//!   listeners), [`runtime::sys`] (every `unsafe` block).
+//! - [`protocol`]: wire protocols. Transport: [`protocol::codec`] (RFC 6455
+//!   frame header, masking), [`protocol::handshake`] (the upgrade and its
+//!   answers), [`protocol::websocket`] (per-connection state machine),
+//!   [`protocol::http`] (HTTP/1.1 requests and responses),
+//!   [`protocol::rpc`] (JSON-RPC 2.0 for both ports). Client protocols, one
+//!   module each behind [`protocol::adapter::Protocol`]:
+//!   [`protocol::native`], [`protocol::rocketws`].
+//! - [`runtime`]: the I/O layer, which only moves bytes and runs
+//!   operations: [`runtime::shard`] (a shard's connections, delivery,
+//!   channels across shards, mailboxes, timers, WebSocket sessions),
+//!   [`runtime::backend`] (the backend port), [`runtime::dashboard`] (its
+//!   live page for operators), [`runtime::start`] (listeners and shard
+//!   threads; sits above shard and backend), [`runtime::io`],
+//!   [`runtime::sys`] (every `unsafe` block).
 //! - [`ops`]: what operators touch: [`ops::config`], [`ops::cli`],
 //!   [`ops::metrics`], [`ops::doctor`], [`ops::shell`],
 //!   [`ops::alloc_count`].

@@ -1,5 +1,6 @@
 //! What an operator touches: configuration, the command line, metrics,
-//! `ringcast doctor`, `ringcast shell`, and the allocation counter.
+//! the dashboard, `ringcast doctor`, `ringcast shell`, and the allocation
+//! counter.
 
 pub mod alloc_count;
 pub mod cli;

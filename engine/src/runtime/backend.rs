@@ -1,5 +1,6 @@
 //! The backend port: HTTP/1.1 (keep-alive, pipelining) carrying JSON-RPC
-//! 2.0 from backend applications, plus `GET /health` and `GET /metrics`.
+//! 2.0 from backend applications, plus `GET /health`, `GET /metrics` and
+//! the dashboard (`/dashboard…`, answered by [`crate::runtime::dashboard`]).
 //!
 //! Every shard accepts on the port (SO_REUSEPORT); a request is served on
 //! the shard that accepted it, which routes publishes to each channel's
@@ -19,6 +20,7 @@ use crate::protocol::rocketws::{self, BackendResult};
 use crate::protocol::rpc;
 use crate::protocol::rpc::{BackendMethod, Call, Incoming, ReplyWriter, RpcError};
 use crate::pubsub::ops::PublishResult;
+use crate::runtime::dashboard;
 use crate::runtime::io::write_all;
 use crate::runtime::shard::{Gather, HomeAnswer, HomeQuery, Shard};
 use crate::runtime::sys;
@@ -40,6 +42,26 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             match http::parse_request(&buf, max_body) {
                 Ok(Some((req, consumed))) => {
                     let keep_alive = req.keep_alive;
+                    if dashboard::owns(req.path) {
+                        // The operator's page and its live feed (runtime::dashboard).
+                        ShardMetrics::inc(&shard.metrics.backend_requests);
+                        let route =
+                            dashboard::route(shard.config(), &req, &buf[..consumed], &mut out);
+                        buf.drain(..consumed);
+                        continued = false;
+                        if route == dashboard::Route::EventStream {
+                            if write_all(&stream, &out).await.is_ok() {
+                                dashboard::stream_events(&shard, &stream).await;
+                            }
+                            sys::shutdown_socket(fd, std::net::Shutdown::Both);
+                            return;
+                        }
+                        if !keep_alive {
+                            close = true;
+                            break;
+                        }
+                        continue;
+                    }
                     let owned = OwnedRequest::from(&req);
                     buf.drain(..consumed);
                     continued = false;

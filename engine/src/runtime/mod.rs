@@ -3,6 +3,7 @@
 //! [`start`] starts it all and sits above [`shard`] and [`backend`].
 
 pub mod backend;
+pub mod dashboard;
 pub mod io;
 pub mod shard;
 pub mod start;
