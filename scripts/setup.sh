@@ -11,8 +11,7 @@ cd "$(dirname "$0")/.."
 # taskset are used by the bench scripts, chromium runs the browser tests
 # (engine/tests/browser.rs; chromedriver comes with it for WebDriver
 # clients). Tests skip, with a message, what they cannot find, so a failed
-# install does not stop the build; the browser tests fail instead under
-# CI=true.
+# install does not stop the build; under CI=true they fail instead.
 declare -A wanted=(
   [script]=util-linux [taskset]=util-linux [tmux]=tmux
   [systemd-analyze]=systemd [node]=nodejs [npm]=npm [ps]=procps [curl]=curl
@@ -27,7 +26,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
     apt-get update -qq || true
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" ||
-      echo "setup: could not install ${missing[*]}; the tests that need them will skip" >&2
+      echo "setup: could not install ${missing[*]}; the tests that need them will skip (fail under CI=true)" >&2
   else
     echo "setup: please install ${missing[*]} (sudo apt-get install ${missing[*]})" >&2
   fi

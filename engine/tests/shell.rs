@@ -5,6 +5,8 @@
 //! Each test starts the `ringcast` binary on free ports
 //! (`serve --shards 2 --ws-listen … --backend-listen …`).
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -250,15 +252,6 @@ fn wait_for_text(buf: &Arc<Mutex<Vec<u8>>>, needle: &str) {
     );
 }
 
-fn has_tool(name: &str, version_flag: &str) -> bool {
-    Command::new(name)
-        .arg(version_flag)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// Quotes `s` for `sh -c`.
 fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
@@ -351,16 +344,18 @@ fn terminal_session_reaches_a_subscriber() {
     );
     let data = json!({"via": "terminal"});
     let line = format!("emit news {data}");
-    if has_tool("script", "--version") {
+    if common::has_tool("script", "--version") {
         pty_with_script(&command, &line, || {
             expect_message(&mut ws, "news", &data);
         });
-    } else if has_tool("tmux", "-V") {
+    } else if common::has_tool("tmux", "-V") {
         pty_with_tmux(&command, &line, || {
             expect_message(&mut ws, "news", &data);
         });
     } else {
-        println!("skipped: neither `script` (util-linux) nor tmux is installed");
+        common::skip_or_fail(
+            "neither `script` (util-linux) nor tmux is installed (apt-get install util-linux)",
+        );
         return;
     }
     let history = std::fs::read_to_string(home.join(".ringcast_history")).unwrap_or_default();

@@ -14,6 +14,45 @@ use tungstenite::WebSocket;
 
 pub type Ws = WebSocket<TcpStream>;
 
+/// Whether this is a CI run (`CI` set, and not to `false` or `0`), where a
+/// test must not skip for want of a tool: scripts/setup.sh installs them.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false"))
+}
+
+/// Whether the external program `name` runs (`name version_flag` exits 0).
+pub fn has_tool(name: &str, version_flag: &str) -> bool {
+    Command::new(name)
+        .arg(version_flag)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A test cannot go on because something it needs is missing (`reason`
+/// says what, and how to install it). Under CI this fails the test;
+/// elsewhere it prints `skipped: {reason}` and the caller returns.
+pub fn skip_or_fail(reason: &str) {
+    assert!(
+        !in_ci(),
+        "{reason}; CI=true, so this fails instead of skipping (scripts/setup.sh installs it)"
+    );
+    println!("skipped: {reason}");
+}
+
+/// Whether the external program `name` (from Debian package `package`)
+/// runs; when it does not, [`skip_or_fail`]s and returns false.
+pub fn require_tool(name: &str, version_flag: &str, package: &str) -> bool {
+    if has_tool(name, version_flag) {
+        return true;
+    }
+    skip_or_fail(&format!(
+        "`{name}` is not installed (apt-get install {package})"
+    ));
+    false
+}
+
 /// A running engine, killed on drop.
 pub struct Server {
     pub child: Child,
