@@ -256,6 +256,20 @@ impl Shard {
                 Vec::new()
             },
             flushed,
+            internals: self.internals(),
+        }
+    }
+
+    /// The sizes of this shard's internal structures now.
+    pub(super) fn internals(&self) -> Internals {
+        let (shutdown_waiters, shutdown_waiter_slots) = self.shutdown.waiter_slots();
+        let conns = self.conns.borrow();
+        Internals {
+            shutdown_waiters,
+            shutdown_waiter_slots,
+            conns: conns.len(),
+            conn_slots: conns.capacity(),
+            sessions: self.sessions.get(),
         }
     }
 

@@ -13,6 +13,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
+use std::task::Waker;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -238,6 +239,9 @@ pub struct Conn {
     pub(crate) bucket: Cell<TokenBucket>,
     /// Channels this connection is subscribed to (interned in the table).
     pub(crate) subs: RefCell<Vec<Rc<str>>>,
+    /// The session task while it waits for input: a server-side close
+    /// wakes it so it stops reading (see [`Conn::wake_reader`]).
+    reader: Cell<Option<Waker>>,
 }
 
 impl Conn {
@@ -261,6 +265,7 @@ impl Conn {
             closing_since: Cell::new(None),
             bucket: Cell::new(TokenBucket::new(burst, now)),
             subs: RefCell::new(Vec::new()),
+            reader: Cell::new(None),
         }
     }
 
@@ -325,6 +330,30 @@ impl Conn {
             self.state.set(ConnState::Closing);
             self.closing_since.set(Some(now));
         }
+    }
+
+    /// Remembers the reading task's waker while it waits for input.
+    pub(crate) fn park_reader(&self, waker: &Waker) {
+        let w = match self.reader.take() {
+            Some(w) if w.will_wake(waker) => w,
+            _ => waker.clone(),
+        };
+        self.reader.set(Some(w));
+    }
+
+    /// Wakes the reading task (it sees the connection is no longer open and
+    /// stops). Used instead of `shutdown(SHUT_RD)`, after which Linux would
+    /// answer any further client data with a reset once our FIN is out,
+    /// losing the close frame.
+    pub(crate) fn wake_reader(&self) {
+        if let Some(w) = self.reader.take() {
+            w.wake();
+        }
+    }
+
+    /// Forgets the reading task (it has stopped reading).
+    pub(crate) fn unpark_reader(&self) {
+        self.reader.take();
     }
 
     /// Writes what the socket takes now, using `gather` (the shard's

@@ -71,8 +71,8 @@ impl Shard {
     ) {
         if conn.begin_close(Bytes::from(close_frame(code, reason)), discard, now) {
             self.mark_dirty(conn);
-            // Wakes the reader with end-of-stream; it cleans up and drains.
-            shutdown_read(conn);
+            // The reader stops, cleans up and drains (a lingering close).
+            conn.wake_reader();
         }
     }
 
@@ -158,15 +158,10 @@ impl Shard {
             Err(_) => {
                 // The peer is gone: stop the reader, which cleans up.
                 conn.mark_closing(Instant::now());
-                shutdown_read(conn);
+                conn.wake_reader();
             }
         }
     }
-}
-
-/// Makes a waiting reader see end-of-stream (Linux wakes pollers on SHUT_RD).
-pub(super) fn shutdown_read(conn: &Conn) {
-    sys::shutdown_socket(conn.fd(), Shutdown::Read);
 }
 
 async fn wait_writable(shard: Rc<Shard>, conn: Rc<Conn>) {

@@ -54,6 +54,21 @@ pub struct ShardReport {
     pub metrics: MetricsSnapshot,
     pub channels: Vec<(String, usize)>,
     pub flushed: usize,
+    pub internals: Internals,
+}
+
+/// Sizes of a shard's internal structures, to show they stay bounded
+/// (they follow what is live now, not what ever was).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Internals {
+    /// Tasks waiting on the shutdown latch, and the slots kept for them.
+    pub shutdown_waiters: usize,
+    pub shutdown_waiter_slots: usize,
+    /// Registered connections, and the registry's slab capacity.
+    pub conns: usize,
+    pub conn_slots: usize,
+    /// Sessions running (handshaking and draining ones included).
+    pub sessions: usize,
 }
 
 /// Messages between shards.

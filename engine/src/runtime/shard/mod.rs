@@ -38,7 +38,9 @@ pub use conn::{Conn, Enqueued};
 use mailbox::Mailbox;
 use signal::{Latch, LocalSignal};
 
-pub use messages::{ConnRef, Gather, HomeAnswer, HomeQuery, ShardGone, ShardMsg, ShardReport};
+pub use messages::{
+    ConnRef, Gather, HomeAnswer, HomeQuery, Internals, ShardGone, ShardMsg, ShardReport,
+};
 pub use node::{unix_ms, Node};
 
 /// One shard's state. Lives on its thread behind an `Rc`.

@@ -3,7 +3,9 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_channel::oneshot;
 
 use super::*;
 use crate::ops::config::Config;
@@ -54,6 +56,36 @@ impl Node {
 
     pub fn home_of(&self, channel: &str) -> usize {
         home_of(channel, self.shards)
+    }
+
+    /// Asks every shard for its report from outside the shard threads
+    /// (in-process tests), waiting at most `timeout` for each answer.
+    #[doc(hidden)]
+    pub fn gather_blocking(&self, query: Gather, timeout: Duration) -> Vec<ShardReport> {
+        let deadline = Instant::now() + timeout;
+        let mut waits: Vec<_> = self
+            .mailboxes
+            .iter()
+            .map(|mb| {
+                let (reply, rx) = oneshot::channel();
+                mb.push(ShardMsg::Gather { query, reply });
+                rx
+            })
+            .collect();
+        let mut out = Vec::with_capacity(waits.len());
+        for rx in &mut waits {
+            while Instant::now() < deadline {
+                match rx.try_recv() {
+                    Ok(Some(r)) => {
+                        out.push(r);
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(1)),
+                    Err(_) => break,
+                }
+            }
+        }
+        out
     }
 }
 

@@ -105,6 +105,11 @@ impl<T> ConnRegistry<T> {
         self.slots.len()
     }
 
+    /// Slots allocated (the most connections ever open at once, rounded up).
+    pub fn capacity(&self) -> usize {
+        self.slots.capacity()
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &T> {
         self.slots.iter().map(|(_, (_, v))| v)
     }

@@ -3,9 +3,12 @@
 //! plus a non-blocking `recv` into the shard's shared scratch buffer, so an
 //! idle connection holds no read buffer; only a partial frame is kept.
 
+use std::future::{poll_fn, Future};
 use std::net::Shutdown;
 use std::os::fd::AsRawFd;
+use std::pin::pin;
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -38,6 +41,7 @@ async fn session(shard: &Rc<Shard>, stream: TcpStream) {
     let burst = shard.config().limits.rate_burst;
     let (conn, cref) = shard.add_conn(|key| Conn::new(key, stream, proto, burst, Instant::now()));
     read_loop(shard, &conn, cref, &mut pending).await;
+    conn.unpark_reader();
     shard.remove_conn(&conn);
     Box::pin(drain(shard, &conn)).await;
 }
@@ -119,7 +123,7 @@ async fn read_loop(shard: &Rc<Shard>, conn: &Rc<Conn>, cref: ConnRef, pending: &
     }
     let fd = conn.fd();
     loop {
-        if !conn.is_open() || conn.stream.readable(false).await.is_err() {
+        if !wait_readable(conn).await {
             return;
         }
         loop {
@@ -148,6 +152,26 @@ async fn read_loop(shard: &Rc<Shard>, conn: &Rc<Conn>, cref: ConnRef, pending: &
             }
         }
     }
+}
+
+/// Waits until the socket has input; false when the reader should stop
+/// (the socket failed, or a server-side close woke it: see
+/// [`Conn::wake_reader`]).
+async fn wait_readable(conn: &Conn) -> bool {
+    let mut readable = pin!(conn.stream.readable(false));
+    poll_fn(|cx| {
+        if !conn.is_open() {
+            return Poll::Ready(false);
+        }
+        match readable.as_mut().poll(cx) {
+            Poll::Ready(r) => Poll::Ready(r.is_ok()),
+            Poll::Pending => {
+                conn.park_reader(cx.waker());
+                Poll::Pending
+            }
+        }
+    })
+    .await
 }
 
 /// Feeds `n` new bytes (in the shard scratch buffer) through the WebSocket
@@ -251,14 +275,24 @@ async fn execute(shard: &Rc<Shard>, conn: &Rc<Conn>, cref: ConnRef, msgs: &mut V
     }
 }
 
+/// How long a failed or closing connection keeps discarding the client's
+/// input after the close frame and FIN went out.
+pub const LINGER_TIME: Duration = Duration::from_secs(2);
+
+/// How many bytes of input a closing connection discards at most: 1 MiB,
+/// or twice the largest message allowed if that is more.
+pub fn linger_bytes(max_message_size: usize) -> usize {
+    (1 << 20).max(max_message_size.saturating_mul(2))
+}
+
 /// After the reader stopped: give queued frames (a close frame above all)
-/// a bounded time to leave, then let the socket close.
+/// a bounded time to leave, shut down writing, then linger.
 async fn drain(shard: &Rc<Shard>, conn: &Rc<Conn>) {
     // On shutdown queued frames get the whole shutdown_timeout to leave.
     let budget = if shard.shutdown.is_raised() {
         shard.config().shutdown_timeout()
     } else {
-        Duration::from_secs(2)
+        LINGER_TIME
     };
     let deadline = Instant::now() + budget;
     while conn.has_writable() && Instant::now() < deadline {
@@ -281,6 +315,45 @@ async fn drain(shard: &Rc<Shard>, conn: &Rc<Conn>) {
         }
     }
     sys::shutdown_socket(conn.fd(), Shutdown::Write);
+    linger(shard, conn, Instant::now() + LINGER_TIME.min(budget)).await;
+}
+
+/// Lingering close: reads and discards what the client still sends until
+/// it closes its side, for at most `until` and [`linger_bytes`]. Closing
+/// a socket with unread input makes the kernel send a reset, and a reset
+/// makes the client's kernel drop the close frame it has not read yet.
+async fn linger(shard: &Shard, conn: &Conn, until: Instant) {
+    let limit = linger_bytes(shard.config().limits.max_message_size);
+    let fd = conn.fd();
+    let mut discarded = 0usize;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        match monoio::time::timeout(left, conn.stream.readable(false)).await {
+            Ok(Ok(())) => {}
+            _ => return,
+        }
+        loop {
+            let got = {
+                let mut scratch = shard.scratch.borrow_mut();
+                sys::recv_nonblocking(fd, &mut scratch)
+            };
+            match got {
+                Ok(0) => return,
+                Ok(n) => {
+                    discarded += n;
+                    if discarded > limit {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+        }
+    }
 }
 
 #[cfg(test)]
