@@ -45,6 +45,7 @@ counters! {
     slow_consumer_disconnects: "Connections closed as slow consumers",
     protocol_errors: "Connections closed for a WebSocket protocol error",
     backend_requests: "Backend HTTP requests served",
+    backend_idle_closed: "Backend connections closed after backend.idle_timeout without input",
 }
 
 impl ShardMetrics {
