@@ -37,6 +37,7 @@ macro_rules! counters {
 counters! {
     connections_accepted: "WebSocket connections accepted",
     handshakes_rejected: "WebSocket upgrade requests rejected",
+    connections_refused: "WebSocket clients refused at capacity (503, or closed unanswered past the refusals in flight)",
     messages_in: "Client WebSocket messages received",
     publications: "Publications whose home is this shard",
     deliveries: "Frames queued to subscribers",

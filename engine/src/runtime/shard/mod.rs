@@ -39,7 +39,7 @@ use mailbox::Mailbox;
 use signal::{Latch, LocalSignal};
 
 pub use messages::{ConnRef, Gather, HomeAnswer, HomeQuery, ShardGone, ShardMsg, ShardReport};
-pub use node::{unix_ms, Node};
+pub use node::{unix_ms, ws_capacity, Node, WsSocket, RESERVED_FDS};
 
 /// One shard's state. Lives on its thread behind an `Rc`.
 pub struct Shard {
