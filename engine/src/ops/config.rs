@@ -257,6 +257,10 @@ config_section! {
         /// Largest request body in bytes (413 past it). At least 1024.
         /// Default 1048576 (1 MiB).
         pub max_body: usize = 1 << 20,
+        /// Seconds a backend connection may stay open with no input (idle
+        /// between requests, or a request stalled part-way, which gets 408)
+        /// before it is closed. At least 1. Default 60.
+        pub idle_timeout: u64 = 60,
     }
 }
 
@@ -346,6 +350,9 @@ impl Config {
     }
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout)
+    }
+    pub fn backend_idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.backend.idle_timeout)
     }
 }
 
@@ -634,6 +641,7 @@ impl Config {
             ));
         }
         at_least("backend.max_body", b.max_body, 1024, " bytes")?;
+        at_least("backend.idle_timeout", b.idle_timeout, 1, " s")?;
         self.protocols.validate()?;
 
         let l = &self.limits;
@@ -1241,6 +1249,7 @@ mod tests {
             "RINGCAST_BACKEND_LISTEN",
             "RINGCAST_BACKEND_API_TOKEN",
             "RINGCAST_BACKEND_MAX_BODY",
+            "RINGCAST_BACKEND_IDLE_TIMEOUT",
             "RINGCAST_LIMITS_MAX_CONNECTIONS",
             "RINGCAST_LIMITS_MAX_SUBSCRIPTIONS_PER_CONNECTION",
             "RINGCAST_LIMITS_MAX_MESSAGE_SIZE",
@@ -1255,7 +1264,7 @@ mod tests {
         ] {
             assert!(keys.iter().any(|(v, _, _)| v == var), "{var}");
         }
-        assert_eq!(keys.len(), 27);
+        assert_eq!(keys.len(), 28);
     }
 
     #[test]
@@ -1383,6 +1392,7 @@ mod tests {
             (|c| c.limits.rate_per_sec = 0, "invalid config: limits.rate_per_sec: must be at least 1 (got 0)"),
             (|c| c.limits.rate_burst = 0, "invalid config: limits.rate_burst: must be at least 1 (got 0)"),
             (|c| c.limits.max_outbound_bytes = 1023, "invalid config: limits.max_outbound_bytes: must be at least 1024 bytes (got 1023)"),
+            (|c| c.backend.idle_timeout = 0, "invalid config: backend.idle_timeout: must be at least 1 s (got 0)"),
             (|c| c.backend.max_body = 1023, "invalid config: backend.max_body: must be at least 1024 bytes (got 1023)"),
             (|c| c.history.size = 1_000_001, "invalid config: history.size: must be at most 1000000 (got 1000001)"),
             (|c| c.shutdown_timeout = 0, "invalid config: shutdown_timeout: must be at least 1 s (got 0)"),

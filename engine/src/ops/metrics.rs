@@ -37,6 +37,7 @@ macro_rules! counters {
 counters! {
     connections_accepted: "WebSocket connections accepted",
     handshakes_rejected: "WebSocket upgrade requests rejected",
+    connections_refused: "WebSocket clients refused at capacity (503, or closed unanswered past the refusals in flight)",
     messages_in: "Client WebSocket messages received",
     publications: "Publications whose home is this shard",
     deliveries: "Frames queued to subscribers",
@@ -45,6 +46,7 @@ counters! {
     slow_consumer_disconnects: "Connections closed as slow consumers",
     protocol_errors: "Connections closed for a WebSocket protocol error",
     backend_requests: "Backend HTTP requests served",
+    backend_idle_closed: "Backend connections closed after backend.idle_timeout without input",
 }
 
 impl ShardMetrics {

@@ -51,6 +51,11 @@ pub enum HandshakeError {
     /// `Origin` not in the configured allow-list.
     #[error("origin not allowed")]
     OriginNotAllowed,
+    /// The server holds as many WebSocket connections as it may
+    /// (`limits.max_connections`, or the open-file limit less the
+    /// descriptors kept for the backend port).
+    #[error("server at capacity")]
+    AtCapacity,
 }
 
 impl HandshakeError {
@@ -59,6 +64,7 @@ impl HandshakeError {
         match self {
             HandshakeError::UnsupportedVersion => 426,
             HandshakeError::OriginNotAllowed => 403,
+            HandshakeError::AtCapacity => 503,
             _ => 400,
         }
     }
@@ -76,6 +82,7 @@ impl HandshakeError {
             HandshakeError::InvalidKey => "missing or invalid Sec-WebSocket-Key",
             HandshakeError::UnsupportedVersion => "unsupported Sec-WebSocket-Version",
             HandshakeError::OriginNotAllowed => "origin not allowed",
+            HandshakeError::AtCapacity => "server at capacity: try again later",
         }
     }
 
@@ -88,14 +95,15 @@ impl HandshakeError {
         let status_text = match status {
             426 => "Upgrade Required",
             403 => "Forbidden",
+            503 => "Service Unavailable",
             _ => "Bad Request",
         };
         // Reasons are static ASCII without quotes or backslashes.
         let body = format!("{{\"error\":\"{}\"}}", self.reason());
-        let extra = if status == 426 {
-            "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
-        } else {
-            ""
+        let extra = match status {
+            426 => "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n",
+            503 => "Retry-After: 1\r\n",
+            _ => "",
         };
         format!(
             "HTTP/1.1 {status} {status_text}\r\n\
@@ -556,6 +564,7 @@ mod tests {
             HandshakeError::InvalidKey,
             HandshakeError::UnsupportedVersion,
             HandshakeError::OriginNotAllowed,
+            HandshakeError::AtCapacity,
         ];
         for err in errors {
             let resp = err.response();

@@ -166,13 +166,38 @@ pub fn parse_request(
     Ok(Some((request, consumed)))
 }
 
+/// What a complete head says while its body is still on the way: enough
+/// to refuse the request before reading (or asking for) the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingHead<'a> {
+    /// The request target without query string or fragment.
+    pub path: &'a str,
+    /// As in [`Request::auth_token`].
+    pub auth_token: Option<&'a str>,
+    /// `Expect: 100-continue` on HTTP/1.1: once the request is known to be
+    /// acceptable, the caller should write [`CONTINUE`] once for it (curl
+    /// waits a second for it before sending a body over 1 KiB).
+    pub expect_continue: bool,
+}
+
+/// The head of the first request in `buf` when it is complete and valid
+/// (whether or not its body is). Call it when [`parse_request`] returned
+/// `Ok(None)`; `None` while the head itself is incomplete.
+pub fn pending_head(buf: &[u8]) -> Option<PendingHead<'_>> {
+    match parse_head(buf, usize::MAX) {
+        Ok(Some(head)) => Some(PendingHead {
+            path: head.path,
+            auth_token: head.auth_token,
+            expect_continue: head.expect_continue,
+        }),
+        _ => None,
+    }
+}
+
 /// Whether the first request in `buf` has a complete head carrying
-/// `Expect: 100-continue` (HTTP/1.1). When [`parse_request`] returns
-/// `Ok(None)` and this is true, the caller should write [`CONTINUE`] once
-/// for this request (curl waits a second for it before sending a body over
-/// 1 KiB).
+/// `Expect: 100-continue` (HTTP/1.1); see [`PendingHead::expect_continue`].
 pub fn expects_continue(buf: &[u8]) -> bool {
-    matches!(parse_head(buf, usize::MAX), Ok(Some(head)) if head.expect_continue)
+    pending_head(buf).is_some_and(|h| h.expect_continue)
 }
 
 fn parse_head(buf: &[u8], max_body: usize) -> Result<Option<Head<'_>>, HttpError> {
@@ -832,6 +857,24 @@ GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n";
             b"POST / HTTP/1.0\r\nExpect: 100-continue\r\n\r\n"
         ));
         assert!(!expects_continue(b"POST / HTTP/1.1\r\n\r\n"));
+    }
+
+    #[test]
+    fn pending_head_is_known_before_the_body() {
+        let head = b"POST /x?a=1 HTTP/1.1\r\nX-Api-Key: k\r\nContent-Length: 1000000\r\n\r\n";
+        let mut buf = head.to_vec();
+        buf.extend_from_slice(&[b'x'; 100]);
+        assert_eq!(parse_request(&buf, 1 << 20), Ok(None));
+        assert_eq!(
+            pending_head(&buf),
+            Some(PendingHead {
+                path: "/x",
+                auth_token: Some("k"),
+                expect_continue: false,
+            })
+        );
+        assert_eq!(pending_head(&head[..head.len() - 1]), None);
+        assert_eq!(pending_head(b"NOT HTTP\r\n\r\n"), None);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::rc::Rc;
 use monoio::net::TcpStream;
 use serde_json::json;
 
-use crate::ops::config::Dialect;
+use crate::ops::config::{Config, Dialect};
 use crate::ops::metrics::{render_prometheus, MetricsSnapshot, ShardMetrics};
 use crate::protocol::http::{self, Method, Request};
 use crate::protocol::native;
@@ -35,9 +35,11 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let mut out: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; 16 * 1024];
     let mut continued = false;
+    let idle = shard.config().backend_idle_timeout();
     loop {
         // Serve every complete request already buffered (pipelining).
         let mut close = false;
+        let mut refused = false;
         loop {
             match http::parse_request(&buf, max_body) {
                 Ok(Some((req, consumed))) => {
@@ -72,9 +74,20 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                     }
                 }
                 Ok(None) => {
-                    if !continued && http::expects_continue(&buf) {
-                        out.extend_from_slice(http::CONTINUE);
-                        continued = true;
+                    if let Some(head) = http::pending_head(&buf) {
+                        if !head_authorized(shard.config(), &head, &buf) {
+                            // Refused before its body is read or asked for:
+                            // an unauthenticated peer pins no body buffer.
+                            ShardMetrics::inc(&shard.metrics.backend_requests);
+                            http::write_json_error(&mut out, 401, UNAUTHORIZED, false);
+                            refused = true;
+                            close = true;
+                            break;
+                        }
+                        if !continued && head.expect_continue {
+                            out.extend_from_slice(http::CONTINUE);
+                            continued = true;
+                        }
                     }
                     if buf.len() > limit {
                         http::write_error(&mut out, &http::HttpError::BodyTooLarge);
@@ -95,19 +108,36 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             }
             out.clear();
         }
+        if refused {
+            linger_close(&stream, fd, &mut chunk, limit).await;
+            return;
+        }
         if close || shard.shutdown.is_raised() {
             sys::shutdown_socket(fd, std::net::Shutdown::Write);
             return;
         }
-        if stream.readable(false).await.is_err() {
-            return;
+        match monoio::time::timeout(idle, stream.readable(false)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(_) => {
+                // Idle (or a request stalled part-way) for `idle_timeout`.
+                ShardMetrics::inc(&shard.metrics.backend_idle_closed);
+                if !buf.is_empty() {
+                    http::write_json_error(&mut out, 408, "request timeout", false);
+                    let _ = write_all(&stream, &out).await;
+                }
+                sys::shutdown_socket(fd, std::net::Shutdown::Both);
+                return;
+            }
         }
         loop {
             match sys::recv_nonblocking(fd, &mut chunk) {
                 Ok(0) => return,
                 Ok(n) => {
                     buf.extend_from_slice(&chunk[..n]);
-                    if n < chunk.len() {
+                    if n < chunk.len() || refused_head(shard.config(), &buf) {
+                        // An unauthorized head stops reading: its body
+                        // never fills the buffer.
                         break;
                     }
                 }
@@ -118,6 +148,63 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         }
     }
 }
+
+const UNAUTHORIZED: &str = "unauthorized: missing or wrong api token";
+
+/// Whether a request whose head is in (and body not yet) may go on:
+/// no token configured, `/health`, or the right token.
+fn head_authorized(config: &Config, head: &http::PendingHead<'_>, raw: &[u8]) -> bool {
+    if head.path == "/health" {
+        return true;
+    }
+    if dashboard::owns(head.path) {
+        return dashboard::authorized(config, head.auth_token, raw);
+    }
+    token_ok(config, head.auth_token)
+}
+
+/// Whether `buf` starts with a complete head that [`head_authorized`]
+/// refuses.
+fn refused_head(config: &Config, buf: &[u8]) -> bool {
+    !config.backend.api_token.is_empty()
+        && http::pending_head(buf).is_some_and(|h| !head_authorized(config, &h, buf))
+}
+
+fn token_ok(config: &Config, given: Option<&str>) -> bool {
+    let token = config.backend.api_token.as_bytes();
+    token.is_empty() || given.is_some_and(|g| dashboard::ct_eq(g.as_bytes(), token))
+}
+
+/// Closes a connection whose request was refused with its body unread:
+/// shut down writing (the answer then ends with FIN), discard what the
+/// peer still sends, bounded in bytes and time, then close. Closing with
+/// unread input would send a reset that can destroy the answer.
+async fn linger_close(stream: &TcpStream, fd: i32, chunk: &mut [u8], max_bytes: usize) {
+    sys::shutdown_socket(fd, std::net::Shutdown::Write);
+    let mut discarded = 0usize;
+    let deadline = std::time::Instant::now() + LINGER;
+    while discarded <= max_bytes {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match monoio::time::timeout(left, stream.readable(false)).await {
+            Ok(Ok(())) => {}
+            _ => break,
+        }
+        match sys::recv_nonblocking(fd, chunk) {
+            Ok(0) => break,
+            Ok(n) => discarded += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+}
+
+/// How long a refused request's unread input is discarded before the
+/// connection is closed.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What the handler needs of a request once the read buffer moves on.
 struct OwnedRequest {
@@ -143,16 +230,13 @@ impl From<&Request<'_>> for OwnedRequest {
 async fn handle(shard: &Rc<Shard>, req: OwnedRequest, out: &mut Vec<u8>) {
     ShardMetrics::inc(&shard.metrics.backend_requests);
     let ka = req.keep_alive;
-    let token = &shard.config().backend.api_token;
-    let authorized = token.is_empty() || req.auth_token.as_deref() == Some(token.as_str());
+    let authorized = token_ok(shard.config(), req.auth_token.as_deref());
     match (req.method, req.path.as_str()) {
         (Method::Get, "/health") => {
             http::write_response_with(out, 200, http::CONTENT_TYPE_TEXT, b"ok", ka)
         }
         (_, "/health") => http::write_json_error(out, 405, "method not allowed: use GET", ka),
-        _ if !authorized => {
-            http::write_json_error(out, 401, "unauthorized: missing or wrong api token", ka)
-        }
+        _ if !authorized => http::write_json_error(out, 401, UNAUTHORIZED, ka),
         (Method::Get, "/metrics") => {
             let reports = shard.gather(Gather::Stats).await;
             let rows: Vec<_> = reports

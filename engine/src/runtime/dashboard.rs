@@ -75,12 +75,7 @@ pub enum Route {
 /// query string, which [`Request::path`] leaves out).
 pub fn route(config: &Config, req: &Request<'_>, head: &[u8], out: &mut Vec<u8>) -> Route {
     let ka = req.keep_alive;
-    let token = config.backend.api_token.as_str();
-    let given = req
-        .auth_token
-        .map(str::to_owned)
-        .or_else(|| query_token(head));
-    if !token.is_empty() && !given.is_some_and(|g| ct_eq(g.as_bytes(), token.as_bytes())) {
+    if !authorized(config, req.auth_token, head) {
         http::write_json_error(out, 401, "unauthorized: missing or wrong api token", ka);
         return Route::Answered;
     }
@@ -118,6 +113,17 @@ fn write_page(out: &mut Vec<u8>, keep_alive: bool) {
     );
     out.extend_from_slice(head.as_bytes());
     out.extend_from_slice(PAGE.as_bytes());
+}
+
+/// Whether a `/dashboard…` request carries the api token (header or
+/// `?token=`), or none is configured. `head` is the raw request.
+pub fn authorized(config: &Config, auth_token: Option<&str>, head: &[u8]) -> bool {
+    let token = config.backend.api_token.as_str();
+    if token.is_empty() {
+        return true;
+    }
+    let given = auth_token.map(str::to_owned).or_else(|| query_token(head));
+    given.is_some_and(|g| ct_eq(g.as_bytes(), token.as_bytes()))
 }
 
 /// The `token` parameter of the request line's query string, decoded.
@@ -159,7 +165,7 @@ fn percent_decode(s: &[u8]) -> Option<String> {
 }
 
 /// Compares without stopping at the first difference.
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -1,17 +1,23 @@
 //! Starting and stopping the shards: listeners, pinned threads, the monoio
 //! driver choice, accept loops.
 
+use std::cell::Cell;
 use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use monoio::net::TcpStream;
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 
 use crate::ops::config::{Config, DriverKind};
+use crate::ops::metrics::ShardMetrics;
+use crate::protocol::handshake::{HandshakeError, MAX_REQUEST_HEAD};
 use crate::runtime::backend;
-use crate::runtime::shard::{ws_session, Node, Shard, ShardMsg};
+use crate::runtime::io::write_all;
+use crate::runtime::shard::{ws_capacity, ws_session, Node, Shard, ShardMsg, RESERVED_FDS};
 use crate::runtime::sys;
 
 /// A started engine.
@@ -97,7 +103,7 @@ pub fn run(config: Config) -> Result<RunningNode, StartError> {
     let shards = shard_count(&config);
     let nofile = sys::raise_open_file_limit().unwrap_or(1024);
     let max = config.limits.max_connections as u64;
-    if max > 0 && max + 64 > nofile {
+    if max > 0 && max + RESERVED_FDS > nofile {
         return Err(StartError::InvalidConfig(format!(
             "limits.max_connections: {max} needs more open files than the limit allows ({nofile}); raise `ulimit -n` or LimitNOFILE"
         )));
@@ -155,7 +161,14 @@ pub fn run(config: Config) -> Result<RunningNode, StartError> {
     }
     tracing::info!(shards, driver, %ws_addr, %backend_addr, "ringcast listening");
 
-    let node = Node::new(config, shards);
+    let capacity = ws_capacity(config.limits.max_connections, nofile);
+    tracing::info!(
+        nofile,
+        ws_capacity = capacity,
+        reserved = RESERVED_FDS,
+        "descriptors: WebSocket clients get at most ws_capacity; the rest stay for the backend port"
+    );
+    let node = Node::with_capacity(config, shards, capacity);
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut threads = Vec::with_capacity(shards);
     for (id, (ws, be)) in listeners.into_iter().enumerate() {
@@ -242,6 +255,8 @@ enum Port {
 }
 
 async fn accept_loop(shard: Rc<Shard>, listener: monoio::net::TcpListener, port: Port) {
+    // Refusals being answered on this shard (each holds a descriptor).
+    let refusing = Rc::new(Cell::new(0usize));
     loop {
         let accepted = monoio::select! {
             r = listener.accept() => r,
@@ -249,14 +264,29 @@ async fn accept_loop(shard: Rc<Shard>, listener: monoio::net::TcpListener, port:
         };
         match accepted {
             Ok((stream, _peer)) => match port {
-                Port::WebSocket => {
-                    let max = shard.config().limits.max_connections;
-                    if max > 0 && shard.node.connection_count() >= max {
-                        drop(stream);
-                        continue;
+                Port::WebSocket => match shard.node.open_ws_socket() {
+                    Some(counted) => {
+                        let shard = shard.clone();
+                        monoio::spawn(async move {
+                            ws_session::serve(shard, stream).await;
+                            drop(counted);
+                        });
                     }
-                    monoio::spawn(ws_session::serve(shard.clone(), stream));
-                }
+                    None => {
+                        ShardMetrics::inc(&shard.metrics.connections_refused);
+                        if refusing.get() < MAX_REFUSING {
+                            refusing.set(refusing.get() + 1);
+                            let timeout = shard.config().handshake_timeout().min(REFUSE_WAIT);
+                            let refusing = refusing.clone();
+                            monoio::spawn(async move {
+                                refuse_at_capacity(stream, timeout).await;
+                                refusing.set(refusing.get() - 1);
+                            });
+                        }
+                        // Past that many, the client is closed unanswered:
+                        // refusals must not take the reserved descriptors.
+                    }
+                },
                 Port::Backend => {
                     monoio::spawn(backend::serve(shard.clone(), stream));
                 }
@@ -267,5 +297,43 @@ async fn accept_loop(shard: Rc<Shard>, listener: monoio::net::TcpListener, port:
                 monoio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+/// Most 503 refusals being answered at once per shard.
+const MAX_REFUSING: usize = 16;
+/// Longest a refused client is given to send its upgrade request.
+const REFUSE_WAIT: Duration = Duration::from_secs(1);
+
+/// Answers a WebSocket client past capacity with 503 and a JSON body.
+/// Its upgrade request is read first (at most [`MAX_REQUEST_HEAD`] bytes,
+/// for at most `wait`) so that the close leaves no unread input, which
+/// would turn it into a reset that destroys the answer.
+async fn refuse_at_capacity(stream: TcpStream, wait: Duration) {
+    let fd = stream.as_raw_fd();
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 1024];
+    let read_head = async {
+        while head.len() < MAX_REQUEST_HEAD && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            if stream.readable(false).await.is_err() {
+                return;
+            }
+            match sys::recv_nonblocking(fd, &mut chunk) {
+                Ok(0) => return,
+                Ok(n) => head.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+    };
+    let _ = monoio::time::timeout(wait, read_head).await;
+    if monoio::time::timeout(
+        wait,
+        write_all(&stream, &HandshakeError::AtCapacity.response()),
+    )
+    .await
+    .is_ok()
+    {
+        sys::shutdown_socket(fd, std::net::Shutdown::Write);
     }
 }

@@ -75,6 +75,16 @@ impl Server {
     }
 
     pub fn start_with(extra: &[&str], env: &[(&str, &str)]) -> Server {
+        Self::start_limited(None, extra, env)
+    }
+
+    /// Starts the server under `ulimit -n nofile` (soft and hard), through
+    /// `sh -c 'ulimit -n N; exec ringcast ...'`.
+    pub fn start_with_nofile(nofile: u32, extra: &[&str]) -> Server {
+        Self::start_limited(Some(nofile), extra, &[])
+    }
+
+    fn start_limited(nofile: Option<u32>, extra: &[&str], env: &[(&str, &str)]) -> Server {
         for _ in 0..5 {
             let ws: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
             let backend: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -90,7 +100,17 @@ impl Server {
                 args.push("2".into());
             }
             args.extend(extra.iter().map(|s| s.to_string()));
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringcast"));
+            let bin = env!("CARGO_BIN_EXE_ringcast");
+            let mut cmd = match nofile {
+                None => Command::new(bin),
+                Some(n) => {
+                    let mut c = Command::new("sh");
+                    c.arg("-c")
+                        .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                        .arg(bin);
+                    c
+                }
+            };
             cmd.args(&args)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())

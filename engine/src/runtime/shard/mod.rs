@@ -41,7 +41,7 @@ use signal::{Latch, LocalSignal};
 pub use messages::{
     ConnRef, Gather, HomeAnswer, HomeQuery, Internals, ShardGone, ShardMsg, ShardReport,
 };
-pub use node::{unix_ms, Node};
+pub use node::{unix_ms, ws_capacity, Node, WsSocket, RESERVED_FDS};
 
 /// One shard's state. Lives on its thread behind an `Rc`.
 pub struct Shard {

@@ -26,10 +26,47 @@ pub struct Node {
     pub(super) connections: AtomicUsize,
     /// Which protocol serves an upgrade, by path.
     pub router: Router,
+    /// Sockets accepted on the WebSocket port and not yet closed,
+    /// handshaking ones included (see [`Node::open_ws_socket`]).
+    ws_sockets: AtomicUsize,
+    /// Most WebSocket-port sockets open at once: `limits.max_connections`,
+    /// bounded by the open-file limit less the descriptors kept for the
+    /// backend port ([`ws_capacity`]).
+    pub ws_capacity: usize,
+}
+
+/// Descriptors WebSocket clients can never take: the backend port's
+/// connections, listeners, io_uring rings, eventfds, logs and the 503s in
+/// flight.
+pub const RESERVED_FDS: u64 = 128;
+
+/// The most WebSocket-port sockets to hold with `nofile` descriptors and
+/// `max_connections` (0 = no limit but the descriptors).
+pub fn ws_capacity(max_connections: usize, nofile: u64) -> usize {
+    let by_fds = usize::try_from(nofile.saturating_sub(RESERVED_FDS)).unwrap_or(usize::MAX);
+    match max_connections {
+        0 => by_fds,
+        max => max.min(by_fds),
+    }
+}
+
+/// One open WebSocket-port socket, counted until dropped.
+pub struct WsSocket(Arc<Node>);
+
+impl Drop for WsSocket {
+    fn drop(&mut self) {
+        self.0.ws_sockets.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Node {
     pub fn new(config: Config, shards: usize) -> Arc<Node> {
+        let capacity = ws_capacity(config.limits.max_connections, u64::MAX);
+        Self::with_capacity(config, shards, capacity)
+    }
+
+    /// A node that holds at most `ws_capacity` WebSocket-port sockets.
+    pub fn with_capacity(config: Config, shards: usize, ws_capacity: usize) -> Arc<Node> {
         let start_ms = unix_ms();
         Arc::new(Node {
             router: Router::new(&config),
@@ -39,7 +76,21 @@ impl Node {
             next_id: AtomicU64::new(start_ms),
             start_ms,
             connections: AtomicUsize::new(0),
+            ws_sockets: AtomicUsize::new(0),
+            ws_capacity,
         })
+    }
+
+    /// Counts one more WebSocket-port socket, or `None` at capacity.
+    pub fn open_ws_socket(self: &Arc<Self>) -> Option<WsSocket> {
+        let before = self.ws_sockets.fetch_add(1, Ordering::Relaxed);
+        let socket = WsSocket(self.clone());
+        (before < self.ws_capacity).then_some(socket)
+    }
+
+    /// WebSocket-port sockets open now.
+    pub fn ws_socket_count(&self) -> usize {
+        self.ws_sockets.load(Ordering::Relaxed)
     }
 
     pub fn next_id(&self) -> u64 {
@@ -93,4 +144,34 @@ pub fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capacity_keeps_descriptors_for_the_backend() {
+        assert_eq!(ws_capacity(0, 256), 128);
+        assert_eq!(ws_capacity(100, 256), 100);
+        assert_eq!(ws_capacity(1000, 256), 128);
+        assert_eq!(ws_capacity(0, 100), 0);
+        assert_eq!(ws_capacity(5, u64::MAX), 5);
+    }
+
+    #[test]
+    fn sockets_past_capacity_are_refused_and_uncounted() {
+        let mut config = Config::default();
+        config.limits.max_connections = 2;
+        let node = Node::new(config, 1);
+        let a = node.open_ws_socket().expect("first");
+        let b = node.open_ws_socket().expect("second");
+        assert!(node.open_ws_socket().is_none());
+        assert_eq!(node.ws_socket_count(), 2);
+        drop(a);
+        assert_eq!(node.ws_socket_count(), 1);
+        let _c = node.open_ws_socket().expect("room again");
+        drop(b);
+        assert_eq!(node.ws_socket_count(), 1);
+    }
 }
