@@ -26,6 +26,10 @@ impl Shard {
         let cfg = &self.node.config.limits;
         match conn.enqueue(frame.clone(), cfg.max_outbound_bytes, cfg.slow_consumer) {
             Enqueued::Queued => {
+                if protocol(conn.proto).one_shot() {
+                    // Its answer is complete: nothing more goes to it.
+                    conn.mark_closing(now);
+                }
                 self.mark_dirty(conn);
                 true
             }
@@ -69,6 +73,12 @@ impl Shard {
         discard: bool,
         now: Instant,
     ) {
+        if !protocol(conn.proto).websocket() {
+            // A parked HTTP request: no close frame, just stop it.
+            conn.mark_closing(now);
+            shutdown_read(conn);
+            return;
+        }
         if conn.begin_close(Bytes::from(close_frame(code, reason)), discard, now) {
             self.mark_dirty(conn);
             // Wakes the reader with end-of-stream; it cleans up and drains.

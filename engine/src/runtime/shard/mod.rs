@@ -72,7 +72,7 @@ impl Shard {
         let home = HomeShard::new(
             id,
             node.shards,
-            cfg.history.size,
+            cfg.history_size(),
             std::time::Duration::from_secs(cfg.history.ttl),
             node.start_ms,
         );
