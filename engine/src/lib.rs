@@ -25,11 +25,12 @@
 //!   [`protocol::http`] (HTTP/1.1 requests and responses),
 //!   [`protocol::rpc`] (JSON-RPC 2.0 for both ports). Client protocols, one
 //!   module each behind [`protocol::adapter::Protocol`]:
-//!   [`protocol::native`], [`protocol::rocketws`].
+//!   [`protocol::native`], [`protocol::rocketws`], [`protocol::dmoj`].
 //! - [`runtime`]: the I/O layer, which only moves bytes and runs
 //!   operations: [`runtime::shard`] (a shard's connections, delivery,
 //!   channels across shards, mailboxes, timers, WebSocket sessions),
-//!   [`runtime::backend`] (the backend port), [`runtime::dashboard`] (its
+//!   [`runtime::backend`] (the backend port), [`runtime::long_poll`]
+//!   (DMOJ's long-poll over plain HTTP), [`runtime::dashboard`] (its
 //!   live page for operators), [`runtime::start`] (listeners and shard
 //!   threads; sits above shard and backend), [`runtime::io`],
 //!   [`runtime::sys`] (every `unsafe` block).

@@ -202,6 +202,83 @@ config_section! {
         pub native: ProtocolRoute = ProtocolRoute::default(),
         /// RocketWS's dialect (results, envelopes).
         pub rocketws: ProtocolRoute = ProtocolRoute::default(),
+        /// DMOJ's event daemon (`websocket/daemon.js`): receivers, senders
+        /// and long-poll, on DMOJ's own ports and on this port's paths.
+        pub dmoj: DmojConfig = DmojConfig::default(),
+    }
+}
+
+config_section! {
+    /// `[protocols.dmoj]`: DMOJ's event daemon, as a drop-in.
+    pub struct DmojConfig {
+        /// Serve the DMOJ protocol: the listeners and paths below. Off,
+        /// none of them is served. Default false.
+        pub enabled: bool = false,
+        /// Receivers (browsers) on this port: URL path with everything
+        /// below it; empty = none. Default `/event/`.
+        pub path: String = "/event/".into(),
+        /// Long-poll (plain HTTP `GET /channels/<a>|<b>?last=<id>`) on this
+        /// port: URL path prefix; empty = none. Default `/channels/`.
+        pub poll_path: String = "/channels/".into(),
+        /// Receivers' own WebSocket listener (DMOJ's `get_port`), any
+        /// path; IP:PORT or HOST:PORT, empty = none. Default
+        /// `127.0.0.1:15100`.
+        pub receivers: String = "127.0.0.1:15100".into(),
+        /// Senders' WebSocket listener (DMOJ's `post_port`, used by
+        /// `EVENT_DAEMON_POST`), any path; empty = none. Keep it on
+        /// loopback or set `key`. Default `127.0.0.1:15101`.
+        pub senders: String = "127.0.0.1:15101".into(),
+        /// Long-poll HTTP listener (DMOJ's `http_port`); empty = none.
+        /// Default `127.0.0.1:15102`.
+        pub long_poll: String = "127.0.0.1:15102".into(),
+        /// Key senders must give with `{"command":"auth","key":K}` before
+        /// `post` (Django's `EVENT_DAEMON_KEY`); empty = no authentication.
+        /// Default empty.
+        pub key: String = String::new(),
+        /// Seconds a long-poll waits for a message before answering 504
+        /// `{"error": "timeout"}`. At least 1. Default 29.
+        pub long_poll_timeout: u64 = 29,
+        /// Messages kept for replay (DMOJ's `max_queue`): while enabled,
+        /// each channel keeps at least this many (`history.size` is raised
+        /// to it). Default 50.
+        pub max_queue: usize = 50,
+    }
+}
+
+impl DmojConfig {
+    /// The listeners to open: (key, address) of each non-empty address,
+    /// none when not enabled.
+    pub fn listeners(&self) -> Result<Vec<(&'static str, SocketAddr)>, ConfigError> {
+        if !self.enabled {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for (key, value) in [
+            ("protocols.dmoj.receivers", &self.receivers),
+            ("protocols.dmoj.senders", &self.senders),
+            ("protocols.dmoj.long_poll", &self.long_poll),
+        ] {
+            if value.trim().is_empty() {
+                continue;
+            }
+            let addr = value
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or_else(|| {
+                    ConfigError::invalid(
+                        key,
+                        format!("invalid socket address {value:?} (expected HOST:PORT, or empty for none)"),
+                    )
+                })?;
+            out.push((key, addr));
+        }
+        Ok(out)
+    }
+
+    /// The public port's long-poll path prefix, if served.
+    pub fn public_poll_path(&self) -> Option<&str> {
+        (self.enabled && !self.poll_path.is_empty()).then_some(&*self.poll_path)
     }
 }
 
@@ -304,14 +381,27 @@ config_section! {
 
 impl ProtocolsConfig {
     /// Every protocol's path key and value, for validation and routing.
-    pub fn paths(&self) -> [(&'static str, &str); 2] {
+    pub fn paths(&self) -> [(&'static str, &str); 4] {
+        let on = self.dmoj.enabled;
         [
             ("protocols.native.path", &self.native.path),
             ("protocols.rocketws.path", &self.rocketws.path),
+            ("protocols.dmoj.path", if on { &self.dmoj.path } else { "" }),
+            (
+                "protocols.dmoj.poll_path",
+                if on { &self.dmoj.poll_path } else { "" },
+            ),
         ]
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        self.dmoj.listeners()?;
+        if self.dmoj.long_poll_timeout < 1 {
+            return Err(ConfigError::invalid(
+                "protocols.dmoj.long_poll_timeout",
+                format!("must be at least 1 s (got {})", self.dmoj.long_poll_timeout),
+            ));
+        }
         let paths = self.paths();
         for (i, (key, path)) in paths.iter().enumerate() {
             if path.is_empty() {
@@ -353,6 +443,16 @@ impl Config {
     }
     pub fn backend_idle_timeout(&self) -> Duration {
         Duration::from_secs(self.backend.idle_timeout)
+    }
+    /// Publications kept per channel: `history.size`, raised to
+    /// `protocols.dmoj.max_queue` while DMOJ is enabled.
+    pub fn history_size(&self) -> usize {
+        let d = &self.protocols.dmoj;
+        if d.enabled {
+            self.history.size.max(d.max_queue.min(MAX_HISTORY_SIZE))
+        } else {
+            self.history.size
+        }
     }
 }
 
@@ -689,6 +789,9 @@ impl Config {
         let mut c = self.clone();
         if !c.backend.api_token.is_empty() {
             c.backend.api_token = "<redacted>".into();
+        }
+        if !c.protocols.dmoj.key.is_empty() {
+            c.protocols.dmoj.key = "<redacted>".into();
         }
         c
     }
@@ -1261,10 +1364,19 @@ mod tests {
             "RINGCAST_HISTORY_TTL",
             "RINGCAST_PROTOCOLS_NATIVE_PATH",
             "RINGCAST_PROTOCOLS_ROCKETWS_PATH",
+            "RINGCAST_PROTOCOLS_DMOJ_ENABLED",
+            "RINGCAST_PROTOCOLS_DMOJ_PATH",
+            "RINGCAST_PROTOCOLS_DMOJ_POLL_PATH",
+            "RINGCAST_PROTOCOLS_DMOJ_RECEIVERS",
+            "RINGCAST_PROTOCOLS_DMOJ_SENDERS",
+            "RINGCAST_PROTOCOLS_DMOJ_LONG_POLL",
+            "RINGCAST_PROTOCOLS_DMOJ_KEY",
+            "RINGCAST_PROTOCOLS_DMOJ_LONG_POLL_TIMEOUT",
+            "RINGCAST_PROTOCOLS_DMOJ_MAX_QUEUE",
         ] {
             assert!(keys.iter().any(|(v, _, _)| v == var), "{var}");
         }
-        assert_eq!(keys.len(), 28);
+        assert_eq!(keys.len(), 37);
     }
 
     #[test]

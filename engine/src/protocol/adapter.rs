@@ -1,10 +1,13 @@
 //! The seam between wire protocols and the engine.
 //!
 //! A [`Protocol`] is one wire protocol ringcast speaks to clients (native
-//! JSON-RPC, RocketWS, ...). It is sans-IO and stateless: it turns a
-//! client's complete message into engine operations ([`Exchange`]), renders
-//! the engine's answers in its own words, and gives the wire form in which
-//! its subscribers receive a publication. The shard runtime moves bytes and
+//! JSON-RPC, RocketWS, DMOJ, ...). It is sans-IO: it turns a client's
+//! complete message into engine operations ([`Exchange`]), renders the
+//! engine's answers in its own words, and gives the wire form in which its
+//! subscribers receive a publication. The protocol itself is a shared
+//! `&'static` value; what it remembers about one connection lives in that
+//! connection's [`SessionState`] (nothing, and no allocation, for the
+//! stateless protocols). The shard runtime moves bytes and
 //! runs operations; it never looks at which protocol a connection speaks.
 //!
 //! Every protocol is listed once in [`PROTOCOLS`]; its index there is the
@@ -13,8 +16,11 @@
 //! every shard. See `docs/ADAPTERS.md` for how to add one.
 #![forbid(unsafe_code)]
 
+use std::any::Any;
+
 use bytes::Bytes;
 
+use super::dmoj;
 use super::native::{self, Native};
 use super::rocketws::{self, RocketWs};
 use super::rpc::{Incoming, ReplyWriter, RpcError, RpcParser};
@@ -24,7 +30,13 @@ use crate::pubsub::publication::{Publication, MAX_FORMS};
 
 /// Every protocol, by form slot. Slot 0 is the native protocol, whose form
 /// the home shard builds eagerly; the others are built on first use.
-pub static PROTOCOLS: [&dyn Protocol; 2] = [&native::Native, &rocketws::RocketWs];
+pub static PROTOCOLS: [&dyn Protocol; 5] = [
+    &native::Native,
+    &rocketws::RocketWs,
+    &dmoj::DmojReceiver,
+    &dmoj::DmojSender,
+    &dmoj::DmojPoll,
+];
 
 const _: () = assert!(PROTOCOLS.len() <= MAX_FORMS);
 
@@ -37,6 +49,12 @@ pub fn by_name(name: &str) -> Option<ProtocolId> {
         .iter()
         .position(|p| p.name() == name)
         .map(|i| i as ProtocolId)
+}
+
+/// The protocol `?dialect=NAME` may choose on the public port: only those
+/// that are [`Protocol::public`].
+fn public_by_name(name: &str) -> Option<ProtocolId> {
+    by_name(name).filter(|&id| protocol(id).public())
 }
 
 /// Which protocol serves a WebSocket upgrade, by URL path: built once from
@@ -73,7 +91,7 @@ impl Router {
     /// `?dialect=NAME` when it names a protocol, else the longest configured
     /// path that is `path` or a parent of it, else the port's default.
     pub fn route(&self, path: &str, dialect_param: Option<&str>) -> ProtocolId {
-        if let Some(id) = dialect_param.and_then(by_name) {
+        if let Some(id) = dialect_param.and_then(public_by_name) {
             return id;
         }
         for (prefix, id) in &self.routes {
@@ -105,12 +123,91 @@ pub trait Protocol: Sync {
     /// subscriber of this protocol. Called at most once per publication.
     fn encode_publication(&self, p: &Publication) -> Bytes;
 
+    /// A new connection's state, kept by its session for as long as it
+    /// lives and handed to [`handle_message`](Self::handle_message) and
+    /// [`write_answer`](Self::write_answer). Default: none (no allocation).
+    fn open(&self, _cfg: &Config) -> SessionState {
+        SessionState::none()
+    }
+
+    /// Whether `?dialect=NAME` may choose it on the public port. A protocol
+    /// served only on a listener of its own (a trusted sender port, say)
+    /// says false. Default true.
+    fn public(&self) -> bool {
+        true
+    }
+
+    /// Whether its connections are WebSocket connections (pinged, closed
+    /// with a close frame). False for a protocol whose "connection" is a
+    /// parked plain HTTP request (a long-poll). Default true.
+    fn websocket(&self) -> bool {
+        true
+    }
+
+    /// Whether a connection takes one publication and is then done (its
+    /// form is a complete answer, e.g. an HTTP response): the shard stops
+    /// delivering to it after the first. Default false.
+    fn one_shot(&self) -> bool {
+        false
+    }
+
+    /// For a [`one_shot`](Self::one_shot) protocol: how long a connection
+    /// may wait for its publication before the shard's timer answers it
+    /// with [`expired_answer`](Self::expired_answer) (no timer of its own
+    /// per connection). Default: never.
+    fn expire_after(&self, _cfg: &Config) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// The answer to a connection that waited too long.
+    fn expired_answer(&self) -> Bytes {
+        Bytes::new()
+    }
+
     /// A client's complete text or binary message: what to run, in order,
     /// and the reply being built.
-    fn handle_message(&self, msg: &[u8], parser: &mut RpcParser) -> Exchange;
+    fn handle_message(
+        &self,
+        state: &mut SessionState,
+        msg: &[u8],
+        parser: &mut RpcParser,
+    ) -> Exchange;
 
     /// Renders one call's answer into the exchange's reply.
-    fn write_answer(&self, reply: &mut ReplyWriter, id: Option<&[u8]>, answer: Answer<'_>);
+    fn write_answer(
+        &self,
+        state: &mut SessionState,
+        reply: &mut ReplyWriter,
+        id: Option<&[u8]>,
+        answer: Answer<'_>,
+    );
+}
+
+/// A protocol's state for one connection ([`Protocol::open`]). The
+/// stateless protocols keep `()` here: a box of a zero-sized value does not
+/// allocate, so they pay nothing for it.
+pub struct SessionState(Box<dyn Any>);
+
+impl SessionState {
+    /// No state.
+    pub fn none() -> Self {
+        SessionState(Box::new(()))
+    }
+
+    pub fn new<T: Any>(state: T) -> Self {
+        SessionState(Box::new(state))
+    }
+
+    /// The state, if it is a `T` (each protocol only ever sees its own).
+    pub fn get_mut<T: Any>(&mut self) -> Option<&mut T> {
+        self.0.downcast_mut()
+    }
+}
+
+impl std::fmt::Debug for SessionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionState")
+    }
 }
 
 /// What one client message asks for.
@@ -185,6 +282,24 @@ mod tests {
         }
         assert_eq!(by_name("native"), Some(0));
         assert_eq!(by_name("nope"), None);
+    }
+
+    #[test]
+    fn dialect_cannot_choose_a_private_protocol() {
+        let r = Router::new(&Config::default());
+        assert_eq!(r.route("/", Some("dmoj-sender")), 0);
+        assert_eq!(r.route("/", Some("dmoj-poll")), 0);
+        assert_eq!(r.route("/", Some("dmoj")), by_name("dmoj").unwrap());
+    }
+
+    #[test]
+    fn stateless_sessions_do_not_allocate() {
+        // A Box of a zero-sized value is never allocated.
+        for p in [&Native as &dyn Protocol, &RocketWs] {
+            let mut s = p.open(&Config::default());
+            assert_eq!(std::mem::size_of_val(&*s.0), 0);
+            assert!(s.get_mut::<()>().is_some());
+        }
     }
 
     #[test]

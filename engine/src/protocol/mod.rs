@@ -3,11 +3,12 @@
 //!
 //! Transport: [`codec`], [`handshake`], [`websocket`], [`http`]. Messages:
 //! [`rpc`] (JSON-RPC 2.0). The client protocols behind one seam,
-//! [`adapter::Protocol`]: [`native`], [`rocketws`].
+//! [`adapter::Protocol`]: [`native`], [`rocketws`], [`dmoj`].
 #![forbid(unsafe_code)]
 
 pub mod adapter;
 pub mod codec;
+pub mod dmoj;
 pub mod handshake;
 pub mod http;
 pub mod native;

@@ -7,7 +7,7 @@ use bytes::Bytes;
 
 use crate::ops::config::Config;
 
-use super::adapter::{json_rpc_exchange, Answer, Exchange, Protocol};
+use super::adapter::{json_rpc_exchange, Answer, Exchange, Protocol, SessionState};
 use super::rpc::{self, ReplyWriter, RpcError, RpcParser};
 use crate::pubsub::home_shard::HistoryOutcome;
 use crate::pubsub::ops::{Op, OpError, Outcome, PublishResult, SubscribeInfo};
@@ -29,11 +29,17 @@ impl Protocol for Native {
         p.native.clone()
     }
 
-    fn handle_message(&self, msg: &[u8], parser: &mut RpcParser) -> Exchange {
+    fn handle_message(&self, _: &mut SessionState, msg: &[u8], parser: &mut RpcParser) -> Exchange {
         json_rpc_exchange(msg, parser, Ok)
     }
 
-    fn write_answer(&self, reply: &mut ReplyWriter, id: Option<&[u8]>, answer: Answer<'_>) {
+    fn write_answer(
+        &self,
+        _: &mut SessionState,
+        reply: &mut ReplyWriter,
+        id: Option<&[u8]>,
+        answer: Answer<'_>,
+    ) {
         let result = match answer {
             Answer::Rejected(e) => Err(e.clone()),
             Answer::Done { op, result, .. } => result_json(op, result),
@@ -43,7 +49,7 @@ impl Protocol for Native {
 }
 
 /// The native result of a completed operation.
-fn result_json(op: &Op, result: Result<Outcome, OpError>) -> Result<Vec<u8>, RpcError> {
+pub fn result_json(op: &Op, result: Result<Outcome, OpError>) -> Result<Vec<u8>, RpcError> {
     let channel = match op {
         Op::Subscribe { channel, .. } | Op::Unsubscribe { channel } => channel,
         _ => "",
@@ -55,6 +61,10 @@ fn result_json(op: &Op, result: Result<Outcome, OpError>) -> Result<Vec<u8>, Rpc
         Outcome::Unsubscribed(false) => Err(rpc_error(&OpError::NotSubscribed(channel.into()))),
         Outcome::Published(r) => Ok(send_result(&r)),
         Outcome::History(h) => Ok(history_result(&h)),
+        Outcome::LastId(id) => Ok(format!(r#"{{"id":{id}}}"#).into_bytes()),
+        Outcome::Followed { replay } => {
+            Ok(format!(r#"{{"replayed":{}}}"#, replay.len()).into_bytes())
+        }
     }
 }
 
@@ -130,6 +140,7 @@ mod tests {
         let mut w = ReplyWriter::new(false);
         let peer = || "127.0.0.1:1".to_string();
         Native.write_answer(
+            &mut SessionState::none(),
             &mut w,
             Some(b"7"),
             Answer::Done {

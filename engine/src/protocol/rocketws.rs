@@ -11,8 +11,8 @@ use bytes::Bytes;
 
 use crate::ops::config::Config;
 
-use super::adapter::{json_rpc_exchange, Answer, Exchange, Protocol};
-use super::native::{history_result, rpc_error};
+use super::adapter::{json_rpc_exchange, Answer, Exchange, Protocol, SessionState};
+use super::native::{history_result, result_json, rpc_error};
 use super::rpc::{self, ReplyWriter, RpcError, RpcParser};
 use crate::pubsub::ops::{Op, OpError, Outcome};
 use crate::pubsub::publication::{text_frame, PubKind, Publication};
@@ -37,7 +37,7 @@ impl Protocol for RocketWs {
         text_frame(&rocketws_json(&p.data, kind, p.ts_secs))
     }
 
-    fn handle_message(&self, msg: &[u8], parser: &mut RpcParser) -> Exchange {
+    fn handle_message(&self, _: &mut SessionState, msg: &[u8], parser: &mut RpcParser) -> Exchange {
         json_rpc_exchange(msg, parser, |op| match op {
             Op::Publish { ref data, .. } if !is_object(data) => Err(RpcError::invalid_params(
                 "invalid params: \"data\" must be a JSON object",
@@ -46,7 +46,13 @@ impl Protocol for RocketWs {
         })
     }
 
-    fn write_answer(&self, reply: &mut ReplyWriter, id: Option<&[u8]>, answer: Answer<'_>) {
+    fn write_answer(
+        &self,
+        _: &mut SessionState,
+        reply: &mut ReplyWriter,
+        id: Option<&[u8]>,
+        answer: Answer<'_>,
+    ) {
         let result = match answer {
             Answer::Rejected(e) => Err(e.clone()),
             Answer::Done { op, result, peer } => match result {
@@ -55,6 +61,7 @@ impl Protocol for RocketWs {
                 Ok(Outcome::Unsubscribed(_)) => Ok(br#""unsubscribed""#.to_vec()),
                 Ok(Outcome::Published(r)) => Ok(emitted(r.subscribers)),
                 Ok(Outcome::History(h)) => Ok(history_result(&h)),
+                Ok(o @ (Outcome::LastId(_) | Outcome::Followed { .. })) => result_json(op, Ok(o)),
                 Err(OpError::NotSubscribed(channel)) if matches!(op, Op::Publish { .. }) => {
                     Err(RpcError::new(
                         rpc::SERVER_ERROR,
@@ -216,7 +223,7 @@ mod tests {
     fn send_data_needs_an_object() {
         let msg =
             br#"{"jsonrpc":"2.0","id":1,"method":"send_data","params":{"channel":"c","data":[1]}}"#;
-        let ex = RocketWs.handle_message(msg, &mut RpcParser::new());
+        let ex = RocketWs.handle_message(&mut SessionState::none(), msg, &mut RpcParser::new());
         assert_eq!(
             ex.calls[0].op.as_ref().unwrap_err().code,
             rpc::INVALID_PARAMS
@@ -232,6 +239,7 @@ mod tests {
         let mut w = ReplyWriter::new(false);
         let peer = || "10.0.0.1:5".to_string();
         RocketWs.write_answer(
+            &mut SessionState::none(),
             &mut w,
             Some(b"1"),
             Answer::Done {

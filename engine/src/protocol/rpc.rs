@@ -398,11 +398,18 @@ pub fn write_error(out: &mut Vec<u8>, id: Option<&[u8]>, err: &RpcError) {
 
 /// Collects the replies to one frame/body: nothing for notifications, one
 /// object for a single request, an array for a batch.
+///
+/// A protocol that is not JSON-RPC writes its own reply with
+/// [`raw`](ReplyWriter::raw), and may add whole frames that follow it
+/// ([`frames`](ReplyWriter::frames)): replayed publications, say, which then
+/// leave ahead of anything queued for the connection after the request.
 #[derive(Debug)]
 pub struct ReplyWriter {
     out: Vec<u8>,
     batch: bool,
     count: usize,
+    /// Complete WebSocket frames to send after the reply.
+    frames: Vec<u8>,
 }
 
 impl ReplyWriter {
@@ -411,7 +418,40 @@ impl ReplyWriter {
             out: Vec::new(),
             batch,
             count: 0,
+            frames: Vec::new(),
         }
+    }
+
+    /// A reply written by the protocol itself: `json` as it is.
+    pub fn raw(&mut self, json: &[u8]) {
+        self.sep();
+        self.out.extend_from_slice(json);
+    }
+
+    /// Complete frames to send right after the reply, in order.
+    pub fn frames(&mut self, frames: &[u8]) {
+        self.frames.extend_from_slice(frames);
+    }
+
+    /// The reply as one buffer of frames: the reply's text frame (if there
+    /// is a reply) followed by any added frames; `None` when both are
+    /// empty.
+    pub fn finish_frames(mut self) -> Option<Bytes> {
+        use crate::protocol::codec::{encode_header, OpCode};
+        let frames = std::mem::take(&mut self.frames);
+        let json = self.finish();
+        if frames.is_empty() {
+            return json.map(|j| crate::pubsub::publication::text_frame(&j));
+        }
+        let mut out = Vec::with_capacity(frames.len() + json.as_ref().map_or(0, |j| j.len() + 10));
+        if let Some(json) = json {
+            let mut header = [0u8; 10];
+            let h = encode_header(true, OpCode::Text, json.len(), &mut header);
+            out.extend_from_slice(&header[..h]);
+            out.extend_from_slice(&json);
+        }
+        out.extend_from_slice(&frames);
+        Some(Bytes::from(out))
     }
 
     fn sep(&mut self) {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::home_shard::{HistoryOutcome, Since, SubscribeOutcome};
+use super::publication::Publication;
 
 /// One operation a client asked for.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,6 +34,21 @@ pub enum Op {
     },
     /// A keep-alive from the client; touches nothing.
     Heartbeat,
+    /// Publish `data` (compact JSON) on any channel, as the backend port
+    /// does: no subscription needed and the sender is not excluded. Only
+    /// adapters whose clients are trusted publishers (after their own
+    /// authentication) ask for it; `ws.client_publish` does not apply.
+    Post { channel: Box<str>, data: Bytes },
+    /// The node-wide id of the last publication.
+    LastId,
+    /// Follow exactly `channels` (leaving every other channel), and with
+    /// `after_id` replay the retained publications of those channels with
+    /// an id above it, merged over the channels in id order, ahead of the
+    /// live ones.
+    Follow {
+        channels: Vec<Box<str>>,
+        after_id: Option<u64>,
+    },
 }
 
 /// What the engine did.
@@ -44,6 +60,12 @@ pub enum Outcome {
     Published(PublishResult),
     History(HistoryOutcome),
     Heartbeat,
+    /// The node-wide last publication id.
+    LastId(u64),
+    /// The channels are followed; `replay` (id order) is what was missed.
+    Followed {
+        replay: Vec<Arc<Publication>>,
+    },
 }
 
 /// Why the engine refused or failed an operation. Adapters render these

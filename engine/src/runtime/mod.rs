@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod dashboard;
 pub mod io;
+pub mod long_poll;
 pub mod shard;
 pub mod start;
 pub mod sys;

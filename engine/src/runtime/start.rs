@@ -14,11 +14,13 @@ use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 
 use crate::ops::config::{Config, DriverKind};
 use crate::ops::metrics::ShardMetrics;
+use crate::protocol::adapter::{by_name, Protocol, ProtocolId};
+use crate::protocol::dmoj::{DmojReceiver, DmojSender};
 use crate::protocol::handshake::{HandshakeError, MAX_REQUEST_HEAD};
-use crate::runtime::backend;
 use crate::runtime::io::write_all;
 use crate::runtime::shard::{ws_capacity, ws_session, Node, Shard, ShardMsg, RESERVED_FDS};
 use crate::runtime::sys;
+use crate::runtime::{backend, long_poll};
 
 /// A started engine.
 pub struct RunningNode {
@@ -121,11 +123,26 @@ pub fn run(config: Config) -> Result<RunningNode, StartError> {
     };
     let driver = if uring_ok { "io_uring" } else { "epoll" };
 
+    // Protocols' own listeners (`[protocols.dmoj]`), each with what it
+    // serves.
+    let extra: Vec<(&'static str, SocketAddr, Port)> = config
+        .protocols
+        .dmoj
+        .listeners()
+        .map_err(|e| StartError::InvalidConfig(e.to_string()))?
+        .into_iter()
+        .map(|(key, addr)| (key, addr, extra_port(key)))
+        .collect();
+
     // Bind everything up front so a busy port fails the start, not a shard.
-    for (addr, key) in [
+    let fixed = [
         (config.ws.listen, "ws.listen"),
         (config.backend.listen, "backend.listen"),
-    ] {
+    ];
+    for (addr, key) in fixed
+        .into_iter()
+        .chain(extra.iter().map(|&(key, addr, _)| (addr, key)))
+    {
         sys::ensure_not_listening(addr).map_err(|source| StartError::PortInUse {
             addr,
             key,
@@ -135,7 +152,20 @@ pub fn run(config: Config) -> Result<RunningNode, StartError> {
     let mut listeners = Vec::with_capacity(shards);
     let mut ws_addr = config.ws.listen;
     let mut backend_addr = config.backend.listen;
+    let mut extra_addrs: Vec<SocketAddr> = extra.iter().map(|e| e.1).collect();
     for _ in 0..shards {
+        let mut own = Vec::with_capacity(extra.len());
+        for (i, &(key, _, port)) in extra.iter().enumerate() {
+            let addr = extra_addrs[i];
+            let l = sys::reuseport_listener(addr, config.ws.backlog)
+                .map_err(|source| StartError::Listen { addr, key, source })?;
+            extra_addrs[i] = l.local_addr()?;
+            if uring_ok {
+                l.set_nonblocking(false)?;
+            }
+            tracing::info!(key, addr = %extra_addrs[i], "listening");
+            own.push((l, port));
+        }
         let ws = sys::reuseport_listener(ws_addr, config.ws.backlog).map_err(|source| {
             StartError::Listen {
                 addr: ws_addr,
@@ -157,7 +187,7 @@ pub fn run(config: Config) -> Result<RunningNode, StartError> {
             ws.set_nonblocking(false)?;
             be.set_nonblocking(false)?;
         }
-        listeners.push((ws, be));
+        listeners.push((ws, be, own));
     }
     tracing::info!(shards, driver, %ws_addr, %backend_addr, "ringcast listening");
 
@@ -171,7 +201,7 @@ pub fn run(config: Config) -> Result<RunningNode, StartError> {
     let node = Node::with_capacity(config, shards, capacity);
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut threads = Vec::with_capacity(shards);
-    for (id, (ws, be)) in listeners.into_iter().enumerate() {
+    for (id, (ws, be, own)) in listeners.into_iter().enumerate() {
         let node = node.clone();
         let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
         let t = std::thread::Builder::new()
@@ -187,12 +217,16 @@ pub fn run(config: Config) -> Result<RunningNode, StartError> {
                         .with_entries(4096)
                         .enable_timer()
                         .build()
-                        .map(|mut rt| rt.block_on(shard_main(id, node.clone(), "io_uring", ws, be)))
+                        .map(|mut rt| {
+                            rt.block_on(shard_main(id, node.clone(), "io_uring", ws, be, own))
+                        })
                 } else {
                     RuntimeBuilder::<LegacyDriver>::new()
                         .enable_timer()
                         .build()
-                        .map(|mut rt| rt.block_on(shard_main(id, node.clone(), "epoll", ws, be)))
+                        .map(|mut rt| {
+                            rt.block_on(shard_main(id, node.clone(), "epoll", ws, be, own))
+                        })
                 };
                 if let Err(e) = result {
                     tracing::error!("shard {id} could not start its runtime: {e}");
@@ -222,6 +256,7 @@ async fn shard_main(
     driver: &'static str,
     ws: TcpListener,
     be: TcpListener,
+    own: Vec<(TcpListener, Port)>,
 ) {
     let shard = Shard::new(id, node, driver);
     let (ws, be) = match (
@@ -239,6 +274,14 @@ async fn shard_main(
     monoio::spawn(shard.clone().run_mailbox());
     monoio::spawn(accept_loop(shard.clone(), ws, Port::WebSocket));
     monoio::spawn(accept_loop(shard.clone(), be, Port::Backend));
+    for (l, port) in own {
+        match monoio::net::TcpListener::from_std(l) {
+            Ok(l) => {
+                monoio::spawn(accept_loop(shard.clone(), l, port));
+            }
+            Err(e) => tracing::error!("shard {id}: cannot register a listener: {e}"),
+        }
+    }
     shard.shutdown.wait().await;
     let timeout = shard.config().shutdown_timeout();
     if shard.session_count() > 0 {
@@ -252,6 +295,20 @@ async fn shard_main(
 enum Port {
     WebSocket,
     Backend,
+    /// A protocol's own WebSocket listener: every connection speaks it.
+    Fixed(ProtocolId),
+    /// DMOJ's long-poll listener (plain HTTP).
+    LongPoll,
+}
+
+/// What a `[protocols.dmoj]` listener key serves.
+fn extra_port(key: &str) -> Port {
+    let name = match key {
+        "protocols.dmoj.long_poll" => return Port::LongPoll,
+        "protocols.dmoj.senders" => DmojSender.name(),
+        _ => DmojReceiver.name(),
+    };
+    Port::Fixed(by_name(name).unwrap_or(0))
 }
 
 async fn accept_loop(shard: Rc<Shard>, listener: monoio::net::TcpListener, port: Port) {
@@ -264,29 +321,37 @@ async fn accept_loop(shard: Rc<Shard>, listener: monoio::net::TcpListener, port:
         };
         match accepted {
             Ok((stream, _peer)) => match port {
-                Port::WebSocket => match shard.node.open_ws_socket() {
-                    Some(counted) => {
-                        let shard = shard.clone();
-                        monoio::spawn(async move {
-                            ws_session::serve(shard, stream).await;
-                            drop(counted);
-                        });
-                    }
-                    None => {
-                        ShardMetrics::inc(&shard.metrics.connections_refused);
-                        if refusing.get() < MAX_REFUSING {
-                            refusing.set(refusing.get() + 1);
-                            let timeout = shard.config().handshake_timeout().min(REFUSE_WAIT);
-                            let refusing = refusing.clone();
+                Port::WebSocket | Port::Fixed(_) | Port::LongPoll => {
+                    match shard.node.open_ws_socket() {
+                        Some(counted) => {
+                            let shard = shard.clone();
                             monoio::spawn(async move {
-                                refuse_at_capacity(stream, timeout).await;
-                                refusing.set(refusing.get() - 1);
+                                match port {
+                                    Port::Fixed(p) => {
+                                        ws_session::serve_as(shard, stream, Some(p)).await
+                                    }
+                                    Port::LongPoll => long_poll::serve(shard, stream).await,
+                                    _ => ws_session::serve(shard, stream).await,
+                                }
+                                drop(counted);
                             });
                         }
-                        // Past that many, the client is closed unanswered:
-                        // refusals must not take the reserved descriptors.
+                        None => {
+                            ShardMetrics::inc(&shard.metrics.connections_refused);
+                            if refusing.get() < MAX_REFUSING {
+                                refusing.set(refusing.get() + 1);
+                                let timeout = shard.config().handshake_timeout().min(REFUSE_WAIT);
+                                let refusing = refusing.clone();
+                                monoio::spawn(async move {
+                                    refuse_at_capacity(stream, timeout).await;
+                                    refusing.set(refusing.get() - 1);
+                                });
+                            }
+                            // Past that many, the client is closed unanswered:
+                            // refusals must not take the reserved descriptors.
+                        }
                     }
-                },
+                }
                 Port::Backend => {
                     monoio::spawn(backend::serve(shard.clone(), stream));
                 }

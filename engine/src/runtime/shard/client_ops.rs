@@ -3,12 +3,14 @@
 //! subscription limit, who may publish).
 
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::conn::Conn;
 use super::{ConnRef, HomeAnswer, HomeQuery, Shard, ShardGone};
 use crate::pubsub::home_shard::Since;
 use crate::pubsub::ops::{Op, OpError, Outcome, SubscribeInfo};
+use crate::pubsub::publication::Publication;
 
 impl From<ShardGone> for OpError {
     fn from(_: ShardGone) -> Self {
@@ -26,6 +28,14 @@ impl Shard {
         cref: ConnRef,
         op: &Op,
     ) -> Result<Outcome, OpError> {
+        if let Op::Post { channel, data } = op {
+            // A trusted publisher, like the backend port: no rate limit.
+            let r = self.publish(channel, data.clone(), None).await?;
+            return Ok(Outcome::Published(r));
+        }
+        if let Op::LastId = op {
+            return Ok(Outcome::LastId(self.node.last_id()));
+        }
         let limits = &self.config().limits;
         let mut bucket = conn.bucket.get();
         let allowed = bucket.take(limits.rate_per_sec, limits.rate_burst, Instant::now());
@@ -67,7 +77,52 @@ impl Shard {
                     _ => Err(UNEXPECTED),
                 }
             }
+            Op::Follow { channels, after_id } => {
+                let replay = self.follow(conn, cref, channels, *after_id).await?;
+                Ok(Outcome::Followed { replay })
+            }
+            Op::Post { .. } | Op::LastId => Err(UNEXPECTED),
         }
+    }
+
+    /// Makes `conn` follow exactly `channels`, and with `after_id` returns
+    /// their retained publications with a higher id, in id order. Each
+    /// channel's replay stops at the offset its subscription took effect
+    /// at, so nothing is both replayed and delivered live.
+    async fn follow(
+        &self,
+        conn: &Rc<Conn>,
+        cref: ConnRef,
+        channels: &[Box<str>],
+        after_id: Option<u64>,
+    ) -> Result<Vec<Arc<Publication>>, OpError> {
+        let max = self.config().limits.max_subscriptions_per_connection;
+        if channels.len() > max {
+            return Err(OpError::TooManySubscriptions(max));
+        }
+        let old: Vec<Rc<str>> = conn.subs.borrow().clone();
+        for ch in old.iter().filter(|c| !channels.iter().any(|n| **n == ***c)) {
+            self.unsubscribe(conn, ch);
+        }
+        let mut replay = Vec::new();
+        for ch in channels {
+            let info = self.subscribe_client(conn, cref, ch, None).await?;
+            let Some(after) = after_id else { continue };
+            let query = HomeQuery::History {
+                since: None,
+                limit: usize::MAX,
+            };
+            match self.ask_home(ch, query).await? {
+                HomeAnswer::History(h) => replay.extend(
+                    h.publications
+                        .into_iter()
+                        .filter(|p| p.id > after && p.offset <= info.offset),
+                ),
+                _ => return Err(UNEXPECTED),
+            }
+        }
+        replay.sort_by_key(|p| p.id);
+        Ok(replay)
     }
 
     /// Subscribes a client, or reports where the channel is when it is

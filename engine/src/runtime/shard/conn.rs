@@ -365,6 +365,12 @@ impl Conn {
     pub fn has_writable(&self) -> bool {
         self.out.borrow().has_writable()
     }
+
+    /// The socket back, once the connection is forgotten (a long-poll
+    /// connection serves its next request with it).
+    pub fn into_stream(self) -> TcpStream {
+        self.stream
+    }
 }
 
 #[cfg(test)]

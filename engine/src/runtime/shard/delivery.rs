@@ -26,6 +26,10 @@ impl Shard {
         let cfg = &self.node.config.limits;
         match conn.enqueue(frame.clone(), cfg.max_outbound_bytes, cfg.slow_consumer) {
             Enqueued::Queued => {
+                if protocol(conn.proto).one_shot() {
+                    // Its answer is complete: nothing more goes to it.
+                    conn.mark_closing(now);
+                }
                 self.mark_dirty(conn);
                 true
             }
@@ -69,6 +73,13 @@ impl Shard {
         discard: bool,
         now: Instant,
     ) {
+        if !protocol(conn.proto).websocket() {
+            // A parked HTTP request: no close frame, just stop it.
+            conn.mark_closing(now);
+            // Its task waits for readability: end-of-stream wakes it.
+            sys::shutdown_socket(conn.fd(), std::net::Shutdown::Read);
+            return;
+        }
         if conn.begin_close(Bytes::from(close_frame(code, reason)), discard, now) {
             self.mark_dirty(conn);
             // The reader stops, cleans up and drains (a lingering close).

@@ -7,6 +7,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::protocol::adapter::protocol;
 use crate::protocol::codec::close_code;
 use crate::pubsub::ops::SubscribeInfo;
 use crate::runtime::sys;
@@ -118,6 +119,18 @@ impl Shard {
             let now = Instant::now();
             let conns: Vec<Rc<Conn>> = self.conns.borrow().iter().cloned().collect();
             for c in &conns {
+                let proto = protocol(c.proto);
+                if !proto.websocket() {
+                    // A parked HTTP request: answered when it waited too long.
+                    let expired = proto
+                        .expire_after(cfg)
+                        .is_some_and(|after| now.duration_since(c.last_seen.get()) >= after);
+                    if expired && c.is_open() {
+                        c.mark_closing(now);
+                        self.send_control(c, proto.expired_answer());
+                    }
+                    continue;
+                }
                 let clock = Liveness {
                     closing_since: c.closing_since.get(),
                     ping_sent: c.ping_sent.get(),

@@ -74,7 +74,7 @@ impl Shard {
         let home = HomeShard::new(
             id,
             node.shards,
-            cfg.history.size,
+            cfg.history_size(),
             std::time::Duration::from_secs(cfg.history.ttl),
             node.start_ms,
         );

@@ -17,26 +17,37 @@ use monoio::net::TcpStream;
 use super::conn::Conn;
 use super::{ConnRef, Shard};
 use crate::ops::metrics::ShardMetrics;
-use crate::protocol::adapter::{protocol, Answer, Exchange, ProtocolId};
+use crate::protocol::adapter::{protocol, Answer, Exchange, ProtocolId, SessionState};
+use crate::protocol::dmoj;
 use crate::protocol::handshake::{parse_upgrade, HandshakeError, Upgrade, MAX_REQUEST_HEAD};
 use crate::protocol::websocket::WsProtocol;
-use crate::pubsub::publication::text_frame;
 use crate::runtime::io::write_all;
+use crate::runtime::long_poll;
 use crate::runtime::sys;
 
-/// Serves one accepted connection to the end.
+/// Serves one accepted connection on the public port to the end.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+    serve_as(shard, stream, None).await;
+}
+
+/// Serves one connection; `fixed`: every upgrade speaks that protocol
+/// (a protocol's own listener), else the router chooses by path.
+pub async fn serve_as(shard: Rc<Shard>, stream: TcpStream, fixed: Option<ProtocolId>) {
     shard.session_started();
-    session(&shard, stream).await;
+    session(&shard, stream, fixed).await;
     shard.session_ended();
 }
 
-async fn session(shard: &Rc<Shard>, stream: TcpStream) {
+async fn session(shard: &Rc<Shard>, stream: TcpStream, fixed: Option<ProtocolId>) {
     // The handshake, the RPC execution and the final drain run as boxed
     // futures: they are short-lived, and keeping them out of the session's
     // own state machine keeps an idle connection's task small.
-    let Some((stream, proto, mut pending)) = Box::pin(handshake(shard, stream)).await else {
-        return;
+    let (stream, proto, mut pending) = match Box::pin(handshake(shard, stream, fixed)).await {
+        Some(Handshake::Upgraded(stream, proto, pending)) => (stream, proto, pending),
+        Some(Handshake::Poll(stream, request)) => {
+            return Box::pin(long_poll::serve_request(shard, stream, request)).await;
+        }
+        None => return,
     };
     let burst = shard.config().limits.rate_burst;
     let (conn, cref) = shard.add_conn(|key| Conn::new(key, stream, proto, burst, Instant::now()));
@@ -46,9 +57,21 @@ async fn session(shard: &Rc<Shard>, stream: TcpStream) {
     Box::pin(drain(shard, &conn)).await;
 }
 
-/// Upgrades the connection: the stream, its protocol and any bytes that
-/// came after the request, or `None` when the upgrade failed.
-async fn handshake(shard: &Shard, stream: TcpStream) -> Option<(TcpStream, ProtocolId, Vec<u8>)> {
+/// How a connection's first request went.
+enum Handshake {
+    /// Upgraded: the stream, its protocol and the bytes after the request.
+    Upgraded(TcpStream, ProtocolId, Vec<u8>),
+    /// A plain HTTP request for the long-poll path (bytes read so far).
+    Poll(TcpStream, Vec<u8>),
+}
+
+/// Upgrades the connection, or hands a long-poll request on; `None` when
+/// the upgrade failed (and was answered).
+async fn handshake(
+    shard: &Shard,
+    stream: TcpStream,
+    fixed: Option<ProtocolId>,
+) -> Option<Handshake> {
     let _ = stream.set_nodelay(true);
     let cfg = shard.config();
     let mut buf = Vec::new();
@@ -59,6 +82,10 @@ async fn handshake(shard: &Shard, stream: TcpStream) -> Option<(TcpStream, Proto
     let upgrade = match read.await {
         Ok(Ok(u)) => u,
         Ok(Err(Some(e))) => {
+            let poll_path = cfg.protocols.dmoj.public_poll_path();
+            if fixed.is_none() && poll_path.is_some_and(|p| dmoj::is_poll_request(&buf, p)) {
+                return Some(Handshake::Poll(stream, buf));
+            }
             ShardMetrics::inc(&shard.metrics.handshakes_rejected);
             let _ = write_all(&stream, &e.response()).await;
             return None;
@@ -69,13 +96,15 @@ async fn handshake(shard: &Shard, stream: TcpStream) -> Option<(TcpStream, Proto
             return None;
         }
     };
-    let proto = shard
-        .node
-        .router
-        .route(upgrade.path_without_query(), upgrade.query_param("dialect"));
+    let proto = fixed.unwrap_or_else(|| {
+        shard
+            .node
+            .router
+            .route(upgrade.path_without_query(), upgrade.query_param("dialect"))
+    });
     write_all(&stream, &upgrade.response_101()).await.ok()?;
     let pending = buf.split_off(upgrade.consumed);
-    Some((stream, proto, pending))
+    Some(Handshake::Upgraded(stream, proto, pending))
 }
 
 /// Reads the upgrade request. `Err(None)`: the peer went away.
@@ -113,10 +142,14 @@ enum Step {
 async fn read_loop(shard: &Rc<Shard>, conn: &Rc<Conn>, cref: ConnRef, pending: &mut Vec<u8>) {
     let mut ws = WsProtocol::new();
     let mut msgs: Vec<Exchange> = Vec::new();
+    // The protocol's state for this connection (no allocation for the
+    // stateless ones).
+    let mut state = protocol(conn.proto).open(shard.config());
+    let state = &mut state;
     if !pending.is_empty() {
         // Frames that arrived with the upgrade request.
-        let step = ingest(shard, conn, &mut ws, pending, 0, &mut msgs);
-        run_calls(shard, conn, cref, &mut msgs).await;
+        let step = ingest(shard, conn, &mut ws, state, pending, 0, &mut msgs);
+        run_calls(shard, conn, cref, state, &mut msgs).await;
         if let Step::Stop = step {
             return;
         }
@@ -139,8 +172,8 @@ async fn read_loop(shard: &Rc<Shard>, conn: &Rc<Conn>, cref: ConnRef, pending: &
                 Err(_) => return,
             };
             conn.last_seen.set(Instant::now());
-            let step = ingest(shard, conn, &mut ws, pending, n, &mut msgs);
-            run_calls(shard, conn, cref, &mut msgs).await;
+            let step = ingest(shard, conn, &mut ws, state, pending, n, &mut msgs);
+            run_calls(shard, conn, cref, state, &mut msgs).await;
             if let Step::Stop = step {
                 return;
             }
@@ -180,6 +213,7 @@ fn ingest(
     shard: &Shard,
     conn: &Rc<Conn>,
     ws: &mut WsProtocol,
+    state: &mut SessionState,
     pending: &mut Vec<u8>,
     n: usize,
     msgs: &mut Vec<Exchange>,
@@ -191,7 +225,7 @@ fn ingest(
     let proto = protocol(conn.proto);
     let mut on_message = |_kind, payload: &[u8]| {
         ShardMetrics::inc(&shard.metrics.messages_in);
-        msgs.push(proto.handle_message(payload, &mut parser));
+        msgs.push(proto.handle_message(state, payload, &mut parser));
     };
     let on_pong = |_: &[u8]| conn.ping_sent.set(None);
     let result = if pending.is_empty() {
@@ -234,9 +268,15 @@ fn ingest(
 }
 
 /// Runs [`execute`] boxed, and only when there is something to run.
-async fn run_calls(shard: &Rc<Shard>, conn: &Rc<Conn>, cref: ConnRef, msgs: &mut Vec<Exchange>) {
+async fn run_calls(
+    shard: &Rc<Shard>,
+    conn: &Rc<Conn>,
+    cref: ConnRef,
+    state: &mut SessionState,
+    msgs: &mut Vec<Exchange>,
+) {
     if !msgs.is_empty() {
-        Box::pin(execute(shard, conn, cref, msgs)).await;
+        Box::pin(execute(shard, conn, cref, state, msgs)).await;
         // Idle connections keep no request buffer.
         *msgs = Vec::new();
     }
@@ -245,7 +285,13 @@ async fn run_calls(shard: &Rc<Shard>, conn: &Rc<Conn>, cref: ConnRef, msgs: &mut
 /// Executes the client's messages in order: each call's operation runs in
 /// the engine and its protocol renders the answer. A message's reply goes
 /// where its hold was placed, ahead of anything queued after it.
-async fn execute(shard: &Rc<Shard>, conn: &Rc<Conn>, cref: ConnRef, msgs: &mut Vec<Exchange>) {
+async fn execute(
+    shard: &Rc<Shard>,
+    conn: &Rc<Conn>,
+    cref: ConnRef,
+    state: &mut SessionState,
+    msgs: &mut Vec<Exchange>,
+) {
     let proto = protocol(conn.proto);
     let peer = || {
         conn.stream
@@ -258,7 +304,7 @@ async fn execute(shard: &Rc<Shard>, conn: &Rc<Conn>, cref: ConnRef, msgs: &mut V
         for call in ex.calls {
             let id = call.id.as_deref();
             match &call.op {
-                Err(e) => proto.write_answer(&mut reply, id, Answer::Rejected(e)),
+                Err(e) => proto.write_answer(state, &mut reply, id, Answer::Rejected(e)),
                 Ok(op) => {
                     let result = shard.run_client_op(conn, cref, op).await;
                     let answer = Answer::Done {
@@ -266,11 +312,11 @@ async fn execute(shard: &Rc<Shard>, conn: &Rc<Conn>, cref: ConnRef, msgs: &mut V
                         result,
                         peer: &peer,
                     };
-                    proto.write_answer(&mut reply, id, answer);
+                    proto.write_answer(state, &mut reply, id, answer);
                 }
             }
         }
-        conn.fill_hold(hold, reply.finish().map(|json| text_frame(&json)));
+        conn.fill_hold(hold, reply.finish_frames());
         shard.mark_dirty(conn);
     }
 }

@@ -1,0 +1,293 @@
+//! DMOJ's long-poll (`GET /channels/<a>|<b>?last=<id>`) over plain HTTP,
+//! on its own listener and under `[protocols.dmoj] poll_path` of the
+//! public port. Parsing and answers are `protocol::dmoj`; this module only
+//! moves bytes.
+//!
+//! A request that history can answer gets the first message after `last`
+//! at once. Otherwise it is parked as a connection of the `dmoj-poll`
+//! protocol subscribed to its channels: its publication form is the
+//! complete `200` response, shared by every parked poller, and the shard
+//! stops delivering to it after the first one ([`Protocol::one_shot`]).
+//! Nothing is allocated for a parked request beyond what an idle WebSocket
+//! connection holds. After `long_poll_timeout` it is answered `504`.
+//! Connections are kept alive between requests (HTTP/1.1, or HTTP/1.0 with
+//! `Connection: keep-alive`).
+//!
+//! [`Protocol::one_shot`]: crate::protocol::adapter::Protocol::one_shot
+
+use std::net::Shutdown;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use monoio::net::TcpStream;
+
+use crate::protocol::adapter::{by_name, Protocol, ProtocolId};
+use crate::protocol::dmoj::{self, DmojPoll, Poll, PollRequest};
+use crate::pubsub::ops::{Op, OpError, Outcome};
+use crate::runtime::io::write_all;
+use crate::runtime::shard::{Conn, ConnRef, Shard};
+use crate::runtime::sys;
+
+/// DMOJ's long-poll path on its own listener.
+const LISTENER_PREFIX: &str = "/channels/";
+
+/// Serves one connection accepted on the long-poll listener.
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+    shard.session_started();
+    run(&shard, stream, Vec::new(), LISTENER_PREFIX).await;
+    shard.session_ended();
+}
+
+/// Serves a connection of the public port whose first request (`buf`, read
+/// so far) is a long-poll.
+pub(crate) async fn serve_request(shard: &Rc<Shard>, stream: TcpStream, buf: Vec<u8>) {
+    let prefix = shard.config().protocols.dmoj.poll_path.clone();
+    run(shard, stream, buf, &prefix).await;
+}
+
+async fn run(shard: &Rc<Shard>, mut stream: TcpStream, mut buf: Vec<u8>, prefix: &str) {
+    let _ = stream.set_nodelay(true);
+    let timeout = Duration::from_secs(shard.config().protocols.dmoj.long_poll_timeout);
+    // Each phase runs boxed: a parked request's task holds only the
+    // waiting phase's state.
+    loop {
+        let Some(poll) = Box::pin(next_request(shard, &stream, &mut buf, prefix, timeout)).await
+        else {
+            return;
+        };
+        match poll {
+            Poll::Incomplete => return,
+            Poll::Answer {
+                response,
+                keep_alive,
+                consumed,
+            } => {
+                if Box::pin(write_all(&stream, &response)).await.is_err() || !keep_alive {
+                    sys::shutdown_socket(stream.as_raw_fd(), Shutdown::Write);
+                    return;
+                }
+                take(&mut buf, consumed);
+            }
+            Poll::Wait(req, consumed) => {
+                take(&mut buf, consumed);
+                let keep_alive = req.keep_alive;
+                match Box::pin(park(shard, stream, req, &mut buf)).await {
+                    Some(s) if keep_alive => stream = s,
+                    Some(s) => {
+                        sys::shutdown_socket(s.as_raw_fd(), Shutdown::Write);
+                        return;
+                    }
+                    None => return,
+                }
+            }
+        }
+    }
+}
+
+/// Reads until `buf` holds a request head (or an answer to one); `None`
+/// when the peer left or stayed idle for `timeout`.
+async fn next_request(
+    shard: &Shard,
+    stream: &TcpStream,
+    buf: &mut Vec<u8>,
+    prefix: &str,
+    timeout: Duration,
+) -> Option<Poll> {
+    loop {
+        match dmoj::parse_poll(buf, prefix) {
+            Poll::Incomplete => {}
+            p => return Some(p),
+        }
+        // An idle keep-alive connection is closed after the poll timeout.
+        match monoio::time::timeout(timeout, read_more(shard, stream, buf)).await {
+            Ok(true) => {}
+            Ok(false) | Err(_) => return None,
+        }
+    }
+}
+
+/// Drops the first `n` bytes; an emptied buffer gives its memory back.
+fn take(buf: &mut Vec<u8>, n: usize) {
+    buf.drain(..n.min(buf.len()));
+    if buf.is_empty() {
+        *buf = Vec::new();
+    }
+}
+
+/// Reads what is there into `buf`; false when the peer is gone.
+async fn read_more(shard: &Shard, stream: &TcpStream, buf: &mut Vec<u8>) -> bool {
+    loop {
+        if stream.readable(false).await.is_err() {
+            return false;
+        }
+        match recv_into(shard, stream.as_raw_fd(), buf) {
+            Some(true) => return true,
+            Some(false) => return false,
+            None => {}
+        }
+    }
+}
+
+/// One non-blocking read through the shard's scratch buffer (an idle or
+/// parked request holds no read buffer of its own) appended to `buf`:
+/// `Some(false)` when the peer is gone, `None` when there was nothing.
+fn recv_into(shard: &Shard, fd: std::os::fd::RawFd, buf: &mut Vec<u8>) -> Option<bool> {
+    let mut scratch = shard.scratch.borrow_mut();
+    match sys::recv_nonblocking(fd, &mut scratch) {
+        Ok(0) => Some(false),
+        Ok(n) => {
+            buf.extend_from_slice(&scratch[..n]);
+            Some(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => None,
+        Err(_) => Some(false),
+    }
+}
+
+fn poll_protocol() -> ProtocolId {
+    by_name(DmojPoll.name()).unwrap_or(0)
+}
+
+/// Answers one long-poll: from history, or parked until a message or the
+/// timeout. Returns the stream when the connection can go on.
+async fn park(
+    shard: &Rc<Shard>,
+    stream: TcpStream,
+    req: PollRequest,
+    buf: &mut Vec<u8>,
+) -> Option<TcpStream> {
+    let burst = shard.config().limits.rate_burst;
+    let proto = poll_protocol();
+    let (conn, cref) = shard.add_conn(|key| Conn::new(key, stream, proto, burst, Instant::now()));
+    // Boxed: the operation and its future are gone by the time the
+    // request parks.
+    let now_answer = Box::pin(first_answer(shard, &conn, cref, req)).await;
+    let mut gone = false;
+    match now_answer {
+        Some(response) => answer(shard, &conn, response),
+        None => gone = Box::pin(wait(shard, &conn, buf)).await,
+    }
+    shard.remove_conn(&conn);
+    if gone || !Box::pin(flushed(shard, &conn)).await {
+        return None;
+    }
+    Rc::try_unwrap(conn).ok().map(Conn::into_stream)
+}
+
+/// Follows the request's channels; the answer history already has, if any.
+async fn first_answer(
+    shard: &Rc<Shard>,
+    conn: &Rc<Conn>,
+    cref: ConnRef,
+    req: PollRequest,
+) -> Option<Bytes> {
+    let op = Op::Follow {
+        channels: req.channels,
+        after_id: Some(req.last),
+    };
+    match shard.run_client_op(conn, cref, &op).await {
+        Ok(Outcome::Followed { replay }) => replay
+            .first()
+            .map(|p| Bytes::from(dmoj::poll_message_response(p))),
+        Ok(_) => Some(error_response(503, "unexpected answer")),
+        Err(e @ OpError::TooManySubscriptions(_)) => Some(error_response(400, &e.to_string())),
+        Err(e @ OpError::RateLimited) => Some(error_response(429, &e.to_string())),
+        Err(e) => Some(error_response(503, &e.to_string())),
+    }
+}
+
+/// Waits until the request is answered (a delivery, or the shard timer's
+/// 504 after `long_poll_timeout`) and the client sends its next request or
+/// leaves; true when it left. No timer of its own: a parked request costs
+/// what an idle WebSocket connection does.
+async fn wait(shard: &Shard, conn: &Conn, buf: &mut Vec<u8>) -> bool {
+    while conn.is_open() || buf.is_empty() {
+        if conn.stream.readable(false).await.is_err() {
+            return true;
+        }
+        // The next request (after the answer) or a pipelined one is kept.
+        if recv_into(shard, conn.fd(), buf) == Some(false) {
+            return true;
+        }
+    }
+    false
+}
+
+/// Queues `response` unless a delivery already answered the request.
+fn answer(shard: &Shard, conn: &Rc<Conn>, response: Bytes) {
+    if conn.is_open() {
+        conn.mark_closing(Instant::now());
+        shard.send_control(conn, response);
+    }
+}
+
+fn error_response(status: u16, message: &str) -> Bytes {
+    let mut body = br#"{"error": "#.to_vec();
+    crate::pubsub::publication::write_json_str(&mut body, message);
+    body.push(b'}');
+    Bytes::from(dmoj::poll_response(status, "application/json", &body, true))
+}
+
+/// Writes what is queued for `conn`; false when it could not all go out.
+async fn flushed(shard: &Shard, conn: &Conn) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while conn.has_writable() {
+        match shard.flush_now(conn) {
+            Ok((true, _)) => break,
+            Ok((false, _)) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero()
+                    || monoio::time::timeout(left, conn.stream.writable(false))
+                        .await
+                        .is_err()
+                {
+                    return false;
+                }
+            }
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::config::Config;
+    use crate::runtime::shard::Node;
+
+    #[test]
+    fn poll_future_sizes() {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let _c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            let (s, _) = l.accept().unwrap();
+            s.set_nonblocking(true).unwrap();
+            let stream = TcpStream::from_std(s).unwrap();
+            let shard = Shard::new(0, Node::new(Config::default(), 1), "epoll");
+            let req = PollRequest {
+                channels: vec![],
+                last: 0,
+                keep_alive: true,
+            };
+            let mut buf = Vec::new();
+            let (conn, _) = shard.add_conn(|key| Conn::new(key, stream, 0, 1, Instant::now()));
+            let wait_size = std::mem::size_of_val(&wait(&shard, &conn, &mut buf));
+            eprintln!("wait future: {wait_size} bytes");
+            drop(req);
+            let l2 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let _c2 = std::net::TcpStream::connect(l2.local_addr().unwrap()).unwrap();
+            let (s2, _) = l2.accept().unwrap();
+            s2.set_nonblocking(true).unwrap();
+            let fut = serve(shard.clone(), TcpStream::from_std(s2).unwrap());
+            eprintln!("serve future: {} bytes", std::mem::size_of_val(&fut));
+        });
+    }
+}
