@@ -359,7 +359,7 @@ fn params_notifications_and_batches_per_json_rpc_in_both_dialects() {
         r,
         json!([
             {"jsonrpc": "2.0", "id": 1, "result": {"ping": "ok"}},
-            {"jsonrpc": "2.0", "id": 2, "result": {"channels": []}}
+            {"jsonrpc": "2.0", "id": 2, "result": {"channels": [], "next_cursor": null}}
         ])
     );
 
@@ -414,7 +414,7 @@ fn params_notifications_and_batches_per_json_rpc_in_both_dialects() {
     assert_silent(&mut ws, Duration::from_millis(200));
     assert_eq!(
         server.call("available_channels", json!(null)),
-        json!({"channels": [{"channel": "n3", "subscribers": 1}]})
+        json!({"channels": [{"channel": "n3", "subscribers": 1}], "next_cursor": null})
     );
     drop(ws);
 

@@ -98,7 +98,12 @@ pub enum BackendMethod {
     TotalSubscribers {
         channel: Option<Box<str>>,
     },
-    AvailableChannels,
+    /// One page of channels with subscribers, in name order: the names
+    /// after `cursor`, at most `limit`.
+    AvailableChannels {
+        cursor: Option<Box<str>>,
+        limit: usize,
+    },
     FlushDeadClients,
     Last {
         channel: Option<Box<str>>,
@@ -286,6 +291,38 @@ fn limit_param(params: Option<&Value<'_>>) -> Result<usize, RpcError> {
     }
 }
 
+/// `available_channels` pages: `limit` when not given, and its largest value.
+pub const CHANNEL_PAGE_DEFAULT: usize = 1000;
+pub const CHANNEL_PAGE_MAX: usize = 10_000;
+
+fn page_limit_param(params: Option<&Value<'_>>) -> Result<usize, RpcError> {
+    match param(params, "limit") {
+        None => Ok(CHANNEL_PAGE_DEFAULT),
+        Some(v) if v.is_null() => Ok(CHANNEL_PAGE_DEFAULT),
+        Some(v) => v
+            .as_u64()
+            .filter(|n| (1..=CHANNEL_PAGE_MAX as u64).contains(n))
+            .map(|n| n as usize)
+            .ok_or_else(|| {
+                RpcError::invalid_params(
+                    "invalid params: \"limit\" must be an integer from 1 to 10000",
+                )
+            }),
+    }
+}
+
+/// `cursor`: the last channel name of the previous page (any string).
+fn cursor_param(params: Option<&Value<'_>>) -> Result<Option<Box<str>>, RpcError> {
+    match param(params, "cursor") {
+        None => Ok(None),
+        Some(v) if v.is_null() => Ok(None),
+        Some(v) => v
+            .as_str()
+            .map(|c| Some(c.into()))
+            .ok_or_else(|| RpcError::invalid_params("invalid params: \"cursor\" must be a string")),
+    }
+}
+
 fn method_not_found(method: &str) -> RpcError {
     let mut m = String::from("method not found: ");
     m.extend(method.chars().take(64));
@@ -355,7 +392,10 @@ impl Methods for BackendMethod {
             "total_subscribers" => BackendMethod::TotalSubscribers {
                 channel: optional_channel(params)?,
             },
-            "available_channels" => BackendMethod::AvailableChannels,
+            "available_channels" => BackendMethod::AvailableChannels {
+                cursor: cursor_param(params)?,
+                limit: page_limit_param(params)?,
+            },
             "flush_dead_clients" => BackendMethod::FlushDeadClients,
             "last" => BackendMethod::Last {
                 channel: optional_channel(params)?,
@@ -520,6 +560,52 @@ mod tests {
                 })
             }
         );
+    }
+
+    fn backend(params: &str) -> Result<BackendMethod, RpcError> {
+        let text = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"available_channels","params":{params}}}"#
+        );
+        match RpcParser::new()
+            .parse::<BackendMethod>(text.as_bytes())
+            .unwrap()
+        {
+            Incoming::Single(c) => c.method,
+            Incoming::Batch(_) => panic!("batch"),
+        }
+    }
+
+    #[test]
+    fn available_channels_pages() {
+        let page = |cursor: Option<&str>, limit| BackendMethod::AvailableChannels {
+            cursor: cursor.map(Into::into),
+            limit,
+        };
+        assert_eq!(backend("{}").unwrap(), page(None, CHANNEL_PAGE_DEFAULT));
+        assert_eq!(backend("null").unwrap(), page(None, CHANNEL_PAGE_DEFAULT));
+        assert_eq!(
+            backend(r#"{"limit":10000,"cursor":"b c"}"#).unwrap(),
+            page(Some("b c"), 10_000)
+        );
+        assert_eq!(
+            backend(r#"{"limit":null,"cursor":null}"#).unwrap(),
+            page(None, CHANNEL_PAGE_DEFAULT)
+        );
+        for bad in [
+            r#"{"limit":0}"#,
+            r#"{"limit":10001}"#,
+            r#"{"limit":-1}"#,
+            r#"{"limit":"5"}"#,
+        ] {
+            let e = backend(bad).unwrap_err();
+            assert_eq!(e.code, INVALID_PARAMS, "{bad}");
+            assert_eq!(
+                e.message,
+                "invalid params: \"limit\" must be an integer from 1 to 10000"
+            );
+        }
+        let e = backend(r#"{"cursor":5}"#).unwrap_err();
+        assert_eq!(e.message, "invalid params: \"cursor\" must be a string");
     }
 
     #[test]

@@ -64,8 +64,23 @@ impl ChannelTable {
         let now = set.len();
         if now == 0 {
             self.channels.remove(channel);
+            shrink_map(&mut self.channels);
+        } else if set.capacity() > MIN_SHRINK_CAPACITY && now < set.capacity() / 4 {
+            set.shrink_to(now * 2);
         }
         Change::Changed { now }
+    }
+
+    /// Bytes held by the table's own allocations, at capacity (not the
+    /// channel names, which are shared with the connections).
+    pub fn heap_size(&self) -> usize {
+        let entry = std::mem::size_of::<(Rc<str>, IndexSet<ConnKey>)>() + 1;
+        self.channels.capacity() * entry
+            + self
+                .channels
+                .values()
+                .map(|s| s.capacity() * (std::mem::size_of::<ConnKey>() * 2 + 8))
+                .sum::<usize>()
     }
 
     /// The local subscribers of `channel`, in no particular order.
@@ -91,6 +106,22 @@ impl ChannelTable {
     /// Every channel with its local subscriber count.
     pub fn iter_counts(&self) -> impl Iterator<Item = (&str, usize)> {
         self.channels.iter().map(|(k, v)| (&**k, v.len()))
+    }
+}
+
+/// Collections at most this large are never shrunk (re-growing them
+/// would cost more than they hold).
+pub const MIN_SHRINK_CAPACITY: usize = 64;
+
+/// Gives back a map's memory once it holds under a quarter of its
+/// capacity (halving at least, so shrinking is amortized O(1) per
+/// removal): a table that once held 100,000 channels does not keep their
+/// room after they leave.
+pub fn shrink_map<K: Eq + std::hash::Hash, V, S: std::hash::BuildHasher>(
+    map: &mut HashMap<K, V, S>,
+) {
+    if map.capacity() > MIN_SHRINK_CAPACITY && map.len() < map.capacity() / 4 {
+        map.shrink_to(map.len() * 2);
     }
 }
 
@@ -130,6 +161,32 @@ mod tests {
         assert_eq!(t.channel_count(), 0);
         assert_eq!(t.subscription_count(), 0);
         assert!(t.subscribers("a").is_none());
+    }
+
+    #[test]
+    fn emptied_tables_give_their_memory_back() {
+        let mut t = ChannelTable::new();
+        let empty = t.heap_size();
+        for c in 0..10_000 {
+            t.subscribe(&format!("c{c}"), 1);
+        }
+        for conn in 0..10_000 {
+            t.subscribe("big", conn);
+        }
+        let full = t.heap_size();
+        assert!(full > 500_000, "{full}");
+        for conn in 1..10_000 {
+            t.unsubscribe("big", conn);
+        }
+        for c in 0..10_000 {
+            t.unsubscribe(&format!("c{c}"), 1);
+        }
+        assert_eq!(t.channel_count(), 1);
+        assert!(
+            t.heap_size() < empty + 16 * 1024,
+            "{} after, {empty} empty",
+            t.heap_size()
+        );
     }
 
     #[test]

@@ -7,11 +7,13 @@
 //! machine; the shard runtime moves its inputs and outputs between threads.
 #![forbid(unsafe_code)]
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::pubsub::channel_table::shrink_map;
 use crate::pubsub::publication::Publication;
 
 /// Which shard is home to `channel` among `shards`. Stable for the life of
@@ -256,10 +258,16 @@ impl HomeShard {
         out
     }
 
-    /// One subscriber on `shard` left `channel`.
+    /// One subscriber on `shard` left `channel`. A channel left with no
+    /// subscribers and nothing ever published is forgotten at once (as
+    /// [`HomeShard::prune`] would: it has no history to keep).
     pub fn unsubscribe(&mut self, channel: &str, shard: usize) {
         if let Some(ch) = self.channels.get_mut(channel) {
             ch.counts[shard] = ch.counts[shard].saturating_sub(1);
+            if ch.last_offset == 0 && ch.total() == 0 {
+                self.channels.remove(channel);
+                shrink_map(&mut self.channels);
+            }
         }
     }
 
@@ -304,6 +312,47 @@ impl HomeShard {
             .filter(|&(_, n)| n > 0)
     }
 
+    /// A page of the channels with subscribers, in name order: the names
+    /// after `after` (all when `None`), at most `limit`, and whether more
+    /// follow. Walks every channel once but holds only `limit + 1` of
+    /// them, however many there are.
+    pub fn channel_page(&self, after: Option<&str>, limit: usize) -> (Vec<(&str, usize)>, bool) {
+        let mut keep: BinaryHeap<(&str, usize)> = BinaryHeap::with_capacity(limit.min(4096) + 1);
+        for (name, n) in self.channels_with_subscribers() {
+            if after.is_some_and(|a| name <= a) {
+                continue;
+            }
+            if keep.len() <= limit {
+                keep.push((name, n));
+            } else if keep.peek().is_some_and(|&(last, _)| name < last) {
+                keep.pop();
+                keep.push((name, n));
+            }
+        }
+        let mut page = keep.into_sorted_vec();
+        let more = page.len() > limit;
+        page.truncate(limit);
+        (page, more)
+    }
+
+    /// The `n` channels with the most subscribers, most first (ties by
+    /// name), holding only `n` of them while walking every channel.
+    pub fn top_channels(&self, n: usize) -> Vec<(&str, usize)> {
+        // A min-heap on (subscribers, reversed name): its top is the one to drop.
+        let mut keep: BinaryHeap<Reverse<(usize, Reverse<&str>)>> =
+            BinaryHeap::with_capacity(n + 1);
+        for (name, count) in self.channels_with_subscribers() {
+            keep.push(Reverse((count, Reverse(name))));
+            if keep.len() > n {
+                keep.pop();
+            }
+        }
+        keep.into_sorted_vec()
+            .into_iter()
+            .map(|Reverse((count, Reverse(name)))| (name, count))
+            .collect()
+    }
+
     /// Drops expired history and forgets channels with no subscribers and no
     /// history left (their next publication starts a new epoch).
     pub fn prune(&mut self, now: Instant) {
@@ -312,6 +361,12 @@ impl HomeShard {
             ch.expire(now, ttl);
             ch.total() > 0 || !ch.history.is_empty()
         });
+        shrink_map(&mut self.channels);
+    }
+
+    /// Bytes held by the channel map itself, at capacity.
+    pub fn heap_size(&self) -> usize {
+        self.channels.capacity() * (std::mem::size_of::<(Arc<str>, HomeChannel)>() + 1)
     }
 
     /// Channels homed here (with or without subscribers).
@@ -430,6 +485,59 @@ mod tests {
         );
         assert_eq!(s.recovered, Some(false));
         assert_eq!(s.replay.len(), 1);
+    }
+
+    #[test]
+    fn channel_pages_walk_every_channel_once_in_name_order() {
+        let mut h = home(0);
+        let now = Instant::now();
+        for i in 0..25 {
+            for _ in 0..(i % 4) {
+                h.subscribe(&format!("c{i:02}"), 0, None, now);
+            }
+        }
+        // c00, c04, ... have no subscribers and are left out.
+        let mut seen = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let (page, more) = h.channel_page(cursor.as_deref(), 7);
+            assert!(page.len() <= 7);
+            seen.extend(page.iter().map(|&(c, n)| (c.to_owned(), n)));
+            if !more {
+                break;
+            }
+            cursor = page.last().map(|(c, _)| c.to_string());
+        }
+        let want: Vec<_> = (0..25)
+            .filter(|i| i % 4 != 0)
+            .map(|i| (format!("c{i:02}"), i % 4))
+            .collect();
+        assert_eq!(seen, want);
+        assert_eq!(h.channel_page(Some("c23"), 7), (vec![], false));
+        assert!(!h.channel_page(None, 18).1);
+        assert!(h.channel_page(None, 17).1);
+        let top = h.top_channels(3);
+        assert_eq!(top, vec![("c03", 3), ("c07", 3), ("c11", 3)]);
+    }
+
+    #[test]
+    fn forgotten_channels_give_their_memory_back() {
+        let mut h = home(4);
+        let now = Instant::now();
+        let empty = h.heap_size();
+        for i in 0..10_000 {
+            h.subscribe(&format!("c{i}"), 1, None, now);
+        }
+        publish(&mut h, "c0", now);
+        assert!(h.heap_size() > 500_000);
+        for i in 0..10_000 {
+            h.unsubscribe(&format!("c{i}"), 1);
+        }
+        // Never published: forgotten at once; c0 keeps its history.
+        assert_eq!(h.channel_count(), 1);
+        assert!(h.heap_size() < empty + 16 * 1024, "{}", h.heap_size());
+        h.prune(now + Duration::from_secs(301));
+        assert_eq!(h.channel_count(), 0);
     }
 
     #[test]

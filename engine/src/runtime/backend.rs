@@ -340,8 +340,8 @@ async fn run_rocketws(shard: &Rc<Shard>, method: BackendMethod) -> MethodResult 
                 connections,
             )))
         }
-        BackendMethod::AvailableChannels => {
-            let channels = sorted_channels(shard).await;
+        BackendMethod::AvailableChannels { cursor, limit } => {
+            let (channels, _) = channel_page(shard, cursor, limit).await;
             Ok(rocketws::backend_result(BackendResult::ChannelNames(
                 &channels,
             )))
@@ -354,16 +354,31 @@ async fn run_rocketws(shard: &Rc<Shard>, method: BackendMethod) -> MethodResult 
     }
 }
 
-/// Every channel with subscribers and its count, sorted by name.
-async fn sorted_channels(shard: &Rc<Shard>) -> Vec<(String, usize)> {
-    let mut channels: Vec<(String, usize)> = shard
-        .gather(Gather::Channels)
-        .await
-        .into_iter()
-        .flat_map(|r| r.channels)
-        .collect();
-    channels.sort();
-    channels
+/// One page of the channels with subscribers and their counts, in name
+/// order after `cursor`, at most `limit`; and the cursor of the next page
+/// when there is one. Each shard sends at most `limit` names.
+async fn channel_page(
+    shard: &Rc<Shard>,
+    cursor: Option<Box<str>>,
+    limit: usize,
+) -> (Vec<(String, usize)>, Option<String>) {
+    let reports = shard
+        .gather(Gather::ChannelPage {
+            after: cursor.map(Into::into),
+            limit,
+        })
+        .await;
+    let mut more = reports.iter().any(|r| r.more_channels);
+    let mut channels: Vec<(String, usize)> = reports.into_iter().flat_map(|r| r.channels).collect();
+    channels.sort_unstable();
+    more |= channels.len() > limit;
+    channels.truncate(limit);
+    let next = if more {
+        channels.last().map(|(c, _)| c.clone())
+    } else {
+        None
+    };
+    (channels, next)
 }
 
 async fn run_method(shard: &Rc<Shard>, method: BackendMethod) -> MethodResult {
@@ -409,13 +424,13 @@ async fn run_method(shard: &Rc<Shard>, method: BackendMethod) -> MethodResult {
                 .sum();
             json!({"total": total})
         }
-        BackendMethod::AvailableChannels => {
-            let list: Vec<_> = sorted_channels(shard)
-                .await
+        BackendMethod::AvailableChannels { cursor, limit } => {
+            let (page, next) = channel_page(shard, cursor, limit).await;
+            let list: Vec<_> = page
                 .iter()
                 .map(|(c, n)| json!({"channel": c, "subscribers": n}))
                 .collect();
-            json!({"channels": list})
+            json!({"channels": list, "next_cursor": next})
         }
         BackendMethod::FlushDeadClients => {
             let n: usize = shard

@@ -40,7 +40,7 @@ pub const TOP_CHANNELS: usize = 10;
 /// Seconds between samples.
 const INTERVAL: Duration = Duration::from_secs(1);
 /// Every this many samples the feed also refreshes the top channels
-/// ([`Gather::Channels`] copies every channel name, so not every second).
+/// ([`Gather::TopChannels`] walks every channel, so not every second).
 const CHANNELS_EVERY: u64 = 5;
 /// A client that takes longer than this to take one sample is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -189,12 +189,12 @@ pub async fn stream_events(shard: &Rc<Shard>, stream: &TcpStream) {
     let mut probe = [0u8; 512];
     for tick in 0u64.. {
         let query = if tick % CHANNELS_EVERY == 0 {
-            Gather::Channels
+            Gather::TopChannels(TOP_CHANNELS)
         } else {
             Gather::Stats
         };
         let reports = monoio::select! {
-            r = shard.gather(query) => r,
+            r = shard.gather(query.clone()) => r,
             _ = shard.shutdown.wait() => return,
         };
         let sample = feed.sample(
@@ -268,7 +268,7 @@ const RATES: [(&str, Counter); 5] = [
 impl Feed {
     /// One sample from `reports` (the answers to `query`, in shard order)
     /// taken at `now`. Rates are `null` in the first sample. A
-    /// [`Gather::Channels`] refreshes the top channels; other samples repeat
+    /// [`Gather::TopChannels`] refreshes the top channels; other samples repeat
     /// the last list.
     pub fn sample(
         &mut self,
@@ -316,7 +316,7 @@ impl Feed {
         }
         let total_rates = (all_prev && !reports.is_empty()).then_some(&total_prev);
         let total = figures(conns, subs, chans, &total, total_rates.zip(elapsed));
-        if query == Gather::Channels {
+        if matches!(query, Gather::TopChannels(_)) {
             self.top = top_channels(reports);
         }
         let drivers: Vec<&str> = {
@@ -455,7 +455,13 @@ mod tests {
         let mut b = report(1, 0, 0);
         b.channels = (0..8).map(|i| (format!("b{i}"), i)).collect();
         let mut feed = Feed::default();
-        let s = feed.sample(Gather::Channels, &[a, b], Instant::now(), 0, 0);
+        let s = feed.sample(
+            Gather::TopChannels(TOP_CHANNELS),
+            &[a, b],
+            Instant::now(),
+            0,
+            0,
+        );
         let top = s["top_channels"].as_array().unwrap();
         assert_eq!(top.len(), TOP_CHANNELS);
         assert_eq!(top[0], json!({"channel": "a7", "subscribers": 7}));

@@ -155,6 +155,10 @@ impl Shard {
             return false;
         };
         subs.swap_remove(pos);
+        let len = subs.len();
+        if subs.capacity() > 16 && len < subs.capacity() / 4 {
+            subs.shrink_to(len * 2);
+        }
         drop(subs);
         self.leave(channel, conn.key);
         true
@@ -212,14 +216,17 @@ impl Shard {
                 waits.push(None);
             } else {
                 let (tx, rx) = oneshot::channel();
-                self.node.mailboxes[shard].push(ShardMsg::Gather { query, reply: tx });
+                self.node.mailboxes[shard].push(ShardMsg::Gather {
+                    query: query.clone(),
+                    reply: tx,
+                });
                 waits.push(Some(rx));
             }
         }
         let mut out = Vec::with_capacity(waits.len());
         for w in waits {
             match w {
-                None => out.push(self.report(query)),
+                None => out.push(self.report(&query)),
                 Some(rx) => {
                     if let Ok(r) = rx.await {
                         out.push(r);
@@ -230,14 +237,25 @@ impl Shard {
         out
     }
 
-    pub(super) fn report(&self, query: Gather) -> ShardReport {
-        let flushed = if query == Gather::FlushDead {
+    pub(super) fn report(&self, query: &Gather) -> ShardReport {
+        let flushed = if *query == Gather::FlushDead {
             self.flush_dead()
         } else {
             0
         };
         let table = self.table.borrow();
         let home = self.home.borrow();
+        let owned = |v: Vec<(&str, usize)>| -> Vec<(String, usize)> {
+            v.into_iter().map(|(c, n)| (c.to_owned(), n)).collect()
+        };
+        let (channels, more_channels) = match query {
+            Gather::ChannelPage { after, limit } => {
+                let (page, more) = home.channel_page(after.as_deref(), *limit);
+                (owned(page), more)
+            }
+            Gather::TopChannels(n) => (owned(home.top_channels(*n)), false),
+            Gather::Stats | Gather::FlushDead => (Vec::new(), false),
+        };
         ShardReport {
             shard: self.id,
             driver: self.driver,
@@ -248,13 +266,8 @@ impl Shard {
             },
             home_channels: home.channel_count(),
             metrics: self.metrics.snapshot(),
-            channels: if query == Gather::Channels {
-                home.channels_with_subscribers()
-                    .map(|(c, n)| (c.to_owned(), n))
-                    .collect()
-            } else {
-                Vec::new()
-            },
+            channels,
+            more_channels,
             flushed,
             internals: self.internals(),
         }

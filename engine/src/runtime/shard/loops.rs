@@ -86,7 +86,7 @@ impl Shard {
                 let _ = reply.send(self.answer_home(&channel, query));
             }
             ShardMsg::Gather { query, reply } => {
-                let _ = reply.send(self.report(query));
+                let _ = reply.send(self.report(&query));
             }
             ShardMsg::Shutdown => self.begin_shutdown(),
         }

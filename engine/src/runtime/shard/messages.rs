@@ -34,12 +34,19 @@ pub enum HomeAnswer {
     History(HistoryOutcome),
 }
 
-/// A question every shard answers for itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A question every shard answers for itself. No answer grows with the
+/// number of channels: channel lists are bounded pages.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Gather {
     Stats,
-    /// Stats plus the home channels that have subscribers.
-    Channels,
+    /// Stats plus a page of the home channels that have subscribers: in
+    /// name order, the names after `after`, at most `limit`.
+    ChannelPage {
+        after: Option<Arc<str>>,
+        limit: usize,
+    },
+    /// Stats plus the `n` home channels with the most subscribers.
+    TopChannels(usize),
     /// Close connections whose pings went unanswered.
     FlushDead,
 }
@@ -53,6 +60,8 @@ pub struct ShardReport {
     pub home_channels: usize,
     pub metrics: MetricsSnapshot,
     pub channels: Vec<(String, usize)>,
+    /// More channels follow the page in `channels`.
+    pub more_channels: bool,
     pub flushed: usize,
     pub internals: Internals,
 }

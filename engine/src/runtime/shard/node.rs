@@ -119,7 +119,10 @@ impl Node {
             .iter()
             .map(|mb| {
                 let (reply, rx) = oneshot::channel();
-                mb.push(ShardMsg::Gather { query, reply });
+                mb.push(ShardMsg::Gather {
+                    query: query.clone(),
+                    reply,
+                });
                 rx
             })
             .collect();
