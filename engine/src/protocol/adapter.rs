@@ -87,9 +87,19 @@ impl Router {
         }
     }
 
+    /// The protocol that serves a plain HTTP request on the public port, if
+    /// any claims it.
+    pub fn route_plain_http(&self, cfg: &Config, head: &[u8]) -> Option<ProtocolId> {
+        PROTOCOLS
+            .iter()
+            .position(|p| p.claims_plain_http(cfg, head))
+            .map(|i| i as ProtocolId)
+    }
+
     /// The protocol for an upgrade on `path` (without the query):
-    /// `?dialect=NAME` when it names a protocol, else the longest configured
-    /// path that is `path` or a parent of it, else the port's default.
+    /// `?dialect=NAME` when it names a public protocol, else the longest
+    /// configured path that is `path` or a parent of it, else the port's
+    /// default.
     pub fn route(&self, path: &str, dialect_param: Option<&str>) -> ProtocolId {
         if let Some(id) = dialect_param.and_then(public_by_name) {
             return id;
@@ -142,6 +152,13 @@ pub trait Protocol: Sync {
     /// parked plain HTTP request (a long-poll). Default true.
     fn websocket(&self) -> bool {
         true
+    }
+
+    /// Whether this protocol serves `head`, a complete plain (non-upgrade)
+    /// HTTP request head that arrived on the public port. Default false:
+    /// such requests are answered as failed upgrades.
+    fn claims_plain_http(&self, _cfg: &Config, _head: &[u8]) -> bool {
+        false
     }
 
     /// Whether a connection takes one publication and is then done (its

@@ -433,6 +433,13 @@ impl Protocol for DmojPoll {
         false
     }
 
+    fn claims_plain_http(&self, cfg: &Config, head: &[u8]) -> bool {
+        cfg.protocols
+            .dmoj
+            .public_poll_path()
+            .is_some_and(|p| is_poll_request(head, p))
+    }
+
     fn one_shot(&self) -> bool {
         true
     }

@@ -18,7 +18,6 @@ use super::conn::Conn;
 use super::{ConnRef, Shard};
 use crate::ops::metrics::ShardMetrics;
 use crate::protocol::adapter::{protocol, Answer, Exchange, ProtocolId, SessionState};
-use crate::protocol::dmoj;
 use crate::protocol::handshake::{parse_upgrade, HandshakeError, Upgrade, MAX_REQUEST_HEAD};
 use crate::protocol::websocket::WsProtocol;
 use crate::runtime::io::write_all;
@@ -82,8 +81,8 @@ async fn handshake(
     let upgrade = match read.await {
         Ok(Ok(u)) => u,
         Ok(Err(Some(e))) => {
-            let poll_path = cfg.protocols.dmoj.public_poll_path();
-            if fixed.is_none() && poll_path.is_some_and(|p| dmoj::is_poll_request(&buf, p)) {
+            // A plain HTTP request a protocol serves (DMOJ's long-poll).
+            if fixed.is_none() && shard.node.router.route_plain_http(cfg, &buf).is_some() {
                 return Some(Handshake::Poll(stream, buf));
             }
             ShardMetrics::inc(&shard.metrics.handshakes_rejected);
