@@ -281,9 +281,16 @@ config_section! {
         /// applies. At least 1024. Default 1048576 (1 MiB).
         pub max_outbound_bytes: usize = 1 << 20,
         /// What happens past `max_outbound_bytes`: `disconnect` (close 1008
-        /// "slow consumer") or `drop` (drop whole frames; the client sees a
-        /// gap in offsets). Default `disconnect`.
+        /// "slow consumer") or `drop` (drop whole publications; the client
+        /// sees a gap in offsets). Replies, errors and pongs count against
+        /// the budget too: past it they close the connection under
+        /// `disconnect`; under `drop` they are kept and the server stops
+        /// reading from the client until its queue is back under budget.
+        /// Default `disconnect`.
         pub slow_consumer: SlowConsumerPolicy = SlowConsumerPolicy::Disconnect,
+        /// Most calls in one JSON-RPC batch from a client; a longer batch
+        /// is answered with one -32600 error. At least 1. Default 100.
+        pub max_batch_length: usize = 100,
     }
 }
 
@@ -663,6 +670,7 @@ impl Config {
             1024,
             " bytes",
         )?;
+        at_least("limits.max_batch_length", l.max_batch_length, 1, "")?;
 
         at_most("history.size", self.history.size, MAX_HISTORY_SIZE, "")?;
         Ok(())
@@ -1248,6 +1256,7 @@ mod tests {
             "RINGCAST_LIMITS_RATE_BURST",
             "RINGCAST_LIMITS_MAX_OUTBOUND_BYTES",
             "RINGCAST_LIMITS_SLOW_CONSUMER",
+            "RINGCAST_LIMITS_MAX_BATCH_LENGTH",
             "RINGCAST_HISTORY_SIZE",
             "RINGCAST_HISTORY_TTL",
             "RINGCAST_PROTOCOLS_NATIVE_PATH",
@@ -1255,7 +1264,7 @@ mod tests {
         ] {
             assert!(keys.iter().any(|(v, _, _)| v == var), "{var}");
         }
-        assert_eq!(keys.len(), 27);
+        assert_eq!(keys.len(), 28);
     }
 
     #[test]
@@ -1383,6 +1392,7 @@ mod tests {
             (|c| c.limits.rate_per_sec = 0, "invalid config: limits.rate_per_sec: must be at least 1 (got 0)"),
             (|c| c.limits.rate_burst = 0, "invalid config: limits.rate_burst: must be at least 1 (got 0)"),
             (|c| c.limits.max_outbound_bytes = 1023, "invalid config: limits.max_outbound_bytes: must be at least 1024 bytes (got 1023)"),
+            (|c| c.limits.max_batch_length = 0, "invalid config: limits.max_batch_length: must be at least 1 (got 0)"),
             (|c| c.backend.max_body = 1023, "invalid config: backend.max_body: must be at least 1024 bytes (got 1023)"),
             (|c| c.history.size = 1_000_001, "invalid config: history.size: must be at most 1000000 (got 1000001)"),
             (|c| c.shutdown_timeout = 0, "invalid config: shutdown_timeout: must be at least 1 s (got 0)"),

@@ -26,11 +26,7 @@ impl Shard {
         cref: ConnRef,
         op: &Op,
     ) -> Result<Outcome, OpError> {
-        let limits = &self.config().limits;
-        let mut bucket = conn.bucket.get();
-        let allowed = bucket.take(limits.rate_per_sec, limits.rate_burst, Instant::now());
-        conn.bucket.set(bucket);
-        if !allowed {
+        if !self.take_token(conn) {
             return Err(OpError::RateLimited);
         }
         match op {
@@ -68,6 +64,16 @@ impl Shard {
                 }
             }
         }
+    }
+
+    /// Takes one token from `conn`'s request rate limit; false when there is
+    /// none (the call is answered with -32003).
+    pub(crate) fn take_token(&self, conn: &Conn) -> bool {
+        let limits = &self.config().limits;
+        let mut bucket = conn.bucket.get();
+        let allowed = bucket.take(limits.rate_per_sec, limits.rate_burst, Instant::now());
+        conn.bucket.set(bucket);
+        allowed
     }
 
     /// Subscribes a client, or reports where the channel is when it is

@@ -19,7 +19,10 @@ use super::{ConnRef, Shard};
 use crate::ops::metrics::ShardMetrics;
 use crate::protocol::adapter::{protocol, Answer, Exchange, ProtocolId};
 use crate::protocol::handshake::{parse_upgrade, HandshakeError, Upgrade, MAX_REQUEST_HEAD};
+use crate::protocol::native;
+use crate::protocol::rpc::ReplyWriter;
 use crate::protocol::websocket::WsProtocol;
+use crate::pubsub::ops::OpError;
 use crate::pubsub::publication::text_frame;
 use crate::runtime::io::write_all;
 use crate::runtime::sys;
@@ -122,8 +125,9 @@ async fn read_loop(shard: &Rc<Shard>, conn: &Rc<Conn>, cref: ConnRef, pending: &
         }
     }
     let fd = conn.fd();
+    let budget = shard.config().limits.max_outbound_bytes;
     loop {
-        if !wait_readable(conn).await {
+        if !wait_readable(conn, budget).await {
             return;
         }
         loop {
@@ -147,21 +151,26 @@ async fn read_loop(shard: &Rc<Shard>, conn: &Rc<Conn>, cref: ConnRef, pending: &
             if !conn.is_open() {
                 return;
             }
-            if n < shard.scratch.borrow().len() {
+            if n < shard.scratch.borrow().len() || conn.queued() > budget {
                 break;
             }
         }
     }
 }
 
-/// Waits until the socket has input; false when the reader should stop
-/// (the socket failed, or a server-side close woke it: see
-/// [`Conn::wake_reader`]).
-async fn wait_readable(conn: &Conn) -> bool {
+/// Waits until the socket has input and the connection's queue is under
+/// `budget`; false when the reader should stop (the socket failed, or a
+/// server-side close woke it: see [`Conn::wake_reader`]).
+async fn wait_readable(conn: &Conn, budget: usize) -> bool {
     let mut readable = pin!(conn.stream.readable(false));
     poll_fn(|cx| {
         if !conn.is_open() {
             return Poll::Ready(false);
+        }
+        if conn.throttle_reader(budget, cx.waker()) {
+            // Replies owed to this client are over its budget (policy
+            // `drop`): read nothing more until they drain.
+            return Poll::Pending;
         }
         match readable.as_mut().poll(cx) {
             Poll::Ready(r) => Poll::Ready(r.is_ok()),
@@ -215,7 +224,11 @@ fn ingest(
     };
     drop(scratch);
     drop(parser);
-    let step = match result {
+    if !ctrl.is_empty() {
+        // Pongs, or the close frame: queued before the state changes.
+        shard.send_control(conn, Bytes::from(ctrl));
+    }
+    match result {
         Ok(p) if p.closed => {
             conn.mark_closing(Instant::now());
             Step::Stop
@@ -226,11 +239,7 @@ fn ingest(
             conn.mark_closing(Instant::now());
             Step::Stop
         }
-    };
-    if !ctrl.is_empty() {
-        shard.send_control(conn, Bytes::from(ctrl));
     }
-    step
 }
 
 /// Runs [`execute`] boxed, and only when there is something to run.
@@ -244,7 +253,10 @@ async fn run_calls(shard: &Rc<Shard>, conn: &Rc<Conn>, cref: ConnRef, msgs: &mut
 
 /// Executes the client's messages in order: each call's operation runs in
 /// the engine and its protocol renders the answer. A message's reply goes
-/// where its hold was placed, ahead of anything queued after it.
+/// where its hold was placed, ahead of anything queued after it. Every
+/// call takes a token from the connection's rate limit, an invalid one
+/// too; a message that is invalid as a whole (bad JSON, an empty or too
+/// long batch) takes one.
 async fn execute(shard: &Rc<Shard>, conn: &Rc<Conn>, cref: ConnRef, msgs: &mut Vec<Exchange>) {
     let proto = protocol(conn.proto);
     let peer = || {
@@ -252,13 +264,38 @@ async fn execute(shard: &Rc<Shard>, conn: &Rc<Conn>, cref: ConnRef, msgs: &mut V
             .peer_addr()
             .map_or_else(|_| "unknown".into(), |a| a.to_string())
     };
+    let rate_limited = native::rpc_error(&OpError::RateLimited);
+    let budget = shard.config().limits.max_outbound_bytes;
     for ex in msgs.drain(..) {
+        // Replies owed and unread past the budget (policy `drop`): answer
+        // nothing more until they drain or the connection closes.
+        poll_fn(
+            |cx| match conn.is_open() && conn.throttle_reader(budget, cx.waker()) {
+                true => Poll::Pending,
+                false => Poll::Ready(()),
+            },
+        )
+        .await;
+        if !conn.is_open() {
+            return;
+        }
         let hold = conn.push_hold();
         let mut reply = ex.reply;
+        if ex.calls.is_empty() && !shard.take_token(conn) {
+            reply = ReplyWriter::new(false);
+            reply.error_null(&rate_limited);
+        }
         for call in ex.calls {
             let id = call.id.as_deref();
             match &call.op {
-                Err(e) => proto.write_answer(&mut reply, id, Answer::Rejected(e)),
+                Err(e) => {
+                    let e = if shard.take_token(conn) {
+                        e
+                    } else {
+                        &rate_limited
+                    };
+                    proto.write_answer(&mut reply, id, Answer::Rejected(e));
+                }
                 Ok(op) => {
                     let result = shard.run_client_op(conn, cref, op).await;
                     let answer = Answer::Done {
@@ -270,8 +307,7 @@ async fn execute(shard: &Rc<Shard>, conn: &Rc<Conn>, cref: ConnRef, msgs: &mut V
                 }
             }
         }
-        conn.fill_hold(hold, reply.finish().map(|json| text_frame(&json)));
-        shard.mark_dirty(conn);
+        shard.send_reply(conn, hold, reply.finish().map(|json| text_frame(&json)));
     }
 }
 
