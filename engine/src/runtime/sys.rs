@@ -74,6 +74,27 @@ pub fn send_nonblocking(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     }
 }
 
+/// Sets a socket's kernel send buffer (`SO_SNDBUF`) to `bytes`; Linux
+/// doubles it for bookkeeping and stops auto-tuning it.
+pub fn set_send_buffer(fd: RawFd, bytes: usize) -> io::Result<()> {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `value` is a valid c_int for the duration of the call and its
+    // size is passed as the option length; `fd` is owned by the caller.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// `shutdown(2)` on a socket: wakes any reader with end-of-stream. Errors
 /// (e.g. already disconnected) are ignored; there is nothing to do about them.
 pub fn shutdown_socket(fd: RawFd, how: std::net::Shutdown) {
@@ -201,6 +222,16 @@ mod tests {
         drop(client);
         std::thread::sleep(std::time::Duration::from_millis(20));
         assert_eq!(recv_nonblocking(server.as_raw_fd(), &mut buf).unwrap(), 0);
+    }
+
+    #[test]
+    fn send_buffer_is_set() {
+        let listener = reuseport_listener("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        set_send_buffer(server.as_raw_fd(), 64 << 10).unwrap();
+        let got = socket2::SockRef::from(&server).send_buffer_size().unwrap();
+        assert_eq!(got, 128 << 10, "Linux doubles SO_SNDBUF");
     }
 
     #[test]

@@ -54,6 +54,11 @@ async fn session(shard: &Rc<Shard>, stream: TcpStream) {
 async fn handshake(shard: &Shard, stream: TcpStream) -> Option<(TcpStream, ProtocolId, Vec<u8>)> {
     let _ = stream.set_nodelay(true);
     let cfg = shard.config();
+    if cfg.limits.socket_send_buffer > 0 {
+        // Bounds what a slow consumer holds in the kernel (the rest of its
+        // backlog is in the queue, under max_outbound_bytes).
+        let _ = sys::set_send_buffer(stream.as_raw_fd(), cfg.limits.socket_send_buffer);
+    }
     let mut buf = Vec::new();
     let read = monoio::time::timeout(
         cfg.handshake_timeout(),
