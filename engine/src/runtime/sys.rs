@@ -180,6 +180,24 @@ unsafe impl<A: std::alloc::GlobalAlloc> std::alloc::GlobalAlloc for CountingAllo
     }
 }
 
+// mimalloc's C API (linked through the `mimalloc` crate, the binary's
+// global allocator).
+use mimalloc as _;
+extern "C" {
+    fn mi_collect(force: bool);
+}
+
+/// Asks mimalloc to give the calling thread's free memory back to the
+/// system: empty pages go back to the OS now (`force`) or once their purge
+/// delay expires. mimalloc purges only when it is called, so an idle shard
+/// would otherwise keep what abusive clients made it allocate. Harmless
+/// when mimalloc is not the global allocator (its heap is then empty).
+pub fn allocator_collect(force: bool) {
+    // SAFETY: mi_collect takes no pointers and may be called from any
+    // thread at any time; it only works on mimalloc's own structures.
+    unsafe { mi_collect(force) }
+}
+
 /// CPU time (user + system) consumed by the calling thread, in nanoseconds.
 pub fn thread_cpu_time_ns() -> u64 {
     let mut ts = libc::timespec {
