@@ -362,9 +362,24 @@ config_section! {
         /// applies. At least 1024. Default 1048576 (1 MiB).
         pub max_outbound_bytes: usize = 1 << 20,
         /// What happens past `max_outbound_bytes`: `disconnect` (close 1008
-        /// "slow consumer") or `drop` (drop whole frames; the client sees a
-        /// gap in offsets). Default `disconnect`.
+        /// "slow consumer") or `drop` (drop whole publications; the client
+        /// sees a gap in offsets). Replies, errors and pongs count against
+        /// the budget too: past it they close the connection under
+        /// `disconnect`; under `drop` they are kept and the server stops
+        /// reading from the client until its queue is back under budget.
+        /// Default `disconnect`.
         pub slow_consumer: SlowConsumerPolicy = SlowConsumerPolicy::Disconnect,
+        /// Kernel send buffer (`SO_SNDBUF`) of each WebSocket connection,
+        /// in bytes: what a slow consumer can hold in the kernel on top of
+        /// `max_outbound_bytes` (Linux doubles the value for its own
+        /// bookkeeping and stops auto-tuning it). 0 = the kernel default,
+        /// auto-tuned up to the `net.ipv4.tcp_wmem` maximum (4 MiB and
+        /// more), which lets a consumer fall that far behind unnoticed.
+        /// 0 or 4096..=67108864 (64 MiB). Default 65536 (64 KiB).
+        pub socket_send_buffer: usize = 64 << 10,
+        /// Most calls in one JSON-RPC batch from a client; a longer batch
+        /// is answered with one -32600 error. At least 1. Default 100.
+        pub max_batch_length: usize = 100,
     }
 }
 
@@ -470,6 +485,11 @@ const ADDRESS_KEYS: &[&str] = &["ws.listen", "backend.listen"];
 
 /// Accepted values of `log_level`.
 pub const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error"];
+
+/// Smallest nonzero `limits.socket_send_buffer`: 4 KiB.
+pub const MIN_SOCKET_BUFFER: usize = 4 << 10;
+/// Largest accepted `limits.socket_send_buffer`: 64 MiB.
+pub const MAX_SOCKET_BUFFER: usize = 64 << 20;
 
 /// Smallest accepted `limits.max_message_size` (the largest payload a
 /// 7-bit WebSocket length can carry, plus one).
@@ -769,6 +789,22 @@ impl Config {
             "limits.max_outbound_bytes",
             l.max_outbound_bytes,
             1024,
+            " bytes",
+        )?;
+        at_least("limits.max_batch_length", l.max_batch_length, 1, "")?;
+        if (1..MIN_SOCKET_BUFFER).contains(&l.socket_send_buffer) {
+            return Err(ConfigError::invalid(
+                "limits.socket_send_buffer",
+                format!(
+                    "must be 0 (the kernel default) or at least {MIN_SOCKET_BUFFER} bytes (got {})",
+                    l.socket_send_buffer
+                ),
+            ));
+        }
+        at_most(
+            "limits.socket_send_buffer",
+            l.socket_send_buffer,
+            MAX_SOCKET_BUFFER,
             " bytes",
         )?;
 
@@ -1360,6 +1396,8 @@ mod tests {
             "RINGCAST_LIMITS_RATE_BURST",
             "RINGCAST_LIMITS_MAX_OUTBOUND_BYTES",
             "RINGCAST_LIMITS_SLOW_CONSUMER",
+            "RINGCAST_LIMITS_MAX_BATCH_LENGTH",
+            "RINGCAST_LIMITS_SOCKET_SEND_BUFFER",
             "RINGCAST_HISTORY_SIZE",
             "RINGCAST_HISTORY_TTL",
             "RINGCAST_PROTOCOLS_NATIVE_PATH",
@@ -1376,7 +1414,7 @@ mod tests {
         ] {
             assert!(keys.iter().any(|(v, _, _)| v == var), "{var}");
         }
-        assert_eq!(keys.len(), 37);
+        assert_eq!(keys.len(), 39);
     }
 
     #[test]
@@ -1505,6 +1543,9 @@ mod tests {
             (|c| c.limits.rate_burst = 0, "invalid config: limits.rate_burst: must be at least 1 (got 0)"),
             (|c| c.limits.max_outbound_bytes = 1023, "invalid config: limits.max_outbound_bytes: must be at least 1024 bytes (got 1023)"),
             (|c| c.backend.idle_timeout = 0, "invalid config: backend.idle_timeout: must be at least 1 s (got 0)"),
+            (|c| c.limits.max_batch_length = 0, "invalid config: limits.max_batch_length: must be at least 1 (got 0)"),
+            (|c| c.limits.socket_send_buffer = 4095, "invalid config: limits.socket_send_buffer: must be 0 (the kernel default) or at least 4096 bytes (got 4095)"),
+            (|c| c.limits.socket_send_buffer = (64 << 20) + 1, "invalid config: limits.socket_send_buffer: must be at most 67108864 bytes (got 67108865)"),
             (|c| c.backend.max_body = 1023, "invalid config: backend.max_body: must be at least 1024 bytes (got 1023)"),
             (|c| c.history.size = 1_000_001, "invalid config: history.size: must be at most 1000000 (got 1000001)"),
             (|c| c.shutdown_timeout = 0, "invalid config: shutdown_timeout: must be at least 1 s (got 0)"),
@@ -1525,12 +1566,14 @@ mod tests {
         };
         c.ws.backlog = 65535;
         c.limits.max_message_size = 126;
+        c.limits.socket_send_buffer = 0;
         c.history.size = 0;
         c.log_level = "WARN".into();
         c.ws.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         c.backend.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         c.validate().expect("boundaries valid");
         c.limits.max_message_size = 64 << 20;
+        c.limits.socket_send_buffer = 4096;
         c.ws.listen = SocketAddr::from(([127, 0, 0, 1], 58000));
         c.backend.listen = SocketAddr::from(([127, 0, 0, 2], 58000));
         c.validate().expect("boundaries valid");

@@ -268,7 +268,7 @@ pub fn json_rpc_exchange(
         id: c.id,
         op: c.method.and_then(&map),
     };
-    match parser.parse::<Op>(msg) {
+    match parser.parse_client::<Op>(msg) {
         Err(e) => {
             let mut reply = ReplyWriter::new(false);
             reply.error_null(&e);

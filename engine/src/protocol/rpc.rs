@@ -126,6 +126,10 @@ pub trait Methods: Sized {
 pub struct RpcParser {
     buffers: simd_json::Buffers,
     input: Vec<u8>,
+    /// Most calls a client's batch may hold (`limits.max_batch_length`),
+    /// checked by [`RpcParser::parse_client`]; the backend port's
+    /// [`RpcParser::parse`] has no such bound.
+    pub max_client_batch: usize,
 }
 
 impl Default for RpcParser {
@@ -139,12 +143,34 @@ impl RpcParser {
         RpcParser {
             buffers: simd_json::Buffers::new(4096),
             input: Vec::with_capacity(4096),
+            max_client_batch: usize::MAX,
         }
+    }
+
+    /// The same parser with `max_client_batch` set.
+    pub fn with_client_batch(mut self, max: usize) -> Self {
+        self.max_client_batch = max;
+        self
+    }
+
+    /// Parses one client message: like [`RpcParser::parse`], and a batch
+    /// of more than `max_client_batch` calls is an invalid request (so the
+    /// reply to one message stays bounded).
+    pub fn parse_client<M: Methods>(&mut self, text: &[u8]) -> Result<Incoming<M>, RpcError> {
+        self.parse_bounded(text, self.max_client_batch)
     }
 
     /// Parses one frame/body. `Err` is a parse error or an invalid
     /// top-level value (an empty batch): answer it with id `null`.
     pub fn parse<M: Methods>(&mut self, text: &[u8]) -> Result<Incoming<M>, RpcError> {
+        self.parse_bounded(text, usize::MAX)
+    }
+
+    fn parse_bounded<M: Methods>(
+        &mut self,
+        text: &[u8],
+        max_batch: usize,
+    ) -> Result<Incoming<M>, RpcError> {
         self.input.clear();
         self.input.extend_from_slice(text);
         let value = simd_json::borrowed::to_value_with_buffers(&mut self.input, &mut self.buffers)
@@ -155,6 +181,15 @@ impl RpcParser {
                     return Err(RpcError::new(
                         INVALID_REQUEST,
                         "invalid request: empty batch",
+                    ));
+                }
+                if items.len() > max_batch {
+                    return Err(RpcError::new(
+                        INVALID_REQUEST,
+                        format!(
+                            "invalid request: batch of {} calls, at most {max_batch} allowed (limits.max_batch_length)",
+                            items.len()
+                        ),
                     ));
                 }
                 Ok(Incoming::Batch(items.iter().map(parse_call).collect()))
@@ -682,6 +717,22 @@ mod tests {
             INVALID_PARAMS
         );
         assert_eq!(one("5").method.unwrap_err().code, INVALID_REQUEST);
+    }
+
+    #[test]
+    fn client_batches_are_bounded() {
+        let mut p = RpcParser::new();
+        p.max_client_batch = 2;
+        let two = br#"[{"jsonrpc":"2.0","id":1,"method":"heartbeat"},1]"#;
+        assert!(matches!(p.parse_client::<Op>(two), Ok(Incoming::Batch(c)) if c.len() == 2));
+        let e = p.parse_client::<Op>(b"[1,1,1]").unwrap_err();
+        assert_eq!(e.code, INVALID_REQUEST);
+        assert_eq!(
+            e.message,
+            "invalid request: batch of 3 calls, at most 2 allowed (limits.max_batch_length)"
+        );
+        // The backend port's parser takes any batch.
+        assert!(matches!(p.parse::<Op>(b"[1,1,1]"), Ok(Incoming::Batch(c)) if c.len() == 3));
     }
 
     #[test]

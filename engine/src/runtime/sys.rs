@@ -74,6 +74,27 @@ pub fn send_nonblocking(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     }
 }
 
+/// Sets a socket's kernel send buffer (`SO_SNDBUF`) to `bytes`; Linux
+/// doubles it for bookkeeping and stops auto-tuning it.
+pub fn set_send_buffer(fd: RawFd, bytes: usize) -> io::Result<()> {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `value` is a valid c_int for the duration of the call and its
+    // size is passed as the option length; `fd` is owned by the caller.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// `shutdown(2)` on a socket: wakes any reader with end-of-stream. Errors
 /// (e.g. already disconnected) are ignored; there is nothing to do about them.
 pub fn shutdown_socket(fd: RawFd, how: std::net::Shutdown) {
@@ -159,6 +180,24 @@ unsafe impl<A: std::alloc::GlobalAlloc> std::alloc::GlobalAlloc for CountingAllo
     }
 }
 
+// mimalloc's C API (linked through the `mimalloc` crate, the binary's
+// global allocator).
+use mimalloc as _;
+extern "C" {
+    fn mi_collect(force: bool);
+}
+
+/// Asks mimalloc to give the calling thread's free memory back to the
+/// system: empty pages go back to the OS now (`force`) or once their purge
+/// delay expires. mimalloc purges only when it is called, so an idle shard
+/// would otherwise keep what abusive clients made it allocate. Harmless
+/// when mimalloc is not the global allocator (its heap is then empty).
+pub fn allocator_collect(force: bool) {
+    // SAFETY: mi_collect takes no pointers and may be called from any
+    // thread at any time; it only works on mimalloc's own structures.
+    unsafe { mi_collect(force) }
+}
+
 /// CPU time (user + system) consumed by the calling thread, in nanoseconds.
 pub fn thread_cpu_time_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -201,6 +240,16 @@ mod tests {
         drop(client);
         std::thread::sleep(std::time::Duration::from_millis(20));
         assert_eq!(recv_nonblocking(server.as_raw_fd(), &mut buf).unwrap(), 0);
+    }
+
+    #[test]
+    fn send_buffer_is_set() {
+        let listener = reuseport_listener("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        set_send_buffer(server.as_raw_fd(), 64 << 10).unwrap();
+        let got = socket2::SockRef::from(&server).send_buffer_size().unwrap();
+        assert_eq!(got, 128 << 10, "Linux doubles SO_SNDBUF");
     }
 
     #[test]

@@ -36,11 +36,7 @@ impl Shard {
         if let Op::LastId = op {
             return Ok(Outcome::LastId(self.node.last_id()));
         }
-        let limits = &self.config().limits;
-        let mut bucket = conn.bucket.get();
-        let allowed = bucket.take(limits.rate_per_sec, limits.rate_burst, Instant::now());
-        conn.bucket.set(bucket);
-        if !allowed {
+        if !self.take_token(conn) {
             return Err(OpError::RateLimited);
         }
         match op {
@@ -123,6 +119,16 @@ impl Shard {
         }
         replay.sort_by_key(|p| p.id);
         Ok(replay)
+    }
+
+    /// Takes one token from `conn`'s request rate limit; false when there is
+    /// none (the call is answered with -32003).
+    pub(crate) fn take_token(&self, conn: &Conn) -> bool {
+        let limits = &self.config().limits;
+        let mut bucket = conn.bucket.get();
+        let allowed = bucket.take(limits.rate_per_sec, limits.rate_burst, Instant::now());
+        conn.bucket.set(bucket);
+        allowed
     }
 
     /// Subscribes a client, or reports where the channel is when it is

@@ -242,6 +242,8 @@ pub struct Conn {
     /// The session task while it waits for input: a server-side close
     /// wakes it so it stops reading (see [`Conn::wake_reader`]).
     reader: Cell<Option<Waker>>,
+    /// The reader waits for the queue to drain under budget.
+    throttled: Cell<bool>,
 }
 
 impl Conn {
@@ -266,6 +268,7 @@ impl Conn {
             bucket: Cell::new(TokenBucket::new(burst, now)),
             subs: RefCell::new(Vec::new()),
             reader: Cell::new(None),
+            throttled: Cell::new(false),
         }
     }
 
@@ -294,9 +297,45 @@ impl Conn {
         Enqueued::Queued
     }
 
-    /// Queues a control or reply frame regardless of the budget.
-    pub fn enqueue_control(&self, frame: Bytes) {
-        self.out.borrow_mut().push(frame);
+    /// Queues a frame that is owed to the client (a reply, an error, a
+    /// pong, a ping): never dropped, but under the budget like the rest.
+    /// `OverBudget` (nothing queued) under policy `disconnect`; under
+    /// `drop` it is queued and the reader holds off until the queue is
+    /// back under budget (see [`Conn::throttle_reader`]).
+    pub fn enqueue_owed(
+        &self,
+        frame: Bytes,
+        budget: usize,
+        policy: SlowConsumerPolicy,
+    ) -> Enqueued {
+        let mut out = self.out.borrow_mut();
+        if out.queued + frame.len() > budget && policy == SlowConsumerPolicy::Disconnect {
+            return Enqueued::OverBudget;
+        }
+        out.push(frame);
+        Enqueued::Queued
+    }
+
+    /// Puts a reply where its hold was, under the same rule as
+    /// [`Conn::enqueue_owed`]; an over-budget reply leaves the hold in place.
+    pub fn fill_hold_owed(
+        &self,
+        token: u64,
+        frame: Bytes,
+        budget: usize,
+        policy: SlowConsumerPolicy,
+    ) -> Enqueued {
+        let mut out = self.out.borrow_mut();
+        if out.queued + frame.len() > budget && policy == SlowConsumerPolicy::Disconnect {
+            return Enqueued::OverBudget;
+        }
+        out.fill_hold(token, Some(frame));
+        Enqueued::Queued
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn queued(&self) -> usize {
+        self.out.borrow().queued
     }
 
     pub fn push_hold(&self) -> u64 {
@@ -329,6 +368,26 @@ impl Conn {
         if self.state.get() == ConnState::Open {
             self.state.set(ConnState::Closing);
             self.closing_since.set(Some(now));
+        }
+    }
+
+    /// Parks the reading task while more than `budget` bytes are queued;
+    /// true if it must wait. The flush that brings the queue back under
+    /// budget wakes it ([`Conn::release_reader`]).
+    pub(crate) fn throttle_reader(&self, budget: usize, waker: &Waker) -> bool {
+        if self.queued() <= budget {
+            return false;
+        }
+        self.throttled.set(true);
+        self.park_reader(waker);
+        true
+    }
+
+    /// Wakes a throttled reader once the queue is back under `budget`.
+    pub(crate) fn release_reader(&self, budget: usize) {
+        if self.throttled.get() && self.queued() <= budget {
+            self.throttled.set(false);
+            self.wake_reader();
         }
     }
 

@@ -38,23 +38,53 @@ impl Shard {
                 false
             }
             Enqueued::OverBudget => {
-                ShardMetrics::inc(&self.metrics.slow_consumer_disconnects);
-                self.close_conn(
-                    conn,
-                    close_code::POLICY_VIOLATION,
-                    "slow consumer",
-                    true,
-                    now,
-                );
+                self.slow_consumer(conn, now);
                 false
             }
         }
     }
 
-    /// Queues a reply or control frame (never dropped).
+    /// Queues a control frame (pong, ping) under the outbound budget: past
+    /// it the connection is closed as a slow consumer (policy
+    /// `disconnect`) or its reader holds off (policy `drop`).
     pub fn send_control(&self, conn: &Rc<Conn>, frame: Bytes) {
-        conn.enqueue_control(frame);
-        self.mark_dirty(conn);
+        let cfg = &self.node.config.limits;
+        match conn.enqueue_owed(frame, cfg.max_outbound_bytes, cfg.slow_consumer) {
+            Enqueued::OverBudget => self.slow_consumer(conn, Instant::now()),
+            _ => self.mark_dirty(conn),
+        }
+    }
+
+    /// Puts a reply where its hold was, under the outbound budget like
+    /// [`Shard::send_control`].
+    pub fn send_reply(&self, conn: &Rc<Conn>, hold: u64, frame: Option<Bytes>) {
+        let Some(frame) = frame else {
+            conn.fill_hold(hold, None);
+            return;
+        };
+        let cfg = &self.node.config.limits;
+        match conn.fill_hold_owed(hold, frame, cfg.max_outbound_bytes, cfg.slow_consumer) {
+            Enqueued::OverBudget => {
+                conn.fill_hold(hold, None);
+                self.slow_consumer(conn, Instant::now());
+            }
+            _ => self.mark_dirty(conn),
+        }
+    }
+
+    /// Closes `conn` with 1008 "slow consumer", dropping what it had queued.
+    fn slow_consumer(&self, conn: &Rc<Conn>, now: Instant) {
+        if !conn.is_open() {
+            return;
+        }
+        ShardMetrics::inc(&self.metrics.slow_consumer_disconnects);
+        self.close_conn(
+            conn,
+            close_code::POLICY_VIOLATION,
+            "slow consumer",
+            true,
+            now,
+        );
     }
 
     pub fn mark_dirty(&self, conn: &Conn) {
@@ -150,7 +180,9 @@ impl Shard {
     /// Writes what `conn`'s socket takes now, through the shard's gather
     /// buffer.
     pub(crate) fn flush_now(&self, conn: &Conn) -> std::io::Result<(bool, usize)> {
-        conn.flush(&mut self.gather.borrow_mut())
+        let r = conn.flush(&mut self.gather.borrow_mut());
+        conn.release_reader(self.node.config.limits.max_outbound_bytes);
+        r
     }
 
     /// One flush attempt; starts a writer task if the socket is full.

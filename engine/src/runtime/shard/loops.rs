@@ -12,6 +12,10 @@ use crate::protocol::codec::close_code;
 use crate::pubsub::ops::SubscribeInfo;
 use crate::runtime::sys;
 
+/// Seconds between asking the allocator to return this shard's free
+/// memory to the system (see [`sys::allocator_collect`]).
+const COLLECT_EVERY: u64 = 5;
+
 impl Shard {
     // ----- the shard's loops ---------------------------------------------
 
@@ -150,6 +154,9 @@ impl Shard {
             }
             if ticks.is_multiple_of(10) {
                 self.home.borrow_mut().prune(now);
+            }
+            if ticks.is_multiple_of(COLLECT_EVERY) {
+                sys::allocator_collect(false);
             }
         }
     }

@@ -90,7 +90,7 @@ impl Shard {
             shutdown: Latch::default(),
             drained: LocalSignal::default(),
             sessions: Cell::new(0),
-            parser: RefCell::new(RpcParser::new()),
+            parser: RefCell::new(RpcParser::new().with_client_batch(cfg.limits.max_batch_length)),
             scratch: RefCell::new(vec![0; 64 * 1024]),
             gather: RefCell::new(Vec::with_capacity(conn::GATHER_MAX)),
             metrics: ShardMetrics::default(),

@@ -19,7 +19,10 @@ use super::{ConnRef, Shard};
 use crate::ops::metrics::ShardMetrics;
 use crate::protocol::adapter::{protocol, Answer, Exchange, ProtocolId, SessionState};
 use crate::protocol::handshake::{parse_upgrade, HandshakeError, Upgrade, MAX_REQUEST_HEAD};
+use crate::protocol::native;
+use crate::protocol::rpc::ReplyWriter;
 use crate::protocol::websocket::WsProtocol;
+use crate::pubsub::ops::OpError;
 use crate::runtime::io::write_all;
 use crate::runtime::long_poll;
 use crate::runtime::sys;
@@ -73,6 +76,11 @@ async fn handshake(
 ) -> Option<Handshake> {
     let _ = stream.set_nodelay(true);
     let cfg = shard.config();
+    if cfg.limits.socket_send_buffer > 0 {
+        // Bounds what a slow consumer holds in the kernel (the rest of its
+        // backlog is in the queue, under max_outbound_bytes).
+        let _ = sys::set_send_buffer(stream.as_raw_fd(), cfg.limits.socket_send_buffer);
+    }
     let mut buf = Vec::new();
     let read = monoio::time::timeout(
         cfg.handshake_timeout(),
@@ -154,8 +162,9 @@ async fn read_loop(shard: &Rc<Shard>, conn: &Rc<Conn>, cref: ConnRef, pending: &
         }
     }
     let fd = conn.fd();
+    let budget = shard.config().limits.max_outbound_bytes;
     loop {
-        if !wait_readable(conn).await {
+        if !wait_readable(conn, budget).await {
             return;
         }
         loop {
@@ -179,21 +188,26 @@ async fn read_loop(shard: &Rc<Shard>, conn: &Rc<Conn>, cref: ConnRef, pending: &
             if !conn.is_open() {
                 return;
             }
-            if n < shard.scratch.borrow().len() {
+            if n < shard.scratch.borrow().len() || conn.queued() > budget {
                 break;
             }
         }
     }
 }
 
-/// Waits until the socket has input; false when the reader should stop
-/// (the socket failed, or a server-side close woke it: see
-/// [`Conn::wake_reader`]).
-async fn wait_readable(conn: &Conn) -> bool {
+/// Waits until the socket has input and the connection's queue is under
+/// `budget`; false when the reader should stop (the socket failed, or a
+/// server-side close woke it: see [`Conn::wake_reader`]).
+async fn wait_readable(conn: &Conn, budget: usize) -> bool {
     let mut readable = pin!(conn.stream.readable(false));
     poll_fn(|cx| {
         if !conn.is_open() {
             return Poll::Ready(false);
+        }
+        if conn.throttle_reader(budget, cx.waker()) {
+            // Replies owed to this client are over its budget (policy
+            // `drop`): read nothing more until they drain.
+            return Poll::Pending;
         }
         match readable.as_mut().poll(cx) {
             Poll::Ready(r) => Poll::Ready(r.is_ok()),
@@ -248,7 +262,11 @@ fn ingest(
     };
     drop(scratch);
     drop(parser);
-    let step = match result {
+    if !ctrl.is_empty() {
+        // Pongs, or the close frame: queued before the state changes.
+        shard.send_control(conn, Bytes::from(ctrl));
+    }
+    match result {
         Ok(p) if p.closed => {
             conn.mark_closing(Instant::now());
             Step::Stop
@@ -259,11 +277,7 @@ fn ingest(
             conn.mark_closing(Instant::now());
             Step::Stop
         }
-    };
-    if !ctrl.is_empty() {
-        shard.send_control(conn, Bytes::from(ctrl));
     }
-    step
 }
 
 /// Runs [`execute`] boxed, and only when there is something to run.
@@ -297,13 +311,38 @@ async fn execute(
             .peer_addr()
             .map_or_else(|_| "unknown".into(), |a| a.to_string())
     };
+    let rate_limited = native::rpc_error(&OpError::RateLimited);
+    let budget = shard.config().limits.max_outbound_bytes;
     for ex in msgs.drain(..) {
+        // Replies owed and unread past the budget (policy `drop`): answer
+        // nothing more until they drain or the connection closes.
+        poll_fn(
+            |cx| match conn.is_open() && conn.throttle_reader(budget, cx.waker()) {
+                true => Poll::Pending,
+                false => Poll::Ready(()),
+            },
+        )
+        .await;
+        if !conn.is_open() {
+            return;
+        }
         let hold = conn.push_hold();
         let mut reply = ex.reply;
+        if ex.calls.is_empty() && !shard.take_token(conn) {
+            reply = ReplyWriter::new(false);
+            reply.error_null(&rate_limited);
+        }
         for call in ex.calls {
             let id = call.id.as_deref();
             match &call.op {
-                Err(e) => proto.write_answer(state, &mut reply, id, Answer::Rejected(e)),
+                Err(e) => {
+                    let e = if shard.take_token(conn) {
+                        e
+                    } else {
+                        &rate_limited
+                    };
+                    proto.write_answer(state, &mut reply, id, Answer::Rejected(e));
+                }
                 Ok(op) => {
                     let result = shard.run_client_op(conn, cref, op).await;
                     let answer = Answer::Done {
@@ -315,8 +354,7 @@ async fn execute(
                 }
             }
         }
-        conn.fill_hold(hold, reply.finish_frames());
-        shard.mark_dirty(conn);
+        shard.send_reply(conn, hold, reply.finish_frames());
     }
 }
 
