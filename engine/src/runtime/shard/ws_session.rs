@@ -13,8 +13,10 @@ use monoio::net::TcpStream;
 
 use super::conn::Conn;
 use super::{ConnRef, Shard};
+use crate::ops::config::Compression;
 use crate::ops::metrics::ShardMetrics;
 use crate::protocol::adapter::{protocol, Answer, Exchange, ProtocolId};
+use crate::protocol::deflate::Agreement;
 use crate::protocol::handshake::{parse_upgrade, HandshakeError, Upgrade, MAX_REQUEST_HEAD};
 use crate::protocol::websocket::WsProtocol;
 use crate::pubsub::publication::text_frame;
@@ -32,19 +34,25 @@ async fn session(shard: &Rc<Shard>, stream: TcpStream) {
     // The handshake, the RPC execution and the final drain run as boxed
     // futures: they are short-lived, and keeping them out of the session's
     // own state machine keeps an idle connection's task small.
-    let Some((stream, proto, mut pending)) = Box::pin(handshake(shard, stream)).await else {
+    let Some((stream, proto, deflate, mut pending)) = Box::pin(handshake(shard, stream)).await
+    else {
         return;
     };
     let burst = shard.config().limits.rate_burst;
-    let (conn, cref) = shard.add_conn(|key| Conn::new(key, stream, proto, burst, Instant::now()));
+    let (conn, cref) = shard
+        .add_conn(|key| Conn::new(key, stream, proto, burst, Instant::now()).with_deflate(deflate));
     read_loop(shard, &conn, cref, &mut pending).await;
     shard.remove_conn(&conn);
     Box::pin(drain(shard, &conn)).await;
 }
 
-/// Upgrades the connection: the stream, its protocol and any bytes that
-/// came after the request, or `None` when the upgrade failed.
-async fn handshake(shard: &Shard, stream: TcpStream) -> Option<(TcpStream, ProtocolId, Vec<u8>)> {
+/// Upgrades the connection: the stream, its protocol, its permessage-deflate
+/// agreement (packed, 0 = none) and any bytes that came after the request,
+/// or `None` when the upgrade failed.
+async fn handshake(
+    shard: &Shard,
+    stream: TcpStream,
+) -> Option<(TcpStream, ProtocolId, u8, Vec<u8>)> {
     let _ = stream.set_nodelay(true);
     let cfg = shard.config();
     let mut buf = Vec::new();
@@ -52,7 +60,7 @@ async fn handshake(shard: &Shard, stream: TcpStream) -> Option<(TcpStream, Proto
         cfg.handshake_timeout(),
         read_upgrade(&stream, &mut buf, &cfg.ws.allowed_origins),
     );
-    let upgrade = match read.await {
+    let mut upgrade = match read.await {
         Ok(Ok(u)) => u,
         Ok(Err(Some(e))) => {
             ShardMetrics::inc(&shard.metrics.handshakes_rejected);
@@ -69,9 +77,12 @@ async fn handshake(shard: &Shard, stream: TcpStream) -> Option<(TcpStream, Proto
         .node
         .router
         .route(upgrade.path_without_query(), upgrade.query_param("dialect"));
+    if cfg.ws.compression == Compression::Off {
+        upgrade.deflate = None;
+    }
     write_all(&stream, &upgrade.response_101()).await.ok()?;
     let pending = buf.split_off(upgrade.consumed);
-    Some((stream, proto, pending))
+    Some((stream, proto, Agreement::to_byte(upgrade.deflate), pending))
 }
 
 /// Reads the upgrade request. `Err(None)`: the peer went away.
@@ -107,7 +118,7 @@ enum Step {
 }
 
 async fn read_loop(shard: &Rc<Shard>, conn: &Rc<Conn>, cref: ConnRef, pending: &mut Vec<u8>) {
-    let mut ws = WsProtocol::new();
+    let mut ws = WsProtocol::with_deflate(conn.deflate != 0);
     let mut msgs: Vec<Exchange> = Vec::new();
     if !pending.is_empty() {
         // Frames that arrived with the upgrade request.
@@ -170,16 +181,24 @@ fn ingest(
         msgs.push(proto.handle_message(payload, &mut parser));
     };
     let on_pong = |_: &[u8]| conn.ping_sent.set(None);
+    // Borrowed only by connections that agreed permessage-deflate.
+    let mut inflater = (conn.deflate != 0).then(|| shard.inflater.borrow_mut());
+    let mut handle = |input: &mut [u8], ctrl: &mut Vec<u8>| match inflater.as_deref_mut() {
+        Some(inflater) => {
+            ws.handle_input_inflating(input, max, inflater, ctrl, &mut on_message, on_pong)
+        }
+        None => ws.handle_input(input, max, ctrl, &mut on_message, on_pong),
+    };
     let result = if pending.is_empty() {
         let input = &mut scratch[..n];
-        let r = ws.handle_input(input, max, &mut ctrl, &mut on_message, on_pong);
+        let r = handle(input, &mut ctrl);
         if let Ok(p) = &r {
             pending.extend_from_slice(&input[p.consumed..]);
         }
         r
     } else {
         pending.extend_from_slice(&scratch[..n]);
-        let r = ws.handle_input(pending, max, &mut ctrl, &mut on_message, on_pong);
+        let r = handle(pending, &mut ctrl);
         if let Ok(p) = &r {
             pending.drain(..p.consumed);
             if pending.is_empty() {
@@ -189,6 +208,7 @@ fn ingest(
         }
         r
     };
+    drop(inflater);
     drop(scratch);
     drop(parser);
     let step = match result {
