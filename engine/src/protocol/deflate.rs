@@ -8,7 +8,7 @@
 //! ringcast always answers `server_no_context_takeover`: each message is
 //! compressed from an empty LZ77 window, which makes the compressed bytes
 //! of a message the same for every receiver, and a publication's form is
-//! compressed at most once ([`compress_frame`], cached beside the plain
+//! compressed at most once ([`Deflater::compress_frame`], cached beside the plain
 //! forms in [`crate::pubsub::publication::Publication::compressed_form`])
 //! and shared by reference like the plain frame. A server may add
 //! `server_no_context_takeover` to any response (RFC 7692 section 7.1.1.1).
