@@ -32,11 +32,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
-# The browser tests' driver: puppeteer-core, pinned by package-lock.json.
-# It drives the system Chromium and downloads no browser.
+# The browser tests' driver, puppeteer-core, and the permessage-deflate
+# test's client, ws; pinned by package-lock.json. Downloads no browser.
 if command -v npm >/dev/null 2>&1; then
   (cd engine/tests/browser && npm ci --no-audit --no-fund --loglevel=error) ||
-    echo "setup: npm ci in engine/tests/browser failed; the browser tests need it" >&2
+    echo "setup: npm ci in engine/tests/browser failed; the browser and permessage-deflate tests need it" >&2
 fi
 
 # The compatibility tests' real clients (engine/tests/dmoj.rs): Node `ws`

@@ -22,6 +22,8 @@
 //! - [`protocol`]: wire protocols. Transport: [`protocol::codec`] (RFC 6455
 //!   frame header, masking), [`protocol::handshake`] (the upgrade and its
 //!   answers), [`protocol::websocket`] (per-connection state machine),
+//!   [`protocol::deflate`] (permessage-deflate: negotiation, compressed
+//!   twins built once per publication, bounded inflate),
 //!   [`protocol::http`] (HTTP/1.1 requests and responses),
 //!   [`protocol::rpc`] (JSON-RPC 2.0 for both ports). Client protocols, one
 //!   module each behind [`protocol::adapter::Protocol`]:

@@ -76,6 +76,17 @@ pub enum Dialect {
     Rocketws,
 }
 
+/// Whether the WebSocket port compresses messages (permessage-deflate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// Decline every `permessage-deflate` offer.
+    Off,
+    /// Accept it; each publication form is compressed once and the same
+    /// bytes go to every compressing subscriber.
+    Shared,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -153,6 +164,7 @@ impl ConfigValue for DriverKind {}
 impl ConfigValue for SlowConsumerPolicy {}
 impl ConfigValue for Dialect {}
 impl ConfigValue for LogFormat {}
+impl ConfigValue for Compression {}
 
 /// One declared key: its name, its doc comment lines (as `#[doc]` holds
 /// them, with a leading space) and, for a section, that section's keys.
@@ -318,6 +330,13 @@ config_section! {
         /// with `send_data`; false answers `send_data` with -32004
         /// permission denied. Default true.
         pub client_publish: bool = true,
+        /// permessage-deflate (RFC 7692): `off` declines it; `shared`
+        /// accepts it and compresses each publication once, the same
+        /// bytes for every compressing subscriber. Default `off`.
+        pub compression: Compression = Compression::Off,
+        /// Publications whose payload is smaller than this many bytes go
+        /// out uncompressed even to compressing clients. Default 256.
+        pub compression_min_size: usize = 256,
     }
 }
 
@@ -1385,6 +1404,8 @@ mod tests {
             "RINGCAST_WS_PONG_TIMEOUT",
             "RINGCAST_WS_HANDSHAKE_TIMEOUT",
             "RINGCAST_WS_CLIENT_PUBLISH",
+            "RINGCAST_WS_COMPRESSION",
+            "RINGCAST_WS_COMPRESSION_MIN_SIZE",
             "RINGCAST_BACKEND_LISTEN",
             "RINGCAST_BACKEND_API_TOKEN",
             "RINGCAST_BACKEND_MAX_BODY",
@@ -1414,7 +1435,7 @@ mod tests {
         ] {
             assert!(keys.iter().any(|(v, _, _)| v == var), "{var}");
         }
-        assert_eq!(keys.len(), 39);
+        assert_eq!(keys.len(), 41);
     }
 
     #[test]
@@ -1464,6 +1485,13 @@ mod tests {
         let e = load_err(Some(&p), &[], &o);
         assert!(
             e.starts_with("invalid config: limits.max_message_size: invalid type"),
+            "{e}"
+        );
+
+        let p = write_file("compression.toml", "[ws]\ncompression = \"gzip\"\n");
+        let e = load_err(Some(&p), &[], &o);
+        assert!(
+            e.starts_with("invalid config: ws.compression: unknown variant `gzip`"),
             "{e}"
         );
 

@@ -79,6 +79,9 @@ pub enum ProtocolError {
     /// A text message (or close reason) that is not valid UTF-8.
     #[error("invalid UTF-8 in text payload")]
     InvalidUtf8,
+    /// A compressed message (permessage-deflate) that does not inflate.
+    #[error("invalid compressed data")]
+    InvalidCompressedData,
     /// A message longer than the configured maximum.
     #[error("message of {size} bytes exceeds the limit of {max} bytes")]
     MessageTooBig {
@@ -99,7 +102,9 @@ impl ProtocolError {
     /// The close code to send for this error.
     pub fn close_code(&self) -> u16 {
         match self {
-            ProtocolError::InvalidUtf8 => close_code::INVALID_PAYLOAD,
+            ProtocolError::InvalidUtf8 | ProtocolError::InvalidCompressedData => {
+                close_code::INVALID_PAYLOAD
+            }
             ProtocolError::MessageTooBig { .. } => close_code::MESSAGE_TOO_BIG,
             _ => close_code::PROTOCOL_ERROR,
         }

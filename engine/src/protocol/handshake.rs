@@ -3,13 +3,17 @@
 //! [`parse_upgrade`] reads the client's HTTP/1.1 upgrade request from a byte
 //! slice (parsed by httparse) and either accepts it as an [`Upgrade`] —
 //! which knows its request target, `Origin` and `Sec-WebSocket-Accept` and
-//! writes the `101 Switching Protocols` answer — or rejects it with a
+//! writes the `101 Switching Protocols` answer, with the
+//! `permessage-deflate` agreement when one was reached
+//! ([`crate::protocol::deflate::negotiate`]) — or rejects it with a
 //! [`HandshakeError`] that writes the matching 400/403/426 answer. Short
 //! input is `Ok(None)`; the connection task reads more and calls again.
 #![forbid(unsafe_code)]
 
 use thiserror::Error;
 use tungstenite::handshake::derive_accept_key;
+
+use crate::protocol::deflate::{self, Agreement};
 
 /// Longest accepted request head (request line and headers), in bytes.
 pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
@@ -130,6 +134,9 @@ pub struct Upgrade {
     pub origin: Option<String>,
     /// The `Sec-WebSocket-Accept` value for the response.
     pub accept: String,
+    /// The `permessage-deflate` offer accepted, if the client made an
+    /// acceptable one; set it to `None` to decline (compression off).
+    pub deflate: Option<Agreement>,
 }
 
 impl Upgrade {
@@ -166,7 +173,11 @@ impl Upgrade {
               Sec-WebSocket-Accept: ",
         );
         out.extend_from_slice(self.accept.as_bytes());
-        out.extend_from_slice(b"\r\n\r\n");
+        out.extend_from_slice(b"\r\n");
+        if let Some(agreement) = &self.deflate {
+            agreement.write_response_header(out);
+        }
+        out.extend_from_slice(b"\r\n");
     }
 
     /// The `101 Switching Protocols` response.
@@ -218,6 +229,7 @@ pub fn parse_upgrade(
     let mut version_ok = false;
     let mut version_bad = false;
     let mut origin: Option<&[u8]> = None;
+    let mut deflate = None;
     for header in req.headers.iter() {
         let name = header.name;
         let value = header.value.trim_ascii();
@@ -238,6 +250,8 @@ pub fn parse_upgrade(
             }
         } else if name.eq_ignore_ascii_case("origin") {
             origin = Some(value);
+        } else if name.eq_ignore_ascii_case("sec-websocket-extensions") && deflate.is_none() {
+            deflate = deflate::negotiate(value);
         }
     }
 
@@ -280,6 +294,7 @@ pub fn parse_upgrade(
         path: path.to_owned(),
         origin,
         accept: derive_accept_key(key),
+        deflate,
     }))
 }
 
@@ -588,6 +603,46 @@ mod tests {
             let json: serde_json::Value = serde_json::from_slice(body).unwrap();
             assert_eq!(json["error"], err.reason());
         }
+    }
+
+    #[test]
+    fn permessage_deflate_in_the_101() {
+        let ext = "Sec-WebSocket-Extensions";
+        let up = parse(&request(
+            "/",
+            &with(ext, "permessage-deflate; client_max_window_bits"),
+        ))
+        .unwrap()
+        .unwrap();
+        let resp = String::from_utf8(up.response_101()).unwrap();
+        assert!(resp.ends_with(
+            "\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; \
+             client_no_context_takeover\r\n\r\n"
+        ));
+        // Several header lines: the first acceptable offer in order.
+        let mut headers = with(ext, "x-other, permessage-deflate; bogus");
+        headers.push((ext, "permessage-deflate; server_max_window_bits=11"));
+        headers.push((ext, "permessage-deflate"));
+        let up = parse(&request("/", &headers)).unwrap().unwrap();
+        assert_eq!(up.deflate.unwrap().server_window_bits, 11);
+        // Malformed or foreign offers are declined, never a failed upgrade.
+        for offer in [
+            "permessage-deflate; x=1",
+            "x-webkit-deflate-frame",
+            "\"",
+            ";;,,",
+        ] {
+            let up = parse(&request("/", &with(ext, offer))).unwrap().unwrap();
+            assert_eq!(up.deflate, None, "{offer:?}");
+            assert!(!String::from_utf8(up.response_101()).unwrap().contains(ext));
+        }
+        // Declined by configuration: the 101 does not name it.
+        let mut up = parse(&request("/", &with(ext, "permessage-deflate")))
+            .unwrap()
+            .unwrap();
+        assert!(up.deflate.is_some());
+        up.deflate = None;
+        assert!(!String::from_utf8(up.response_101()).unwrap().contains(ext));
     }
 
     #[test]

@@ -4,12 +4,15 @@
 //! replies without doing any I/O: the connection task hands it what it has
 //! read, gets complete messages through a callback, and writes whatever
 //! was appended to its outbound buffer (pongs, close frames). It enforces
-//! RFC 6455's server duties: client frames masked, no RSV bits, no reserved
-//! opcodes, control frame rules, fragmentation order, UTF-8 in text (also
+//! RFC 6455's server duties: client frames masked, no RSV bits (but RSV1
+//! on the first frame of a compressed message when permessage-deflate was
+//! agreed, see [`crate::protocol::deflate`]), no reserved opcodes, control frame rules, fragmentation order, UTF-8 in text (also
 //! across fragments), the message size limit and the close handshake.
 //!
 //! It is kept small because tens of thousands of idle connections each hold
 //! one: 16 bytes, and no buffer unless a fragmented message is in progress.
+//! A compressed message is inflated once complete by the caller's
+//! [`Inflater`] (one per shard), so no inflate state lives here either.
 //!
 //! # Buffering contract
 //!
@@ -24,6 +27,10 @@ use crate::protocol::codec::{
     apply_mask, close_code, decode_header, write_close, write_frame, FrameHeader, OpCode,
     MAX_CONTROL_PAYLOAD,
 };
+use crate::protocol::deflate::Inflater;
+
+/// RSV1 as [`FrameHeader::rsv`] holds it: the message is compressed.
+const RSV1: u8 = 0b100;
 
 pub use crate::protocol::codec::{ProtocolError, MAX_HEADER_LEN};
 
@@ -52,6 +59,9 @@ pub struct Progress {
 #[derive(Debug)]
 struct Fragmented {
     kind: MessageKind,
+    /// The message is compressed (RSV1 on its first frame): `data` is
+    /// deflate data, inflated and validated once complete.
+    compressed: bool,
     /// The payload so far.
     data: Vec<u8>,
     /// For text: `data[..validated]` is valid UTF-8; what follows (at most
@@ -67,12 +77,25 @@ pub struct WsProtocol {
     closed: bool,
     /// A close frame was sent (echoed, or by [`WsProtocol::send_close`]).
     close_sent: bool,
+    /// permessage-deflate was agreed: RSV1 marks a compressed message.
+    deflate: bool,
 }
 
 impl WsProtocol {
     /// A connection right after the handshake.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A connection that agreed permessage-deflate in its handshake: a
+    /// data message whose first frame has RSV1 is compressed (inflated by
+    /// [`WsProtocol::handle_input_inflating`]); RSV1 anywhere else is
+    /// still 1002.
+    pub fn with_deflate(deflate: bool) -> Self {
+        WsProtocol {
+            deflate,
+            ..Self::default()
+        }
     }
 
     /// Whether the client's close frame was received or the connection
@@ -115,6 +138,35 @@ impl WsProtocol {
         input: &mut [u8],
         max_message_size: usize,
         out: &mut Vec<u8>,
+        on_message: impl FnMut(MessageKind, &[u8]),
+        on_pong: impl FnMut(&[u8]),
+    ) -> Result<Progress, ProtocolError> {
+        self.handle(input, max_message_size, None, out, on_message, on_pong)
+    }
+
+    /// [`WsProtocol::handle_input`] for a connection that agreed
+    /// permessage-deflate: a compressed message is inflated by `inflater`
+    /// once complete, its inflated size bounded by `max_message_size`
+    /// (past it: 1009), and then validated and passed on like any other.
+    pub fn handle_input_inflating(
+        &mut self,
+        input: &mut [u8],
+        max_message_size: usize,
+        inflater: &mut Inflater,
+        out: &mut Vec<u8>,
+        on_message: impl FnMut(MessageKind, &[u8]),
+        on_pong: impl FnMut(&[u8]),
+    ) -> Result<Progress, ProtocolError> {
+        let inflater = Some(inflater);
+        self.handle(input, max_message_size, inflater, out, on_message, on_pong)
+    }
+
+    fn handle(
+        &mut self,
+        input: &mut [u8],
+        max_message_size: usize,
+        mut inflater: Option<&mut Inflater>,
+        out: &mut Vec<u8>,
         mut on_message: impl FnMut(MessageKind, &[u8]),
         mut on_pong: impl FnMut(&[u8]),
     ) -> Result<Progress, ProtocolError> {
@@ -140,9 +192,18 @@ impl WsProtocol {
             if let Some(mask) = header.mask {
                 apply_mask(payload, mask, 0);
             }
-            if let Err(err) =
-                self.handle_frame(&header, payload, out, &mut on_message, &mut on_pong)
-            {
+            let inflater = inflater.as_deref_mut();
+            let max = max_message_size;
+            let on_message = &mut on_message;
+            if let Err(err) = self.handle_frame(
+                &header,
+                payload,
+                max,
+                inflater,
+                out,
+                on_message,
+                &mut on_pong,
+            ) {
                 return Err(self.fail(err, out));
             }
         }
@@ -163,7 +224,10 @@ impl WsProtocol {
         header: &FrameHeader,
         max_message_size: usize,
     ) -> Result<usize, ProtocolError> {
-        if header.rsv != 0 {
+        let compressed_start = header.rsv == RSV1
+            && self.deflate
+            && matches!(header.opcode, OpCode::Text | OpCode::Binary);
+        if header.rsv != 0 && !compressed_start {
             return Err(ProtocolError::ReservedBits(header.rsv));
         }
         if header.mask.is_none() {
@@ -204,10 +268,13 @@ impl WsProtocol {
         usize::try_from(header.payload_len).map_err(|_| too_big(header.payload_len))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn handle_frame(
         &mut self,
         header: &FrameHeader,
         payload: &[u8],
+        max_message_size: usize,
+        inflater: Option<&mut Inflater>,
         out: &mut Vec<u8>,
         on_message: &mut impl FnMut(MessageKind, &[u8]),
         on_pong: &mut impl FnMut(&[u8]),
@@ -226,14 +293,22 @@ impl WsProtocol {
                 } else {
                     MessageKind::Binary
                 };
+                let compressed = header.rsv == RSV1;
                 if header.fin {
-                    if kind == MessageKind::Text && std::str::from_utf8(payload).is_err() {
+                    let message = if compressed {
+                        let inflater = inflater.ok_or(ProtocolError::ReservedBits(header.rsv))?;
+                        inflater.inflate(payload, max_message_size)?
+                    } else {
+                        payload
+                    };
+                    if kind == MessageKind::Text && std::str::from_utf8(message).is_err() {
                         return Err(ProtocolError::InvalidUtf8);
                     }
-                    on_message(kind, payload);
+                    on_message(kind, message);
                 } else {
                     let mut frag = Box::new(Fragmented {
                         kind,
+                        compressed,
                         data: payload.to_vec(),
                         validated: 0,
                     });
@@ -249,11 +324,20 @@ impl WsProtocol {
                 frag.data.extend_from_slice(payload);
                 frag.validate()?;
                 if header.fin {
-                    if frag.kind == MessageKind::Text && frag.validated != frag.data.len() {
-                        // Ends inside a character.
-                        return Err(ProtocolError::InvalidUtf8);
+                    if frag.compressed {
+                        let inflater = inflater.ok_or(ProtocolError::ReservedBits(RSV1))?;
+                        let message = inflater.inflate(&frag.data, max_message_size)?;
+                        if frag.kind == MessageKind::Text && std::str::from_utf8(message).is_err() {
+                            return Err(ProtocolError::InvalidUtf8);
+                        }
+                        on_message(frag.kind, message);
+                    } else {
+                        if frag.kind == MessageKind::Text && frag.validated != frag.data.len() {
+                            // Ends inside a character.
+                            return Err(ProtocolError::InvalidUtf8);
+                        }
+                        on_message(frag.kind, &frag.data);
                     }
-                    on_message(frag.kind, &frag.data);
                     // Frees the reassembly buffer.
                     self.fragmented = None;
                 }
@@ -304,7 +388,7 @@ impl Fragmented {
     /// incomplete trailing character (at most 3 bytes) for the next
     /// fragment. Fails as soon as a sequence is known to be invalid.
     fn validate(&mut self) -> Result<(), ProtocolError> {
-        if self.kind != MessageKind::Text {
+        if self.kind != MessageKind::Text || self.compressed {
             return Ok(());
         }
         match std::str::from_utf8(&self.data[self.validated..]) {
@@ -759,6 +843,106 @@ mod tests {
             .unwrap();
         assert_eq!(progress.consumed, 0);
         assert!(out.is_empty());
+    }
+
+    /// Raw deflate of `data`, sync-flushed, without the trailing 00 00 ff ff.
+    fn deflated(data: &[u8]) -> Vec<u8> {
+        use flate2::{Compress, Compression, FlushCompress};
+        let mut c = Compress::new(Compression::default(), false);
+        let mut out = Vec::with_capacity(data.len() + 1024);
+        c.compress_vec(data, &mut out, FlushCompress::Sync).unwrap();
+        out.truncate(out.len() - 4);
+        out
+    }
+
+    fn run_deflate(input: &[u8], inflater: &mut Inflater) -> Run {
+        let mut ws = WsProtocol::with_deflate(true);
+        let mut r = Run::default();
+        let mut buf = input.to_vec();
+        let mut messages = Vec::new();
+        r.result = Some(ws.handle_input_inflating(
+            &mut buf,
+            MAX,
+            inflater,
+            &mut r.out,
+            |k, p| messages.push((k, p.to_vec())),
+            |_| {},
+        ));
+        r.messages = messages;
+        r
+    }
+
+    fn assert_deflate_fails(input: &[u8], code: u16) {
+        let r = run_deflate(input, &mut Inflater::new());
+        let err = r.result.unwrap().unwrap_err();
+        assert_eq!(err.close_code(), code, "{err}");
+        assert_eq!(close_payload(&r.out), code.to_be_bytes());
+    }
+
+    #[test]
+    fn compressed_messages_are_inflated_when_agreed() {
+        let text = "compressed ✓ ".repeat(20);
+        let z = deflated(text.as_bytes());
+        let mut inflater = Inflater::new();
+        let (a, b) = z.split_at(z.len() / 2);
+        let input = cat(&[
+            // RSV1 on the first frame only.
+            raw_frame(0x80 | 0x40 | 0x1, &z),
+            frame(true, OpCode::Text, b"plain"),
+            raw_frame(0x40 | 0x2, a),
+            frame(true, OpCode::Ping, b"p"),
+            frame(true, OpCode::Continuation, b),
+        ]);
+        let r = run_deflate(&input, &mut inflater);
+        assert_eq!(r.result.unwrap().unwrap().consumed, input.len());
+        assert_eq!(
+            r.messages,
+            [
+                (MessageKind::Text, text.clone().into_bytes()),
+                (MessageKind::Text, b"plain".to_vec()),
+                (MessageKind::Binary, text.into_bytes()),
+            ]
+        );
+    }
+
+    #[test]
+    fn rsv1_misuse_is_1002() {
+        let z = deflated(b"hello");
+        // Not agreed: RSV1 is a reserved bit as before.
+        assert_fails(&raw_frame(0x80 | 0x40 | 0x1, &z), 1002);
+        // Agreed, but on a continuation, a control frame, or RSV2/RSV3.
+        let input = cat(&[frame(false, OpCode::Text, b"a"), raw_frame(0x80 | 0x40, &z)]);
+        assert_deflate_fails(&input, 1002);
+        for op in [OpCode::Ping, OpCode::Pong, OpCode::Close] {
+            assert_deflate_fails(&raw_frame(0x80 | 0x40 | op.as_u8(), b""), 1002);
+        }
+        for rsv in [0x20, 0x10, 0x60] {
+            assert_deflate_fails(&raw_frame(0x80 | rsv | 0x1, &z), 1002);
+        }
+        // Agreed but read without an inflater.
+        let mut ws = WsProtocol::with_deflate(true);
+        let mut buf = raw_frame(0x80 | 0x40 | 0x1, &z);
+        let mut out = Vec::new();
+        let err = ws
+            .handle_input(&mut buf, MAX, &mut out, |_, _| {}, |_| {})
+            .unwrap_err();
+        assert_eq!(err.close_code(), 1002);
+    }
+
+    #[test]
+    fn compressed_bomb_is_1009_and_bad_data_1007() {
+        let bomb = deflated(&vec![b'a'; 256 << 10]);
+        assert!(bomb.len() < MAX, "the bomb itself is small: {}", bomb.len());
+        assert_deflate_fails(&raw_frame(0x80 | 0x40 | 0x2, &bomb), 1009);
+        // Just under the limit inflates.
+        let r = run_deflate(
+            &raw_frame(0x80 | 0x40 | 0x2, &deflated(&[b'a'; MAX])),
+            &mut Inflater::new(),
+        );
+        assert_eq!(r.messages[0].1.len(), MAX);
+        // Corrupt deflate data, and invalid UTF-8 inside compressed text.
+        assert_deflate_fails(&raw_frame(0x80 | 0x40 | 0x1, &[0xff, 0xff]), 1007);
+        assert_deflate_fails(&raw_frame(0x80 | 0x40 | 0x1, &deflated(b"a\xffb")), 1007);
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! buffer. Every shard writes those same bytes to each local subscriber. Every
 //! other protocol's form (RocketWS's envelope, ...) is cached beside it,
 //! built on first use by whichever shard needs it and then shared the same
-//! way. Nothing here runs per subscriber.
+//! way. A form's permessage-deflate twin ([`Publication::compressed_form`])
+//! is cached the same way, in a second array allocated only when a
+//! compressing subscriber first asks. Nothing here runs per subscriber.
 #![forbid(unsafe_code)]
 
 use std::sync::{Arc, OnceLock};
@@ -44,6 +46,9 @@ pub struct Publication {
     pub native: Bytes,
     /// Other protocols' forms, allocated when the first one is built.
     forms: OnceLock<Box<[OnceLock<Bytes>; MAX_FORMS - 1]>>,
+    /// Each form's compressed twin (permessage-deflate), allocated when
+    /// the first one is built.
+    compressed: OnceLock<Box<[OnceLock<Bytes>; MAX_FORMS]>>,
 }
 
 impl Publication {
@@ -68,6 +73,7 @@ impl Publication {
             native: text_frame(&json),
             data,
             forms: OnceLock::new(),
+            compressed: OnceLock::new(),
         }
     }
 
@@ -88,6 +94,7 @@ impl Publication {
             native: text_frame(&json),
             data,
             forms: OnceLock::new(),
+            compressed: OnceLock::new(),
         }
     }
 
@@ -101,6 +108,20 @@ impl Publication {
         }
         let forms = self.forms.get_or_init(Default::default);
         forms[slot - 1].get_or_init(|| build(self))
+    }
+
+    /// The compressed twin of `plain`, the form in `slot`: built by
+    /// `compress` on first use by whichever shard's compressing subscriber
+    /// asks first, then shared by every compressing subscriber of that
+    /// form on every shard (see [`crate::protocol::deflate`]).
+    pub fn compressed_form(
+        &self,
+        slot: usize,
+        plain: &Bytes,
+        compress: impl FnOnce(&Bytes) -> Bytes,
+    ) -> &Bytes {
+        let twins = self.compressed.get_or_init(Default::default);
+        twins[slot].get_or_init(|| compress(plain))
     }
 
     /// `{"offset":N,"id":I,"data":...}` as listed by `history`.
@@ -194,6 +215,42 @@ mod tests {
         assert_eq!(p.native[1], 126);
         let len = u16::from_be_bytes([p.native[2], p.native[3]]) as usize;
         assert_eq!(len, p.native.len() - 4);
+    }
+
+    #[test]
+    fn compressed_twin_is_built_once_and_shared() {
+        use crate::protocol::deflate::{frame_payload_len, Deflater, Inflater};
+        let data = Bytes::from(format!("{{\"text\":\"{}\"}}", "hello world ".repeat(40)));
+        let p = Publication::message(Arc::from("news"), 3, 4, 1, data);
+        let mut deflater = Deflater::new();
+        let mut builds = 0;
+        let mut twin = |slot: usize| {
+            let plain = p.form(slot, |p| text_frame(&p.data)).clone();
+            p.compressed_form(slot, &plain, |plain| {
+                builds += 1;
+                deflater.compress_frame(plain)
+            })
+            .clone()
+        };
+        let a = twin(0);
+        let b = twin(0);
+        assert_eq!(
+            a.as_ptr(),
+            b.as_ptr(),
+            "the same bytes for every subscriber"
+        );
+        let other = twin(1);
+        assert_ne!(other.as_ptr(), a.as_ptr(), "each form has its own twin");
+        assert_eq!(twin(1).as_ptr(), other.as_ptr());
+        assert_eq!(builds, 2);
+        assert_eq!(a[0] & 0x40, 0x40, "RSV1");
+        assert!(a.len() < p.native.len() / 3);
+        let len = frame_payload_len(&a).unwrap();
+        let mut inflater = Inflater::new();
+        assert_eq!(
+            inflater.inflate(&a[a.len() - len..], 1 << 20).unwrap(),
+            payload(&p.native).as_bytes()
+        );
     }
 
     #[test]

@@ -144,7 +144,7 @@ impl Shard {
         }
         let now = Instant::now();
         for p in &outcome.replay {
-            self.offer(conn, Self::frame_for(conn, p), now);
+            self.offer(conn, self.frame_for(conn, p), now);
         }
     }
 

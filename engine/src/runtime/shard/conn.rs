@@ -227,6 +227,9 @@ pub struct Conn {
     pub stream: TcpStream,
     /// The wire protocol it speaks (`protocol::adapter::PROTOCOLS`).
     pub proto: ProtocolId,
+    /// The permessage-deflate agreement, packed
+    /// (`protocol::deflate::Agreement::to_byte`); 0 = uncompressed.
+    pub deflate: u8,
     out: RefCell<Outbound>,
     state: Cell<ConnState>,
     /// Queued in the shard's dirty list, waiting for the flusher.
@@ -258,6 +261,7 @@ impl Conn {
             key,
             stream,
             proto,
+            deflate: 0,
             out: RefCell::new(Outbound::default()),
             state: Cell::new(ConnState::Open),
             dirty: Cell::new(false),
@@ -270,6 +274,12 @@ impl Conn {
             reader: Cell::new(None),
             throttled: Cell::new(false),
         }
+    }
+
+    /// The same connection with permessage-deflate agreed (packed).
+    pub fn with_deflate(mut self, deflate: u8) -> Self {
+        self.deflate = deflate;
+        self
     }
 
     pub fn fd(&self) -> RawFd {

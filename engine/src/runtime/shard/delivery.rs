@@ -13,6 +13,7 @@ use super::*;
 use crate::ops::metrics::ShardMetrics;
 use crate::protocol::adapter::protocol;
 use crate::protocol::codec::close_code;
+use crate::protocol::deflate::{frame_payload_len, Agreement};
 use crate::protocol::websocket::close_frame;
 use crate::pubsub::channel_table::ConnKey;
 use crate::pubsub::publication::Publication;
@@ -118,10 +119,21 @@ impl Shard {
     }
 
     /// The form of `p` that `conn`'s protocol delivers (built once per
-    /// publication, then shared).
-    pub(super) fn frame_for<'a>(conn: &Conn, p: &'a Publication) -> &'a Bytes {
-        p.form(usize::from(conn.proto), |p| {
-            protocol(conn.proto).encode_publication(p)
+    /// publication, then shared), or its compressed twin when `conn`
+    /// agreed permessage-deflate and the form is big enough (also built
+    /// once, by this shard's deflater, and shared).
+    pub(super) fn frame_for<'a>(&self, conn: &Conn, p: &'a Publication) -> &'a Bytes {
+        let slot = usize::from(conn.proto);
+        let plain = p.form(slot, |p| protocol(conn.proto).encode_publication(p));
+        let Some(agreement) = Agreement::from_byte(conn.deflate) else {
+            return plain;
+        };
+        let len = frame_payload_len(plain).unwrap_or(0);
+        if len < self.config().ws.compression_min_size || !agreement.may_send_compressed(len) {
+            return plain;
+        }
+        p.compressed_form(slot, plain, |plain| {
+            self.deflater.borrow_mut().compress_frame(plain)
         })
     }
 
@@ -142,7 +154,7 @@ impl Shard {
                 continue;
             }
             if let Some(conn) = conns.get(key) {
-                n += self.offer(conn, Self::frame_for(conn, p), now) as usize;
+                n += self.offer(conn, self.frame_for(conn, p), now) as usize;
             }
         }
         ShardMetrics::add(&self.metrics.deliveries, n as u64);
@@ -155,7 +167,7 @@ impl Shard {
         let now = Instant::now();
         let mut n = 0;
         for conn in conns.iter() {
-            n += self.offer(conn, Self::frame_for(conn, p), now) as usize;
+            n += self.offer(conn, self.frame_for(conn, p), now) as usize;
         }
         ShardMetrics::add(&self.metrics.deliveries, n as u64);
         n

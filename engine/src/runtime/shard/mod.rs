@@ -29,6 +29,7 @@ use bytes::Bytes;
 
 use crate::ops::config::Config;
 use crate::ops::metrics::ShardMetrics;
+use crate::protocol::deflate::{Deflater, Inflater};
 use crate::protocol::rpc::RpcParser;
 use crate::protocol::websocket::ping_frame;
 use crate::pubsub::channel_table::{ChannelTable, ConnKey};
@@ -64,6 +65,10 @@ pub struct Shard {
     pub scratch: RefCell<Vec<u8>>,
     /// Send buffer that joins a connection's queued frames into one write.
     pub(super) gather: RefCell<Vec<u8>>,
+    /// Compresses publications' shared permessage-deflate twins.
+    pub(super) deflater: RefCell<Deflater>,
+    /// Inflates clients' compressed messages, reset per message.
+    pub(super) inflater: RefCell<Inflater>,
     pub metrics: ShardMetrics,
     pub(super) ping: Bytes,
 }
@@ -93,6 +98,8 @@ impl Shard {
             parser: RefCell::new(RpcParser::new().with_client_batch(cfg.limits.max_batch_length)),
             scratch: RefCell::new(vec![0; 64 * 1024]),
             gather: RefCell::new(Vec::with_capacity(conn::GATHER_MAX)),
+            deflater: RefCell::default(),
+            inflater: RefCell::default(),
             metrics: ShardMetrics::default(),
             ping: Bytes::from(ping_frame(b"")),
             node,

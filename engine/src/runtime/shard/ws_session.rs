@@ -16,8 +16,10 @@ use monoio::net::TcpStream;
 
 use super::conn::Conn;
 use super::{ConnRef, Shard};
+use crate::ops::config::Compression;
 use crate::ops::metrics::ShardMetrics;
 use crate::protocol::adapter::{protocol, Answer, Exchange, ProtocolId, SessionState};
+use crate::protocol::deflate::Agreement;
 use crate::protocol::handshake::{parse_upgrade, HandshakeError, Upgrade, MAX_REQUEST_HEAD};
 use crate::protocol::native;
 use crate::protocol::rpc::ReplyWriter;
@@ -44,15 +46,19 @@ async fn session(shard: &Rc<Shard>, stream: TcpStream, fixed: Option<ProtocolId>
     // The handshake, the RPC execution and the final drain run as boxed
     // futures: they are short-lived, and keeping them out of the session's
     // own state machine keeps an idle connection's task small.
-    let (stream, proto, mut pending) = match Box::pin(handshake(shard, stream, fixed)).await {
-        Some(Handshake::Upgraded(stream, proto, pending)) => (stream, proto, pending),
-        Some(Handshake::Poll(stream, request)) => {
-            return Box::pin(long_poll::serve_request(shard, stream, request)).await;
-        }
-        None => return,
-    };
+    let (stream, proto, deflate, mut pending) =
+        match Box::pin(handshake(shard, stream, fixed)).await {
+            Some(Handshake::Upgraded(stream, proto, deflate, pending)) => {
+                (stream, proto, deflate, pending)
+            }
+            Some(Handshake::Poll(stream, request)) => {
+                return Box::pin(long_poll::serve_request(shard, stream, request)).await;
+            }
+            None => return,
+        };
     let burst = shard.config().limits.rate_burst;
-    let (conn, cref) = shard.add_conn(|key| Conn::new(key, stream, proto, burst, Instant::now()));
+    let (conn, cref) = shard
+        .add_conn(|key| Conn::new(key, stream, proto, burst, Instant::now()).with_deflate(deflate));
     read_loop(shard, &conn, cref, &mut pending).await;
     conn.unpark_reader();
     shard.remove_conn(&conn);
@@ -61,8 +67,9 @@ async fn session(shard: &Rc<Shard>, stream: TcpStream, fixed: Option<ProtocolId>
 
 /// How a connection's first request went.
 enum Handshake {
-    /// Upgraded: the stream, its protocol and the bytes after the request.
-    Upgraded(TcpStream, ProtocolId, Vec<u8>),
+    /// Upgraded: the stream, its protocol, its permessage-deflate
+    /// agreement (packed, 0 = none) and the bytes after the request.
+    Upgraded(TcpStream, ProtocolId, u8, Vec<u8>),
     /// A plain HTTP request for the long-poll path (bytes read so far).
     Poll(TcpStream, Vec<u8>),
 }
@@ -86,7 +93,7 @@ async fn handshake(
         cfg.handshake_timeout(),
         read_upgrade(&stream, &mut buf, &cfg.ws.allowed_origins),
     );
-    let upgrade = match read.await {
+    let mut upgrade = match read.await {
         Ok(Ok(u)) => u,
         Ok(Err(Some(e))) => {
             // A plain HTTP request a protocol serves (DMOJ's long-poll).
@@ -109,9 +116,17 @@ async fn handshake(
             .router
             .route(upgrade.path_without_query(), upgrade.query_param("dialect"))
     });
+    if cfg.ws.compression == Compression::Off || !protocol(proto).websocket() {
+        upgrade.deflate = None;
+    }
     write_all(&stream, &upgrade.response_101()).await.ok()?;
     let pending = buf.split_off(upgrade.consumed);
-    Some(Handshake::Upgraded(stream, proto, pending))
+    Some(Handshake::Upgraded(
+        stream,
+        proto,
+        Agreement::to_byte(upgrade.deflate),
+        pending,
+    ))
 }
 
 /// Reads the upgrade request. `Err(None)`: the peer went away.
@@ -147,7 +162,7 @@ enum Step {
 }
 
 async fn read_loop(shard: &Rc<Shard>, conn: &Rc<Conn>, cref: ConnRef, pending: &mut Vec<u8>) {
-    let mut ws = WsProtocol::new();
+    let mut ws = WsProtocol::with_deflate(conn.deflate != 0);
     let mut msgs: Vec<Exchange> = Vec::new();
     // The protocol's state for this connection (no allocation for the
     // stateless ones).
@@ -241,16 +256,24 @@ fn ingest(
         msgs.push(proto.handle_message(state, payload, &mut parser));
     };
     let on_pong = |_: &[u8]| conn.ping_sent.set(None);
+    // Borrowed only by connections that agreed permessage-deflate.
+    let mut inflater = (conn.deflate != 0).then(|| shard.inflater.borrow_mut());
+    let mut handle = |input: &mut [u8], ctrl: &mut Vec<u8>| match inflater.as_deref_mut() {
+        Some(inflater) => {
+            ws.handle_input_inflating(input, max, inflater, ctrl, &mut on_message, on_pong)
+        }
+        None => ws.handle_input(input, max, ctrl, &mut on_message, on_pong),
+    };
     let result = if pending.is_empty() {
         let input = &mut scratch[..n];
-        let r = ws.handle_input(input, max, &mut ctrl, &mut on_message, on_pong);
+        let r = handle(input, &mut ctrl);
         if let Ok(p) = &r {
             pending.extend_from_slice(&input[p.consumed..]);
         }
         r
     } else {
         pending.extend_from_slice(&scratch[..n]);
-        let r = ws.handle_input(pending, max, &mut ctrl, &mut on_message, on_pong);
+        let r = handle(pending, &mut ctrl);
         if let Ok(p) = &r {
             pending.drain(..p.consumed);
             if pending.is_empty() {
@@ -260,6 +283,7 @@ fn ingest(
         }
         r
     };
+    drop(inflater);
     drop(scratch);
     drop(parser);
     if !ctrl.is_empty() {
