@@ -6,6 +6,9 @@
 //! - the native JSON-RPC protocol: subscribe, receive, history, and
 //!   recovery with `since` after the server drops the connection;
 //! - the RocketWS dialect as RocketWS users' pages speak it;
+//! - DMOJ's `event.js`: WebSocket on `/event/` (start-msg, set-filter,
+//!   replay, live messages), then the long-poll on `/channels/` when the
+//!   page has no WebSocket;
 //! - `permessage-deflate`, which Chromium offers and ringcast declines;
 //! - the dashboard under `ringcast-loadgen fanout`, with a screenshot.
 //!
@@ -132,21 +135,47 @@ fn drive(url: &str, args: &[&str]) -> Drive {
     }
 }
 
+/// Where the test's web server sends what it does not answer itself.
+#[derive(Clone, Copy)]
+struct Upstream {
+    /// ringcast's backend port (`/publish`, `/notify`).
+    backend: SocketAddr,
+    /// ringcast's public port: `/channels/` is proxied there, as DMOJ's
+    /// nginx does, so the long-poll is same-origin with the page.
+    public: SocketAddr,
+    /// DMOJ's senders listener (`/post`), when the test has one.
+    senders: Option<SocketAddr>,
+}
+
 /// The test's own web server: the test pages, plus `/publish` and
 /// `/notify`, which publish through ringcast's backend port the way a web
-/// application's backend does.
+/// application's backend does, `/post`, which posts through DMOJ's senders
+/// listener the way DMOJ's Django does, and `/channels/`, proxied.
 struct PageServer {
     addr: SocketAddr,
 }
 
 impl PageServer {
-    fn start(listener: TcpListener, backend: SocketAddr) -> PageServer {
+    fn start(listener: TcpListener, server: &Server) -> PageServer {
+        Self::start_with(listener, server, None)
+    }
+
+    fn start_with(
+        listener: TcpListener,
+        server: &Server,
+        senders: Option<SocketAddr>,
+    ) -> PageServer {
         let addr = listener.local_addr().unwrap();
+        let up = Upstream {
+            backend: server.backend,
+            public: server.ws,
+            senders,
+        };
         let counters = Arc::new(Mutex::new(HashMap::<String, u64>::new()));
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 let counters = counters.clone();
-                std::thread::spawn(move || serve_page(stream, backend, &counters));
+                std::thread::spawn(move || serve_page(stream, up, &counters));
             }
         });
         PageServer { addr }
@@ -157,7 +186,8 @@ impl PageServer {
     }
 }
 
-fn serve_page(stream: TcpStream, backend: SocketAddr, counters: &Mutex<HashMap<String, u64>>) {
+fn serve_page(stream: TcpStream, up: Upstream, counters: &Mutex<HashMap<String, u64>>) {
+    let backend = up.backend;
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut line = String::new();
     if reader.read_line(&mut line).is_err() {
@@ -175,6 +205,9 @@ fn serve_page(stream: TcpStream, backend: SocketAddr, counters: &Mutex<HashMap<S
         .split('&')
         .filter_map(|kv| kv.split_once('='))
         .collect();
+    let proxied = path
+        .starts_with("/channels/")
+        .then(|| proxy_get(up.public, &target));
     let (status, ctype, body) = match path {
         "/lib.js" => (
             200,
@@ -196,17 +229,30 @@ fn serve_page(stream: TcpStream, backend: SocketAddr, counters: &Mutex<HashMap<S
             "text/html",
             include_str!("browser/pages/deflate.html").into(),
         ),
+        "/dmoj.html" => (
+            200,
+            "text/html",
+            include_str!("browser/pages/dmoj.html").into(),
+        ),
+        "/post" => {
+            let channel = q["channel"].to_owned();
+            let k = next(counters, &channel);
+            let message =
+                json!({"type": "update-submission", "n": k, "note": "from a DMOJ sender"});
+            let reply = dmoj_post(up.senders.expect("a senders listener"), &channel, message);
+            (200, "application/json", reply.to_string())
+        }
+        _ if proxied.is_some() => {
+            let r = proxied.as_ref().unwrap();
+            let ctype = r.header("content-type").unwrap_or("text/plain");
+            (r.status, ctype, r.body.clone())
+        }
         "/publish" => {
             let channel = q["channel"].to_owned();
             let n: u64 = q["n"].parse().unwrap();
             let mut results = Vec::new();
             for _ in 0..n {
-                let k = {
-                    let mut c = counters.lock().unwrap();
-                    let k = c.entry(channel.clone()).or_insert(0);
-                    *k += 1;
-                    *k
-                };
+                let k = next(counters, &channel);
                 results.push(backend_call(
                     backend,
                     "emit",
@@ -231,6 +277,50 @@ fn serve_page(stream: TcpStream, backend: SocketAddr, counters: &Mutex<HashMap<S
         "HTTP/1.1 {status} X\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
+}
+
+/// The next number for `channel` (1, 2, ...), over `/publish` and `/post`.
+fn next(counters: &Mutex<HashMap<String, u64>>, channel: &str) -> u64 {
+    let mut c = counters.lock().unwrap();
+    let k = c.entry(channel.to_owned()).or_insert(0);
+    *k += 1;
+    *k
+}
+
+/// What DMOJ's Django does through `EVENT_DAEMON_POST`
+/// (`judge/event_poster_ws.py`): one `post` on the senders listener.
+fn dmoj_post(senders: SocketAddr, channel: &str, message: Value) -> Value {
+    let mut ws = connect_ws(senders, "/");
+    send_text(
+        &mut ws,
+        &json!({"command": "post", "channel": channel, "message": message}).to_string(),
+    );
+    let reply = recv(&mut ws);
+    assert_eq!(reply["status"], "success", "{reply}");
+    reply
+}
+
+fn connect_ws(addr: SocketAddr, path: &str) -> Ws {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    tungstenite::client(format!("ws://{addr}{path}").as_str(), stream)
+        .expect("websocket handshake")
+        .0
+}
+
+/// `GET target` on ringcast's public port (a long-poll may park there for
+/// up to `long_poll_timeout`): the response.
+fn proxy_get(public: SocketAddr, target: &str) -> Response {
+    let mut s = TcpStream::connect(public).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(
+        s,
+        "GET {target} HTTP/1.1\r\nHost: {public}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    read_http_response(&mut BufReader::new(s))
 }
 
 /// One JSON-RPC call on ringcast's backend port: the whole reply.
@@ -299,7 +389,7 @@ fn native_protocol_subscribe_history_and_recovery_after_a_server_drop() {
     // The page's real Origin is the only one allowed: the browser's
     // handshake passes the check.
     let server = Server::start(&["--allowed-origin", &origin, "--max-message-size", "1024"]);
-    let pages = PageServer::start(listener, server.backend);
+    let pages = PageServer::start(listener, &server);
     let url = pages.url("native.html", server.ws, "&too_big=4096");
     let d = drive(&url, &[]);
     let r = &d.result;
@@ -351,7 +441,7 @@ fn rocketws_page_subscribes_sends_and_reads_bare_data() {
         return;
     };
     let server = Server::start(&[]);
-    let pages = PageServer::start(page_listener(), server.backend);
+    let pages = PageServer::start(page_listener(), &server);
     let url = pages.url("rocketws.html", server.ws, "%3Fdialect%3Drocketws");
     let t0 = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -407,7 +497,7 @@ fn permessage_deflate_is_declined_and_large_messages_flow() {
         return;
     };
     let server = Server::start(&[]);
-    let pages = PageServer::start(page_listener(), server.backend);
+    let pages = PageServer::start(page_listener(), &server);
     let d = drive(&pages.url("deflate.html", server.ws, ""), &[]);
     let r = &d.result;
     assert_eq!(r["extensions"], json!(["", ""]));
@@ -415,6 +505,122 @@ fn permessage_deflate_is_declined_and_large_messages_flow() {
     assert_eq!(r["received_length"], 36_000);
     assert_eq!(r["received_equal"], true);
     assert_deflate_declined(&d.handshakes, 2);
+}
+
+#[test]
+fn dmoj_event_js_over_websocket_then_long_poll_without_websocket() {
+    let Some(_browser) = browser_available("dmoj_event_js") else {
+        return;
+    };
+    let listener = page_listener();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    // Receivers and long-poll on the public port's paths (`/event/`,
+    // `/channels/`), DMOJ's own listeners off but the senders'.
+    let senders: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let senders_addr = senders.to_string();
+    let server = Server::start_with(
+        &["--allowed-origin", &origin],
+        &[
+            ("RINGCAST_PROTOCOLS_DMOJ_ENABLED", "true"),
+            ("RINGCAST_PROTOCOLS_DMOJ_SENDERS", &senders_addr),
+            ("RINGCAST_PROTOCOLS_DMOJ_RECEIVERS", ""),
+            ("RINGCAST_PROTOCOLS_DMOJ_LONG_POLL", ""),
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect(senders).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the senders listener did not open"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The page is rendered with Django's event.last(); then one message
+    // for it and one for another page are posted.
+    let mut sender = connect_ws(senders, "/");
+    send_text(&mut sender, r#"{"command": "last-msg"}"#);
+    let last = recv(&mut sender)["id"].as_u64().unwrap();
+    let missed = dmoj_post(senders, "sub_42", json!({"type": "grading-begin"}))["id"]
+        .as_u64()
+        .unwrap();
+    dmoj_post(senders, "other", json!({"type": "grading-begin"}));
+    assert!(missed > last);
+
+    let pages = PageServer::start_with(listener, &server, Some(senders));
+    let url = format!(
+        "http://{}/dmoj.html?ws=ws://{}/event/&last={last}",
+        pages.addr, server.ws
+    );
+    let d = drive(&url, &[]);
+    let r = &d.result;
+    let posted: Vec<&Value> = r["posted"].as_array().unwrap().iter().collect();
+    let post_id = |i: usize| posted[i]["id"].as_u64().unwrap();
+    let frame_ids = |frames: &Value| -> Vec<u64> {
+        frames
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["id"].as_u64().unwrap())
+            .collect()
+    };
+
+    // WebSocket: the replayed message, then the DMOJ sender's post and the
+    // backend emit, in DMOJ's frame shape; nothing for `other`.
+    assert_eq!(r["extensions"], "");
+    let ws = r["wsFrames"].as_array().unwrap();
+    assert_eq!(ws.len(), 3, "{ws:?}");
+    assert_eq!(
+        ws[0],
+        json!({"id": missed, "channel": "sub_42", "message": {"type": "grading-begin"}})
+    );
+    assert_eq!(
+        ws[1],
+        json!({"id": post_id(1), "channel": "submissions",
+               "message": {"type": "update-submission", "n": 1, "note": "from a DMOJ sender"}})
+    );
+    assert_eq!(ws[2]["channel"], "sub_42");
+    assert_eq!(
+        ws[2]["message"],
+        json!({"n": 1, "note": "from the backend"})
+    );
+    let ws_ids = frame_ids(&r["wsFrames"]);
+    assert!(ws_ids.windows(2).all(|w| w[0] < w[1]), "{ws_ids:?}");
+    let ws_messages: Vec<&Value> = ws.iter().map(|f| &f["message"]).collect();
+    assert_eq!(r["wsMessages"], json!(ws_messages));
+    assert_eq!(d.handshakes.len(), 1, "{:?}", d.handshakes);
+    assert_eq!(d.handshakes[0]["url"], format!("ws://{}/event/", server.ws));
+    assert_eq!(d.handshakes[0]["status"], 101);
+
+    // Long-poll from the last id the page saw: the next message, then the
+    // one after, each once; the third poll stays parked.
+    assert_eq!(r["websocketNull"], true);
+    let polled = r["pollFrames"].as_array().unwrap();
+    assert_eq!(polled.len(), 2, "{polled:?}");
+    assert_eq!(
+        polled[0],
+        json!({"id": post_id(3), "channel": "submissions",
+               "message": {"type": "update-submission", "n": 2, "note": "from a DMOJ sender"}})
+    );
+    assert_eq!(polled[1]["channel"], "sub_42");
+    assert_eq!(
+        polled[1]["message"],
+        json!({"n": 2, "note": "from the backend"})
+    );
+    let poll_ids = frame_ids(&r["pollFrames"]);
+    assert!(
+        poll_ids[0] > ws_ids[2] && poll_ids[1] > post_id(4),
+        "{poll_ids:?}"
+    );
+    let poll_messages: Vec<&Value> = polled.iter().map(|f| &f["message"]).collect();
+    assert_eq!(r["pollMessages"], json!(poll_messages));
+    assert_eq!(
+        r["polls"],
+        json!([
+            {"last": ws_ids[2], "status": 200},
+            {"last": poll_ids[0], "status": 200},
+            {"last": poll_ids[1], "status": null},
+        ])
+    );
 }
 
 /// `ringcast-loadgen`, built next to `ringcast` by `cargo build --workspace`.

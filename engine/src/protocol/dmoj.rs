@@ -548,6 +548,13 @@ pub fn parse_poll(buf: &[u8], prefix: &str) -> Poll {
     let Some(list) = path.strip_prefix(prefix) else {
         return answer(404, b"404 Not Found");
     };
+    // Browsers send event.js's `a|b` as `a%7Cb` (Chromium escapes `|` in
+    // paths); DMOJ's daemon then sees one channel, ringcast the two.
+    let list = if list.contains('%') {
+        std::borrow::Cow::Owned(list.replace("%7C", "|").replace("%7c", "|"))
+    } else {
+        std::borrow::Cow::Borrowed(list)
+    };
     let mut channels: Vec<Box<str>> = Vec::new();
     for c in list.split('|').filter(|c| !c.is_empty()) {
         if !valid_channel(c) {
