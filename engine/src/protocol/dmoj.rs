@@ -991,6 +991,16 @@ mod tests {
                 req.len()
             )
         );
+        // Browsers escape `|` in the path (Chromium sends `%7C`).
+        for req in [
+            &b"GET /channels/a%7Cb?last=3 HTTP/1.1\r\n\r\n"[..],
+            &b"GET /channels/a%7cb?last=3 HTTP/1.1\r\n\r\n"[..],
+        ] {
+            match parse_poll(req, p) {
+                Poll::Wait(r, _) => assert_eq!(r.channels, vec!["a".into(), "b".into()]),
+                other => panic!("{other:?}"),
+            }
+        }
         let req = b"GET /channels/a?last=zz HTTP/1.0\r\n\r\n";
         assert_eq!(
             parse_poll(req, p),
