@@ -91,6 +91,7 @@ fn cycles(n: usize) {
     config.limits.rate_burst = 10_000_000;
     config.limits.max_message_size = 1 << 20;
     config.limits.max_outbound_bytes = 16 << 20;
+    config.limits.max_batch_length = BATCH;
     let node = ringcast::runtime::run(config).expect("start the engine");
 
     let mut clients: Vec<Ws> = (0..CHANNELS / PER_CLIENT)
