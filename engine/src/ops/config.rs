@@ -365,6 +365,11 @@ config_section! {
         /// "slow consumer") or `drop` (drop whole frames; the client sees a
         /// gap in offsets). Default `disconnect`.
         pub slow_consumer: SlowConsumerPolicy = SlowConsumerPolicy::Disconnect,
+        /// Messages a shard's cross-shard mailbox holds before a publish
+        /// sent to it (or causing deliveries to it) is refused with
+        /// "overloaded: try again" (JSON-RPC -32005). Deliveries and acks
+        /// are never refused. At least 1024. Default 65536.
+        pub mailbox_capacity: usize = 1 << 16,
     }
 }
 
@@ -771,6 +776,7 @@ impl Config {
             1024,
             " bytes",
         )?;
+        at_least("limits.mailbox_capacity", l.mailbox_capacity, 1024, "")?;
 
         at_most("history.size", self.history.size, MAX_HISTORY_SIZE, "")?;
         Ok(())
@@ -1373,10 +1379,11 @@ mod tests {
             "RINGCAST_PROTOCOLS_DMOJ_KEY",
             "RINGCAST_PROTOCOLS_DMOJ_LONG_POLL_TIMEOUT",
             "RINGCAST_PROTOCOLS_DMOJ_MAX_QUEUE",
+            "RINGCAST_LIMITS_MAILBOX_CAPACITY",
         ] {
             assert!(keys.iter().any(|(v, _, _)| v == var), "{var}");
         }
-        assert_eq!(keys.len(), 37);
+        assert_eq!(keys.len(), 38);
     }
 
     #[test]
@@ -1491,6 +1498,7 @@ mod tests {
         let cases: &[(Edit, &str)] = &[
             (|c| c.shards = 1025, "invalid config: shards: must be at most 1024 (got 1025)"),
             (|c| c.ws.backlog = 0, "invalid config: ws.backlog: must be at least 1 (got 0)"),
+            (|c| c.limits.mailbox_capacity = 1023, "invalid config: limits.mailbox_capacity: must be at least 1024 (got 1023)"),
             (|c| c.protocols.rocketws.path = "rocketws".into(), "invalid config: protocols.rocketws.path: must be a URL path starting with / (got \"rocketws\")"),
             (|c| c.protocols.rocketws.path = "/a?b".into(), "invalid config: protocols.rocketws.path: must be a URL path starting with / (got \"/a?b\")"),
             (|c| { c.protocols.native.path = "/x".into(); c.protocols.rocketws.path = "/x/".into() }, "invalid config: protocols.rocketws.path: must differ from protocols.native.path (both are \"/x/\")"),

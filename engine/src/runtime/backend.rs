@@ -22,7 +22,7 @@ use crate::protocol::rpc::{BackendMethod, Call, Incoming, ReplyWriter, RpcError}
 use crate::pubsub::ops::PublishResult;
 use crate::runtime::dashboard;
 use crate::runtime::io::write_all;
-use crate::runtime::shard::{Gather, HomeAnswer, HomeQuery, Shard};
+use crate::runtime::shard::{Gather, HomeAnswer, HomeQuery, PublishError, Shard};
 use crate::runtime::sys;
 
 /// Serves one backend connection until it closes.
@@ -297,6 +297,14 @@ fn internal(e: impl std::fmt::Display) -> RpcError {
     RpcError::new(rpc::INTERNAL_ERROR, format!("internal error: {e}"))
 }
 
+/// A refused publish: -32005 when a mailbox was full, else internal.
+fn publish_error(e: PublishError) -> RpcError {
+    match e {
+        PublishError::Overloaded => RpcError::new(rpc::OVERLOADED, e.to_string()),
+        PublishError::Gone => internal(e),
+    }
+}
+
 /// A method's result as JSON bytes, for the one reply encoder.
 type MethodResult = Result<Vec<u8>, RpcError>;
 
@@ -328,14 +336,14 @@ async fn run_rocketws(shard: &Rc<Shard>, method: BackendMethod) -> MethodResult 
             let r = shard
                 .publish(&channel, data, None)
                 .await
-                .map_err(internal)?;
+                .map_err(publish_error)?;
             Ok(rocketws::backend_result(BackendResult::Emitted(
                 r.subscribers,
             )))
         }
         BackendMethod::NotifyAll { data } => {
             rocketws::backend_object(&data)?;
-            let (_, connections) = shard.broadcast(data).await;
+            let (_, connections) = shard.broadcast(data).await.map_err(publish_error)?;
             Ok(rocketws::backend_result(BackendResult::Notified(
                 connections,
             )))
@@ -387,24 +395,36 @@ async fn run_method(shard: &Rc<Shard>, method: BackendMethod) -> MethodResult {
             let r = shard
                 .publish(&channel, data, None)
                 .await
-                .map_err(internal)?;
+                .map_err(publish_error)?;
             publish_json(&r)
         }
         BackendMethod::PublishMany { channels, data } => {
+            // A channel refused as overloaded gets an error entry and the
+            // others are still published; if every one was refused, the
+            // call answers -32005 (nothing published, safe to retry).
             let mut results = Vec::with_capacity(channels.len());
+            let mut published = channels.is_empty();
             for channel in channels {
-                let r = shard
-                    .publish(&channel, data.clone(), None)
-                    .await
-                    .map_err(internal)?;
-                let mut v = publish_json(&r);
+                let mut v = match shard.publish(&channel, data.clone(), None).await {
+                    Ok(r) => {
+                        published = true;
+                        publish_json(&r)
+                    }
+                    Err(e @ PublishError::Overloaded) => {
+                        json!({"error": {"code": rpc::OVERLOADED, "message": e.to_string()}})
+                    }
+                    Err(e) => return Err(publish_error(e)),
+                };
                 v["channel"] = json!(&*channel);
                 results.push(v);
+            }
+            if !published {
+                return Err(publish_error(PublishError::Overloaded));
             }
             json!(results)
         }
         BackendMethod::NotifyAll { data } => {
-            let (id, connections) = shard.broadcast(data).await;
+            let (id, connections) = shard.broadcast(data).await.map_err(publish_error)?;
             json!({"id": id, "connections": connections})
         }
         BackendMethod::TotalSubscribers { channel: Some(c) } => match shard

@@ -8,7 +8,7 @@ use futures_channel::oneshot;
 use crate::ops::metrics::{Gauges, MetricsSnapshot};
 use crate::pubsub::channel_table::ConnKey;
 use crate::pubsub::home_shard::{HistoryOutcome, Since, SubscribeOutcome};
-use crate::pubsub::ops::{PublishResult, SubscribeInfo};
+use crate::pubsub::ops::{OpError, PublishResult, SubscribeInfo};
 use crate::pubsub::publication::Publication;
 
 /// A connection's identity across shards: slab key plus a per-shard serial
@@ -87,7 +87,7 @@ pub enum ShardMsg {
         channel: Box<str>,
         data: Bytes,
         exclude: Option<(usize, ConnKey)>,
-        reply: oneshot::Sender<PublishResult>,
+        reply: oneshot::Sender<Result<PublishResult, PublishError>>,
     },
     /// From the home shard: deliver to local subscribers of the channel.
     Deliver {
@@ -136,3 +136,30 @@ pub enum ShardMsg {
 #[derive(Debug, thiserror::Error)]
 #[error("shard is shutting down")]
 pub struct ShardGone;
+
+/// Why a publish (or `notify_all`) was not done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// The home shard has stopped.
+    #[error("shard is shutting down")]
+    Gone,
+    /// A mailbox it needed was full (`limits.mailbox_capacity`); nothing
+    /// was published.
+    #[error("overloaded: try again")]
+    Overloaded,
+}
+
+impl From<ShardGone> for PublishError {
+    fn from(_: ShardGone) -> Self {
+        PublishError::Gone
+    }
+}
+
+impl From<PublishError> for OpError {
+    fn from(e: PublishError) -> Self {
+        match e {
+            PublishError::Gone => OpError::Internal("shard is shutting down"),
+            PublishError::Overloaded => OpError::Overloaded,
+        }
+    }
+}

@@ -39,7 +39,8 @@ use mailbox::Mailbox;
 use signal::{Latch, LocalSignal};
 
 pub use messages::{
-    ConnRef, Gather, HomeAnswer, HomeQuery, Internals, ShardGone, ShardMsg, ShardReport,
+    ConnRef, Gather, HomeAnswer, HomeQuery, Internals, PublishError, ShardGone, ShardMsg,
+    ShardReport,
 };
 pub use node::{unix_ms, ws_capacity, Node, WsSocket, RESERVED_FDS};
 
