@@ -25,8 +25,11 @@ use crate::runtime::io::write_all;
 use crate::runtime::shard::{Gather, HomeAnswer, HomeQuery, PublishError, Shard};
 use crate::runtime::sys;
 
-/// Serves one backend connection until it closes.
+/// Serves one backend connection until it closes. On shutdown it reads
+/// once more what the peer has sent, answers every complete request and
+/// closes (the shard waits for that before closing its clients).
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+    let _counted = shard.backend_conn();
     let _ = stream.set_nodelay(true);
     let fd = stream.as_raw_fd();
     let max_body = shard.config().backend.max_body;
@@ -36,6 +39,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let mut chunk = vec![0u8; 16 * 1024];
     let mut continued = false;
     let idle = shard.config().backend_idle_timeout();
+    // Shutdown began and the input it found was read: answer and close.
+    let mut last_read = false;
     loop {
         // Serve every complete request already buffered (pipelining).
         let mut close = false;
@@ -112,24 +117,32 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             linger_close(&stream, fd, &mut chunk, limit).await;
             return;
         }
-        if close || shard.shutdown.is_raised() {
+        if close || last_read {
             sys::shutdown_socket(fd, std::net::Shutdown::Write);
             return;
         }
-        match monoio::time::timeout(idle, stream.readable(false)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return,
-            Err(_) => {
-                // Idle (or a request stalled part-way) for `idle_timeout`.
-                ShardMetrics::inc(&shard.metrics.backend_idle_closed);
-                if !buf.is_empty() {
-                    http::write_json_error(&mut out, 408, "request timeout", false);
-                    let _ = write_all(&stream, &out).await;
+        if !shard.shutdown.is_raised() {
+            let readable = monoio::select! {
+                r = monoio::time::timeout(idle, stream.readable(false)) => Some(r),
+                _ = shard.shutdown.wait() => None,
+            };
+            match readable {
+                None | Some(Ok(Ok(()))) => {}
+                Some(Ok(Err(_))) => return,
+                Some(Err(_)) => {
+                    // Idle (or a request stalled part-way) for `idle_timeout`.
+                    ShardMetrics::inc(&shard.metrics.backend_idle_closed);
+                    if !buf.is_empty() {
+                        http::write_json_error(&mut out, 408, "request timeout", false);
+                        let _ = write_all(&stream, &out).await;
+                    }
+                    sys::shutdown_socket(fd, std::net::Shutdown::Both);
+                    return;
                 }
-                sys::shutdown_socket(fd, std::net::Shutdown::Both);
-                return;
             }
         }
+        // What is read after shutdown began is the last input served.
+        last_read = shard.shutdown.is_raised();
         loop {
             match sys::recv_nonblocking(fd, &mut chunk) {
                 Ok(0) => return,

@@ -116,10 +116,7 @@ pub enum ShardMsg {
         reply: oneshot::Sender<SubscribeInfo>,
     },
     /// To the home shard: one subscriber on shard `from` left.
-    Unsubscribe {
-        channel: Box<str>,
-        from: usize,
-    },
+    Unsubscribe { channel: Box<str>, from: usize },
     Home {
         channel: Box<str>,
         query: HomeQuery,
@@ -129,7 +126,13 @@ pub enum ShardMsg {
         query: Gather,
         reply: oneshot::Sender<ShardReport>,
     },
+    /// Stop accepting; backend connections answer what they received.
     Shutdown,
+    /// To every shard (the sender too), once during shutdown, after the
+    /// sender's backend connections answered everything: every delivery of
+    /// a publication acknowledged there is ahead of it in the mailbox. A
+    /// shard closes its clients with 1001 once it has one from every shard.
+    PublishersDone,
 }
 
 /// The error a cross-shard call returns when the other shard has stopped.
