@@ -106,6 +106,7 @@ fn flood_is_answered_overloaded_and_acknowledged_publications_arrive() {
             overloaded += 1;
         }
     }
+    println!("{acked} acknowledged, {overloaded} answered -32005");
     assert!(
         overloaded > 0,
         "the flood never filled a mailbox ({acked} acked)"

@@ -16,9 +16,6 @@ use serde_json::{json, Value};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::Message;
 
-const SUBSCRIBERS: usize = 200;
-const PUBLICATIONS: usize = 200;
-
 /// Reads publications until the close frame: (publications, close code).
 fn read_until_close(mut ws: Ws) -> (usize, Option<CloseCode>) {
     let mut n = 0;
@@ -37,22 +34,28 @@ fn read_until_close(mut ws: Ws) -> (usize, Option<CloseCode>) {
     }
 }
 
-/// One run: SIGTERM after `replies_before_term` replies were read.
-fn run(replies_before_term: usize) {
+/// One run: `subscribers` reading, `publications` pipelined, SIGTERM
+/// after `replies_before_term` replies were read.
+fn run(subscribers: usize, publications: usize, replies_before_term: usize) {
     let mut server = Server::start(&[]);
-    let mut subs: Vec<Ws> = (0..SUBSCRIBERS).map(|_| server.ws("/")).collect();
+    let mut subs: Vec<Ws> = (0..subscribers).map(|_| server.ws("/")).collect();
     for ws in &mut subs {
         subscribe(ws, "feed");
     }
     let readers: Vec<_> = subs
         .into_iter()
-        .map(|ws| std::thread::spawn(move || read_until_close(ws)))
+        .map(|ws| {
+            std::thread::Builder::new()
+                .stack_size(256 << 10)
+                .spawn(move || read_until_close(ws))
+                .unwrap()
+        })
         .collect();
 
     let s = TcpStream::connect(server.backend).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
     let mut all = String::new();
-    for i in 0..PUBLICATIONS {
+    for i in 0..publications {
         let body = json!({"jsonrpc":"2.0","id":i,"method":"emit",
                           "params":{"channel":"feed","data":{"n":i}}})
         .to_string();
@@ -65,21 +68,24 @@ fn run(replies_before_term: usize) {
     let mut r = BufReader::new(&s);
     let mut acked = 0;
     let mut read_reply = |acked: &mut usize| {
+        // On a panic the test shows how far the replies got.
+        println!("reading reply {acked}");
         let resp = read_http_response(&mut r);
         assert_eq!(resp.status, 200, "{resp:?}");
         let v: Value = serde_json::from_str(&resp.body).unwrap();
-        assert_eq!(v["result"]["subscribers"], SUBSCRIBERS, "{v}");
+        assert_eq!(v["result"]["subscribers"], subscribers, "{v}");
         *acked += 1;
     };
     for _ in 0..replies_before_term {
         read_reply(&mut acked);
     }
+    println!("SIGTERM");
     server.terminate();
     // Every request was sent before the SIGTERM: each gets its reply.
-    for _ in replies_before_term..PUBLICATIONS {
+    for _ in replies_before_term..publications {
         read_reply(&mut acked);
     }
-    assert_eq!(acked, PUBLICATIONS);
+    assert_eq!(acked, publications);
 
     let got: Vec<(usize, Option<CloseCode>)> =
         readers.into_iter().map(|t| t.join().unwrap()).collect();
@@ -90,7 +96,7 @@ fn run(replies_before_term: usize) {
         .collect();
     assert!(
         short.is_empty(),
-        "{} of {SUBSCRIBERS} subscribers missed acknowledged publications or close 1001 \
+        "{} of {subscribers} subscribers missed acknowledged publications or close 1001 \
          (acked {acked}): {:?}",
         short.len(),
         &short[..short.len().min(5)]
@@ -103,7 +109,29 @@ fn run(replies_before_term: usize) {
 fn acknowledged_publications_reach_every_subscriber_before_1001() {
     // SIGTERM right after the last acknowledgement (three times), and with
     // most of the pipelined requests still to be answered (twice).
-    for replies_before_term in [PUBLICATIONS, 20, PUBLICATIONS, 100, PUBLICATIONS] {
-        run(replies_before_term);
+    for replies_before_term in [200, 20, 200, 100, 200] {
+        run(200, 200, replies_before_term);
+    }
+}
+
+/// The case from issue 16, run by hand (`--ignored`): 2,000 subscribers,
+/// 500 publications, SIGTERM right after the last acknowledgement.
+#[test]
+#[ignore]
+fn big_case_2000_subscribers_500_publications() {
+    run(2000, 500, 500);
+}
+
+/// By hand: `SHUTDOWN_CASE=subscribers,publications,replies_before_term`.
+#[test]
+#[ignore]
+fn case_from_env() {
+    let case: Vec<usize> = std::env::var("SHUTDOWN_CASE")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .collect();
+    if let [subscribers, publications, term] = case[..] {
+        run(subscribers, publications, term);
     }
 }
