@@ -399,6 +399,11 @@ config_section! {
         /// Most calls in one JSON-RPC batch from a client; a longer batch
         /// is answered with one -32600 error. At least 1. Default 100.
         pub max_batch_length: usize = 100,
+        /// Messages a shard's cross-shard mailbox holds before a publish
+        /// sent to it (or causing deliveries to it) is refused with
+        /// "overloaded: try again" (JSON-RPC -32005). Deliveries and acks
+        /// are never refused. At least 1024. Default 65536.
+        pub mailbox_capacity: usize = 1 << 16,
     }
 }
 
@@ -826,6 +831,7 @@ impl Config {
             MAX_SOCKET_BUFFER,
             " bytes",
         )?;
+        at_least("limits.mailbox_capacity", l.mailbox_capacity, 1024, "")?;
 
         at_most("history.size", self.history.size, MAX_HISTORY_SIZE, "")?;
         Ok(())
@@ -1432,10 +1438,11 @@ mod tests {
             "RINGCAST_PROTOCOLS_DMOJ_KEY",
             "RINGCAST_PROTOCOLS_DMOJ_LONG_POLL_TIMEOUT",
             "RINGCAST_PROTOCOLS_DMOJ_MAX_QUEUE",
+            "RINGCAST_LIMITS_MAILBOX_CAPACITY",
         ] {
             assert!(keys.iter().any(|(v, _, _)| v == var), "{var}");
         }
-        assert_eq!(keys.len(), 41);
+        assert_eq!(keys.len(), 42);
     }
 
     #[test]
@@ -1557,6 +1564,7 @@ mod tests {
         let cases: &[(Edit, &str)] = &[
             (|c| c.shards = 1025, "invalid config: shards: must be at most 1024 (got 1025)"),
             (|c| c.ws.backlog = 0, "invalid config: ws.backlog: must be at least 1 (got 0)"),
+            (|c| c.limits.mailbox_capacity = 1023, "invalid config: limits.mailbox_capacity: must be at least 1024 (got 1023)"),
             (|c| c.protocols.rocketws.path = "rocketws".into(), "invalid config: protocols.rocketws.path: must be a URL path starting with / (got \"rocketws\")"),
             (|c| c.protocols.rocketws.path = "/a?b".into(), "invalid config: protocols.rocketws.path: must be a URL path starting with / (got \"/a?b\")"),
             (|c| { c.protocols.native.path = "/x".into(); c.protocols.rocketws.path = "/x/".into() }, "invalid config: protocols.rocketws.path: must differ from protocols.native.path (both are \"/x/\")"),

@@ -246,6 +246,7 @@ fn op_error_json(e: &OpError) -> Vec<u8> {
     let code = match e {
         OpError::TooManySubscriptions(_) => "too-many-subscriptions",
         OpError::RateLimited => "rate-limited",
+        OpError::Overloaded => "overloaded",
         OpError::PublishDenied => "unauthorized",
         OpError::NotSubscribed(_) => "not-subscribed",
         OpError::Internal(_) => "internal-error",

@@ -74,6 +74,7 @@ pub fn rpc_error(e: &OpError) -> RpcError {
         OpError::NotSubscribed(_) => rpc::NOT_SUBSCRIBED,
         OpError::PublishDenied => rpc::PERMISSION_DENIED,
         OpError::RateLimited => rpc::RATE_LIMITED,
+        OpError::Overloaded => rpc::OVERLOADED,
         OpError::TooManySubscriptions(_) => {
             return RpcError::limit("max_subscriptions_per_connection", e.to_string())
         }
@@ -191,6 +192,7 @@ mod tests {
             (OpError::TooManySubscriptions(2), -32002),
             (OpError::RateLimited, -32003),
             (OpError::PublishDenied, -32004),
+            (OpError::Overloaded, -32005),
             (OpError::Internal("shard is shutting down"), -32603),
         ];
         for (e, code) in cases {

@@ -25,6 +25,8 @@ pub const NOT_SUBSCRIBED: i32 = -32001;
 pub const LIMIT_EXCEEDED: i32 = -32002;
 pub const RATE_LIMITED: i32 = -32003;
 pub const PERMISSION_DENIED: i32 = -32004;
+/// A cross-shard mailbox is full: nothing was published, try again.
+pub const OVERLOADED: i32 = -32005;
 /// RocketWS's generic server error (send_data without subscription).
 pub const SERVER_ERROR: i32 = -32000;
 pub const INTERNAL_ERROR: i32 = -32603;

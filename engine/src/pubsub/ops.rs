@@ -80,6 +80,10 @@ pub enum OpError {
     RateLimited,
     #[error("limit exceeded: at most {0} subscriptions per connection")]
     TooManySubscriptions(usize),
+    /// A cross-shard mailbox is full (`limits.mailbox_capacity`); nothing
+    /// was done.
+    #[error("overloaded: try again")]
+    Overloaded,
     /// The channel's home shard is gone (shutdown) or answered wrongly.
     #[error("internal error: {0}")]
     Internal(&'static str),

@@ -22,11 +22,14 @@ use crate::protocol::rpc::{BackendMethod, Call, Incoming, ReplyWriter, RpcError}
 use crate::pubsub::ops::PublishResult;
 use crate::runtime::dashboard;
 use crate::runtime::io::write_all;
-use crate::runtime::shard::{Gather, HomeAnswer, HomeQuery, Shard};
+use crate::runtime::shard::{Gather, HomeAnswer, HomeQuery, PublishError, Shard};
 use crate::runtime::sys;
 
-/// Serves one backend connection until it closes.
+/// Serves one backend connection until it closes. On shutdown it reads
+/// once more what the peer has sent, answers every complete request and
+/// closes (the shard waits for that before closing its clients).
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+    let _counted = shard.backend_conn();
     let _ = stream.set_nodelay(true);
     let fd = stream.as_raw_fd();
     let max_body = shard.config().backend.max_body;
@@ -36,6 +39,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let mut chunk = vec![0u8; 16 * 1024];
     let mut continued = false;
     let idle = shard.config().backend_idle_timeout();
+    // Shutdown began and the input it found was read: answer and close.
+    let mut last_read = false;
     loop {
         // Serve every complete request already buffered (pipelining).
         let mut close = false;
@@ -112,24 +117,32 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             linger_close(&stream, fd, &mut chunk, limit).await;
             return;
         }
-        if close || shard.shutdown.is_raised() {
+        if close || last_read {
             sys::shutdown_socket(fd, std::net::Shutdown::Write);
             return;
         }
-        match monoio::time::timeout(idle, stream.readable(false)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return,
-            Err(_) => {
-                // Idle (or a request stalled part-way) for `idle_timeout`.
-                ShardMetrics::inc(&shard.metrics.backend_idle_closed);
-                if !buf.is_empty() {
-                    http::write_json_error(&mut out, 408, "request timeout", false);
-                    let _ = write_all(&stream, &out).await;
+        if !shard.shutdown.is_raised() {
+            let readable = monoio::select! {
+                r = monoio::time::timeout(idle, stream.readable(false)) => Some(r),
+                _ = shard.shutdown.wait() => None,
+            };
+            match readable {
+                None | Some(Ok(Ok(()))) => {}
+                Some(Ok(Err(_))) => return,
+                Some(Err(_)) => {
+                    // Idle (or a request stalled part-way) for `idle_timeout`.
+                    ShardMetrics::inc(&shard.metrics.backend_idle_closed);
+                    if !buf.is_empty() {
+                        http::write_json_error(&mut out, 408, "request timeout", false);
+                        let _ = write_all(&stream, &out).await;
+                    }
+                    sys::shutdown_socket(fd, std::net::Shutdown::Both);
+                    return;
                 }
-                sys::shutdown_socket(fd, std::net::Shutdown::Both);
-                return;
             }
         }
+        // What is read after shutdown began is the last input served.
+        last_read = shard.shutdown.is_raised();
         loop {
             match sys::recv_nonblocking(fd, &mut chunk) {
                 Ok(0) => return,
@@ -297,6 +310,14 @@ fn internal(e: impl std::fmt::Display) -> RpcError {
     RpcError::new(rpc::INTERNAL_ERROR, format!("internal error: {e}"))
 }
 
+/// A refused publish: -32005 when a mailbox was full, else internal.
+fn publish_error(e: PublishError) -> RpcError {
+    match e {
+        PublishError::Overloaded => RpcError::new(rpc::OVERLOADED, e.to_string()),
+        PublishError::Gone => internal(e),
+    }
+}
+
 /// A method's result as JSON bytes, for the one reply encoder.
 type MethodResult = Result<Vec<u8>, RpcError>;
 
@@ -328,14 +349,14 @@ async fn run_rocketws(shard: &Rc<Shard>, method: BackendMethod) -> MethodResult 
             let r = shard
                 .publish(&channel, data, None)
                 .await
-                .map_err(internal)?;
+                .map_err(publish_error)?;
             Ok(rocketws::backend_result(BackendResult::Emitted(
                 r.subscribers,
             )))
         }
         BackendMethod::NotifyAll { data } => {
             rocketws::backend_object(&data)?;
-            let (_, connections) = shard.broadcast(data).await;
+            let (_, connections) = shard.broadcast(data).await.map_err(publish_error)?;
             Ok(rocketws::backend_result(BackendResult::Notified(
                 connections,
             )))
@@ -387,24 +408,36 @@ async fn run_method(shard: &Rc<Shard>, method: BackendMethod) -> MethodResult {
             let r = shard
                 .publish(&channel, data, None)
                 .await
-                .map_err(internal)?;
+                .map_err(publish_error)?;
             publish_json(&r)
         }
         BackendMethod::PublishMany { channels, data } => {
+            // A channel refused as overloaded gets an error entry and the
+            // others are still published; if every one was refused, the
+            // call answers -32005 (nothing published, safe to retry).
             let mut results = Vec::with_capacity(channels.len());
+            let mut published = channels.is_empty();
             for channel in channels {
-                let r = shard
-                    .publish(&channel, data.clone(), None)
-                    .await
-                    .map_err(internal)?;
-                let mut v = publish_json(&r);
+                let mut v = match shard.publish(&channel, data.clone(), None).await {
+                    Ok(r) => {
+                        published = true;
+                        publish_json(&r)
+                    }
+                    Err(e @ PublishError::Overloaded) => {
+                        json!({"error": {"code": rpc::OVERLOADED, "message": e.to_string()}})
+                    }
+                    Err(e) => return Err(publish_error(e)),
+                };
                 v["channel"] = json!(&*channel);
                 results.push(v);
+            }
+            if !published {
+                return Err(publish_error(PublishError::Overloaded));
             }
             json!(results)
         }
         BackendMethod::NotifyAll { data } => {
-            let (id, connections) = shard.broadcast(data).await;
+            let (id, connections) = shard.broadcast(data).await.map_err(publish_error)?;
             json!({"id": id, "connections": connections})
         }
         BackendMethod::TotalSubscribers { channel: Some(c) } => match shard

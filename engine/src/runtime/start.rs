@@ -283,12 +283,54 @@ async fn shard_main(
         }
     }
     shard.shutdown.wait().await;
+    shut_down(&shard).await;
+}
+
+/// A shard's shutdown, all within `shutdown_timeout`: (1) backend
+/// connections answer every request they had received and close, so every
+/// publication acknowledged here has been handed to its subscribers'
+/// shards; (2) this shard tells every shard so (`PublishersDone`, behind
+/// those deliveries in each mailbox); (3) once a shard has heard it from
+/// every shard it closes its clients with 1001, queued behind what they
+/// already have; (4) their sessions flush and end. What was still unsent
+/// at the deadline is logged as a count of frames.
+async fn shut_down(shard: &Rc<Shard>) {
     let timeout = shard.config().shutdown_timeout();
+    let deadline = Instant::now() + timeout;
+    let left = || deadline.saturating_duration_since(Instant::now());
+    while shard.backend_conns.get() > 0 && !left().is_zero() {
+        let _ = monoio::time::timeout(left(), shard.backend_idle.wait()).await;
+    }
+    if shard.backend_conns.get() > 0 {
+        tracing::warn!(
+            connections = shard.backend_conns.get(),
+            "shutdown: backend connections still busy at shutdown_timeout"
+        );
+    }
+    for mb in &shard.node.mailboxes {
+        mb.push(ShardMsg::PublishersDone);
+    }
+    if monoio::time::timeout(left(), shard.clients_closed.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "shutdown: not every shard finished its backend requests in time; closing clients now"
+        );
+        shard.close_clients();
+    }
     if shard.session_count() > 0 {
-        let _ = monoio::time::timeout(timeout, shard.drained.wait()).await;
+        let _ = monoio::time::timeout(left(), shard.drained.wait()).await;
     }
     // Let the flusher and closing connections finish their last writes.
     monoio::time::sleep(Duration::from_millis(20)).await;
+    match shard.unsent_frames() {
+        0 => tracing::info!("shutdown: every queued frame was written"),
+        unsent => tracing::warn!(
+            unsent_frames = unsent,
+            "shutdown: {unsent} frames were not delivered before shutdown_timeout"
+        ),
+    }
 }
 
 #[derive(Clone, Copy)]

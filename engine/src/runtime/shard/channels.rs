@@ -19,39 +19,55 @@ use crate::pubsub::publication::Publication;
 impl Shard {
     // ----- channels ------------------------------------------------------
 
-    /// Publishes on the channel's home shard (here or by message).
+    /// Publishes on the channel's home shard (here or by message), or
+    /// answers [`PublishError::Overloaded`] when the home shard's mailbox
+    /// (or that of a shard it would deliver to) is full.
     pub async fn publish(
         &self,
         channel: &str,
         data: Bytes,
         exclude: Option<(usize, ConnKey)>,
-    ) -> Result<PublishResult, ShardGone> {
+    ) -> Result<PublishResult, PublishError> {
         let home = self.node.home_of(channel);
         if home == self.id {
-            return Ok(self.publish_at_home(channel, data, exclude));
+            return self.publish_at_home(channel, data, exclude);
         }
         let (tx, rx) = oneshot::channel();
-        self.node.mailboxes[home].push(ShardMsg::Publish {
+        let msg = ShardMsg::Publish {
             channel: channel.into(),
             data,
             exclude,
             reply: tx,
-        });
-        rx.await.map_err(|_| ShardGone)
+        };
+        if self.node.mailboxes[home].try_push(msg).is_err() {
+            ShardMetrics::inc(&self.metrics.publishes_overloaded);
+            return Err(PublishError::Overloaded);
+        }
+        rx.await.map_err(|_| PublishError::Gone)?
     }
 
     /// The home shard's half of a publish: assign offset and id, build the
-    /// frame once, deliver here and forward to interested shards.
+    /// frame once, deliver here and forward to interested shards. Refused,
+    /// before anything is assigned, when a shard it would forward to has a
+    /// full mailbox (the deliveries then bypass the bound; see
+    /// [`mailbox`](super::mailbox)).
     pub(super) fn publish_at_home(
         &self,
         channel: &str,
         data: Bytes,
         exclude: Option<(usize, ConnKey)>,
-    ) -> PublishResult {
+    ) -> Result<PublishResult, PublishError> {
         let node = &self.node;
         let ts = unix_ms() / 1000;
         let mut id = 0;
         let mut home = self.home.borrow_mut();
+        if home
+            .interested(channel)
+            .any(|s| s != self.id && !node.mailboxes[s].has_room())
+        {
+            ShardMetrics::inc(&self.metrics.publishes_overloaded);
+            return Err(PublishError::Overloaded);
+        }
         let published = home.publish(channel, Instant::now(), |name, offset| {
             id = node.next_id();
             Publication::message(name, offset, id, ts, data)
@@ -69,35 +85,40 @@ impl Shard {
                 });
             }
         }
-        PublishResult {
+        Ok(PublishResult {
             offset: p.offset,
             id,
             subscribers: published.subscribers
                 - usize::from(exclude.is_some()).min(published.subscribers),
-        }
+        })
     }
 
     /// `notify_all`: one broadcast frame, delivered once per connection on
-    /// every shard. Returns (id, connections reached).
-    pub async fn broadcast(&self, data: Bytes) -> (u64, usize) {
+    /// every shard. Returns (id, connections reached), or
+    /// [`PublishError::Overloaded`] (nothing sent) when a shard's mailbox
+    /// is full.
+    pub async fn broadcast(&self, data: Bytes) -> Result<(u64, usize), PublishError> {
+        let others = (0..self.node.shards).filter(|&s| s != self.id);
+        if others.clone().any(|s| !self.node.mailboxes[s].has_room()) {
+            ShardMetrics::inc(&self.metrics.publishes_overloaded);
+            return Err(PublishError::Overloaded);
+        }
         let id = self.node.next_id();
         let p = Arc::new(Publication::broadcast(id, unix_ms() / 1000, data));
         let mut waits = Vec::new();
-        for shard in 0..self.node.shards {
-            if shard != self.id {
-                let (tx, rx) = oneshot::channel();
-                self.node.mailboxes[shard].push(ShardMsg::Broadcast {
-                    publication: p.clone(),
-                    reply: tx,
-                });
-                waits.push(rx);
-            }
+        for shard in others {
+            let (tx, rx) = oneshot::channel();
+            self.node.mailboxes[shard].push(ShardMsg::Broadcast {
+                publication: p.clone(),
+                reply: tx,
+            });
+            waits.push(rx);
         }
         let mut n = self.deliver_all(&p);
         for rx in waits {
             n += rx.await.unwrap_or(0);
         }
-        (id, n)
+        Ok((id, n))
     }
 
     pub fn is_subscribed(&self, conn: &Conn, channel: &str) -> bool {

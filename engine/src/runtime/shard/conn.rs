@@ -63,6 +63,14 @@ impl Outbound {
         self.items.is_empty()
     }
 
+    /// Frames queued and not yet completely written.
+    pub fn frames(&self) -> usize {
+        self.items
+            .iter()
+            .filter(|i| matches!(i, OutItem::Frame(_)))
+            .count()
+    }
+
     fn push(&mut self, frame: Bytes) {
         self.queued += frame.len();
         self.push_item(OutItem::Frame(frame));
@@ -433,6 +441,11 @@ impl Conn {
 
     pub fn has_writable(&self) -> bool {
         self.out.borrow().has_writable()
+    }
+
+    /// Frames queued and not completely written.
+    pub fn unsent_frames(&self) -> usize {
+        self.out.borrow().frames()
     }
 
     /// The socket back, once the connection is forgotten (a long-poll

@@ -93,23 +93,61 @@ impl Shard {
                 let _ = reply.send(self.report(&query));
             }
             ShardMsg::Shutdown => self.begin_shutdown(),
+            ShardMsg::PublishersDone => {
+                self.quiet_shards.set(self.quiet_shards.get() + 1);
+                if self.quiet_shards.get() == self.node.shards {
+                    self.close_clients();
+                }
+            }
         }
     }
 
-    /// Stop accepting, close every client with 1001.
+    /// Stop accepting; backend connections answer the requests they have
+    /// received and close (see `runtime::start::shard_main` for the rest of
+    /// the shutdown).
     pub fn begin_shutdown(&self) {
         if self.shutdown.is_raised() {
             return;
         }
         self.shutdown.raise();
+        if self.backend_conns.get() == 0 {
+            self.backend_idle.notify();
+        }
+    }
+
+    /// Closes every client with 1001, queued behind the frames it already
+    /// has: once every shard is quiet, that includes every publication
+    /// acknowledged to a backend.
+    pub fn close_clients(&self) {
+        if self.clients_closed.is_raised() {
+            return;
+        }
+        self.clients_closed.raise();
         let now = Instant::now();
         let conns: Vec<Rc<Conn>> = self.conns.borrow().iter().cloned().collect();
         for c in &conns {
             self.close_conn(c, close_code::GOING_AWAY, "server shutdown", false, now);
         }
+        *self.closed_at_shutdown.borrow_mut() = conns;
         if self.sessions.get() == 0 {
             self.drained.notify();
         }
+    }
+
+    /// Frames still queued, never written, on the connections closed at
+    /// shutdown.
+    pub fn unsent_frames(&self) -> usize {
+        self.closed_at_shutdown
+            .borrow()
+            .iter()
+            .map(|c| c.unsent_frames())
+            .sum()
+    }
+
+    /// A backend connection is being served (until the guard drops).
+    pub(crate) fn backend_conn(self: &Rc<Self>) -> BackendConnGuard {
+        self.backend_conns.set(self.backend_conns.get() + 1);
+        BackendConnGuard(self.clone())
     }
 
     /// Pings, pong deadlines, stuck closes and history expiry, once a second.
@@ -174,6 +212,19 @@ impl Shard {
                     None => break,
                 }
             }
+        }
+    }
+}
+
+/// Counts one backend connection while it lives.
+pub(crate) struct BackendConnGuard(Rc<Shard>);
+
+impl Drop for BackendConnGuard {
+    fn drop(&mut self) {
+        let shard = &self.0;
+        shard.backend_conns.set(shard.backend_conns.get() - 1);
+        if shard.backend_conns.get() == 0 && shard.shutdown.is_raised() {
+            shard.backend_idle.notify();
         }
     }
 }

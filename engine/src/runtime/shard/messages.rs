@@ -8,7 +8,7 @@ use futures_channel::oneshot;
 use crate::ops::metrics::{Gauges, MetricsSnapshot};
 use crate::pubsub::channel_table::ConnKey;
 use crate::pubsub::home_shard::{HistoryOutcome, Since, SubscribeOutcome};
-use crate::pubsub::ops::{PublishResult, SubscribeInfo};
+use crate::pubsub::ops::{OpError, PublishResult, SubscribeInfo};
 use crate::pubsub::publication::Publication;
 
 /// A connection's identity across shards: slab key plus a per-shard serial
@@ -87,7 +87,7 @@ pub enum ShardMsg {
         channel: Box<str>,
         data: Bytes,
         exclude: Option<(usize, ConnKey)>,
-        reply: oneshot::Sender<PublishResult>,
+        reply: oneshot::Sender<Result<PublishResult, PublishError>>,
     },
     /// From the home shard: deliver to local subscribers of the channel.
     Deliver {
@@ -116,10 +116,7 @@ pub enum ShardMsg {
         reply: oneshot::Sender<SubscribeInfo>,
     },
     /// To the home shard: one subscriber on shard `from` left.
-    Unsubscribe {
-        channel: Box<str>,
-        from: usize,
-    },
+    Unsubscribe { channel: Box<str>, from: usize },
     Home {
         channel: Box<str>,
         query: HomeQuery,
@@ -129,10 +126,43 @@ pub enum ShardMsg {
         query: Gather,
         reply: oneshot::Sender<ShardReport>,
     },
+    /// Stop accepting; backend connections answer what they received.
     Shutdown,
+    /// To every shard (the sender too), once during shutdown, after the
+    /// sender's backend connections answered everything: every delivery of
+    /// a publication acknowledged there is ahead of it in the mailbox. A
+    /// shard closes its clients with 1001 once it has one from every shard.
+    PublishersDone,
 }
 
 /// The error a cross-shard call returns when the other shard has stopped.
 #[derive(Debug, thiserror::Error)]
 #[error("shard is shutting down")]
 pub struct ShardGone;
+
+/// Why a publish (or `notify_all`) was not done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// The home shard has stopped.
+    #[error("shard is shutting down")]
+    Gone,
+    /// A mailbox it needed was full (`limits.mailbox_capacity`); nothing
+    /// was published.
+    #[error("overloaded: try again")]
+    Overloaded,
+}
+
+impl From<ShardGone> for PublishError {
+    fn from(_: ShardGone) -> Self {
+        PublishError::Gone
+    }
+}
+
+impl From<PublishError> for OpError {
+    fn from(e: PublishError) -> Self {
+        match e {
+            PublishError::Gone => OpError::Internal("shard is shutting down"),
+            PublishError::Overloaded => OpError::Overloaded,
+        }
+    }
+}

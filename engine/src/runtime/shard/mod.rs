@@ -40,7 +40,8 @@ use mailbox::Mailbox;
 use signal::{Latch, LocalSignal};
 
 pub use messages::{
-    ConnRef, Gather, HomeAnswer, HomeQuery, Internals, ShardGone, ShardMsg, ShardReport,
+    ConnRef, Gather, HomeAnswer, HomeQuery, Internals, PublishError, ShardGone, ShardMsg,
+    ShardReport,
 };
 pub use node::{unix_ms, ws_capacity, Node, WsSocket, RESERVED_FDS};
 
@@ -60,6 +61,17 @@ pub struct Shard {
     pub(crate) drained: LocalSignal,
     /// Sessions still running, draining ones included.
     pub(super) sessions: Cell<usize>,
+    /// Backend connections being served; on shutdown they answer every
+    /// request already received before the shard says it is quiet.
+    pub(crate) backend_conns: Cell<usize>,
+    /// The last backend connection ended during shutdown.
+    pub(crate) backend_idle: LocalSignal,
+    /// Shards whose `PublishersDone` this shard has handled.
+    pub(super) quiet_shards: Cell<usize>,
+    /// Raised once every client was sent its close 1001.
+    pub(crate) clients_closed: Latch,
+    /// The connections closed with 1001, to count what they never sent.
+    pub(super) closed_at_shutdown: RefCell<Vec<Rc<Conn>>>,
     pub parser: RefCell<RpcParser>,
     /// Receive buffer shared by all connections of the shard.
     pub scratch: RefCell<Vec<u8>>,
@@ -95,6 +107,11 @@ impl Shard {
             shutdown: Latch::default(),
             drained: LocalSignal::default(),
             sessions: Cell::new(0),
+            backend_conns: Cell::new(0),
+            backend_idle: LocalSignal::default(),
+            quiet_shards: Cell::new(0),
+            clients_closed: Latch::default(),
+            closed_at_shutdown: RefCell::new(Vec::new()),
             parser: RefCell::new(RpcParser::new().with_client_batch(cfg.limits.max_batch_length)),
             scratch: RefCell::new(vec![0; 64 * 1024]),
             gather: RefCell::new(Vec::with_capacity(conn::GATHER_MAX)),

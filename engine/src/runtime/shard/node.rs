@@ -70,9 +70,11 @@ impl Node {
         let start_ms = unix_ms();
         Arc::new(Node {
             router: Router::new(&config),
+            mailboxes: (0..shards)
+                .map(|_| Mailbox::new(config.limits.mailbox_capacity))
+                .collect(),
             config,
             shards,
-            mailboxes: (0..shards).map(|_| Mailbox::new()).collect(),
             next_id: AtomicU64::new(start_ms),
             start_ms,
             connections: AtomicUsize::new(0),
