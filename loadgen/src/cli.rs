@@ -50,6 +50,15 @@ impl Scenario {
     }
 }
 
+/// What the WebSocket connections speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClientProtocol {
+    /// ringcast's JSON-RPC protocol.
+    Native,
+    /// DMOJ's event daemon receiver protocol.
+    Dmoj,
+}
+
 #[derive(Debug, clap::Args, Clone)]
 pub struct Opts {
     /// WebSocket server HOST:PORT.
@@ -63,6 +72,24 @@ pub struct Opts {
     /// Request path of the WebSocket endpoint.
     #[arg(long, global = true, default_value = "/")]
     pub path: String,
+    /// Client protocol the connections speak.
+    ///
+    /// native: JSON-RPC `subscribe`; loss and order are tracked by channel
+    /// offsets (from the subscribe result and the backend's emit replies).
+    ///
+    /// dmoj: DMOJ's event daemon receiver (use `--path /event/` on the
+    /// public port with `[protocols.dmoj] enabled = true`, or the receivers
+    /// listener as --server). Each connection sends `set-filter` with its
+    /// channels, then an unknown command whose `bad-command` error, answered
+    /// in order, marks the filter as in place. DMOJ frames
+    /// `{"id":I,"channel":C,"message":M}` carry node-wide ids, not offsets,
+    /// so loss and order are tracked by the `seq` the publisher puts in each
+    /// payload: the message's number on its channel (1, 2, ... per channel,
+    /// as offsets on a fresh channel), checked against the highest `seq`
+    /// the backend acknowledged. Publishing still goes through the backend
+    /// port. Not for `chat` (DMOJ receivers cannot publish).
+    #[arg(long, global = true, value_enum, default_value_t = ClientProtocol::Native, verbatim_doc_comment)]
+    pub protocol: ClientProtocol,
     /// Backend (publishing) HOST:PORT.
     #[arg(long, global = true, default_value = "127.0.0.1:59999")]
     pub backend: String,
@@ -182,6 +209,9 @@ pub fn validate(cli: Cli) -> Result<Settings, String> {
     if let Some(r) = o.rate {
         positive("rate", r)?;
     }
+    if o.protocol == ClientProtocol::Dmoj && scenario == Scenario::Chat {
+        return Err("--protocol dmoj cannot run chat: DMOJ receivers do not publish".into());
+    }
     if o.processes > o.connections {
         return Err(format!(
             "--processes {} is more than --connections {}",
@@ -279,6 +309,9 @@ mod tests {
         assert_eq!(s.channels, 1);
         assert_eq!(s.src_ips.len(), 4);
         assert_eq!(s.src_ips[3], "127.0.0.4".parse::<IpAddr>().unwrap());
+        assert_eq!(s.opts.protocol, ClientProtocol::Native);
+        let d = parse(&["fanout", "--protocol", "dmoj", "--path", "/event/"]).unwrap();
+        assert_eq!(d.opts.protocol, ClientProtocol::Dmoj);
     }
 
     #[test]
@@ -293,6 +326,8 @@ mod tests {
             &["fanout", "--channel-prefix", "a b"],
             &["bogus"],
             &["fanout", "--threads", "x"],
+            &["chat", "--protocol", "dmoj"],
+            &["fanout", "--protocol", "socketio"],
         ] {
             assert!(parse(args).is_err(), "{args:?} accepted");
         }

@@ -9,6 +9,7 @@
 //! measured phase run, then hands over each channel's final offset so the
 //! threads can drain and close their books.
 
+use crate::cli::ClientProtocol;
 use crate::frame::{self, opcode};
 use crate::handshake;
 use crate::report::new_histogram;
@@ -99,6 +100,8 @@ pub struct ThreadPlan {
     pub server: SocketAddr,
     pub host_header: String,
     pub path: String,
+    /// What the connections speak.
+    pub protocol: ClientProtocol,
     /// Source addresses to bind, round-robin; empty = let the kernel pick.
     pub src_ips: Vec<IpAddr>,
     /// Channel names by index.
@@ -248,7 +251,31 @@ fn send_text(conn: &mut Conn, ctx: &mut Ctx, text: &[u8]) {
     frame::encode_masked(&mut conn.out, opcode::TEXT, text, mask);
 }
 
+/// The command a DMOJ receiver sends after `set-filter`: DMOJ answers it
+/// with a `bad-command` error, in order, so the error says the filter is in
+/// place (`set-filter` itself has no reply).
+const DMOJ_SYNC: &[u8] = br#"{"command":"loadgen-sync"}"#;
+/// DMOJ names the command with underscores in its error.
+const DMOJ_SYNC_ERROR: &[u8] = b"bad command: loadgen_sync";
+
 fn subscribe_all(conn: &mut Conn, ctx: &mut Ctx) {
+    if ctx.plan.protocol == ClientProtocol::Dmoj {
+        let mut req = br#"{"command":"set-filter","filter":["#.to_vec();
+        for (i, sub) in conn.subs.iter().enumerate() {
+            if i > 0 {
+                req.push(b',');
+            }
+            req.push(b'"');
+            req.extend_from_slice(ctx.plan.channel_names[sub.chan as usize].as_bytes());
+            req.push(b'"');
+        }
+        req.extend_from_slice(b"]}");
+        send_text(conn, ctx, &req);
+        send_text(conn, ctx, DMOJ_SYNC);
+        conn.pending_subs = conn.subs.len();
+        conn.state = State::Subscribing;
+        return;
+    }
     for i in 0..conn.subs.len() {
         let chan = conn.subs[i].chan as usize;
         ctx.next_id += 1;
@@ -286,7 +313,11 @@ fn send_chat(conn: &mut Conn, ctx: &mut Ctx, size: usize) {
 
 /// Handles one complete text message from the server.
 fn handle_text(conn: &mut Conn, ctx: &mut Ctx, payload: &[u8]) -> Result<(), End> {
-    match scan::classify(payload) {
+    let notice = match ctx.plan.protocol {
+        ClientProtocol::Native => scan::classify(payload),
+        ClientProtocol::Dmoj => scan::classify_dmoj(payload),
+    };
+    match notice {
         Notice::Message {
             channel,
             offset,
@@ -331,11 +362,7 @@ fn handle_text(conn: &mut Conn, ctx: &mut Ctx, payload: &[u8]) -> Result<(), End
                 sub.tracker = OffsetTracker::new(start);
                 conn.pending_subs -= 1;
                 if conn.pending_subs == 0 {
-                    conn.state = State::Open;
-                    ctx.stats.opened += 1;
-                    ctx.stats
-                        .connect_hist
-                        .saturating_record(conn.started.elapsed().as_nanos().max(1) as u64);
+                    mark_open(conn, ctx);
                 }
             } else if let Some(o) = offset {
                 if let Some(sub) = conn.subs.iter_mut().find(|s| s.chan == tag) {
@@ -345,6 +372,18 @@ fn handle_text(conn: &mut Conn, ctx: &mut Ctx, payload: &[u8]) -> Result<(), End
                 let a = &mut ctx.acked[tag as usize];
                 *a = (*a).max(o);
             }
+        }
+        Notice::Error { id: 0, message }
+            if message == DMOJ_SYNC_ERROR && conn.state == State::Subscribing =>
+        {
+            // DMOJ: the filter is in place; `seq` starts at 1 per channel.
+            for sub in &mut conn.subs {
+                sub.start = 0;
+                sub.subscribed = true;
+                sub.tracker = OffsetTracker::new(0);
+            }
+            conn.pending_subs = 0;
+            mark_open(conn, ctx);
         }
         Notice::Error { id, message } => {
             if let Some(i) = conn.inflight.iter().position(|&(x, _)| x == id) {
@@ -359,6 +398,15 @@ fn handle_text(conn: &mut Conn, ctx: &mut Ctx, payload: &[u8]) -> Result<(), End
         Notice::Other => {}
     }
     Ok(())
+}
+
+/// Every subscription of `conn` is in place.
+fn mark_open(conn: &mut Conn, ctx: &mut Ctx) {
+    conn.state = State::Open;
+    ctx.stats.opened += 1;
+    ctx.stats
+        .connect_hist
+        .saturating_record(conn.started.elapsed().as_nanos().max(1) as u64);
 }
 
 /// Decodes and handles every complete frame in `data`; returns the bytes used.

@@ -36,6 +36,9 @@ pub struct PublishResult {
     pub first_error: Option<String>,
     /// Highest acknowledged offset per channel index.
     pub finals: Vec<u64>,
+    /// Highest acknowledged payload `seq` per channel index (the
+    /// publication's number on its channel: 1, 2, ...).
+    pub seqs: Vec<u64>,
 }
 
 fn wall_ns() -> u64 {
@@ -45,12 +48,14 @@ fn wall_ns() -> u64 {
         .unwrap_or(0)
 }
 
-/// Renders one pipelined `emit` request.
+/// Renders one pipelined `emit` request; the payload's `seq` is `seq`.
+#[allow(clippy::too_many_arguments)]
 pub fn emit_request(
     out: &mut Vec<u8>,
     host: &str,
     id: u64,
     channel: &str,
+    seq: u64,
     ts_ns: u64,
     size: usize,
     body: &mut Vec<u8>,
@@ -61,7 +66,7 @@ pub fn emit_request(
     body.extend_from_slice(b",\"method\":\"emit\",\"params\":{\"channel\":\"");
     body.extend_from_slice(channel.as_bytes());
     body.extend_from_slice(b"\",\"data\":");
-    scan::write_payload(body, ts_ns, id, size);
+    scan::write_payload(body, ts_ns, seq, size);
     body.extend_from_slice(b"}}");
     out.extend_from_slice(b"POST / HTTP/1.1\r\nHost: ");
     out.extend_from_slice(host.as_bytes());
@@ -165,6 +170,7 @@ pub fn run(plan: &PublishPlan, abort: &AtomicBool) -> io::Result<PublishResult> 
             let mut r = BufReader::with_capacity(64 * 1024, reader_stream);
             let mut res = PublishResult {
                 finals: vec![0; channels],
+                seqs: vec![0; channels],
                 ..Default::default()
             };
             let mut seq = 0u64;
@@ -176,6 +182,7 @@ pub fn run(plan: &PublishPlan, abort: &AtomicBool) -> io::Result<PublishResult> 
                             Ok(o) if status == 200 => {
                                 res.publications += 1;
                                 res.finals[chan] = res.finals[chan].max(o);
+                                res.seqs[chan] = res.seqs[chan].max(seq / channels as u64 + 1);
                             }
                             Ok(_) | Err(_) => {
                                 res.errors += 1;
@@ -236,12 +243,15 @@ pub fn run(plan: &PublishPlan, abort: &AtomicBool) -> io::Result<PublishResult> 
         out.clear();
         let ts = wall_ns().saturating_sub(plan.backdate_ns);
         for _ in 0..n {
+            // Round robin: this is publication sent / channels + 1 of its
+            // channel.
             let chan = (sent % channels as u64) as usize;
             emit_request(
                 &mut out,
                 &host,
                 sent + 1,
                 &plan.channel_names[chan],
+                sent / channels as u64 + 1,
                 ts,
                 plan.size,
                 &mut body,
@@ -285,7 +295,16 @@ mod tests {
     fn emit_request_is_valid_http_and_json() {
         let mut out = Vec::new();
         let mut body = Vec::new();
-        emit_request(&mut out, "127.0.0.1:59999", 7, "lg-0", 99, 100, &mut body);
+        emit_request(
+            &mut out,
+            "127.0.0.1:59999",
+            7,
+            "lg-0",
+            2,
+            99,
+            100,
+            &mut body,
+        );
         let text = String::from_utf8(out).unwrap();
         let (head, b) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with("POST / HTTP/1.1\r\n"));
@@ -295,6 +314,7 @@ mod tests {
         assert_eq!(v["id"], 7);
         assert_eq!(v["params"]["channel"], "lg-0");
         assert_eq!(v["params"]["data"]["ts"], 99);
+        assert_eq!(v["params"]["data"]["seq"], 2);
     }
 
     #[test]

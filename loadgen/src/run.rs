@@ -2,7 +2,7 @@
 //! steers them through the phases, publishes, samples the server, and
 //! builds the report.
 
-use crate::cli::{Scenario, Settings};
+use crate::cli::{ClientProtocol, Scenario, Settings};
 use crate::client::{self, phase, ChatPlan, Control, ThreadPlan, ThreadStats};
 use crate::procstat;
 use crate::publisher::{self, PublishPlan};
@@ -92,6 +92,7 @@ impl LocalPool {
                 server: s.server,
                 host_header: s.host_header.clone(),
                 path: s.opts.path.clone(),
+                protocol: s.opts.protocol,
                 src_ips: s.src_ips.clone(),
                 channel_names: names.clone(),
                 connections: Vec::new(),
@@ -544,7 +545,10 @@ pub fn run(s: &Settings) -> anyhow::Result<Report> {
             }
             publications = res.publications;
             publish_errors = res.errors;
-            res.finals
+            match s.opts.protocol {
+                ClientProtocol::Native => res.finals,
+                ClientProtocol::Dmoj => res.seqs,
+            }
         }
         Scenario::Chat => {
             hold(duration, &pool, &progress, pid, t0, &mut rss_samples);

@@ -4,7 +4,9 @@
 //! controls the payload (`{"ts":NANOS,"seq":K,"pad":"xx…"}`), and the engine
 //! wraps it as `{"jsonrpc":"2.0","method":"message","params":{"channel":C,
 //! "offset":N,"id":I,"data":{…}}}`, so a few substring searches and integer
-//! scans find everything the tracker needs.
+//! scans find everything the tracker needs. DMOJ's receiver frames
+//! (`{"id":I,"channel":C,"message":{…}}`, see [`classify_dmoj`]) carry no
+//! offset; the payload's `seq` stands in for it.
 #![forbid(unsafe_code)]
 
 use memchr::memmem;
@@ -103,6 +105,45 @@ pub fn classify(payload: &[u8]) -> Notice<'_> {
     Notice::Other
 }
 
+static SEQ: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(b"\"seq\":"));
+static DMOJ_MESSAGE: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"message\":{"));
+
+/// Classifies one frame of DMOJ's receiver protocol. A live message
+/// `{"id":I,"channel":C,"message":{"ts":..,"seq":K,..}}` becomes a
+/// [`Notice::Message`] whose `offset` is the payload's `seq` (DMOJ's id is
+/// node-wide, not per channel); an error object `{"status":"error",...}`
+/// becomes a [`Notice::Error`] with id 0.
+pub fn classify_dmoj(payload: &[u8]) -> Notice<'_> {
+    if payload.starts_with(b"{\"status\":\"error\"") {
+        let message = after(&MESSAGE, payload)
+            .map(|m| &m[..memchr::memchr(b'"', m).unwrap_or(m.len())])
+            .unwrap_or(b"");
+        return Notice::Error { id: 0, message };
+    }
+    if !payload.starts_with(b"{\"id\":") {
+        return Notice::Other;
+    }
+    let Some(rest) = after(&CHANNEL, payload) else {
+        return Notice::Other;
+    };
+    let Some(end) = memchr::memchr(b'"', rest) else {
+        return Notice::Other;
+    };
+    let channel = &rest[..end];
+    let Some(data) = after(&DMOJ_MESSAGE, rest) else {
+        return Notice::Other;
+    };
+    let Some(offset) = number_after(&SEQ, data) else {
+        return Notice::Other;
+    };
+    Notice::Message {
+        channel,
+        offset,
+        ts_ns: number_after(&TS, data),
+    }
+}
+
 /// Extracts `"offset":N` from a backend `emit` response body, or the error.
 pub fn emit_result(body: &[u8]) -> Result<u64, String> {
     if let Some(i) = RESULT.find(body) {
@@ -199,6 +240,33 @@ mod tests {
         let mut small = Vec::new();
         write_payload(&mut small, 1, 1, 0);
         assert!(serde_json::from_slice::<serde_json::Value>(&small).is_ok());
+    }
+
+    #[test]
+    fn classifies_dmoj_frames() {
+        let f = br#"{"id":1732240000123,"channel":"lg-7","message":{"ts":1700000000000000001,"seq":3,"pad":"xx"}}"#;
+        assert_eq!(
+            classify_dmoj(f),
+            Notice::Message {
+                channel: b"lg-7",
+                offset: 3,
+                ts_ns: Some(1_700_000_000_000_000_001)
+            }
+        );
+        let e = br#"{"status":"error","code":"bad-command","message":"bad command: loadgen_sync"}"#;
+        assert_eq!(
+            classify_dmoj(e),
+            Notice::Error {
+                id: 0,
+                message: b"bad command: loadgen_sync"
+            }
+        );
+        // Not the loadgen's payload: no seq to track.
+        assert_eq!(
+            classify_dmoj(br#"{"id":5,"channel":"c","message":{"x":1}}"#),
+            Notice::Other
+        );
+        assert_eq!(classify_dmoj(b"{}"), Notice::Other);
     }
 
     #[test]

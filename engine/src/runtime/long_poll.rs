@@ -27,7 +27,7 @@ use crate::protocol::adapter::{by_name, Protocol, ProtocolId};
 use crate::protocol::dmoj::{self, DmojPoll, Poll, PollRequest};
 use crate::pubsub::ops::{Op, OpError, Outcome};
 use crate::runtime::io::write_all;
-use crate::runtime::shard::{Conn, ConnRef, Shard};
+use crate::runtime::shard::{Conn, Shard};
 use crate::runtime::sys;
 
 /// DMOJ's long-poll path on its own listener.
@@ -50,8 +50,10 @@ pub(crate) async fn serve_request(shard: &Rc<Shard>, stream: TcpStream, buf: Vec
 async fn run(shard: &Rc<Shard>, mut stream: TcpStream, mut buf: Vec<u8>, prefix: &str) {
     let _ = stream.set_nodelay(true);
     let timeout = Duration::from_secs(shard.config().protocols.dmoj.long_poll_timeout);
-    // Each phase runs boxed: a parked request's task holds only the
-    // waiting phase's state.
+    // The short phases (reading a request, answering one, following the
+    // channels, flushing) run boxed; the wait of a parked request runs in
+    // this task's own state, as an idle WebSocket session's read loop
+    // does, so a parked request holds no box of its own.
     loop {
         let Some(poll) = Box::pin(next_request(shard, &stream, &mut buf, prefix, timeout)).await
         else {
@@ -73,14 +75,26 @@ async fn run(shard: &Rc<Shard>, mut stream: TcpStream, mut buf: Vec<u8>, prefix:
             Poll::Wait(req, consumed) => {
                 take(&mut buf, consumed);
                 let keep_alive = req.keep_alive;
-                match Box::pin(park(shard, stream, req, &mut buf)).await {
-                    Some(s) if keep_alive => stream = s,
-                    Some(s) => {
-                        sys::shutdown_socket(s.as_raw_fd(), Shutdown::Write);
-                        return;
+                let (conn, now_answer) = Box::pin(follow(shard, stream, req)).await;
+                let gone = match now_answer {
+                    Some(response) => {
+                        answer(shard, &conn, response);
+                        false
                     }
-                    None => return,
+                    None => wait(shard, &conn, &mut buf).await,
+                };
+                shard.remove_conn(&conn);
+                if gone || !Box::pin(flushed(shard, &conn)).await {
+                    return;
                 }
+                let Some(s) = Rc::try_unwrap(conn).ok().map(Conn::into_stream) else {
+                    return;
+                };
+                if !keep_alive {
+                    sys::shutdown_socket(s.as_raw_fd(), Shutdown::Write);
+                    return;
+                }
+                stream = s;
             }
         }
     }
@@ -151,44 +165,21 @@ fn poll_protocol() -> ProtocolId {
     by_name(DmojPoll.name()).unwrap_or(0)
 }
 
-/// Answers one long-poll: from history, or parked until a message or the
-/// timeout. Returns the stream when the connection can go on.
-async fn park(
+/// Registers the request as a connection following its channels; with
+/// the answer history already has, if any (else it is parked).
+async fn follow(
     shard: &Rc<Shard>,
     stream: TcpStream,
     req: PollRequest,
-    buf: &mut Vec<u8>,
-) -> Option<TcpStream> {
+) -> (Rc<Conn>, Option<Bytes>) {
     let burst = shard.config().limits.rate_burst;
     let proto = poll_protocol();
     let (conn, cref) = shard.add_conn(|key| Conn::new(key, stream, proto, burst, Instant::now()));
-    // Boxed: the operation and its future are gone by the time the
-    // request parks.
-    let now_answer = Box::pin(first_answer(shard, &conn, cref, req)).await;
-    let mut gone = false;
-    match now_answer {
-        Some(response) => answer(shard, &conn, response),
-        None => gone = Box::pin(wait(shard, &conn, buf)).await,
-    }
-    shard.remove_conn(&conn);
-    if gone || !Box::pin(flushed(shard, &conn)).await {
-        return None;
-    }
-    Rc::try_unwrap(conn).ok().map(Conn::into_stream)
-}
-
-/// Follows the request's channels; the answer history already has, if any.
-async fn first_answer(
-    shard: &Rc<Shard>,
-    conn: &Rc<Conn>,
-    cref: ConnRef,
-    req: PollRequest,
-) -> Option<Bytes> {
     let op = Op::Follow {
         channels: req.channels,
         after_id: Some(req.last),
     };
-    match shard.run_client_op(conn, cref, &op).await {
+    let now_answer = match shard.run_client_op(&conn, cref, &op).await {
         Ok(Outcome::Followed { replay }) => replay
             .first()
             .map(|p| Bytes::from(dmoj::poll_message_response(p))),
@@ -196,7 +187,8 @@ async fn first_answer(
         Err(e @ OpError::TooManySubscriptions(_)) => Some(error_response(400, &e.to_string())),
         Err(e @ OpError::RateLimited) => Some(error_response(429, &e.to_string())),
         Err(e) => Some(error_response(503, &e.to_string())),
-    }
+    };
+    (conn, now_answer)
 }
 
 /// Waits until the request is answered (a delivery, or the shard timer's
@@ -259,35 +251,40 @@ mod tests {
     use crate::ops::config::Config;
     use crate::runtime::shard::Node;
 
+    fn socket() -> TcpStream {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        s.set_nonblocking(true).unwrap();
+        std::mem::forget(c);
+        TcpStream::from_std(s).unwrap()
+    }
+
+    /// A parked request's state is its task's (no box beside it), and that
+    /// task is no larger than an idle WebSocket session's.
     #[test]
-    fn poll_future_sizes() {
+    fn parked_poll_is_no_larger_than_a_websocket_session() {
         let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
             .enable_timer()
             .build()
             .unwrap();
         rt.block_on(async {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let _c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
-            let (s, _) = l.accept().unwrap();
-            s.set_nonblocking(true).unwrap();
-            let stream = TcpStream::from_std(s).unwrap();
             let shard = Shard::new(0, Node::new(Config::default(), 1), "epoll");
-            let req = PollRequest {
-                channels: vec![],
-                last: 0,
-                keep_alive: true,
-            };
             let mut buf = Vec::new();
-            let (conn, _) = shard.add_conn(|key| Conn::new(key, stream, 0, 1, Instant::now()));
+            let (conn, _) = shard.add_conn(|key| Conn::new(key, socket(), 0, 1, Instant::now()));
             let wait_size = std::mem::size_of_val(&wait(&shard, &conn, &mut buf));
-            eprintln!("wait future: {wait_size} bytes");
-            drop(req);
-            let l2 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let _c2 = std::net::TcpStream::connect(l2.local_addr().unwrap()).unwrap();
-            let (s2, _) = l2.accept().unwrap();
-            s2.set_nonblocking(true).unwrap();
-            let fut = serve(shard.clone(), TcpStream::from_std(s2).unwrap());
-            eprintln!("serve future: {} bytes", std::mem::size_of_val(&fut));
+            let poll = std::mem::size_of_val(&serve(shard.clone(), socket()));
+            let ws = std::mem::size_of_val(&crate::runtime::shard::ws_session::serve(
+                shard.clone(),
+                socket(),
+            ));
+            eprintln!(
+                "wait future: {wait_size} B; long-poll task: {poll} B; WebSocket task: {ws} B"
+            );
+            assert!(
+                poll <= ws,
+                "long-poll task {poll} B > WebSocket task {ws} B"
+            );
         });
     }
 }
