@@ -9,7 +9,8 @@
 //! - DMOJ's `event.js`: WebSocket on `/event/` (start-msg, set-filter,
 //!   replay, live messages), then the long-poll on `/channels/` when the
 //!   page has no WebSocket;
-//! - `permessage-deflate`, which Chromium offers and ringcast declines;
+//! - `permessage-deflate`, which Chromium offers and ringcast declines by
+//!   default and accepts with `ws.compression = "shared"`;
 //! - the dashboard under `ringcast-loadgen fanout`, with a screenshot.
 //!
 //! Without Chromium, Node or the driver package (`scripts/setup.sh`
@@ -229,6 +230,11 @@ fn serve_page(stream: TcpStream, up: Upstream, counters: &Mutex<HashMap<String, 
             "text/html",
             include_str!("browser/pages/deflate.html").into(),
         ),
+        "/deflate_on.html" => (
+            200,
+            "text/html",
+            include_str!("browser/pages/deflate_on.html").into(),
+        ),
         "/dmoj.html" => (
             200,
             "text/html",
@@ -250,13 +256,19 @@ fn serve_page(stream: TcpStream, up: Upstream, counters: &Mutex<HashMap<String, 
         "/publish" => {
             let channel = q["channel"].to_owned();
             let n: u64 = q["n"].parse().unwrap();
+            // `pad=N`: a `text` of N bytes as well (a larger publication).
+            let pad = q.get("pad").map(|p| padding(p.parse().unwrap()));
             let mut results = Vec::new();
             for _ in 0..n {
                 let k = next(counters, &channel);
+                let mut data = json!({"n": k, "note": "from the backend"});
+                if let Some(text) = &pad {
+                    data["text"] = text.as_str().into();
+                }
                 results.push(backend_call(
                     backend,
                     "emit",
-                    json!({"channel": channel, "data": {"n": k, "note": "from the backend"}}),
+                    json!({"channel": channel, "data": data}),
                 ));
             }
             (200, "application/json", Value::from(results).to_string())
@@ -277,6 +289,11 @@ fn serve_page(stream: TcpStream, up: Upstream, counters: &Mutex<HashMap<String, 
         "HTTP/1.1 {status} X\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
+}
+
+/// `len` bytes of compressible text for `/publish?pad=len`.
+fn padding(len: usize) -> String {
+    "ringcast publication ".chars().cycle().take(len).collect()
 }
 
 /// The next number for `channel` (1, 2, ...), over `/publish` and `/post`.
@@ -505,6 +522,56 @@ fn permessage_deflate_is_declined_and_large_messages_flow() {
     assert_eq!(r["received_length"], 36_000);
     assert_eq!(r["received_equal"], true);
     assert_deflate_declined(&d.handshakes, 2);
+}
+
+#[test]
+fn permessage_deflate_shared_is_negotiated_and_messages_flow_both_ways() {
+    let Some(_browser) = browser_available("permessage_deflate_shared") else {
+        return;
+    };
+    let server = Server::start_with(&[], &[("RINGCAST_WS_COMPRESSION", "shared")]);
+    let pages = PageServer::start(page_listener(), &server);
+    let d = drive(&pages.url("deflate_on.html", server.ws, ""), &[]);
+    let r = &d.result;
+
+    // Chromium offered permessage-deflate; ringcast accepted it, without
+    // context takeover in either direction, and the page's sockets use it.
+    for ext in r["extensions"].as_array().unwrap() {
+        assert!(ext.as_str().unwrap().contains("permessage-deflate"), "{r}");
+    }
+    assert_eq!(d.handshakes.len(), 2, "{:?}", d.handshakes);
+    for h in &d.handshakes {
+        let offered = header(&h["request"], "Sec-WebSocket-Extensions").unwrap_or_default();
+        assert!(offered.contains("permessage-deflate"), "{h}");
+        assert_eq!(h["status"], 101, "{h}");
+        let accepted = header(&h["response"], "Sec-WebSocket-Extensions").unwrap_or_default();
+        let params: Vec<&str> = accepted.split(';').map(str::trim).collect();
+        assert_eq!(params[0], "permessage-deflate", "{h}");
+        assert!(params.contains(&"server_no_context_takeover"), "{h}");
+        assert!(params.contains(&"client_no_context_takeover"), "{h}");
+    }
+
+    // The 2 KB publication (compressed: over compression_min_size) and the
+    // small one (plain), intact and in order.
+    for e in r["emitted"].as_array().unwrap() {
+        assert_eq!(e[0]["result"]["subscribers"], 2, "{e}");
+    }
+    assert_eq!(offsets(&r["published"]), [1, 2]);
+    let big = &r["published"][0]["params"]["data"];
+    assert_eq!(big["n"], 1);
+    assert_eq!(big["text"], padding(2048), "{big}");
+    assert!(r["published"][0].to_string().len() > 2048);
+    assert_eq!(
+        r["published"][1]["params"]["data"],
+        json!({"n": 2, "note": "from the backend"})
+    );
+
+    // The page's send_data (compressed by Chromium) was inflated, executed
+    // and answered, and reached the other subscriber intact.
+    assert!(r["sent"].get("error").is_none(), "{r}");
+    assert_eq!(r["sent"]["result"]["subscribers"], 1, "{r}");
+    assert_eq!(r["received_length"], 4_600);
+    assert_eq!(r["received_equal"], true);
 }
 
 #[test]
