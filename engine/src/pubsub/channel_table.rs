@@ -98,6 +98,11 @@ impl ChannelTable {
         self.channels.len()
     }
 
+    /// Channels the map has room for without growing.
+    pub fn channel_capacity(&self) -> usize {
+        self.channels.capacity()
+    }
+
     /// Total (connection, channel) pairs on this shard.
     pub fn subscription_count(&self) -> usize {
         self.subscriptions

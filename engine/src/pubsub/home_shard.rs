@@ -373,6 +373,11 @@ impl HomeShard {
     pub fn channel_count(&self) -> usize {
         self.channels.len()
     }
+
+    /// Channels the map has room for without growing.
+    pub fn channel_capacity(&self) -> usize {
+        self.channels.capacity()
+    }
 }
 
 #[cfg(test)]

@@ -304,6 +304,8 @@ impl Shard {
             conns: conns.len(),
             conn_slots: conns.capacity(),
             sessions: self.sessions.get(),
+            channel_slots: self.table.borrow().channel_capacity(),
+            home_channel_slots: self.home.borrow().channel_capacity(),
         }
     }
 

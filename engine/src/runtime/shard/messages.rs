@@ -78,6 +78,9 @@ pub struct Internals {
     pub conn_slots: usize,
     /// Sessions running (handshaking and draining ones included).
     pub sessions: usize,
+    /// Room in the channel table's and the home shard's channel maps.
+    pub channel_slots: usize,
+    pub home_channel_slots: usize,
 }
 
 /// Messages between shards.
