@@ -23,10 +23,12 @@ fn subscribed(server: &Server) -> Ws {
 }
 
 const FLAGS: &[&str] = &["--max-subscriptions", "1000", "--rate-burst", "1000"];
+/// The test subscribes its channels in one batch of N calls.
+const ENV: &[(&str, &str)] = &[("RINGCAST_LIMITS_MAX_BATCH_LENGTH", "1000")];
 
 #[test]
 fn pages_walk_every_channel_once_in_order() {
-    let server = Server::start(FLAGS);
+    let server = Server::start_with(FLAGS, ENV);
     let _ws = subscribed(&server);
     let mut seen = Vec::new();
     let mut cursor = Value::Null;
@@ -64,7 +66,7 @@ fn pages_walk_every_channel_once_in_order() {
 fn rocketws_dialect_lists_names_bounded_by_limit() {
     let mut flags = FLAGS.to_vec();
     flags.extend(["--dialect", "rocketws"]);
-    let server = Server::start(&flags);
+    let server = Server::start_with(&flags, ENV);
     let _ws = subscribed(&server);
     let r = server.call(
         "available_channels",
