@@ -52,6 +52,29 @@ pub struct Publication {
 }
 
 impl Publication {
+    /// A publication whose native frame carries `json`.
+    fn new(
+        kind: PubKind,
+        channel: Option<Arc<str>>,
+        offset: u64,
+        id: u64,
+        ts_secs: u64,
+        json: &[u8],
+        data: Bytes,
+    ) -> Self {
+        Publication {
+            kind,
+            channel,
+            offset,
+            id,
+            ts_secs,
+            native: text_frame(json),
+            data,
+            forms: OnceLock::new(),
+            compressed: OnceLock::new(),
+        }
+    }
+
     /// Builds a channel publication and its native frame.
     pub fn message(channel: Arc<str>, offset: u64, id: u64, ts_secs: u64, data: Bytes) -> Self {
         let mut json = Vec::with_capacity(96 + channel.len() + data.len());
@@ -64,17 +87,15 @@ impl Publication {
         json.extend_from_slice(br#","data":"#);
         json.extend_from_slice(&data);
         json.extend_from_slice(b"}}");
-        Publication {
-            kind: PubKind::Message,
-            channel: Some(channel),
+        Self::new(
+            PubKind::Message,
+            Some(channel),
             offset,
             id,
             ts_secs,
-            native: text_frame(&json),
+            &json,
             data,
-            forms: OnceLock::new(),
-            compressed: OnceLock::new(),
-        }
+        )
     }
 
     /// Builds a `notify_all` broadcast and its native frame.
@@ -85,17 +106,7 @@ impl Publication {
         json.extend_from_slice(br#","data":"#);
         json.extend_from_slice(&data);
         json.extend_from_slice(b"}}");
-        Publication {
-            kind: PubKind::Broadcast,
-            channel: None,
-            offset: 0,
-            id,
-            ts_secs,
-            native: text_frame(&json),
-            data,
-            forms: OnceLock::new(),
-            compressed: OnceLock::new(),
-        }
+        Self::new(PubKind::Broadcast, None, 0, id, ts_secs, &json, data)
     }
 
     /// The wire form in `slot` (a protocol's index in the registry),

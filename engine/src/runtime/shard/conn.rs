@@ -76,6 +76,12 @@ impl Outbound {
         self.push_item(OutItem::Frame(frame));
     }
 
+    /// Whether an owed frame of `len` bytes must not be queued: over the
+    /// budget under policy `disconnect` (under `drop` it always is).
+    fn owed_over_budget(&self, len: usize, budget: usize, policy: SlowConsumerPolicy) -> bool {
+        self.queued + len > budget && policy == SlowConsumerPolicy::Disconnect
+    }
+
     fn push_hold(&mut self) -> u64 {
         self.next_hold += 1;
         self.push_item(OutItem::Hold(self.next_hold));
@@ -327,7 +333,7 @@ impl Conn {
         policy: SlowConsumerPolicy,
     ) -> Enqueued {
         let mut out = self.out.borrow_mut();
-        if out.queued + frame.len() > budget && policy == SlowConsumerPolicy::Disconnect {
+        if out.owed_over_budget(frame.len(), budget, policy) {
             return Enqueued::OverBudget;
         }
         out.push(frame);
@@ -344,7 +350,7 @@ impl Conn {
         policy: SlowConsumerPolicy,
     ) -> Enqueued {
         let mut out = self.out.borrow_mut();
-        if out.queued + frame.len() > budget && policy == SlowConsumerPolicy::Disconnect {
+        if out.owed_over_budget(frame.len(), budget, policy) {
             return Enqueued::OverBudget;
         }
         out.fill_hold(token, Some(frame));
