@@ -198,6 +198,14 @@ pub trait Protocol: Sync {
         id: Option<&[u8]>,
         answer: Answer<'_>,
     );
+
+    /// The reply to a whole message refused before any call ran (the
+    /// connection's rate limit): by default the JSON-RPC error with id
+    /// `null` in place of whatever the message would have answered.
+    fn reject_message(&self, reply: &mut ReplyWriter, e: &RpcError) {
+        *reply = ReplyWriter::new(false);
+        reply.error_null(e);
+    }
 }
 
 /// A protocol's state for one connection ([`Protocol::open`]). The

@@ -22,7 +22,6 @@ use crate::protocol::adapter::{protocol, Answer, Exchange, ProtocolId, SessionSt
 use crate::protocol::deflate::Agreement;
 use crate::protocol::handshake::{parse_upgrade, HandshakeError, Upgrade, MAX_REQUEST_HEAD};
 use crate::protocol::native;
-use crate::protocol::rpc::ReplyWriter;
 use crate::protocol::websocket::WsProtocol;
 use crate::pubsub::ops::OpError;
 use crate::runtime::io::write_all;
@@ -353,8 +352,7 @@ async fn execute(
         let hold = conn.push_hold();
         let mut reply = ex.reply;
         if ex.calls.is_empty() && !shard.take_token(conn) {
-            reply = ReplyWriter::new(false);
-            reply.error_null(&rate_limited);
+            proto.reject_message(&mut reply, &rate_limited);
         }
         for call in ex.calls {
             let id = call.id.as_deref();
