@@ -490,7 +490,7 @@ fn flush_dead_clients_closes_a_client_that_never_answers_pings() {
                 .unwrap();
             let mut pings = 0;
             while !stop.load(Ordering::SeqCst) {
-                match alive.read() {
+                match read_message(&mut alive) {
                     Ok(Message::Ping(_)) => pings += 1,
                     Ok(m) => panic!("unexpected: {m:?}"),
                     Err(tungstenite::Error::Io(e))

@@ -30,6 +30,18 @@ fn live() -> i64 {
 
 type Ws = tungstenite::WebSocket<TcpStream>;
 
+/// The next message, retried when a signal interrupts the blocking read
+/// (a socket with a read timeout is never restarted by the kernel).
+fn read(ws: &mut Ws) -> Message {
+    loop {
+        match ws.read() {
+            Ok(m) => return m,
+            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+}
+
 /// `method` on every channel, `BATCH` calls per frame, `PER_CLIENT`
 /// channels per client; checks each reply.
 fn each_channel(clients: &mut [Ws], method: &str) {
@@ -44,14 +56,7 @@ fn each_channel(clients: &mut [Ws], method: &str) {
         ws.send(Message::text(Value::Array(calls).to_string()))
             .unwrap();
         loop {
-            let msg = match ws.read() {
-                Ok(m) => m,
-                Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::Interrupted => {
-                    continue
-                }
-                Err(e) => panic!("read: {e}"),
-            };
-            match msg {
+            match read(ws) {
                 Message::Text(t) => {
                     let v: Value = serde_json::from_str(t.as_str()).unwrap();
                     let replies = v.as_array().unwrap_or_else(|| panic!("{v}"));
@@ -107,7 +112,7 @@ fn cycles(n: usize) {
                 .collect();
             ws.send(Message::text(Value::Array(calls).to_string()))
                 .unwrap();
-            let _ = ws.read().unwrap();
+            let _ = read(&mut ws);
             ws
         })
         .collect();

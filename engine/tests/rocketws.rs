@@ -33,7 +33,7 @@ fn now_secs() -> u64 {
 /// The next text frame, raw (skips pings/pongs).
 fn recv_raw(ws: &mut Ws) -> String {
     loop {
-        match ws.read().expect("read") {
+        match read_message(ws).expect("read") {
             Message::Text(t) => return t.as_str().to_owned(),
             Message::Close(c) => panic!("closed: {c:?}"),
             _ => {}

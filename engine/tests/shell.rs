@@ -135,7 +135,7 @@ fn next_json(ws: &mut Ws, want: impl Fn(&Value) -> bool) -> Value {
     let start = Instant::now();
     let mut seen = Vec::new();
     while start.elapsed() < DEADLINE {
-        match ws.read() {
+        match common::read_message(ws) {
             Ok(Message::Text(text)) => {
                 let value: Value = serde_json::from_str(text.as_str())
                     .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text.as_str()));

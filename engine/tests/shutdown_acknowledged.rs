@@ -20,7 +20,7 @@ use tungstenite::protocol::Message;
 fn read_until_close(mut ws: Ws) -> (usize, Option<CloseCode>) {
     let mut n = 0;
     loop {
-        match ws.read() {
+        match read_message(&mut ws) {
             Ok(Message::Text(t)) => {
                 let v: Value = serde_json::from_str(t.as_str()).unwrap_or(Value::Null);
                 if v["method"] == "message" {

@@ -19,7 +19,7 @@ use tungstenite::protocol::Message;
 /// Reads until the close frame; returns its code.
 fn read_close(ws: &mut Ws) -> CloseCode {
     loop {
-        match ws.read() {
+        match read_message(ws) {
             Ok(Message::Close(Some(f))) => return f.code,
             Ok(Message::Close(None)) => panic!("close frame without a code"),
             Ok(_) => {}
@@ -109,7 +109,7 @@ fn sigterm_flushes_what_is_queued_before_the_close() {
         .unwrap();
     let mut next = 1u64;
     let code = loop {
-        match ws.read() {
+        match read_message(&mut ws) {
             Ok(Message::Text(t)) => {
                 let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
                 assert_eq!(v["params"]["offset"], next, "in order, none lost");

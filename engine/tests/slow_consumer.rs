@@ -85,7 +85,7 @@ fn stalled_reader_is_disconnected_and_others_get_everything() {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        match stalled.read() {
+        match read_message(&mut stalled) {
             Ok(Message::Close(Some(frame))) => {
                 assert_eq!(u16::from(frame.code), 1008);
                 assert_eq!(frame.reason.as_str(), "slow consumer");

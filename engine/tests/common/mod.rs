@@ -305,10 +305,24 @@ pub fn send_text(ws: &mut Ws, text: &str) {
     ws.send(Message::text(text.to_string())).unwrap();
 }
 
+/// `ws.read()`, retried when a signal interrupts the blocking read (a
+/// socket with a read timeout is never restarted by the kernel, so a
+/// stop/continue of the test process surfaces as EINTR).
+pub fn read_message<S: std::io::Read + std::io::Write>(
+    ws: &mut tungstenite::WebSocket<S>,
+) -> tungstenite::Result<Message> {
+    loop {
+        match ws.read() {
+            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            other => return other,
+        }
+    }
+}
+
 /// The next text message as JSON (skips pings/pongs).
 pub fn recv(ws: &mut Ws) -> Value {
     loop {
-        match ws.read().expect("read") {
+        match read_message(ws).expect("read") {
             Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
             Message::Binary(b) => return serde_json::from_slice(&b).unwrap(),
             Message::Close(c) => panic!("closed: {c:?}"),
@@ -341,7 +355,7 @@ pub fn subscribe(ws: &mut Ws, channel: &str) -> Value {
 /// Asserts nothing arrives on `ws` within `wait`.
 pub fn assert_silent(ws: &mut Ws, wait: Duration) {
     ws.get_mut().set_read_timeout(Some(wait)).unwrap();
-    match ws.read() {
+    match read_message(ws) {
         Err(tungstenite::Error::Io(e))
             if matches!(
                 e.kind(),
