@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 use std::any::Any;
+use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -181,14 +182,36 @@ pub trait Protocol: Sync {
         Bytes::new()
     }
 
-    /// A client's complete text or binary message: what to run, in order,
-    /// and the reply being built.
+    /// A client's complete text or binary message, received at `now`: what
+    /// to run, in order, and the reply being built.
     fn handle_message(
         &self,
         state: &mut SessionState,
         msg: &[u8],
         parser: &mut RpcParser,
+        now: Instant,
     ) -> Exchange;
+
+    /// When this connection next wants [`on_deadline`](Self::on_deadline):
+    /// a timed job falling due, a heartbeat owed. Asked again after every
+    /// message and every deadline; the session waits on the shard's timer
+    /// wheel for the earliest one only, however many the state keeps.
+    /// Default: never (no timer).
+    fn next_deadline(&self, _state: &SessionState) -> Option<Instant> {
+        None
+    }
+
+    /// The deadline passed (`now` is at or after it): write what falls due
+    /// into `reply` (whole messages with [`ReplyWriter::text_frame`]), and
+    /// say whether to close the connection after them.
+    fn on_deadline(
+        &self,
+        _state: &mut SessionState,
+        _now: Instant,
+        _reply: &mut ReplyWriter,
+    ) -> Option<Close> {
+        None
+    }
 
     /// Renders one call's answer into the exchange's reply.
     fn write_answer(
@@ -206,6 +229,13 @@ pub trait Protocol: Sync {
         *reply = ReplyWriter::new(false);
         reply.error_null(e);
     }
+}
+
+/// A connection the protocol closes: the WebSocket close code and reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Close {
+    pub code: u16,
+    pub reason: &'static str,
 }
 
 /// A protocol's state for one connection ([`Protocol::open`]). The
@@ -226,6 +256,11 @@ impl SessionState {
     /// The state, if it is a `T` (each protocol only ever sees its own).
     pub fn get_mut<T: Any>(&mut self) -> Option<&mut T> {
         self.0.downcast_mut()
+    }
+
+    /// The state, if it is a `T`, read-only.
+    pub fn get<T: Any>(&self) -> Option<&T> {
+        self.0.downcast_ref()
     }
 }
 

@@ -18,6 +18,8 @@
 //! DMOJ's error object and never ends the connection.
 #![forbid(unsafe_code)]
 
+use std::time::Instant;
+
 use bytes::Bytes;
 use simd_json::prelude::*;
 use simd_json::BorrowedValue as Value;
@@ -280,6 +282,7 @@ impl Protocol for DmojReceiver {
         state: &mut SessionState,
         msg: &[u8],
         _parser: &mut RpcParser,
+        _now: Instant,
     ) -> Exchange {
         let Some(state) = state.get_mut::<ReceiverState>() else {
             return only_reply(&error_json("internal-error", Some("no session")));
@@ -360,6 +363,7 @@ impl Protocol for DmojSender {
         state: &mut SessionState,
         msg: &[u8],
         _parser: &mut RpcParser,
+        _now: Instant,
     ) -> Exchange {
         let Some(state) = state.get_mut::<SenderState>() else {
             return only_reply(&error_json("internal-error", Some("no session")));
@@ -460,7 +464,13 @@ impl Protocol for DmojPoll {
         Bytes::from(poll_message_response(p))
     }
 
-    fn handle_message(&self, _: &mut SessionState, _: &[u8], _: &mut RpcParser) -> Exchange {
+    fn handle_message(
+        &self,
+        _: &mut SessionState,
+        _: &[u8],
+        _: &mut RpcParser,
+        _: Instant,
+    ) -> Exchange {
         // A long-poll sends no messages after its request.
         Exchange {
             calls: Vec::new(),
@@ -673,7 +683,7 @@ mod tests {
     }
 
     fn run(p: &dyn Protocol, state: &mut SessionState, msg: &str) -> Exchange {
-        p.handle_message(state, msg.as_bytes(), &mut RpcParser::new())
+        p.handle_message(state, msg.as_bytes(), &mut RpcParser::new(), Instant::now())
     }
 
     fn reply_of(ex: Exchange) -> String {

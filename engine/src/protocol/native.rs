@@ -3,6 +3,8 @@
 //! {"channel","offset","id","data"}}`, built by the home shard once.
 #![forbid(unsafe_code)]
 
+use std::time::Instant;
+
 use bytes::Bytes;
 
 use crate::ops::config::Config;
@@ -29,7 +31,13 @@ impl Protocol for Native {
         p.native.clone()
     }
 
-    fn handle_message(&self, _: &mut SessionState, msg: &[u8], parser: &mut RpcParser) -> Exchange {
+    fn handle_message(
+        &self,
+        _: &mut SessionState,
+        msg: &[u8],
+        parser: &mut RpcParser,
+        _: Instant,
+    ) -> Exchange {
         json_rpc_exchange(msg, parser, Ok)
     }
 

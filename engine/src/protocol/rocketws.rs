@@ -7,6 +7,8 @@
 //! backend port RocketWS's results, see [`backend_result`]).
 #![forbid(unsafe_code)]
 
+use std::time::Instant;
+
 use bytes::Bytes;
 
 use crate::ops::config::Config;
@@ -37,7 +39,13 @@ impl Protocol for RocketWs {
         text_frame(&rocketws_json(&p.data, kind, p.ts_secs))
     }
 
-    fn handle_message(&self, _: &mut SessionState, msg: &[u8], parser: &mut RpcParser) -> Exchange {
+    fn handle_message(
+        &self,
+        _: &mut SessionState,
+        msg: &[u8],
+        parser: &mut RpcParser,
+        _: Instant,
+    ) -> Exchange {
         json_rpc_exchange(msg, parser, |op| match op {
             Op::Publish { ref data, .. } if !is_object(data) => Err(RpcError::invalid_params(
                 "invalid params: \"data\" must be a JSON object",
@@ -223,7 +231,12 @@ mod tests {
     fn send_data_needs_an_object() {
         let msg =
             br#"{"jsonrpc":"2.0","id":1,"method":"send_data","params":{"channel":"c","data":[1]}}"#;
-        let ex = RocketWs.handle_message(&mut SessionState::none(), msg, &mut RpcParser::new());
+        let ex = RocketWs.handle_message(
+            &mut SessionState::none(),
+            msg,
+            &mut RpcParser::new(),
+            Instant::now(),
+        );
         assert_eq!(
             ex.calls[0].op.as_ref().unwrap_err().code,
             rpc::INVALID_PARAMS

@@ -510,6 +510,16 @@ impl ReplyWriter {
         self.frames.extend_from_slice(frames);
     }
 
+    /// One whole text message to send after the reply, as its own frame
+    /// (a protocol that answers one request with several messages).
+    pub fn text_frame(&mut self, payload: &[u8]) {
+        use crate::protocol::codec::{encode_header, OpCode};
+        let mut header = [0u8; 10];
+        let h = encode_header(true, OpCode::Text, payload.len(), &mut header);
+        self.frames.extend_from_slice(&header[..h]);
+        self.frames.extend_from_slice(payload);
+    }
+
     /// The reply as one buffer of frames: the reply's text frame (if there
     /// is a reply) followed by any added frames; `None` when both are
     /// empty.

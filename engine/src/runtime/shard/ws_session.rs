@@ -177,9 +177,17 @@ async fn read_loop(shard: &Rc<Shard>, conn: &Rc<Conn>, cref: ConnRef, pending: &
     }
     let fd = conn.fd();
     let budget = shard.config().limits.max_outbound_bytes;
+    let proto = protocol(conn.proto);
     loop {
-        if !wait_readable(conn, budget).await {
-            return;
+        match wait_input(conn, budget, proto.next_deadline(state)).await {
+            Wake::Stop => return,
+            Wake::Deadline => {
+                if let Step::Stop = on_deadline(shard, conn, state) {
+                    return;
+                }
+                continue;
+            }
+            Wake::Readable => {}
         }
         loop {
             let got = {
@@ -209,14 +217,31 @@ async fn read_loop(shard: &Rc<Shard>, conn: &Rc<Conn>, cref: ConnRef, pending: &
     }
 }
 
+/// What ended a wait for input.
+enum Wake {
+    /// The socket has input and the queue is under budget.
+    Readable,
+    /// The protocol's deadline passed.
+    Deadline,
+    /// The reader should stop: the socket failed, or a server-side close
+    /// woke it (see [`Conn::wake_reader`]).
+    Stop,
+}
+
 /// Waits until the socket has input and the connection's queue is under
-/// `budget`; false when the reader should stop (the socket failed, or a
-/// server-side close woke it: see [`Conn::wake_reader`]).
-async fn wait_readable(conn: &Conn, budget: usize) -> bool {
+/// `budget`, or until `deadline` (a timer on the shard's wheel, boxed so
+/// that connections without one carry none).
+async fn wait_input(conn: &Conn, budget: usize, deadline: Option<Instant>) -> Wake {
     let mut readable = pin!(conn.stream.readable(false));
+    let mut timer = deadline.map(|d| Box::pin(monoio::time::sleep_until(d.into())));
     poll_fn(|cx| {
         if !conn.is_open() {
-            return Poll::Ready(false);
+            return Poll::Ready(Wake::Stop);
+        }
+        if let Some(t) = timer.as_mut() {
+            if t.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Wake::Deadline);
+            }
         }
         if conn.throttle_reader(budget, cx.waker()) {
             // Replies owed to this client are over its budget (policy
@@ -224,7 +249,8 @@ async fn wait_readable(conn: &Conn, budget: usize) -> bool {
             return Poll::Pending;
         }
         match readable.as_mut().poll(cx) {
-            Poll::Ready(r) => Poll::Ready(r.is_ok()),
+            Poll::Ready(Ok(_)) => Poll::Ready(Wake::Readable),
+            Poll::Ready(Err(_)) => Poll::Ready(Wake::Stop),
             Poll::Pending => {
                 conn.park_reader(cx.waker());
                 Poll::Pending
@@ -232,6 +258,25 @@ async fn wait_readable(conn: &Conn, budget: usize) -> bool {
         }
     })
     .await
+}
+
+/// The protocol's deadline passed: sends what fell due, and closes the
+/// connection if the protocol says so.
+fn on_deadline(shard: &Rc<Shard>, conn: &Rc<Conn>, state: &mut SessionState) -> Step {
+    let now = Instant::now();
+    let mut reply = crate::protocol::rpc::ReplyWriter::new(false);
+    let close = protocol(conn.proto).on_deadline(state, now, &mut reply);
+    if let Some(frames) = reply.finish_frames() {
+        let hold = conn.push_hold();
+        shard.send_reply(conn, hold, Some(frames));
+    }
+    match close {
+        Some(c) => {
+            shard.close_conn(conn, c.code, c.reason, false, now);
+            Step::Stop
+        }
+        None => Step::Continue,
+    }
 }
 
 /// Feeds `n` new bytes (in the shard scratch buffer) through the WebSocket
@@ -252,7 +297,7 @@ fn ingest(
     let proto = protocol(conn.proto);
     let mut on_message = |_kind, payload: &[u8]| {
         ShardMetrics::inc(&shard.metrics.messages_in);
-        msgs.push(proto.handle_message(state, payload, &mut parser));
+        msgs.push(proto.handle_message(state, payload, &mut parser, Instant::now()));
     };
     let on_pong = |_: &[u8]| conn.ping_sent.set(None);
     // Borrowed only by connections that agreed permessage-deflate.
