@@ -22,6 +22,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::dmoj;
+use super::handshake::{Refused, Upgrade};
 use super::native::{self, Native};
 use super::rocketws::{self, RocketWs};
 use super::rpc::{Incoming, ReplyWriter, RpcError, RpcParser};
@@ -141,6 +142,18 @@ pub trait Protocol: Sync {
         SessionState::none()
     }
 
+    /// An upgrade routed to this protocol, before the `101` is sent: refuse
+    /// it (a bad path or query, say), or open the connection, with a first
+    /// exchange to run before any client message (subscriptions its URL
+    /// asks for, a greeting to send). Default: [`open`](Self::open), no
+    /// first exchange.
+    fn accept(&self, cfg: &Config, _req: &Upgrade, _now: Instant) -> Result<Opened, Refused> {
+        Ok(Opened {
+            state: self.open(cfg),
+            first: None,
+        })
+    }
+
     /// Whether `?dialect=NAME` may choose it on the public port. A protocol
     /// served only on a listener of its own (a trusted sender port, say)
     /// says false. Default true.
@@ -229,6 +242,15 @@ pub trait Protocol: Sync {
         *reply = ReplyWriter::new(false);
         reply.error_null(e);
     }
+}
+
+/// A connection its protocol accepted ([`Protocol::accept`]).
+#[derive(Debug)]
+pub struct Opened {
+    pub state: SessionState,
+    /// Run as if the client had sent it first (boxed: most protocols have
+    /// none, and an idle session task should not carry room for one).
+    pub first: Option<Box<Exchange>>,
 }
 
 /// A connection the protocol closes: the WebSocket close code and reason.

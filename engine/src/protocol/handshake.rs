@@ -60,6 +60,18 @@ pub enum HandshakeError {
     /// descriptors kept for the backend port).
     #[error("server at capacity")]
     AtCapacity,
+    /// The protocol that serves the request's path refused it
+    /// ([`crate::protocol::adapter::Protocol::accept`]).
+    #[error("{}", .0.reason)]
+    Refused(Refused),
+}
+
+/// An upgrade a protocol refuses: the HTTP status (400, 401, 403, 404, ...)
+/// and a short static reason for the JSON body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused {
+    pub status: u16,
+    pub reason: &'static str,
 }
 
 impl HandshakeError {
@@ -69,6 +81,7 @@ impl HandshakeError {
             HandshakeError::UnsupportedVersion => 426,
             HandshakeError::OriginNotAllowed => 403,
             HandshakeError::AtCapacity => 503,
+            HandshakeError::Refused(r) => r.status,
             _ => 400,
         }
     }
@@ -87,6 +100,7 @@ impl HandshakeError {
             HandshakeError::UnsupportedVersion => "unsupported Sec-WebSocket-Version",
             HandshakeError::OriginNotAllowed => "origin not allowed",
             HandshakeError::AtCapacity => "server at capacity: try again later",
+            HandshakeError::Refused(r) => r.reason,
         }
     }
 
@@ -98,7 +112,10 @@ impl HandshakeError {
         let status = self.status();
         let status_text = match status {
             426 => "Upgrade Required",
+            401 => "Unauthorized",
             403 => "Forbidden",
+            404 => "Not Found",
+            429 => "Too Many Requests",
             503 => "Service Unavailable",
             _ => "Bad Request",
         };

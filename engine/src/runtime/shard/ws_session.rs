@@ -18,7 +18,7 @@ use super::conn::Conn;
 use super::{ConnRef, Shard};
 use crate::ops::config::Compression;
 use crate::ops::metrics::ShardMetrics;
-use crate::protocol::adapter::{protocol, Answer, Exchange, ProtocolId, SessionState};
+use crate::protocol::adapter::{protocol, Answer, Exchange, Opened, ProtocolId, SessionState};
 use crate::protocol::deflate::Agreement;
 use crate::protocol::handshake::{parse_upgrade, HandshakeError, Upgrade, MAX_REQUEST_HEAD};
 use crate::protocol::native;
@@ -45,10 +45,12 @@ async fn session(shard: &Rc<Shard>, stream: TcpStream, fixed: Option<ProtocolId>
     // The handshake, the RPC execution and the final drain run as boxed
     // futures: they are short-lived, and keeping them out of the session's
     // own state machine keeps an idle connection's task small.
-    let (stream, proto, deflate, mut pending) =
+    // The protocol's state for this connection (no allocation for the
+    // stateless ones), and what it runs before any client message.
+    let (stream, proto, deflate, mut pending, mut state, first) =
         match Box::pin(handshake(shard, stream, fixed)).await {
-            Some(Handshake::Upgraded(stream, proto, deflate, pending)) => {
-                (stream, proto, deflate, pending)
+            Some(Handshake::Upgraded(stream, proto, deflate, pending, opened)) => {
+                (stream, proto, deflate, pending, opened.state, opened.first)
             }
             Some(Handshake::Poll(stream, request)) => {
                 return Box::pin(long_poll::serve_request(shard, stream, request)).await;
@@ -58,7 +60,10 @@ async fn session(shard: &Rc<Shard>, stream: TcpStream, fixed: Option<ProtocolId>
     let burst = shard.config().limits.rate_burst;
     let (conn, cref) = shard
         .add_conn(|key| Conn::new(key, stream, proto, burst, Instant::now()).with_deflate(deflate));
-    read_loop(shard, &conn, cref, &mut pending).await;
+    if let Some(first) = first {
+        Box::pin(run_calls(shard, &conn, cref, &mut state, &mut vec![*first])).await;
+    }
+    read_loop(shard, &conn, cref, &mut pending, &mut state).await;
     conn.unpark_reader();
     shard.remove_conn(&conn);
     Box::pin(drain(shard, &conn)).await;
@@ -67,8 +72,9 @@ async fn session(shard: &Rc<Shard>, stream: TcpStream, fixed: Option<ProtocolId>
 /// How a connection's first request went.
 enum Handshake {
     /// Upgraded: the stream, its protocol, its permessage-deflate
-    /// agreement (packed, 0 = none) and the bytes after the request.
-    Upgraded(TcpStream, ProtocolId, u8, Vec<u8>),
+    /// agreement (packed, 0 = none), the bytes after the request and the
+    /// protocol's state for it.
+    Upgraded(TcpStream, ProtocolId, u8, Vec<u8>, Opened),
     /// A plain HTTP request for the long-poll path (bytes read so far).
     Poll(TcpStream, Vec<u8>),
 }
@@ -118,6 +124,14 @@ async fn handshake(
     if cfg.ws.compression == Compression::Off || !protocol(proto).websocket() {
         upgrade.deflate = None;
     }
+    let opened = match protocol(proto).accept(cfg, &upgrade, Instant::now()) {
+        Ok(opened) => opened,
+        Err(refused) => {
+            ShardMetrics::inc(&shard.metrics.handshakes_rejected);
+            let _ = write_all(&stream, &HandshakeError::Refused(refused).response()).await;
+            return None;
+        }
+    };
     write_all(&stream, &upgrade.response_101()).await.ok()?;
     let pending = buf.split_off(upgrade.consumed);
     Some(Handshake::Upgraded(
@@ -125,6 +139,7 @@ async fn handshake(
         proto,
         Agreement::to_byte(upgrade.deflate),
         pending,
+        opened,
     ))
 }
 
@@ -160,13 +175,15 @@ enum Step {
     Stop,
 }
 
-async fn read_loop(shard: &Rc<Shard>, conn: &Rc<Conn>, cref: ConnRef, pending: &mut Vec<u8>) {
+async fn read_loop(
+    shard: &Rc<Shard>,
+    conn: &Rc<Conn>,
+    cref: ConnRef,
+    pending: &mut Vec<u8>,
+    state: &mut SessionState,
+) {
     let mut ws = WsProtocol::with_deflate(conn.deflate != 0);
     let mut msgs: Vec<Exchange> = Vec::new();
-    // The protocol's state for this connection (no allocation for the
-    // stateless ones).
-    let mut state = protocol(conn.proto).open(shard.config());
-    let state = &mut state;
     if !pending.is_empty() {
         // Frames that arrived with the upgrade request.
         let step = ingest(shard, conn, &mut ws, state, pending, 0, &mut msgs);
@@ -177,9 +194,17 @@ async fn read_loop(shard: &Rc<Shard>, conn: &Rc<Conn>, cref: ConnRef, pending: &
     }
     let fd = conn.fd();
     let budget = shard.config().limits.max_outbound_bytes;
-    let proto = protocol(conn.proto);
     loop {
-        match wait_input(conn, budget, proto.next_deadline(state)).await {
+        // A connection with a deadline waits in a boxed future of its own,
+        // so that the others' (idle) session tasks do not carry a timer.
+        let wake = match protocol(conn.proto).next_deadline(state) {
+            Some(deadline) => {
+                let timer = monoio::time::sleep_until(deadline.into());
+                Box::pin(wait_input(conn, budget, Some(timer))).await
+            }
+            None => wait_input(conn, budget, None::<std::future::Pending<()>>).await,
+        };
+        match wake {
             Wake::Stop => return,
             Wake::Deadline => {
                 if let Step::Stop = on_deadline(shard, conn, state) {
@@ -229,17 +254,16 @@ enum Wake {
 }
 
 /// Waits until the socket has input and the connection's queue is under
-/// `budget`, or until `deadline` (a timer on the shard's wheel, boxed so
-/// that connections without one carry none).
-async fn wait_input(conn: &Conn, budget: usize, deadline: Option<Instant>) -> Wake {
+/// `budget`, or until `timer` (a sleep on the shard's timer wheel) ends.
+async fn wait_input(conn: &Conn, budget: usize, timer: Option<impl Future<Output = ()>>) -> Wake {
     let mut readable = pin!(conn.stream.readable(false));
-    let mut timer = deadline.map(|d| Box::pin(monoio::time::sleep_until(d.into())));
+    let mut timer = pin!(timer);
     poll_fn(|cx| {
         if !conn.is_open() {
             return Poll::Ready(Wake::Stop);
         }
-        if let Some(t) = timer.as_mut() {
-            if t.as_mut().poll(cx).is_ready() {
+        if let Some(t) = timer.as_mut().as_pin_mut() {
+            if t.poll(cx).is_ready() {
                 return Poll::Ready(Wake::Deadline);
             }
         }
