@@ -24,6 +24,35 @@ pub const CLOSE_UNAUTHORIZED: u16 = 4001;
 pub const CLOSE_TOKEN_EXPIRED: u16 = 4003;
 pub const CLOSE_DISCONNECTED: u16 = 4004;
 
+/// The node's access configuration, built once at start.
+#[derive(Debug, Default)]
+pub struct Access {
+    pub verifier: Verifier,
+    pub namespaces: Namespaces,
+    /// `auth.required`.
+    pub required: bool,
+}
+
+impl Access {
+    pub fn new(cfg: &crate::ops::config::AuthConfig) -> Access {
+        let verifier = cfg.verifier().unwrap_or_else(|e| {
+            // Config::validate read the same files moments ago.
+            tracing::error!("auth keys: {e}; every token will be refused");
+            Verifier::empty()
+        });
+        Access {
+            verifier,
+            namespaces: Namespaces::new(&cfg.namespaces),
+            required: cfg.required,
+        }
+    }
+
+    /// Whether tokens are looked at at all (a key is configured).
+    pub fn enabled(&self) -> bool {
+        !self.verifier.is_empty()
+    }
+}
+
 /// Who a connection is: kept by the shard behind one pointer in the
 /// connection (none for anonymous connections). The user id is interned
 /// per shard; claims a connection does not use (no groups, no channel

@@ -98,6 +98,7 @@ struct Key {
 }
 
 /// The configured keys.
+#[derive(Default)]
 pub struct Verifier {
     keys: Vec<Key>,
 }

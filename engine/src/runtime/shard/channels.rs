@@ -264,6 +264,22 @@ impl Shard {
         } else {
             0
         };
+        let (mut affected, mut presence, mut presence_users) = (0, Vec::new(), Vec::new());
+        match query {
+            Gather::DisconnectUser(user) => affected = self.disconnect_user(user),
+            Gather::UnsubscribeUser { user, channel } => {
+                affected = self.unsubscribe_user(user, channel)
+            }
+            Gather::Presence { channel, list } => {
+                let max = if *list {
+                    super::identity::PRESENCE_LIST_MAX + 1
+                } else {
+                    0
+                };
+                (presence, affected, presence_users) = self.local_presence(channel, max);
+            }
+            _ => {}
+        }
         let table = self.table.borrow();
         let home = self.home.borrow();
         let owned = |v: Vec<(&str, usize)>| -> Vec<(String, usize)> {
@@ -275,7 +291,7 @@ impl Shard {
                 (owned(page), more)
             }
             Gather::TopChannels(n) => (owned(home.top_channels(*n)), false),
-            Gather::Stats | Gather::FlushDead => (Vec::new(), false),
+            _ => (Vec::new(), false),
         };
         ShardReport {
             shard: self.id,
@@ -291,6 +307,9 @@ impl Shard {
             more_channels,
             flushed,
             internals: self.internals(),
+            affected,
+            presence,
+            presence_users,
         }
     }
 

@@ -27,6 +27,7 @@ impl Shard {
 
     /// Forgets a connection: leaves all its channels.
     pub fn remove_conn(&self, conn: &Conn) {
+        self.drop_identity(conn);
         let subs = std::mem::take(&mut *conn.subs.borrow_mut());
         for ch in subs {
             self.leave(&ch, conn.key);
