@@ -82,6 +82,11 @@ presence = true
 [[auth.namespaces]]
 prefix = "nohist:"
 history = false
+
+[[auth.namespaces]]
+prefix = "room:"
+presence = true
+join_leave = true
 "#;
 
 fn secret_config(required: bool) -> String {
@@ -489,4 +494,42 @@ fn a_python_backend_signs_a_token_with_pyjwt() {
     let e = p["presence"].as_object().unwrap().values().next().unwrap().clone();
     assert_eq!(e["user"], "py-user");
     assert_eq!(e["info"], json!({"name": "From Python"}));
+}
+
+#[test]
+fn join_and_leave_events_reach_subscribers_on_both_shards() {
+    let server = start(&secret_config(false), &["--shards", "2"]);
+    let mut anns = user_on_both_shards(&server, "ann");
+    for ws in &mut anns {
+        subscribe(ws, "room:1");
+    }
+    let mut bob = ws_with_token(
+        &server,
+        &hs(json!({"sub": "bob", "info": {"name": "Bob"}, "exp": now() + 600})),
+    );
+    subscribe(&mut bob, "room:1");
+    let n = anns.len();
+    for (i, ws) in anns.iter_mut().enumerate() {
+        // Joins of ann's later connections, then bob's.
+        let mut last = Value::Null;
+        for _ in 0..(n - 1 - i) + 1 {
+            last = recv(ws);
+            assert_eq!(last["method"], "join", "{last}");
+        }
+        assert_eq!(last["params"]["channel"], "room:1");
+        assert_eq!(last["params"]["user"], "bob");
+        assert_eq!(last["params"]["info"], json!({"name": "Bob"}));
+    }
+    drop(bob);
+    for ws in &mut anns {
+        let v = recv(ws);
+        assert_eq!(v["method"], "leave", "{v}");
+        assert_eq!(v["params"]["user"], "bob");
+    }
+    // Channels without join_leave get no events.
+    let mut a = ws_with_token(&server, &user("ann"));
+    subscribe(&mut a, "lobby");
+    let mut b = server.ws("/");
+    subscribe(&mut b, "lobby");
+    assert_silent(&mut a, Duration::from_millis(300));
 }

@@ -186,6 +186,10 @@ impl Shard {
     }
 
     pub(super) fn leave(&self, channel: &str, key: ConnKey) {
+        let conn = self.conns.borrow().get(key).cloned();
+        if let Some(conn) = conn {
+            self.join_leave("leave", &conn, channel);
+        }
         if let Change::Changed { .. } = self.table.borrow_mut().unsubscribe(channel, key) {
             let home = self.node.home_of(channel);
             if home == self.id {
@@ -278,6 +282,7 @@ impl Shard {
                 };
                 (presence, affected, presence_users) = self.local_presence(channel, max);
             }
+            Gather::Event { .. } => self.deliver_event(query),
             _ => {}
         }
         let table = self.table.borrow();

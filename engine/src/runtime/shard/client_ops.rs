@@ -193,6 +193,8 @@ impl Shard {
         if conn.subs.borrow().len() >= max {
             return Err(OpError::TooManySubscriptions(max));
         }
-        Ok(self.subscribe(conn, cref, channel, since).await?)
+        let info = self.subscribe(conn, cref, channel, since).await?;
+        self.join_leave("join", conn, channel);
+        Ok(info)
     }
 }

@@ -249,6 +249,74 @@ impl Shard {
         out
     }
 
+    /// A `join` or `leave` event for `conn` on `channel`, when the
+    /// channel's namespace has `join_leave`: to every native subscriber
+    /// of the channel on every shard (the connection itself excluded).
+    pub(super) fn join_leave(&self, kind: &str, conn: &Conn, channel: &str) {
+        if !self.node.access.namespaces.rule(channel).join_leave {
+            return;
+        }
+        let id = conn.identity();
+        let mut json = format!(r#"{{"jsonrpc":"2.0","method":"{kind}","params":{{"channel":"#)
+            .into_bytes();
+        write_json_str(&mut json, channel);
+        json.extend_from_slice(br#","client":"#);
+        write_json_str(&mut json, &format!("{}.{}", self.id, conn.key));
+        json.extend_from_slice(br#","user":"#);
+        write_json_str(&mut json, id.as_ref().map_or("", |id| &id.user));
+        if let Some(info) = id.as_ref().and_then(|id| id.info()) {
+            json.extend_from_slice(br#","info":"#);
+            json.extend_from_slice(info.as_bytes());
+        }
+        json.extend_from_slice(b"}}");
+        let mut frame = Vec::with_capacity(json.len() + 4);
+        crate::protocol::codec::write_frame(&mut frame, crate::protocol::codec::OpCode::Text, &json);
+        let query = Gather::Event {
+            channel: channel.into(),
+            frame: bytes::Bytes::from(frame),
+            except: (self.id, conn.key),
+        };
+        for shard in 0..self.node.shards {
+            if shard == self.id {
+                continue;
+            }
+            // Nobody waits for the answer.
+            let (reply, _) = futures_channel::oneshot::channel();
+            self.node.mailboxes[shard].push(ShardMsg::Gather {
+                query: query.clone(),
+                reply,
+            });
+        }
+        self.deliver_event(&query);
+    }
+
+    /// Sends a [`Gather::Event`] to this shard's native subscribers.
+    pub(super) fn deliver_event(&self, query: &Gather) {
+        let Gather::Event {
+            channel,
+            frame,
+            except,
+        } = query
+        else {
+            return;
+        };
+        let targets: Vec<Rc<Conn>> = {
+            let table = self.table.borrow();
+            let conns = self.conns.borrow();
+            let Some(subs) = table.subscribers(channel) else {
+                return;
+            };
+            subs.iter()
+                .filter(|&&k| (self.id, k) != *except)
+                .filter_map(|&k| conns.get(k).cloned())
+                .filter(|c| c.is_open() && protocol(c.proto).name() == "native")
+                .collect()
+        };
+        for c in &targets {
+            self.send_control(c, frame.clone());
+        }
+    }
+
     /// `connect`: authenticates a connection that has no identity yet.
     pub(super) fn connect(&self, conn: &Conn, token: &str) -> Result<Outcome, OpError> {
         if conn.identity().is_some() {

@@ -57,6 +57,13 @@ pub enum Gather {
     /// `presence_users` has their users and, with `list`, `presence` them
     /// (bounded).
     Presence { channel: Arc<str>, list: bool },
+    /// A `join`/`leave` frame for the channel's native subscribers but
+    /// `except` (shard, connection); nobody waits for the answer.
+    Event {
+        channel: Arc<str>,
+        frame: Bytes,
+        except: (usize, ConnKey),
+    },
 }
 
 /// One shard's answer to a [`Gather`].

@@ -27,11 +27,11 @@ impl Shard {
 
     /// Forgets a connection: leaves all its channels.
     pub fn remove_conn(&self, conn: &Conn) {
-        self.drop_identity(conn);
         let subs = std::mem::take(&mut *conn.subs.borrow_mut());
         for ch in subs {
             self.leave(&ch, conn.key);
         }
+        self.drop_identity(conn);
         if self.conns.borrow_mut().remove(conn.key).is_some() {
             self.node.connections.fetch_sub(1, Ordering::Relaxed);
         }
