@@ -168,10 +168,7 @@ fn every_upgrade_rejection_has_its_status_and_reason() {
     .unwrap();
     let cases = [
         (format!("/?token={none}"), "token algorithm not accepted"),
-        (
-            format!("/?token={}", rs256),
-            "token algorithm not accepted",
-        ),
+        (format!("/?token={}", rs256), "token algorithm not accepted"),
         (format!("/?token={wrong_secret}"), "invalid token signature"),
         (
             format!("/?token={}", hs(json!({"sub": "ann", "exp": now() - 1}))),
@@ -196,13 +193,22 @@ fn every_upgrade_rejection_has_its_status_and_reason() {
     // The same refusals for a token in Authorization: Bearer.
     let bearer = format!("Bearer {wrong_secret}");
     let (status, body) = upgrade(&server, "/", &[("Authorization", &bearer)]);
-    assert_eq!((status, body.as_str()), (401, r#"{"error":"invalid token signature"}"#));
+    assert_eq!(
+        (status, body.as_str()),
+        (401, r#"{"error":"invalid token signature"}"#)
+    );
     let bearer = format!("Bearer {}", user("bob"));
     let (status, _) = upgrade(&server, "/", &[("Authorization", &bearer)]);
     assert_eq!(status, 101);
-    let two = [("Authorization", bearer.as_str()), ("Authorization", bearer.as_str())];
+    let two = [
+        ("Authorization", bearer.as_str()),
+        ("Authorization", bearer.as_str()),
+    ];
     let (status, body) = upgrade(&server, "/", &two);
-    assert_eq!((status, body.as_str()), (401, r#"{"error":"invalid token"}"#));
+    assert_eq!(
+        (status, body.as_str()),
+        (401, r#"{"error":"invalid token"}"#)
+    );
 
     // The good connection is unaffected.
     server.emit("room", json!({"n": 1}));
@@ -212,7 +218,10 @@ fn every_upgrade_rejection_has_its_status_and_reason() {
 #[test]
 fn key_confusion_with_the_rs256_public_key_is_refused() {
     let pem = keys().join("rsa_public.pem");
-    let toml = format!("[auth]\nrequired = true\npublic_key = {:?}\n", pem.to_str().unwrap());
+    let toml = format!(
+        "[auth]\nrequired = true\npublic_key = {:?}\n",
+        pem.to_str().unwrap()
+    );
     let server = start(&toml, &[]);
     let public = std::fs::read(&pem).unwrap();
     // An attacker signs HS256 with the public key as the secret.
@@ -223,7 +232,10 @@ fn key_confusion_with_the_rs256_public_key_is_refused() {
     )
     .unwrap();
     let (status, body) = upgrade(&server, &format!("/?token={forged}"), &[]);
-    assert_eq!((status, body.as_str()), (401, r#"{"error":"token algorithm not accepted"}"#));
+    assert_eq!(
+        (status, body.as_str()),
+        (401, r#"{"error":"token algorithm not accepted"}"#)
+    );
     let good = encode(
         &Header::new(Algorithm::RS256),
         &json!({"sub": "ann", "exp": now() + 60}),
@@ -232,13 +244,19 @@ fn key_confusion_with_the_rs256_public_key_is_refused() {
     )
     .unwrap();
     let mut ws = ws_with_token(&server, &good);
-    assert_eq!(rpc(&mut ws, 1, "heartbeat", json!({}))["result"], json!({"heartbeat": "ok"}));
+    assert_eq!(
+        rpc(&mut ws, 1, "heartbeat", json!({}))["result"],
+        json!({"heartbeat": "ok"})
+    );
 }
 
 #[test]
 fn es256_tokens_through_a_jwks_file() {
     let jwks = keys().join("jwks.json");
-    let toml = format!("[auth]\nrequired = true\njwks = {:?}\n", jwks.to_str().unwrap());
+    let toml = format!(
+        "[auth]\nrequired = true\njwks = {:?}\n",
+        jwks.to_str().unwrap()
+    );
     let server = start(&toml, &[]);
     let mut h = Header::new(Algorithm::ES256);
     h.kid = Some("ec-1".into());
@@ -249,7 +267,10 @@ fn es256_tokens_through_a_jwks_file() {
     )
     .unwrap();
     let mut ws = ws_with_token(&server, &t);
-    assert_eq!(rpc(&mut ws, 1, "heartbeat", json!({}))["result"], json!({"heartbeat": "ok"}));
+    assert_eq!(
+        rpc(&mut ws, 1, "heartbeat", json!({}))["result"],
+        json!({"heartbeat": "ok"})
+    );
 }
 
 #[test]
@@ -264,10 +285,18 @@ fn connect_first_or_close_4001() {
     let r = rpc(&mut ws, 3, "connect", json!({"token": 5}));
     assert_eq!(error_of(&r).0, -32602);
     let exp = now() + 600;
-    let r = rpc(&mut ws, 4, "connect", json!({"token": hs(json!({"sub": "ann", "exp": exp}))}));
+    let r = rpc(
+        &mut ws,
+        4,
+        "connect",
+        json!({"token": hs(json!({"sub": "ann", "exp": exp}))}),
+    );
     assert_eq!(r["result"], json!({"user": "ann", "exp": exp}));
     let r = rpc(&mut ws, 5, "connect", json!({"token": user("ann")}));
-    assert_eq!(error_of(&r), (-32004, "permission denied: already connected".into()));
+    assert_eq!(
+        error_of(&r),
+        (-32004, "permission denied: already connected".into())
+    );
     subscribe(&mut ws, "room");
 
     // One that never connects is closed with 4001 after the timeout.
@@ -289,13 +318,24 @@ fn expiry_closes_4003_unless_refreshed() {
     let r = rpc(&mut keen, 1, "refresh", json!({"token": user("bob")}));
     assert_eq!(
         error_of(&r),
-        (-32006, "unauthorized: token is for another channel or user".into())
+        (
+            -32006,
+            "unauthorized: token is for another channel or user".into()
+        )
     );
     let exp = now() + 600;
-    let r = rpc(&mut keen, 2, "refresh", json!({"token": hs(json!({"sub": "ann", "exp": exp}))}));
+    let r = rpc(
+        &mut keen,
+        2,
+        "refresh",
+        json!({"token": hs(json!({"sub": "ann", "exp": exp}))}),
+    );
     assert_eq!(r["result"], json!({"user": "ann", "exp": exp}));
     assert_eq!(close_of(&mut lazy), (4003, "token expired".into()));
-    assert_eq!(rpc(&mut keen, 3, "heartbeat", json!({}))["result"], json!({"heartbeat": "ok"}));
+    assert_eq!(
+        rpc(&mut keen, 3, "heartbeat", json!({}))["result"],
+        json!({"heartbeat": "ok"})
+    );
     // Anonymous connections (auth not required) have nothing to expire.
     let mut anon = server.ws("/");
     let r = rpc(&mut anon, 1, "refresh", json!({"token": user("ann")}));
@@ -330,7 +370,10 @@ fn namespace_rules_across_two_shards() {
     let r = rpc(&mut bob, 1, "subscribe", json!({"channel": "user:ann"}));
     assert_eq!(
         error_of(&r),
-        (-32004, "permission denied: only the channel's owner may subscribe".into())
+        (
+            -32004,
+            "permission denied: only the channel's owner may subscribe".into()
+        )
     );
     let r = rpc(&mut anon, 1, "subscribe", json!({"channel": "user:ann"}));
     assert_eq!(error_of(&r).0, -32004);
@@ -349,41 +392,83 @@ fn namespace_rules_across_two_shards() {
     let r = rpc(&mut bob, 2, "subscribe", json!({"channel": "staff:room"}));
     assert_eq!(
         error_of(&r),
-        (-32004, "permission denied: not in a group allowed here".into())
+        (
+            -32004,
+            "permission denied: not in a group allowed here".into()
+        )
     );
 
     // Subscription tokens.
     let r = rpc(&mut bob, 3, "subscribe", json!({"channel": "vip:1"}));
     assert_eq!(
         error_of(&r),
-        (-32004, "permission denied: a subscription token for this channel is required".into())
+        (
+            -32004,
+            "permission denied: a subscription token for this channel is required".into()
+        )
     );
     let for_ann = hs(json!({"sub": "ann", "channel": "vip:1", "exp": now() + 60}));
-    let r = rpc(&mut bob, 4, "subscribe", json!({"channel": "vip:1", "token": for_ann}));
+    let r = rpc(
+        &mut bob,
+        4,
+        "subscribe",
+        json!({"channel": "vip:1", "token": for_ann}),
+    );
     assert_eq!(
         error_of(&r),
-        (-32006, "unauthorized: token is for another channel or user".into())
+        (
+            -32006,
+            "unauthorized: token is for another channel or user".into()
+        )
     );
     let other = hs(json!({"sub": "bob", "channel": "vip:2", "exp": now() + 60}));
-    let r = rpc(&mut bob, 5, "subscribe", json!({"channel": "vip:1", "token": other}));
+    let r = rpc(
+        &mut bob,
+        5,
+        "subscribe",
+        json!({"channel": "vip:1", "token": other}),
+    );
     assert_eq!(error_of(&r).0, -32006);
     let expired = hs(json!({"sub": "bob", "channel": "vip:1", "exp": now() - 1}));
-    let r = rpc(&mut bob, 6, "subscribe", json!({"channel": "vip:1", "token": expired}));
+    let r = rpc(
+        &mut bob,
+        6,
+        "subscribe",
+        json!({"channel": "vip:1", "token": expired}),
+    );
     assert_eq!(error_of(&r), (-32006, "unauthorized: token expired".into()));
     let ok = hs(json!({"sub": "bob", "channel": "vip:1", "exp": now() + 60}));
-    let r = rpc(&mut bob, 7, "subscribe", json!({"channel": "vip:1", "token": ok}));
+    let r = rpc(
+        &mut bob,
+        7,
+        "subscribe",
+        json!({"channel": "vip:1", "token": ok}),
+    );
     assert_eq!(r["result"]["channel"], "vip:1", "{r}");
     // Anyone may use a token the backend signed without a user.
     let open = hs(json!({"sub": "", "channel": "vip:1"}));
-    let r = rpc(&mut anon, 2, "subscribe", json!({"channel": "vip:1", "token": open}));
+    let r = rpc(
+        &mut anon,
+        2,
+        "subscribe",
+        json!({"channel": "vip:1", "token": open}),
+    );
     assert_eq!(r["result"]["channel"], "vip:1", "{r}");
 
     // Read-only and history off; default channels as today.
     subscribe(&mut bob, "ro:news");
-    let r = rpc(&mut bob, 8, "send_data", json!({"channel": "ro:news", "data": 1}));
+    let r = rpc(
+        &mut bob,
+        8,
+        "send_data",
+        json!({"channel": "ro:news", "data": 1}),
+    );
     assert_eq!(
         error_of(&r),
-        (-32004, "permission denied: clients may not publish here".into())
+        (
+            -32004,
+            "permission denied: clients may not publish here".into()
+        )
     );
     let r = rpc(&mut bob, 9, "history", json!({"channel": "nohist:x"}));
     assert_eq!(
@@ -392,7 +477,12 @@ fn namespace_rules_across_two_shards() {
     );
     subscribe(&mut anon, "lobby");
     subscribe(&mut bob, "lobby");
-    let r = rpc(&mut anon, 3, "send_data", json!({"channel": "lobby", "data": 2}));
+    let r = rpc(
+        &mut anon,
+        3,
+        "send_data",
+        json!({"channel": "lobby", "data": 2}),
+    );
     assert_eq!(r["result"]["subscribers"], json!(1), "{r}");
     assert_eq!(recv(&mut bob)["params"]["data"], json!(2));
     // The token's own channel list narrows what it may join.
@@ -404,7 +494,10 @@ fn namespace_rules_across_two_shards() {
     let r = rpc(&mut narrow, 2, "subscribe", json!({"channel": "other"}));
     assert_eq!(
         error_of(&r),
-        (-32004, "permission denied: the connection token does not allow this channel".into())
+        (
+            -32004,
+            "permission denied: the connection token does not allow this channel".into()
+        )
     );
 }
 
@@ -458,7 +551,10 @@ fn presence_across_shards_and_per_user_backend_calls() {
     for ws in &mut anns {
         assert_eq!(close_of(ws), (4004, "disconnected".into()));
     }
-    assert_eq!(rpc(&mut bob, 7, "heartbeat", json!({}))["result"], json!({"heartbeat": "ok"}));
+    assert_eq!(
+        rpc(&mut bob, 7, "heartbeat", json!({}))["result"],
+        json!({"heartbeat": "ok"})
+    );
     assert_eq!(
         server.call("presence_stats", json!({"channel": "ro:room"})),
         json!({"num_clients": 0, "num_users": 0})
@@ -486,12 +582,22 @@ fn a_python_backend_signs_a_token_with_pyjwt() {
         .args([SECRET, "py-user"])
         .output()
         .expect("run python3");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let token = String::from_utf8(out.stdout).unwrap();
     let mut ws = ws_with_token(&server, token.trim());
     subscribe(&mut ws, "user:py-user");
     let p = server.call("presence", json!({"channel": "user:py-user"}));
-    let e = p["presence"].as_object().unwrap().values().next().unwrap().clone();
+    let e = p["presence"]
+        .as_object()
+        .unwrap()
+        .values()
+        .next()
+        .unwrap()
+        .clone();
     assert_eq!(e["user"], "py-user");
     assert_eq!(e["info"], json!({"name": "From Python"}));
 }

@@ -160,7 +160,10 @@ mod tests {
     #[test]
     fn token_from_query_or_bearer_header() {
         let head = b"GET / HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer abc.def.ghi\r\n\r\n";
-        assert_eq!(upgrade_token("/?token=q.r.s", head).as_deref(), Some("q.r.s"));
+        assert_eq!(
+            upgrade_token("/?token=q.r.s", head).as_deref(),
+            Some("q.r.s")
+        );
         assert_eq!(upgrade_token("/", head).as_deref(), Some("abc.def.ghi"));
         let basic = b"GET / HTTP/1.1\r\nHost: x\r\nAuthorization: Basic eA==\r\n\r\n";
         assert_eq!(upgrade_token("/?a=1", basic), None);
@@ -170,18 +173,24 @@ mod tests {
 
     #[test]
     fn extra_claims_only_when_present() {
-        let id = Identity::new("u".into(), Claims {
-            sub: "u".into(),
-            ..Claims::default()
-        });
+        let id = Identity::new(
+            "u".into(),
+            Claims {
+                sub: "u".into(),
+                ..Claims::default()
+            },
+        );
         assert!(id.extra.is_none());
         assert!(id.token_allows("anything"));
-        let id = Identity::new("u".into(), Claims {
-            sub: "u".into(),
-            channels: Some(vec!["news:*".into()]),
-            groups: vec!["g".into()],
-            ..Claims::default()
-        });
+        let id = Identity::new(
+            "u".into(),
+            Claims {
+                sub: "u".into(),
+                channels: Some(vec!["news:*".into()]),
+                groups: vec!["g".into()],
+                ..Claims::default()
+            },
+        );
         assert!(id.token_allows("news:1"));
         assert!(!id.token_allows("chat"));
         assert_eq!(&*id.groups()[0], "g");

@@ -192,17 +192,29 @@ mod tests {
         let anon = id("", &[]);
         let r = rule("user:", SubscribeRule::Owner);
         assert!(r.may_subscribe(Some(&ann), "user:ann", false).is_ok());
-        assert_eq!(r.may_subscribe(Some(&bob), "user:ann", false), Err(DENY_OWNER));
+        assert_eq!(
+            r.may_subscribe(Some(&bob), "user:ann", false),
+            Err(DENY_OWNER)
+        );
         assert_eq!(r.may_subscribe(None, "user:", false), Err(DENY_OWNER));
-        assert_eq!(r.may_subscribe(Some(&anon), "user:", false), Err(DENY_OWNER));
+        assert_eq!(
+            r.may_subscribe(Some(&anon), "user:", false),
+            Err(DENY_OWNER)
+        );
         let r = rule("", SubscribeRule::Authenticated);
         assert!(r.may_subscribe(Some(&bob), "x", false).is_ok());
         assert_eq!(r.may_subscribe(None, "x", false), Err(DENY_AUTHENTICATED));
-        assert_eq!(r.may_subscribe(Some(&anon), "x", false), Err(DENY_AUTHENTICATED));
+        assert_eq!(
+            r.may_subscribe(Some(&anon), "x", false),
+            Err(DENY_AUTHENTICATED)
+        );
         let mut r = rule("staff:", SubscribeRule::Groups);
         r.groups = vec!["staff".into()];
         assert!(r.may_subscribe(Some(&ann), "staff:1", false).is_ok());
-        assert_eq!(r.may_subscribe(Some(&bob), "staff:1", false), Err(DENY_GROUPS));
+        assert_eq!(
+            r.may_subscribe(Some(&bob), "staff:1", false),
+            Err(DENY_GROUPS)
+        );
         let r = rule("vip:", SubscribeRule::Token);
         assert!(r.may_subscribe(None, "vip:1", true).is_ok());
         assert_eq!(r.may_subscribe(Some(&ann), "vip:1", false), Err(DENY_TOKEN));

@@ -210,9 +210,7 @@ impl Verifier {
     /// leeway), then the claims' types.
     pub fn verify(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
         let alg = header_alg(token)?;
-        let kid = jsonwebtoken::decode_header(token)
-            .ok()
-            .and_then(|h| h.kid);
+        let kid = jsonwebtoken::decode_header(token).ok().and_then(|h| h.kid);
         let mut validation = Validation::new(alg);
         validation.validate_exp = false;
         validation.validate_nbf = false;
@@ -303,7 +301,12 @@ mod tests {
     const NOW: u64 = 1_800_000_000;
 
     fn hs(claims: &serde_json::Value) -> String {
-        encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(SECRET)).unwrap()
+        encode(
+            &Header::new(Algorithm::HS256),
+            claims,
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap()
     }
 
     fn b64(v: &[u8]) -> String {

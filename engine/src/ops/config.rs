@@ -239,7 +239,10 @@ impl AuthConfig {
             if r.subscribe == SubscribeRule::Groups && r.groups.is_empty() {
                 return Err(ConfigError::invalid(
                     &format!("auth.namespaces[{i}].groups"),
-                    format!("subscribe = \"groups\" needs a non-empty groups list (prefix {:?})", r.prefix),
+                    format!(
+                        "subscribe = \"groups\" needs a non-empty groups list (prefix {:?})",
+                        r.prefix
+                    ),
                 ));
             }
             if self.namespaces[..i].iter().any(|o| o.prefix == r.prefix) {
@@ -1523,6 +1526,48 @@ mod tests {
             assert!(keys.iter().any(|(v, _, _)| v == var), "{var}");
         }
         assert_eq!(keys.len(), 47);
+    }
+
+    #[test]
+    fn auth_errors_name_the_key() {
+        let o = Overrides::new();
+        assert_eq!(
+            load_err(None, &[("RINGCAST_AUTH_REQUIRED", "true")], &o),
+            "invalid config: auth.required: tokens need a key: set auth.hmac_secret, auth.public_key or auth.jwks"
+        );
+        assert_eq!(
+            load_err(
+                None,
+                &[("RINGCAST_AUTH_PUBLIC_KEY", "/nonexistent.pem")],
+                &o
+            )
+            .split(':')
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(":"),
+            "invalid config: auth.public_key: cannot read \"/nonexistent.pem\""
+        );
+        let f = write_file(
+            "auth-groups.toml",
+            "[[auth.namespaces]]\nprefix = \"s:\"\nsubscribe = \"groups\"\n",
+        );
+        assert_eq!(
+            load_err(Some(&f), &[], &o),
+            "invalid config: auth.namespaces[0].groups: subscribe = \"groups\" needs a non-empty groups list (prefix \"s:\")"
+        );
+        let f = write_file(
+            "auth-token.toml",
+            "[[auth.namespaces]]\nprefix = \"v:\"\nsubscribe = \"token\"\n",
+        );
+        assert_eq!(
+            load_err(Some(&f), &[], &o),
+            "invalid config: auth.namespaces: tokens need a key: set auth.hmac_secret, auth.public_key or auth.jwks"
+        );
+        let f = write_file(
+            "auth-typo.toml",
+            "[[auth.namespaces]]\nprefix = \"v:\"\nsubscribe = \"nobody\"\n",
+        );
+        assert!(load_err(Some(&f), &[], &o).contains("nobody"));
     }
 
     #[test]

@@ -83,7 +83,10 @@ pub enum Outcome {
         replay: Vec<Arc<Publication>>,
     },
     /// The connection is authenticated as `user` until `exp` (Unix s).
-    Connected { user: Box<str>, exp: Option<u64> },
+    Connected {
+        user: Box<str>,
+        exp: Option<u64>,
+    },
     /// A channel's presence: compact JSON `{"clients":{...}}` or counts.
     Presence(Vec<u8>),
 }

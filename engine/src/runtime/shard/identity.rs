@@ -91,7 +91,9 @@ impl Shard {
     /// `conn` must `connect` within `ws.handshake_timeout`.
     pub(crate) fn await_connect(&self, conn: &Rc<Conn>, now: Instant) {
         let deadline = now + self.config().handshake_timeout();
-        self.pending_auth.borrow_mut().push((conn.clone(), deadline));
+        self.pending_auth
+            .borrow_mut()
+            .push((conn.clone(), deadline));
     }
 
     /// Once a second: closes connections whose token expired (4003) and
@@ -128,8 +130,7 @@ impl Shard {
             .iter()
             .filter(|c| {
                 c.is_open()
-                    && c
-                        .identity()
+                    && c.identity()
                         .is_some_and(|id| id.exp.is_some_and(|exp| exp <= unix))
             })
             .cloned()
@@ -257,8 +258,8 @@ impl Shard {
             return;
         }
         let id = conn.identity();
-        let mut json = format!(r#"{{"jsonrpc":"2.0","method":"{kind}","params":{{"channel":"#)
-            .into_bytes();
+        let mut json =
+            format!(r#"{{"jsonrpc":"2.0","method":"{kind}","params":{{"channel":"#).into_bytes();
         write_json_str(&mut json, channel);
         json.extend_from_slice(br#","client":"#);
         write_json_str(&mut json, &format!("{}.{}", self.id, conn.key));
@@ -270,7 +271,11 @@ impl Shard {
         }
         json.extend_from_slice(b"}}");
         let mut frame = Vec::with_capacity(json.len() + 4);
-        crate::protocol::codec::write_frame(&mut frame, crate::protocol::codec::OpCode::Text, &json);
+        crate::protocol::codec::write_frame(
+            &mut frame,
+            crate::protocol::codec::OpCode::Text,
+            &json,
+        );
         let query = Gather::Event {
             channel: channel.into(),
             frame: bytes::Bytes::from(frame),

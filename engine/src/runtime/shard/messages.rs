@@ -52,11 +52,17 @@ pub enum Gather {
     /// Close a user's connections (4004); `affected` counts them.
     DisconnectUser(Arc<str>),
     /// Unsubscribe a user's connections from a channel.
-    UnsubscribeUser { user: Arc<str>, channel: Arc<str> },
+    UnsubscribeUser {
+        user: Arc<str>,
+        channel: Arc<str>,
+    },
     /// A channel's local subscribers: `affected` counts them,
     /// `presence_users` has their users and, with `list`, `presence` them
     /// (bounded).
-    Presence { channel: Arc<str>, list: bool },
+    Presence {
+        channel: Arc<str>,
+        list: bool,
+    },
     /// A `join`/`leave` frame for the channel's native subscribers but
     /// `except` (shard, connection); nobody waits for the answer.
     Event {

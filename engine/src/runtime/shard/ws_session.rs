@@ -16,12 +16,12 @@ use monoio::net::TcpStream;
 
 use super::conn::Conn;
 use super::{ConnRef, Shard};
+use crate::access::Claims;
 use crate::ops::config::Compression;
 use crate::ops::metrics::ShardMetrics;
+use crate::protocol::adapter::Protocol as _;
 use crate::protocol::adapter::{protocol, Answer, Exchange, Opened, ProtocolId, SessionState};
 use crate::protocol::deflate::Agreement;
-use crate::access::Claims;
-use crate::protocol::adapter::Protocol as _;
 use crate::protocol::handshake::{
     parse_upgrade, HandshakeError, Refused, Upgrade, MAX_REQUEST_HEAD,
 };
@@ -53,9 +53,15 @@ async fn session(shard: &Rc<Shard>, stream: TcpStream, fixed: Option<ProtocolId>
     // stateless ones), and what it runs before any client message.
     let (stream, proto, deflate, mut pending, mut state, first, claims) =
         match Box::pin(handshake(shard, stream, fixed)).await {
-            Some(Handshake::Upgraded(stream, proto, deflate, pending, opened, claims)) => {
-                (stream, proto, deflate, pending, opened.state, opened.first, claims)
-            }
+            Some(Handshake::Upgraded(stream, proto, deflate, pending, opened, claims)) => (
+                stream,
+                proto,
+                deflate,
+                pending,
+                opened.state,
+                opened.first,
+                claims,
+            ),
             Some(Handshake::Poll(stream, request)) => {
                 return Box::pin(long_poll::serve_request(shard, stream, request)).await;
             }
@@ -85,7 +91,14 @@ enum Handshake {
     /// Upgraded: the stream, its protocol, its permessage-deflate
     /// agreement (packed, 0 = none), the bytes after the request and the
     /// protocol's state for it, and the claims of the token it gave.
-    Upgraded(TcpStream, ProtocolId, u8, Vec<u8>, Opened, Option<Box<Claims>>),
+    Upgraded(
+        TcpStream,
+        ProtocolId,
+        u8,
+        Vec<u8>,
+        Opened,
+        Option<Box<Claims>>,
+    ),
     /// A plain HTTP request for the long-poll path (bytes read so far).
     Poll(TcpStream, Vec<u8>),
 }
