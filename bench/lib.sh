@@ -33,7 +33,7 @@ loadgen() {
   echo "\$ ringcast-loadgen $*"
   # --first-core: the loadgen pins its client thread itself (default core
   # 0), which would otherwise override taskset.
-  taskset -c "$LOADGEN_CPU" target/release/ringcast-loadgen "$@" -s "$WS" --backend "$BE" --src-ips 4 \
+  taskset -c "$LOADGEN_CPU" "${LOADGEN:-target/release/ringcast-loadgen}" "$@" -s "$WS" --backend "$BE" --src-ips 4 \
     --first-core "$LOADGEN_CPU" --server-pid "$SERVER_PID" 2>&1 |
     grep -E "connections  |deliveries|lost|latency  |CPU|RSS" || true
   echo

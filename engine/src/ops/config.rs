@@ -204,6 +204,80 @@ config_section! {
         /// A connection on no configured path speaks `ws.dialect`;
         /// `?dialect=NAME` in the URL chooses for one connection.
         pub protocols: ProtocolsConfig = ProtocolsConfig::default(),
+        /// Connection tokens (JWT) and channel namespaces with permissions
+        /// (README, "Authentication and permissions").
+        pub auth: AuthConfig = AuthConfig::default(),
+    }
+}
+
+impl AuthConfig {
+    /// The keys tokens are verified with (files read now).
+    pub fn verifier(&self) -> Result<crate::access::Verifier, ConfigError> {
+        crate::access::Verifier::from_config(&self.hmac_secret, &self.public_key, &self.jwks)
+            .map_err(|(key, msg)| ConfigError::invalid(key, msg))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        use crate::access::SubscribeRule;
+        let verifier = self.verifier()?;
+        let signed = self
+            .namespaces
+            .iter()
+            .any(|r| r.subscribe == SubscribeRule::Token);
+        if (self.required || signed) && verifier.is_empty() {
+            let key = if self.required {
+                "auth.required"
+            } else {
+                "auth.namespaces"
+            };
+            return Err(ConfigError::invalid(
+                key,
+                "tokens need a key: set auth.hmac_secret, auth.public_key or auth.jwks",
+            ));
+        }
+        for (i, r) in self.namespaces.iter().enumerate() {
+            if r.subscribe == SubscribeRule::Groups && r.groups.is_empty() {
+                return Err(ConfigError::invalid(
+                    &format!("auth.namespaces[{i}].groups"),
+                    format!(
+                        "subscribe = \"groups\" needs a non-empty groups list (prefix {:?})",
+                        r.prefix
+                    ),
+                ));
+            }
+            if self.namespaces[..i].iter().any(|o| o.prefix == r.prefix) {
+                return Err(ConfigError::invalid(
+                    &format!("auth.namespaces[{i}].prefix"),
+                    format!("{:?} is given twice", r.prefix),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+config_section! {
+    /// `[auth]`: connection tokens and channel permissions.
+    pub struct AuthConfig {
+        /// Every WebSocket connection must present a valid token (`?token=`,
+        /// `Authorization: Bearer`, or a first `connect` call on the native
+        /// protocol); false keeps anonymous connections. Default false.
+        pub required: bool = false,
+        /// HS256 shared secret tokens are signed with; empty = none.
+        /// Default empty.
+        pub hmac_secret: String = String::new(),
+        /// Path of a PEM public key (RSA for RS256, EC P-256 for ES256)
+        /// tokens are signed for; empty = none. Default empty.
+        pub public_key: String = String::new(),
+        /// Path of a JWKS file (`{"keys":[...]}`, RS256/ES256 keys chosen
+        /// by `kid`); empty = none. Default empty.
+        pub jwks: String = String::new(),
+        /// Channel namespaces, `[[auth.namespaces]]` tables: `prefix`,
+        /// `subscribe` (`anyone`, `authenticated`, `owner`, `token`,
+        /// `groups`), `groups`, `publish`, `history`, `presence`,
+        /// `join_leave`. Channels no prefix names keep today's rules.
+        /// Default empty.
+        pub namespaces: Vec<crate::access::Rule> = Vec::new(),
     }
 }
 
@@ -834,6 +908,7 @@ impl Config {
         at_least("limits.mailbox_capacity", l.mailbox_capacity, 1024, "")?;
 
         at_most("history.size", self.history.size, MAX_HISTORY_SIZE, "")?;
+        self.auth.validate()?;
         Ok(())
     }
 
@@ -848,6 +923,9 @@ impl Config {
     /// when set, for printing and logging.
     pub fn redacted(&self) -> Config {
         let mut c = self.clone();
+        if !c.auth.hmac_secret.is_empty() {
+            c.auth.hmac_secret = "<redacted>".into();
+        }
         if !c.backend.api_token.is_empty() {
             c.backend.api_token = "<redacted>".into();
         }
@@ -1439,10 +1517,57 @@ mod tests {
             "RINGCAST_PROTOCOLS_DMOJ_LONG_POLL_TIMEOUT",
             "RINGCAST_PROTOCOLS_DMOJ_MAX_QUEUE",
             "RINGCAST_LIMITS_MAILBOX_CAPACITY",
+            "RINGCAST_AUTH_REQUIRED",
+            "RINGCAST_AUTH_HMAC_SECRET",
+            "RINGCAST_AUTH_PUBLIC_KEY",
+            "RINGCAST_AUTH_JWKS",
+            "RINGCAST_AUTH_NAMESPACES",
         ] {
             assert!(keys.iter().any(|(v, _, _)| v == var), "{var}");
         }
-        assert_eq!(keys.len(), 42);
+        assert_eq!(keys.len(), 47);
+    }
+
+    #[test]
+    fn auth_errors_name_the_key() {
+        let o = Overrides::new();
+        assert_eq!(
+            load_err(None, &[("RINGCAST_AUTH_REQUIRED", "true")], &o),
+            "invalid config: auth.required: tokens need a key: set auth.hmac_secret, auth.public_key or auth.jwks"
+        );
+        assert_eq!(
+            load_err(
+                None,
+                &[("RINGCAST_AUTH_PUBLIC_KEY", "/nonexistent.pem")],
+                &o
+            )
+            .split(':')
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(":"),
+            "invalid config: auth.public_key: cannot read \"/nonexistent.pem\""
+        );
+        let f = write_file(
+            "auth-groups.toml",
+            "[[auth.namespaces]]\nprefix = \"s:\"\nsubscribe = \"groups\"\n",
+        );
+        assert_eq!(
+            load_err(Some(&f), &[], &o),
+            "invalid config: auth.namespaces[0].groups: subscribe = \"groups\" needs a non-empty groups list (prefix \"s:\")"
+        );
+        let f = write_file(
+            "auth-token.toml",
+            "[[auth.namespaces]]\nprefix = \"v:\"\nsubscribe = \"token\"\n",
+        );
+        assert_eq!(
+            load_err(Some(&f), &[], &o),
+            "invalid config: auth.namespaces: tokens need a key: set auth.hmac_secret, auth.public_key or auth.jwks"
+        );
+        let f = write_file(
+            "auth-typo.toml",
+            "[[auth.namespaces]]\nprefix = \"v:\"\nsubscribe = \"nobody\"\n",
+        );
+        assert!(load_err(Some(&f), &[], &o).contains("nobody"));
     }
 
     #[test]

@@ -249,7 +249,8 @@ fn op_error_json(e: &OpError) -> Vec<u8> {
         OpError::TooManySubscriptions(_) => "too-many-subscriptions",
         OpError::RateLimited => "rate-limited",
         OpError::Overloaded => "overloaded",
-        OpError::PublishDenied => "unauthorized",
+        OpError::PublishDenied | OpError::Unauthorized(_) => "unauthorized",
+        OpError::Denied(_) => "permission-denied",
         OpError::NotSubscribed(_) => "not-subscribed",
         OpError::Internal(_) => "internal-error",
     };

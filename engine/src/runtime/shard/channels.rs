@@ -186,6 +186,10 @@ impl Shard {
     }
 
     pub(super) fn leave(&self, channel: &str, key: ConnKey) {
+        let conn = self.conns.borrow().get(key).cloned();
+        if let Some(conn) = conn {
+            self.join_leave("leave", &conn, channel);
+        }
         if let Change::Changed { .. } = self.table.borrow_mut().unsubscribe(channel, key) {
             let home = self.node.home_of(channel);
             if home == self.id {
@@ -264,6 +268,23 @@ impl Shard {
         } else {
             0
         };
+        let (mut affected, mut presence, mut presence_users) = (0, Vec::new(), Vec::new());
+        match query {
+            Gather::DisconnectUser(user) => affected = self.disconnect_user(user),
+            Gather::UnsubscribeUser { user, channel } => {
+                affected = self.unsubscribe_user(user, channel)
+            }
+            Gather::Presence { channel, list } => {
+                let max = if *list {
+                    super::identity::PRESENCE_LIST_MAX + 1
+                } else {
+                    0
+                };
+                (presence, affected, presence_users) = self.local_presence(channel, max);
+            }
+            Gather::Event { .. } => self.deliver_event(query),
+            _ => {}
+        }
         let table = self.table.borrow();
         let home = self.home.borrow();
         let owned = |v: Vec<(&str, usize)>| -> Vec<(String, usize)> {
@@ -275,7 +296,7 @@ impl Shard {
                 (owned(page), more)
             }
             Gather::TopChannels(n) => (owned(home.top_channels(*n)), false),
-            Gather::Stats | Gather::FlushDead => (Vec::new(), false),
+            _ => (Vec::new(), false),
         };
         ShardReport {
             shard: self.id,
@@ -291,6 +312,9 @@ impl Shard {
             more_channels,
             flushed,
             internals: self.internals(),
+            affected,
+            presence,
+            presence_users,
         }
     }
 

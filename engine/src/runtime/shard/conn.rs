@@ -261,6 +261,8 @@ pub struct Conn {
     reader: Cell<Option<Waker>>,
     /// The reader waits for the queue to drain under budget.
     throttled: Cell<bool>,
+    /// Who it is (`None`: anonymous); one pointer, shared claims.
+    ident: Cell<Option<Rc<crate::access::Identity>>>,
 }
 
 impl Conn {
@@ -287,7 +289,23 @@ impl Conn {
             subs: RefCell::new(Vec::new()),
             reader: Cell::new(None),
             throttled: Cell::new(false),
+            ident: Cell::new(None),
         }
+    }
+
+    /// Who it is, if it presented a token.
+    pub fn identity(&self) -> Option<Rc<crate::access::Identity>> {
+        let id = self.ident.take();
+        self.ident.set(id.clone());
+        id
+    }
+
+    pub(crate) fn set_identity(&self, id: Option<Rc<crate::access::Identity>>) {
+        self.ident.set(id);
+    }
+
+    pub(crate) fn take_identity(&self) -> Option<Rc<crate::access::Identity>> {
+        self.ident.take()
     }
 
     /// The same connection with permessage-deflate agreed (packed).

@@ -190,6 +190,7 @@ impl Shard {
                     }
                 }
             }
+            self.check_identities(now);
             if ticks.is_multiple_of(10) {
                 self.home.borrow_mut().prune(now);
             }

@@ -33,6 +33,8 @@ pub struct Node {
     /// bounded by the open-file limit less the descriptors kept for the
     /// backend port ([`ws_capacity`]).
     pub ws_capacity: usize,
+    /// Token keys and channel namespaces (`[auth]`).
+    pub access: crate::access::Access,
 }
 
 /// Descriptors WebSocket clients can never take: the backend port's
@@ -70,6 +72,7 @@ impl Node {
         let start_ms = unix_ms();
         Arc::new(Node {
             router: Router::new(&config),
+            access: crate::access::Access::new(&config.auth),
             mailboxes: (0..shards)
                 .map(|_| Mailbox::new(config.limits.mailbox_capacity))
                 .collect(),

@@ -16,11 +16,15 @@ use monoio::net::TcpStream;
 
 use super::conn::Conn;
 use super::{ConnRef, Shard};
+use crate::access::Claims;
 use crate::ops::config::Compression;
 use crate::ops::metrics::ShardMetrics;
+use crate::protocol::adapter::Protocol as _;
 use crate::protocol::adapter::{protocol, Answer, Exchange, Opened, ProtocolId, SessionState};
 use crate::protocol::deflate::Agreement;
-use crate::protocol::handshake::{parse_upgrade, HandshakeError, Upgrade, MAX_REQUEST_HEAD};
+use crate::protocol::handshake::{
+    parse_upgrade, HandshakeError, Refused, Upgrade, MAX_REQUEST_HEAD,
+};
 use crate::protocol::native;
 use crate::protocol::websocket::WsProtocol;
 use crate::pubsub::ops::OpError;
@@ -47,11 +51,17 @@ async fn session(shard: &Rc<Shard>, stream: TcpStream, fixed: Option<ProtocolId>
     // own state machine keeps an idle connection's task small.
     // The protocol's state for this connection (no allocation for the
     // stateless ones), and what it runs before any client message.
-    let (stream, proto, deflate, mut pending, mut state, first) =
+    let (stream, proto, deflate, mut pending, mut state, first, claims) =
         match Box::pin(handshake(shard, stream, fixed)).await {
-            Some(Handshake::Upgraded(stream, proto, deflate, pending, opened)) => {
-                (stream, proto, deflate, pending, opened.state, opened.first)
-            }
+            Some(Handshake::Upgraded(stream, proto, deflate, pending, opened, claims)) => (
+                stream,
+                proto,
+                deflate,
+                pending,
+                opened.state,
+                opened.first,
+                claims,
+            ),
             Some(Handshake::Poll(stream, request)) => {
                 return Box::pin(long_poll::serve_request(shard, stream, request)).await;
             }
@@ -60,6 +70,13 @@ async fn session(shard: &Rc<Shard>, stream: TcpStream, fixed: Option<ProtocolId>
     let burst = shard.config().limits.rate_burst;
     let (conn, cref) = shard
         .add_conn(|key| Conn::new(key, stream, proto, burst, Instant::now()).with_deflate(deflate));
+    match claims {
+        Some(claims) => {
+            shard.set_identity(&conn, *claims);
+        }
+        None if shard.needs_connect(&conn) => shard.await_connect(&conn, Instant::now()),
+        None => {}
+    }
     if let Some(first) = first {
         Box::pin(run_calls(shard, &conn, cref, &mut state, &mut vec![*first])).await;
     }
@@ -73,8 +90,15 @@ async fn session(shard: &Rc<Shard>, stream: TcpStream, fixed: Option<ProtocolId>
 enum Handshake {
     /// Upgraded: the stream, its protocol, its permessage-deflate
     /// agreement (packed, 0 = none), the bytes after the request and the
-    /// protocol's state for it.
-    Upgraded(TcpStream, ProtocolId, u8, Vec<u8>, Opened),
+    /// protocol's state for it, and the claims of the token it gave.
+    Upgraded(
+        TcpStream,
+        ProtocolId,
+        u8,
+        Vec<u8>,
+        Opened,
+        Option<Box<Claims>>,
+    ),
     /// A plain HTTP request for the long-poll path (bytes read so far).
     Poll(TcpStream, Vec<u8>),
 }
@@ -124,6 +148,14 @@ async fn handshake(
     if cfg.ws.compression == Compression::Off || !protocol(proto).websocket() {
         upgrade.deflate = None;
     }
+    let claims = match upgrade_identity(shard, proto, &upgrade, &buf) {
+        Ok(claims) => claims,
+        Err(refused) => {
+            ShardMetrics::inc(&shard.metrics.handshakes_rejected);
+            let _ = write_all(&stream, &HandshakeError::Refused(refused).response()).await;
+            return None;
+        }
+    };
     let opened = match protocol(proto).accept(cfg, &upgrade, Instant::now()) {
         Ok(opened) => opened,
         Err(refused) => {
@@ -140,7 +172,43 @@ async fn handshake(
         Agreement::to_byte(upgrade.deflate),
         pending,
         opened,
+        claims,
     ))
+}
+
+/// The token an upgrade carries (`?token=`, `Authorization: Bearer`),
+/// verified: its claims, none for an anonymous connection, or a 401.
+/// Only the native protocol may come without a token when `auth.required`
+/// (it sends `connect` first); protocols that are not public (trusted
+/// senders with their own key) are not asked.
+fn upgrade_identity(
+    shard: &Shard,
+    proto: ProtocolId,
+    upgrade: &Upgrade,
+    head: &[u8],
+) -> Result<Option<Box<Claims>>, Refused> {
+    let access = &shard.node.access;
+    if !access.enabled() || !protocol(proto).public() {
+        return Ok(None);
+    }
+    let head = &head[..upgrade.consumed.min(head.len())];
+    match crate::access::upgrade_token(&upgrade.path, head) {
+        Some(token) => access
+            .verifier
+            .verify(&token, crate::access::token::unix_now())
+            .map(|c| Some(Box::new(c)))
+            .map_err(|e| Refused {
+                status: 401,
+                reason: e.reason(),
+            }),
+        None if access.required && protocol(proto).name() != native::Native.name() => {
+            Err(Refused {
+                status: 401,
+                reason: crate::access::TokenError::Missing.reason(),
+            })
+        }
+        None => Ok(None),
+    }
 }
 
 /// Reads the upgrade request. `Err(None)`: the peer went away.
