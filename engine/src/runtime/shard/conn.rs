@@ -261,6 +261,10 @@ pub struct Conn {
     reader: Cell<Option<Waker>>,
     /// The reader waits for the queue to drain under budget.
     throttled: Cell<bool>,
+    /// Its protocol's session was woken from elsewhere
+    /// ([`Conn::wake_session`]): the session runs the protocol's
+    /// `on_deadline` at once.
+    woken: Cell<bool>,
 }
 
 impl Conn {
@@ -287,6 +291,7 @@ impl Conn {
             subs: RefCell::new(Vec::new()),
             reader: Cell::new(None),
             throttled: Cell::new(false),
+            woken: Cell::new(false),
         }
     }
 
@@ -432,6 +437,18 @@ impl Conn {
         if let Some(w) = self.reader.take() {
             w.wake();
         }
+    }
+
+    /// Wakes the session for its protocol (`protocol::adapter::SessionWake`):
+    /// it calls the protocol's `on_deadline` as soon as it waits again.
+    pub(crate) fn wake_session(&self) {
+        self.woken.set(true);
+        self.wake_reader();
+    }
+
+    /// Whether the session was woken since last asked (and forget it).
+    pub(crate) fn take_woken(&self) -> bool {
+        self.woken.replace(false)
     }
 
     /// Forgets the reading task (it has stopped reading).
