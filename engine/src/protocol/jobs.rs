@@ -21,6 +21,10 @@
 //!
 //! # Timers
 //!
+//! `status` lists at most [`STATUS_MAX_JOBS`] jobs, the earliest, so its
+//! reply stays inside the connection's outbound budget whatever the table
+//! holds.
+//!
 //! A connection's jobs live in its [`SessionState`], ordered by deadline
 //! (a `BTreeMap` keyed by deadline and start order, plus a map by connid
 //! for `kill`). [`Protocol::next_deadline`] is the earliest; the session
@@ -84,6 +88,12 @@ use super::rpc::{ReplyWriter, RpcParser};
 use crate::ops::config::{Config, JobReplies, JobScope};
 use crate::pubsub::ops::Op;
 use crate::pubsub::publication::Publication;
+
+/// Most jobs one `status` reply lists (the earliest deadlines): with
+/// connids of at most [`MAX_CONNID_CHARS`] the reply stays under about
+/// 700 KB, inside the default outbound budget (`limits.max_outbound_bytes`,
+/// 1 MiB), however many jobs a global table holds.
+pub const STATUS_MAX_JOBS: usize = 5000;
 
 /// Longest connid accepted, in characters.
 pub const MAX_CONNID_CHARS: usize = 128;
@@ -498,8 +508,8 @@ impl JobsState {
         out
     }
 
-    /// The status reply: every visible job and its whole seconds left
-    /// (rounded up), earliest deadline first.
+    /// The status reply: the visible jobs and their whole seconds left
+    /// (rounded up), earliest deadline first, at most [`STATUS_MAX_JOBS`].
     fn status(&self, now: Instant) -> String {
         let mut jobs: Vec<(DueKey, &str, bool)> = Vec::new();
         let guard;
@@ -507,12 +517,20 @@ impl JobsState {
             None => jobs.extend(
                 self.by_due
                     .iter()
+                    .take(STATUS_MAX_JOBS)
                     .map(|(key, id)| (*key, &*id.text, id.numeric)),
             ),
             Some(g) => {
                 guard = g.table.lock();
                 jobs.extend(guard.jobs.iter().map(|(id, j)| (j.key, &**id, j.numeric)));
-                jobs.sort_by(|a, b| a.0 .0.cmp(&b.0 .0).then(a.1.cmp(b.1)));
+                let order = |a: &(DueKey, &str, bool), b: &(DueKey, &str, bool)| {
+                    a.0 .0.cmp(&b.0 .0).then(a.1.cmp(b.1))
+                };
+                if jobs.len() > STATUS_MAX_JOBS {
+                    jobs.select_nth_unstable_by(STATUS_MAX_JOBS, order);
+                    jobs.truncate(STATUS_MAX_JOBS);
+                }
+                jobs.sort_by(order);
             }
         }
         let mut out = String::from("{");
@@ -970,6 +988,33 @@ mod tests {
         assert_eq!(table.len(), 1);
         assert_eq!(send(&mut other, r#"{"route":"status"}"#, t), [r#"{"c":5}"#]);
         assert!(table.lock().owners.len() <= 1);
+    }
+
+    #[test]
+    fn status_lists_at_most_the_earliest_jobs() {
+        let table = leaked_table();
+        let t = t0();
+        let many = Settings {
+            max_jobs: 2 * STATUS_MAX_JOBS,
+            ..JSON
+        };
+        for global in [None, Some(table)] {
+            let mut s = JobsState::new(many, global);
+            for i in (0..STATUS_MAX_JOBS + 10).rev() {
+                let time = (i + 1) as f64 / 10.0;
+                let msg = format!(r#"{{"connid":"j{i}","time":{time},"route":"request"}}"#);
+                assert!(send(&mut s, &msg, t).is_empty());
+            }
+            let status = send(&mut s, r#"{"route":"status"}"#, t).remove(0);
+            let v: serde_json::Map<String, Value> = serde_json::from_str(&status).unwrap();
+            assert_eq!(v.len(), STATUS_MAX_JOBS);
+            assert!(
+                status.starts_with(r#"{"j0":1,"j1":1,"#),
+                "{}",
+                &status[..40]
+            );
+            assert!(!v.contains_key(&format!("j{STATUS_MAX_JOBS}")));
+        }
     }
 
     #[test]
