@@ -87,6 +87,26 @@ pub enum Compression {
     Shared,
 }
 
+/// Whose jobs a `jobs` connection sees and may kill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobScope {
+    /// Its own only (jobs belong to the connection that started them).
+    Connection,
+    /// Every connection's, as django-websockets' shared table.
+    Global,
+}
+
+/// How `jobs` replies are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobReplies {
+    /// JSON: `{"status":"Ok"}`.
+    Json,
+    /// django-websockets' Python reprs: `{'status':'Ok'}`.
+    Python,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -165,6 +185,8 @@ impl ConfigValue for SlowConsumerPolicy {}
 impl ConfigValue for Dialect {}
 impl ConfigValue for LogFormat {}
 impl ConfigValue for Compression {}
+impl ConfigValue for JobScope {}
+impl ConfigValue for JobReplies {}
 
 /// One declared key: its name, its doc comment lines (as `#[doc]` holds
 /// them, with a leading space) and, for a section, that section's keys.
@@ -291,8 +313,40 @@ config_section! {
         /// DMOJ's event daemon (`websocket/daemon.js`): receivers, senders
         /// and long-poll, on DMOJ's own ports and on this port's paths.
         pub dmoj: DmojConfig = DmojConfig::default(),
+        /// django-websockets' timed jobs (`request`, `kill`, `status`).
+        pub jobs: JobsConfig = JobsConfig::default(),
     }
 }
+
+config_section! {
+    /// `[protocols.jobs]`: django-websockets' "REST using Websockets"
+    /// timed jobs, as a drop-in.
+    pub struct JobsConfig {
+        /// URL path served, with everything below it; `/` serves every path
+        /// no other protocol claims (the demo's page connects to the site
+        /// root); empty = none. Default `/jobs`.
+        pub path: String = "/jobs".into(),
+        /// Longest job a client may request, in seconds (a longer `time`
+        /// is refused with an error). 1..=86400. Default 3600.
+        pub max_job_seconds: u64 = 3600,
+        /// Jobs one connection may have running at once; a `request` past
+        /// it is refused with an error and starts nothing. 1..=1000000.
+        /// Default 1000.
+        pub max_jobs_per_connection: usize = 1000,
+        /// Whose jobs `status` lists and `kill` may stop: `connection`
+        /// (the connection's own) or `global` (every connection's, as the
+        /// demo's shared table). Default `connection`.
+        pub scope: JobScope = JobScope::Connection,
+        /// Reply style: `json` (`{"status":"Ok"}`) or `python` (the demo's
+        /// exact Python reprs, `{'status':'Ok'}`). Default `json`.
+        pub replies: JobReplies = JobReplies::Json,
+    }
+}
+
+/// Longest accepted `protocols.jobs.max_job_seconds`: one day.
+pub const MAX_JOB_SECONDS: u64 = 86_400;
+/// Most accepted `protocols.jobs.max_jobs_per_connection`.
+pub const MAX_JOBS_PER_CONNECTION: usize = 1_000_000;
 
 config_section! {
     /// `[protocols.dmoj]`: DMOJ's event daemon, as a drop-in.
@@ -494,7 +548,7 @@ config_section! {
 
 impl ProtocolsConfig {
     /// Every protocol's path key and value, for validation and routing.
-    pub fn paths(&self) -> [(&'static str, &str); 4] {
+    pub fn paths(&self) -> [(&'static str, &str); 5] {
         let on = self.dmoj.enabled;
         [
             ("protocols.native.path", &self.native.path),
@@ -504,6 +558,7 @@ impl ProtocolsConfig {
                 "protocols.dmoj.poll_path",
                 if on { &self.dmoj.poll_path } else { "" },
             ),
+            ("protocols.jobs.path", &self.jobs.path),
         ]
     }
 
@@ -513,6 +568,25 @@ impl ProtocolsConfig {
             return Err(ConfigError::invalid(
                 "protocols.dmoj.long_poll_timeout",
                 format!("must be at least 1 s (got {})", self.dmoj.long_poll_timeout),
+            ));
+        }
+        let jobs = &self.jobs;
+        if !(1..=MAX_JOB_SECONDS).contains(&jobs.max_job_seconds) {
+            return Err(ConfigError::invalid(
+                "protocols.jobs.max_job_seconds",
+                format!(
+                    "must be 1..={MAX_JOB_SECONDS} s (got {})",
+                    jobs.max_job_seconds
+                ),
+            ));
+        }
+        if !(1..=MAX_JOBS_PER_CONNECTION).contains(&jobs.max_jobs_per_connection) {
+            return Err(ConfigError::invalid(
+                "protocols.jobs.max_jobs_per_connection",
+                format!(
+                    "must be 1..={MAX_JOBS_PER_CONNECTION} (got {})",
+                    jobs.max_jobs_per_connection
+                ),
             ));
         }
         let paths = self.paths();
@@ -1522,10 +1596,15 @@ mod tests {
             "RINGCAST_AUTH_PUBLIC_KEY",
             "RINGCAST_AUTH_JWKS",
             "RINGCAST_AUTH_NAMESPACES",
+            "RINGCAST_PROTOCOLS_JOBS_PATH",
+            "RINGCAST_PROTOCOLS_JOBS_MAX_JOB_SECONDS",
+            "RINGCAST_PROTOCOLS_JOBS_MAX_JOBS_PER_CONNECTION",
+            "RINGCAST_PROTOCOLS_JOBS_SCOPE",
+            "RINGCAST_PROTOCOLS_JOBS_REPLIES",
         ] {
             assert!(keys.iter().any(|(v, _, _)| v == var), "{var}");
         }
-        assert_eq!(keys.len(), 47);
+        assert_eq!(keys.len(), 52);
     }
 
     #[test]
@@ -1710,6 +1789,11 @@ mod tests {
             (|c| c.backend.max_body = 1023, "invalid config: backend.max_body: must be at least 1024 bytes (got 1023)"),
             (|c| c.history.size = 1_000_001, "invalid config: history.size: must be at most 1000000 (got 1000001)"),
             (|c| c.shutdown_timeout = 0, "invalid config: shutdown_timeout: must be at least 1 s (got 0)"),
+            (|c| c.protocols.jobs.max_job_seconds = 0, "invalid config: protocols.jobs.max_job_seconds: must be 1..=86400 s (got 0)"),
+            (|c| c.protocols.jobs.max_job_seconds = 86_401, "invalid config: protocols.jobs.max_job_seconds: must be 1..=86400 s (got 86401)"),
+            (|c| c.protocols.jobs.max_jobs_per_connection = 0, "invalid config: protocols.jobs.max_jobs_per_connection: must be 1..=1000000 (got 0)"),
+            (|c| c.protocols.jobs.path = "jobs".into(), "invalid config: protocols.jobs.path: must be a URL path starting with / (got \"jobs\")"),
+            (|c| c.protocols.rocketws.path = "/jobs/".into(), "invalid config: protocols.jobs.path: must differ from protocols.rocketws.path (both are \"/jobs\")"),
             (|c| c.log_level = "loud".into(), "invalid config: log_level: must be one of trace, debug, info, warn, error (got \"loud\")"),
             (|c| c.backend.listen = c.ws.listen, "invalid config: backend.listen: must differ from ws.listen (both use 0.0.0.0:58000 and 0.0.0.0:58000)"),
             (|c| c.backend.listen = SocketAddr::from(([127, 0, 0, 1], 58000)), "invalid config: backend.listen: must differ from ws.listen (both use 127.0.0.1:58000 and 0.0.0.0:58000)"),
@@ -1730,6 +1814,8 @@ mod tests {
         c.limits.socket_send_buffer = 0;
         c.history.size = 0;
         c.log_level = "WARN".into();
+        c.protocols.jobs.path = "/".into();
+        c.protocols.jobs.max_job_seconds = 86_400;
         c.ws.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         c.backend.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         c.validate().expect("boundaries valid");

@@ -4,7 +4,7 @@
 //! Transport: [`codec`], [`handshake`], [`websocket`], [`deflate`]
 //! (permessage-deflate), [`http`]. Messages:
 //! [`rpc`] (JSON-RPC 2.0). The client protocols behind one seam,
-//! [`adapter::Protocol`]: [`native`], [`rocketws`], [`dmoj`].
+//! [`adapter::Protocol`]: [`native`], [`rocketws`], [`dmoj`], [`jobs`].
 #![forbid(unsafe_code)]
 
 pub mod adapter;
@@ -13,6 +13,7 @@ pub mod deflate;
 pub mod dmoj;
 pub mod handshake;
 pub mod http;
+pub mod jobs;
 pub mod native;
 pub mod rocketws;
 pub mod rpc;

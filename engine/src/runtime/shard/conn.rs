@@ -263,6 +263,10 @@ pub struct Conn {
     throttled: Cell<bool>,
     /// Who it is (`None`: anonymous); one pointer, shared claims.
     ident: Cell<Option<Rc<crate::access::Identity>>>,
+    /// Its protocol's session was woken from elsewhere
+    /// ([`Conn::wake_session`]): the session runs the protocol's
+    /// `on_deadline` at once.
+    woken: Cell<bool>,
 }
 
 impl Conn {
@@ -290,6 +294,7 @@ impl Conn {
             reader: Cell::new(None),
             throttled: Cell::new(false),
             ident: Cell::new(None),
+            woken: Cell::new(false),
         }
     }
 
@@ -450,6 +455,18 @@ impl Conn {
         if let Some(w) = self.reader.take() {
             w.wake();
         }
+    }
+
+    /// Wakes the session for its protocol (`protocol::adapter::SessionWake`):
+    /// it calls the protocol's `on_deadline` as soon as it waits again.
+    pub(crate) fn wake_session(&self) {
+        self.woken.set(true);
+        self.wake_reader();
+    }
+
+    /// Whether the session was woken since last asked (and forget it).
+    pub(crate) fn take_woken(&self) -> bool {
+        self.woken.replace(false)
     }
 
     /// Forgets the reading task (it has stopped reading).

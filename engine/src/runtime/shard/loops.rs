@@ -92,6 +92,11 @@ impl Shard {
             ShardMsg::Gather { query, reply } => {
                 let _ = reply.send(self.report(&query));
             }
+            ShardMsg::WakeSession(conn) => {
+                if let Some(conn) = self.conn(conn) {
+                    conn.wake_session();
+                }
+            }
             ShardMsg::Shutdown => self.begin_shutdown(),
             ShardMsg::PublishersDone => {
                 self.quiet_shards.set(self.quiet_shards.get() + 1);

@@ -154,6 +154,11 @@ pub enum ShardMsg {
         query: Gather,
         reply: oneshot::Sender<ShardReport>,
     },
+    /// Wake this connection's session for its protocol (a timed job of
+    /// its killed from another connection, see `protocol::jobs`). Pushed
+    /// as a consequence (never refused): one per kill, and kills are
+    /// rate-limited client requests.
+    WakeSession(ConnRef),
     /// Stop accepting; backend connections answer what they received.
     Shutdown,
     /// To every shard (the sender too), once during shutdown, after the

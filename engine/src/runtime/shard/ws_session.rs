@@ -8,6 +8,7 @@ use std::net::Shutdown;
 use std::os::fd::AsRawFd;
 use std::pin::pin;
 use std::rc::Rc;
+use std::sync::{Arc, Weak};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -15,12 +16,14 @@ use bytes::Bytes;
 use monoio::net::TcpStream;
 
 use super::conn::Conn;
-use super::{ConnRef, Shard};
+use super::{ConnRef, Node, Shard, ShardMsg};
 use crate::access::Claims;
 use crate::ops::config::Compression;
 use crate::ops::metrics::ShardMetrics;
 use crate::protocol::adapter::Protocol as _;
-use crate::protocol::adapter::{protocol, Answer, Exchange, Opened, ProtocolId, SessionState};
+use crate::protocol::adapter::{
+    protocol, Answer, Exchange, Opened, ProtocolId, SessionState, SessionWake,
+};
 use crate::protocol::deflate::Agreement;
 use crate::protocol::handshake::{
     parse_upgrade, HandshakeError, Refused, Upgrade, MAX_REQUEST_HEAD,
@@ -77,13 +80,40 @@ async fn session(shard: &Rc<Shard>, stream: TcpStream, fixed: Option<ProtocolId>
         None if shard.needs_connect(&conn) => shard.await_connect(&conn, Instant::now()),
         None => {}
     }
+    protocol(proto).attach(&mut state, &|| {
+        Arc::new(ShardWaker {
+            node: Arc::downgrade(&shard.node),
+            shard: shard.id,
+            conn: cref,
+        })
+    });
     if let Some(first) = first {
         Box::pin(run_calls(shard, &conn, cref, &mut state, &mut vec![*first])).await;
     }
     read_loop(shard, &conn, cref, &mut pending, &mut state).await;
+    // The protocol's state goes now, not after the drain: timed jobs of a
+    // closed connection are cancelled at once.
+    drop(state);
     conn.unpark_reader();
     shard.remove_conn(&conn);
     Box::pin(drain(shard, &conn)).await;
+}
+
+/// Wakes one session from any thread: a message to its shard's mailbox,
+/// which wakes that shard if it sleeps; the shard wakes the session if the
+/// connection is still there ([`ConnRef`]'s serial tells a reused slot).
+struct ShardWaker {
+    node: Weak<Node>,
+    shard: usize,
+    conn: ConnRef,
+}
+
+impl SessionWake for ShardWaker {
+    fn wake(&self) {
+        if let Some(node) = self.node.upgrade() {
+            node.mailboxes[self.shard].push(ShardMsg::WakeSession(self.conn));
+        }
+    }
 }
 
 /// How a connection's first request went.
@@ -329,6 +359,10 @@ async fn wait_input(conn: &Conn, budget: usize, timer: Option<impl Future<Output
     poll_fn(|cx| {
         if !conn.is_open() {
             return Poll::Ready(Wake::Stop);
+        }
+        if conn.take_woken() {
+            // Woken for its protocol (SessionWake): run on_deadline now.
+            return Poll::Ready(Wake::Deadline);
         }
         if let Some(t) = timer.as_mut().as_pin_mut() {
             if t.poll(cx).is_ready() {
