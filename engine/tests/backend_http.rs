@@ -473,6 +473,35 @@ fn health_and_metrics() {
     assert!(deliveries >= 1.0, "{text}");
 }
 
+/// Reads the server's frames on a raw client socket until a ping (opcode
+/// 0x9) arrives; the client answers nothing.
+fn wait_for_ping(deaf: &mut std::net::TcpStream) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 512];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        // Server frames are unmasked; a ping's payload is under 126 bytes.
+        while buf.len() >= 2 {
+            let (opcode, len) = (buf[0] & 0x0f, usize::from(buf[1] & 0x7f));
+            assert!(len < 126, "unexpected long frame before a ping: {buf:?}");
+            if opcode == 0x9 {
+                return;
+            }
+            if buf.len() < 2 + len {
+                break;
+            }
+            buf.drain(..2 + len);
+        }
+        assert!(Instant::now() < deadline, "no ping within 10 s");
+        match deaf.read(&mut chunk) {
+            Ok(0) => panic!("the deaf client was closed before any ping"),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => panic!("reading the deaf client: {e}"),
+        }
+    }
+}
+
 #[test]
 fn flush_dead_clients_closes_a_client_that_never_answers_pings() {
     let server = Server::start(&["--ping-interval", "1", "--pong-timeout", "30"]);
@@ -505,9 +534,22 @@ fn flush_dead_clients_closes_a_client_that_never_answers_pings() {
             let _ = alive.flush();
             (pings, alive)
         });
-        // The deaf client has had a ping outstanding for well over a second.
-        std::thread::sleep(Duration::from_secs(3));
-        let f = server.call("flush_dead_clients", json!(null));
+        // No fixed sleep to outguess the ping timer: wait until the deaf
+        // client has been sent a ping (read raw, so nothing answers it),
+        // then ask for a flush until it finds that ping over a second old.
+        wait_for_ping(&mut deaf);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let f = loop {
+            let f = server.call("flush_dead_clients", json!(null));
+            if f["flushed"].as_u64().unwrap_or(0) >= 1 {
+                break f;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the deaf client, pinged, was never flushed: {f}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
         stop.store(true, Ordering::SeqCst);
         let (pings, alive) = reader.join().unwrap();
         assert!(pings >= 1, "the server pings every second");
