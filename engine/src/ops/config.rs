@@ -350,6 +350,10 @@ config_section! {
         /// `X-Api-Key: TOKEN` on every request but `GET /health`. Empty = no
         /// authentication. Default empty.
         pub api_token: String = String::new(),
+        /// Allow `listen` on a non-loopback address with no `api_token`
+        /// (anyone who reaches the port may then publish to every client).
+        /// Without it such a config refuses to start. Default false.
+        pub insecure: bool = false,
         /// Largest request body in bytes (413 past it). At least 1024.
         /// Default 1048576 (1 MiB).
         pub max_body: usize = 1 << 20,
@@ -752,6 +756,24 @@ impl Config {
         }
 
         at_most("shards", self.shards, MAX_SHARDS, "")?;
+        if self.backend.api_token.is_empty()
+            && !self.backend.listen.ip().is_loopback()
+            && !self.backend.insecure
+        {
+            // The backend port publishes to every client and reads every
+            // channel: open to the network without a token, anyone who
+            // reaches it can.
+            return Err(ConfigError::invalid(
+                "backend.api_token",
+                format!(
+                    "required when backend.listen ({}) is not a loopback address: \
+                     set a token (--api-token), listen on 127.0.0.1, or accept an \
+                     unauthenticated backend with backend.insecure = true \
+                     (--insecure-backend)",
+                    self.backend.listen
+                ),
+            ));
+        }
         if !LOG_LEVELS
             .iter()
             .any(|l| l.eq_ignore_ascii_case(self.log_level.trim()))
@@ -1414,6 +1436,7 @@ mod tests {
             "RINGCAST_WS_COMPRESSION_MIN_SIZE",
             "RINGCAST_BACKEND_LISTEN",
             "RINGCAST_BACKEND_API_TOKEN",
+            "RINGCAST_BACKEND_INSECURE",
             "RINGCAST_BACKEND_MAX_BODY",
             "RINGCAST_BACKEND_IDLE_TIMEOUT",
             "RINGCAST_LIMITS_MAX_CONNECTIONS",
@@ -1442,7 +1465,7 @@ mod tests {
         ] {
             assert!(keys.iter().any(|(v, _, _)| v == var), "{var}");
         }
-        assert_eq!(keys.len(), 42);
+        assert_eq!(keys.len(), 43);
     }
 
     #[test]
