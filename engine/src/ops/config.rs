@@ -756,24 +756,6 @@ impl Config {
         }
 
         at_most("shards", self.shards, MAX_SHARDS, "")?;
-        if self.backend.api_token.is_empty()
-            && !self.backend.listen.ip().is_loopback()
-            && !self.backend.insecure
-        {
-            // The backend port publishes to every client and reads every
-            // channel: open to the network without a token, anyone who
-            // reaches it can.
-            return Err(ConfigError::invalid(
-                "backend.api_token",
-                format!(
-                    "required when backend.listen ({}) is not a loopback address: \
-                     set a token (--api-token), listen on 127.0.0.1, or accept an \
-                     unauthenticated backend with backend.insecure = true \
-                     (--insecure-backend)",
-                    self.backend.listen
-                ),
-            ));
-        }
         if !LOG_LEVELS
             .iter()
             .any(|l| l.eq_ignore_ascii_case(self.log_level.trim()))
@@ -856,6 +838,25 @@ impl Config {
         at_least("limits.mailbox_capacity", l.mailbox_capacity, 1024, "")?;
 
         at_most("history.size", self.history.size, MAX_HISTORY_SIZE, "")?;
+        // Last: a config with other errors names those first.
+        if self.backend.api_token.is_empty()
+            && !self.backend.listen.ip().is_loopback()
+            && !self.backend.insecure
+        {
+            // The backend port publishes to every client and reads every
+            // channel: open to the network without a token, anyone who
+            // reaches it can.
+            return Err(ConfigError::invalid(
+                "backend.api_token",
+                format!(
+                    "required when backend.listen ({}) is not a loopback address: \
+                     set a token (--api-token), listen on 127.0.0.1, or accept an \
+                     unauthenticated backend with backend.insecure = true \
+                     (--insecure-backend)",
+                    self.backend.listen
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -1611,6 +1612,7 @@ mod tests {
             (|c| c.log_level = "loud".into(), "invalid config: log_level: must be one of trace, debug, info, warn, error (got \"loud\")"),
             (|c| c.backend.listen = c.ws.listen, "invalid config: backend.listen: must differ from ws.listen (both use 0.0.0.0:58000 and 0.0.0.0:58000)"),
             (|c| c.backend.listen = SocketAddr::from(([127, 0, 0, 1], 58000)), "invalid config: backend.listen: must differ from ws.listen (both use 127.0.0.1:58000 and 0.0.0.0:58000)"),
+            (|c| c.backend.listen = SocketAddr::from(([10, 0, 0, 5], 59999)), "invalid config: backend.api_token: required when backend.listen (10.0.0.5:59999) is not a loopback address: set a token (--api-token), listen on 127.0.0.1, or accept an unauthenticated backend with backend.insecure = true (--insecure-backend)"),
         ];
         for (edit, want) in cases {
             let mut c = Config::default();
@@ -1636,6 +1638,13 @@ mod tests {
         c.ws.listen = SocketAddr::from(([127, 0, 0, 1], 58000));
         c.backend.listen = SocketAddr::from(([127, 0, 0, 2], 58000));
         c.validate().expect("boundaries valid");
+        // A non-loopback backend with a token, or said to be insecure.
+        c.backend.listen = SocketAddr::from(([0, 0, 0, 0], 59999));
+        c.backend.api_token = "t".into();
+        c.validate().expect("a token");
+        c.backend.api_token.clear();
+        c.backend.insecure = true;
+        c.validate().expect("insecure on purpose");
     }
 
     #[test]
