@@ -96,6 +96,14 @@ fn low_ulimit_blocks_on_open_files() {
     assert_open_files_blocks(&out, 16384);
 }
 
+/// With no explicit `limits.max_connections` the doctor checks against
+/// its default target (10,000 connections): a limit below it blocks too.
+#[test]
+fn low_ulimit_blocks_for_the_default_target() {
+    let out = doctor_under_ulimit_256(&[]);
+    assert_open_files_blocks(&out, 16384);
+}
+
 /// `key = value` pairs of the shipped sysctl file, values with whitespace
 /// collapsed.
 fn sysctl_keys() -> Vec<(String, String)> {
