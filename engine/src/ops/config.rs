@@ -478,6 +478,10 @@ config_section! {
         /// `X-Api-Key: TOKEN` on every request but `GET /health`. Empty = no
         /// authentication. Default empty.
         pub api_token: String = String::new(),
+        /// Allow `listen` on a non-loopback address with no `api_token`
+        /// (anyone who reaches the port may then publish to every client).
+        /// Without it such a config refuses to start. Default false.
+        pub insecure: bool = false,
         /// Largest request body in bytes (413 past it). At least 1024.
         /// Default 1048576 (1 MiB).
         pub max_body: usize = 1 << 20,
@@ -983,6 +987,25 @@ impl Config {
 
         at_most("history.size", self.history.size, MAX_HISTORY_SIZE, "")?;
         self.auth.validate()?;
+        // Last: a config with other errors names those first.
+        if self.backend.api_token.is_empty()
+            && !self.backend.listen.ip().is_loopback()
+            && !self.backend.insecure
+        {
+            // The backend port publishes to every client and reads every
+            // channel: open to the network without a token, anyone who
+            // reaches it can.
+            return Err(ConfigError::invalid(
+                "backend.api_token",
+                format!(
+                    "required when backend.listen ({}) is not a loopback address: \
+                     set a token (--api-token), listen on 127.0.0.1, or accept an \
+                     unauthenticated backend with backend.insecure = true \
+                     (--insecure-backend)",
+                    self.backend.listen
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -1566,6 +1589,7 @@ mod tests {
             "RINGCAST_WS_COMPRESSION_MIN_SIZE",
             "RINGCAST_BACKEND_LISTEN",
             "RINGCAST_BACKEND_API_TOKEN",
+            "RINGCAST_BACKEND_INSECURE",
             "RINGCAST_BACKEND_MAX_BODY",
             "RINGCAST_BACKEND_IDLE_TIMEOUT",
             "RINGCAST_LIMITS_MAX_CONNECTIONS",
@@ -1604,7 +1628,7 @@ mod tests {
         ] {
             assert!(keys.iter().any(|(v, _, _)| v == var), "{var}");
         }
-        assert_eq!(keys.len(), 52);
+        assert_eq!(keys.len(), 53);
     }
 
     #[test]
@@ -1797,6 +1821,7 @@ mod tests {
             (|c| c.log_level = "loud".into(), "invalid config: log_level: must be one of trace, debug, info, warn, error (got \"loud\")"),
             (|c| c.backend.listen = c.ws.listen, "invalid config: backend.listen: must differ from ws.listen (both use 0.0.0.0:58000 and 0.0.0.0:58000)"),
             (|c| c.backend.listen = SocketAddr::from(([127, 0, 0, 1], 58000)), "invalid config: backend.listen: must differ from ws.listen (both use 127.0.0.1:58000 and 0.0.0.0:58000)"),
+            (|c| c.backend.listen = SocketAddr::from(([10, 0, 0, 5], 59999)), "invalid config: backend.api_token: required when backend.listen (10.0.0.5:59999) is not a loopback address: set a token (--api-token), listen on 127.0.0.1, or accept an unauthenticated backend with backend.insecure = true (--insecure-backend)"),
         ];
         for (edit, want) in cases {
             let mut c = Config::default();
@@ -1824,6 +1849,13 @@ mod tests {
         c.ws.listen = SocketAddr::from(([127, 0, 0, 1], 58000));
         c.backend.listen = SocketAddr::from(([127, 0, 0, 2], 58000));
         c.validate().expect("boundaries valid");
+        // A non-loopback backend with a token, or said to be insecure.
+        c.backend.listen = SocketAddr::from(([0, 0, 0, 0], 59999));
+        c.backend.api_token = "t".into();
+        c.validate().expect("a token");
+        c.backend.api_token.clear();
+        c.backend.insecure = true;
+        c.validate().expect("insecure on purpose");
     }
 
     #[test]

@@ -214,7 +214,7 @@ pub fn run(config: Config) -> Result<RunningNode, StartError> {
                 let _enter = span.enter();
                 let result = if uring_ok {
                     RuntimeBuilder::<IoUringDriver>::new()
-                        .with_entries(4096)
+                        .with_entries(SHARD_RING_ENTRIES)
                         .enable_timer()
                         .build()
                         .map(|mut rt| {
@@ -241,6 +241,11 @@ pub fn run(config: Config) -> Result<RunningNode, StartError> {
         threads,
     })
 }
+
+/// io_uring submission queue entries of each shard's ring (the kernel
+/// gives the completion queue twice as many). `ringcast doctor` estimates
+/// the rings' locked memory from this.
+pub const SHARD_RING_ENTRIES: u32 = 4096;
 
 /// Creates (and drops) an io_uring runtime to see whether the kernel lets us.
 fn probe_uring() -> std::io::Result<()> {
