@@ -217,6 +217,31 @@ config_section! {
         /// DMOJ's event daemon (`websocket/daemon.js`): receivers, senders
         /// and long-poll, on DMOJ's own ports and on this port's paths.
         pub dmoj: DmojConfig = DmojConfig::default(),
+        /// ws4redis (django-websocket-redis) endpoints, as Rodan uses them.
+        pub ws4redis: Ws4redisConfig = Ws4redisConfig::default(),
+    }
+}
+
+config_section! {
+    /// `[protocols.ws4redis]`: django-websocket-redis's endpoint
+    /// (`/ws/<facility>?subscribe-broadcast&publish-broadcast&echo`).
+    pub struct Ws4redisConfig {
+        /// URL path (ws4redis's `WEBSOCKET_URL`); the rest of the request
+        /// path is the facility. Empty = not served. Default `/ws/`.
+        pub path: String = "/ws/".into(),
+        /// Channel name prefix (`WS4REDIS_PREFIX`): channels are
+        /// `{prefix}:broadcast:{facility}`, or `broadcast:{facility}` when
+        /// empty. Default empty.
+        pub prefix: String = String::new(),
+        /// Seconds a client's publication is kept as its channel's last
+        /// message, sent first to every (re)connecting subscriber
+        /// (`WS4REDIS_EXPIRE`); 0 = none kept. Default 3600.
+        pub expire: u64 = 3600,
+        /// Heartbeat string (`WS4REDIS_HEARTBEAT`, Rodan's `--heartbeat--`):
+        /// sent after every client message and after 4 s without one; a
+        /// client message equal to it is never published. Empty = no
+        /// heartbeats. Default empty.
+        pub heartbeat: String = String::new(),
     }
 }
 
@@ -420,7 +445,7 @@ config_section! {
 
 impl ProtocolsConfig {
     /// Every protocol's path key and value, for validation and routing.
-    pub fn paths(&self) -> [(&'static str, &str); 4] {
+    pub fn paths(&self) -> [(&'static str, &str); 5] {
         let on = self.dmoj.enabled;
         [
             ("protocols.native.path", &self.native.path),
@@ -430,6 +455,7 @@ impl ProtocolsConfig {
                 "protocols.dmoj.poll_path",
                 if on { &self.dmoj.poll_path } else { "" },
             ),
+            ("protocols.ws4redis.path", &self.ws4redis.path),
         ]
     }
 
@@ -1439,10 +1465,14 @@ mod tests {
             "RINGCAST_PROTOCOLS_DMOJ_LONG_POLL_TIMEOUT",
             "RINGCAST_PROTOCOLS_DMOJ_MAX_QUEUE",
             "RINGCAST_LIMITS_MAILBOX_CAPACITY",
+            "RINGCAST_PROTOCOLS_WS4REDIS_PATH",
+            "RINGCAST_PROTOCOLS_WS4REDIS_PREFIX",
+            "RINGCAST_PROTOCOLS_WS4REDIS_EXPIRE",
+            "RINGCAST_PROTOCOLS_WS4REDIS_HEARTBEAT",
         ] {
             assert!(keys.iter().any(|(v, _, _)| v == var), "{var}");
         }
-        assert_eq!(keys.len(), 42);
+        assert_eq!(keys.len(), 46);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_channel::oneshot;
@@ -28,15 +28,30 @@ impl Shard {
         data: Bytes,
         exclude: Option<(usize, ConnKey)>,
     ) -> Result<PublishResult, PublishError> {
+        self.publish_kept(channel, data, exclude, None).await
+    }
+
+    /// [`publish`](Self::publish), and with `keep` the data also becomes
+    /// the channel's kept last message for that long (see
+    /// [`HomeShard::keep`](crate::pubsub::home_shard::HomeShard::keep)),
+    /// in the same step at the home shard.
+    pub async fn publish_kept(
+        &self,
+        channel: &str,
+        data: Bytes,
+        exclude: Option<(usize, ConnKey)>,
+        keep: Option<Duration>,
+    ) -> Result<PublishResult, PublishError> {
         let home = self.node.home_of(channel);
         if home == self.id {
-            return self.publish_at_home(channel, data, exclude);
+            return self.publish_at_home(channel, data, exclude, keep);
         }
         let (tx, rx) = oneshot::channel();
         let msg = ShardMsg::Publish {
             channel: channel.into(),
             data,
             exclude,
+            keep,
             reply: tx,
         };
         if self.node.mailboxes[home].try_push(msg).is_err() {
@@ -56,6 +71,7 @@ impl Shard {
         channel: &str,
         data: Bytes,
         exclude: Option<(usize, ConnKey)>,
+        keep: Option<Duration>,
     ) -> Result<PublishResult, PublishError> {
         let node = &self.node;
         let ts = unix_ms() / 1000;
@@ -68,7 +84,11 @@ impl Shard {
             ShardMetrics::inc(&self.metrics.publishes_overloaded);
             return Err(PublishError::Overloaded);
         }
-        let published = home.publish(channel, Instant::now(), |name, offset| {
+        let now = Instant::now();
+        if let Some(keep) = keep {
+            home.keep(channel, data.clone(), now + keep);
+        }
+        let published = home.publish(channel, now, |name, offset| {
             id = node.next_id();
             Publication::message(name, offset, id, ts, data)
         });

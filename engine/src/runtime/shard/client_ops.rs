@@ -4,7 +4,7 @@
 
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::conn::Conn;
 use super::{ConnRef, HomeAnswer, HomeQuery, Shard, ShardGone};
@@ -57,6 +57,19 @@ impl Shard {
                 }
                 let exclude = Some((self.id, conn.key));
                 let r = self.publish(channel, data.clone(), exclude).await?;
+                Ok(Outcome::Published(r))
+            }
+            Op::Relay {
+                channel,
+                data,
+                echo,
+                keep_secs,
+            } => {
+                let exclude = (!echo).then_some((self.id, conn.key));
+                let keep = (*keep_secs > 0).then(|| Duration::from_secs(*keep_secs));
+                let r = self
+                    .publish_kept(channel, data.clone(), exclude, keep)
+                    .await?;
                 Ok(Outcome::Published(r))
             }
             Op::History {
@@ -147,6 +160,7 @@ impl Shard {
                     epoch,
                     recovered: None,
                     missed: None,
+                    kept: None,
                 }),
                 _ => Err(UNEXPECTED),
             };

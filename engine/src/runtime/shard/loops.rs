@@ -26,9 +26,10 @@ impl Shard {
                 channel,
                 data,
                 exclude,
+                keep,
                 reply,
             } => {
-                let r = self.publish_at_home(&channel, data, exclude);
+                let r = self.publish_at_home(&channel, data, exclude, keep);
                 let _ = reply.send(r);
             }
             ShardMsg::Deliver {

@@ -90,6 +90,8 @@ pub enum ShardMsg {
         channel: Box<str>,
         data: Bytes,
         exclude: Option<(usize, ConnKey)>,
+        /// Also keep it as the channel's last message for this long.
+        keep: Option<std::time::Duration>,
         reply: oneshot::Sender<Result<PublishResult, PublishError>>,
     },
     /// From the home shard: deliver to local subscribers of the channel.
