@@ -204,6 +204,33 @@ config_section! {
         /// A connection on no configured path speaks `ws.dialect`;
         /// `?dialect=NAME` in the URL chooses for one connection.
         pub protocols: ProtocolsConfig = ProtocolsConfig::default(),
+        /// Message sources besides the backend port (Redis, ...).
+        pub sources: SourcesConfig = SourcesConfig::default(),
+    }
+}
+
+config_section! {
+    /// `[sources]`: systems ringcast takes publications from.
+    pub struct SourcesConfig {
+        /// Redis pub/sub, as ws4redis uses it.
+        pub redis: RedisSourceConfig = RedisSourceConfig::default(),
+    }
+}
+
+config_section! {
+    /// `[sources.redis]`: publish what Redis channels carry (ws4redis's
+    /// `WS4REDIS_CONNECTION`).
+    pub struct RedisSourceConfig {
+        /// Take publications from Redis. Default false.
+        pub enabled: bool = false,
+        /// Redis URL: `redis://[:password@]host:port/db`, or
+        /// `redis+unix:///path?db=N`. Default `redis://127.0.0.1:6379/0`.
+        pub url: String = "redis://127.0.0.1:6379/0".into(),
+        /// Channel patterns to PSUBSCRIBE; each message is published on
+        /// the ringcast channel of the same name. Empty = ws4redis's
+        /// `{prefix}:broadcast:*`, `:user:*`, `:group:*`, `:session:*`
+        /// with `protocols.ws4redis.prefix`. Default empty.
+        pub patterns: Vec<String> = Vec::new(),
     }
 }
 
@@ -440,6 +467,23 @@ config_section! {
         pub size: usize = 64,
         /// Seconds a publication stays in history. Default 300.
         pub ttl: u64 = 300,
+    }
+}
+
+impl SourcesConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let r = &self.redis;
+        let schemes = ["redis://", "rediss://", "redis+unix://", "unix://"];
+        if r.enabled && !schemes.iter().any(|s| r.url.starts_with(s)) {
+            return Err(ConfigError::invalid(
+                "sources.redis.url",
+                format!(
+                    "must be a redis://, rediss://, redis+unix:// or unix:// URL (got {:?})",
+                    r.url
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -813,6 +857,7 @@ impl Config {
         at_least("backend.max_body", b.max_body, 1024, " bytes")?;
         at_least("backend.idle_timeout", b.idle_timeout, 1, " s")?;
         self.protocols.validate()?;
+        self.sources.validate()?;
 
         let l = &self.limits;
         at_least(
@@ -879,6 +924,12 @@ impl Config {
         }
         if !c.protocols.dmoj.key.is_empty() {
             c.protocols.dmoj.key = "<redacted>".into();
+        }
+        let url = &mut c.sources.redis.url;
+        if let Some((scheme, rest)) = url.split_once("://") {
+            if let Some((_, host)) = rest.split_once('@') {
+                *url = format!("{scheme}://<redacted>@{host}");
+            }
         }
         c
     }
@@ -1469,10 +1520,13 @@ mod tests {
             "RINGCAST_PROTOCOLS_WS4REDIS_PREFIX",
             "RINGCAST_PROTOCOLS_WS4REDIS_EXPIRE",
             "RINGCAST_PROTOCOLS_WS4REDIS_HEARTBEAT",
+            "RINGCAST_SOURCES_REDIS_ENABLED",
+            "RINGCAST_SOURCES_REDIS_URL",
+            "RINGCAST_SOURCES_REDIS_PATTERNS",
         ] {
             assert!(keys.iter().any(|(v, _, _)| v == var), "{var}");
         }
-        assert_eq!(keys.len(), 46);
+        assert_eq!(keys.len(), 49);
     }
 
     #[test]

@@ -70,6 +70,14 @@ impl Shard {
                 let r = self
                     .publish_kept(channel, data.clone(), exclude, keep)
                     .await?;
+                if let Some(redis) = &self.node.sources.redis {
+                    // Django's side (RedisPublisher, SETEX'd keys) sees it too.
+                    redis.write_back(crate::sources::redis::WriteBack {
+                        channel: channel.clone(),
+                        data: data.clone(),
+                        keep_secs: *keep_secs,
+                    });
+                }
                 Ok(Outcome::Published(r))
             }
             Op::History {

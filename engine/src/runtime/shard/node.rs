@@ -33,6 +33,8 @@ pub struct Node {
     /// bounded by the open-file limit less the descriptors kept for the
     /// backend port ([`ws_capacity`]).
     pub ws_capacity: usize,
+    /// Message sources (`[sources]`) and their state.
+    pub sources: crate::sources::Sources,
 }
 
 /// Descriptors WebSocket clients can never take: the backend port's
@@ -68,7 +70,15 @@ impl Node {
     /// A node that holds at most `ws_capacity` WebSocket-port sockets.
     pub fn with_capacity(config: Config, shards: usize, ws_capacity: usize) -> Arc<Node> {
         let start_ms = unix_ms();
+        let sources = crate::sources::Sources {
+            redis: config
+                .sources
+                .redis
+                .enabled
+                .then(|| Arc::new(crate::sources::redis::RedisSource::new())),
+        };
         Arc::new(Node {
+            sources,
             router: Router::new(&config),
             mailboxes: (0..shards)
                 .map(|_| Mailbox::new(config.limits.mailbox_capacity))
