@@ -232,3 +232,43 @@ fn bad_redis_url_is_refused_at_start() {
         "{err}"
     );
 }
+
+#[test]
+fn message_persisted_in_redis_is_sent_first_on_connect() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let server = start(&redis);
+    wait_connected(&server, 0);
+    // Django's RedisPublisher(facility='foobar', broadcast=True)
+    // .publish_message(msg, expire=10): PUBLISH then SETEX.
+    let mut r = redis_conn(&redis);
+    publish(&mut r, "rodan:broadcast:foobar", "Hello World");
+    let _: () = redis::cmd("SETEX")
+        .arg("rodan:broadcast:foobar")
+        .arg(10)
+        .arg("Hello World")
+        .query(&mut r)
+        .unwrap();
+    let mut late = server.ws("/ws/foobar?subscribe-broadcast");
+    assert_eq!(
+        data_within(&mut late, Duration::from_millis(1500)),
+        ["Hello World"]
+    );
+    // Kept in ringcast from then on: the next client gets it at once.
+    let mut later = server.ws("/ws/foobar?subscribe-broadcast");
+    assert_eq!(
+        data_within(&mut later, Duration::from_millis(500)),
+        ["Hello World"]
+    );
+    // A key that expired in Redis is not sent.
+    let _: () = redis::cmd("SETEX")
+        .arg("rodan:broadcast:gone")
+        .arg(1)
+        .arg("old")
+        .query(&mut r)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    let mut none = server.ws("/ws/gone?subscribe-broadcast");
+    assert!(data_within(&mut none, Duration::from_millis(800)).is_empty());
+}

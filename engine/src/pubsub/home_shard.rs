@@ -76,6 +76,8 @@ pub struct SubscribeOutcome {
     pub replay: Vec<Arc<Publication>>,
     /// The channel's kept last message, if unexpired ([`HomeShard::keep`]).
     pub kept: Option<Bytes>,
+    /// This is the channel's only subscriber (it had none before).
+    pub first: bool,
 }
 
 /// The answer to `history`.
@@ -235,6 +237,23 @@ impl HomeShard {
         self.channel(channel).kept = Some((data, until));
     }
 
+    /// Keeps `data` until `until` unless the channel has a kept message
+    /// already; whether it did keep it.
+    pub fn keep_if_none(
+        &mut self,
+        channel: &str,
+        data: Bytes,
+        until: Instant,
+        now: Instant,
+    ) -> bool {
+        let ch = self.channel(channel);
+        if ch.kept(now).is_some() {
+            return false;
+        }
+        ch.kept = Some((data, until));
+        true
+    }
+
     /// Shards with subscribers of `channel`.
     pub fn interested(&self, channel: &str) -> impl Iterator<Item = usize> + '_ {
         self.channels.get(channel).into_iter().flat_map(|ch| {
@@ -256,6 +275,7 @@ impl HomeShard {
     ) -> SubscribeOutcome {
         let ttl = self.history_ttl;
         let ch = self.channel(channel);
+        let first = ch.total() == 0;
         ch.counts[shard] += 1;
         ch.expire(now, ttl);
         let mut out = SubscribeOutcome {
@@ -265,6 +285,7 @@ impl HomeShard {
             missed: None,
             replay: Vec::new(),
             kept: ch.kept(now),
+            first,
         };
         let Some(since) = since else { return out };
         let same_epoch = *since.epoch == *ch.epoch;

@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 
 use super::SourceState;
 use crate::ops::config::Config;
-use crate::runtime::shard::Node;
+use crate::runtime::shard::{Node, ShardMsg};
 
 /// A ws4redis client's publication to write back to Redis.
 #[derive(Debug)]
@@ -40,12 +40,20 @@ pub struct WriteBack {
     pub keep_secs: u64,
 }
 
+/// What shards ask of the bridge.
+#[derive(Debug)]
+enum Request {
+    WriteBack(WriteBack),
+    /// `GET` the channel's persisted message for its home shard.
+    Fetch(Box<str>),
+}
+
 /// The Redis source of a node: its state and the write-back queue.
 #[derive(Debug)]
 pub struct RedisSource {
     pub state: SourceState,
-    tx: mpsc::UnboundedSender<WriteBack>,
-    rx: Mutex<Option<mpsc::UnboundedReceiver<WriteBack>>>,
+    tx: mpsc::UnboundedSender<Request>,
+    rx: Mutex<Option<mpsc::UnboundedReceiver<Request>>>,
 }
 
 impl RedisSource {
@@ -60,7 +68,13 @@ impl RedisSource {
 
     /// Queues a client publication for Redis (never blocks a shard).
     pub fn write_back(&self, w: WriteBack) {
-        let _ = self.tx.send(w);
+        let _ = self.tx.send(Request::WriteBack(w));
+    }
+
+    /// Asks for `channel`'s persisted message (never blocks a shard); an
+    /// unexpired one goes to its home shard as [`ShardMsg::Kept`].
+    pub fn fetch(&self, channel: &str) {
+        let _ = self.tx.send(Request::Fetch(channel.into()));
     }
 }
 
@@ -150,11 +164,7 @@ pub fn start(node: Arc<Node>, source: Arc<RedisSource>) -> std::io::Result<()> {
     Ok(())
 }
 
-async fn run(
-    node: Arc<Node>,
-    source: Arc<RedisSource>,
-    mut rx: mpsc::UnboundedReceiver<WriteBack>,
-) {
+async fn run(node: Arc<Node>, source: Arc<RedisSource>, mut rx: mpsc::UnboundedReceiver<Request>) {
     let cfg = &node.config;
     let url = cfg.sources.redis.url.clone();
     let client = match redis::Client::open(url.as_str()) {
@@ -217,8 +227,25 @@ async fn run(
                     }
                     state.messages.fetch_add(1, Ordering::Relaxed);
                 }
-                w = rx.recv() => {
-                    let Some(w) = w else { return };
+                req = rx.recv() => {
+                    let w = match req {
+                        None => return,
+                        Some(Request::WriteBack(w)) => w,
+                        Some(Request::Fetch(channel)) => {
+                            match fetch(&mut writer, &channel).await {
+                                Ok(Some((data, ttl))) => {
+                                    let home = node.home_of(&channel);
+                                    node.mailboxes[home].push(ShardMsg::Kept { channel, data, ttl });
+                                }
+                                Ok(None) => {}
+                                Err(e) => {
+                                    tracing::warn!("redis source: GET failed: {e}");
+                                    break;
+                                }
+                            }
+                            continue;
+                        }
+                    };
                     echoes.expect(&w.channel, &w.data);
                     let mut pipe = redis::pipe();
                     pipe.cmd("PUBLISH").arg(&*w.channel).arg(&w.data[..]).ignore();
@@ -235,6 +262,27 @@ async fn run(
         state.set_connected(false);
         tracing::warn!("redis source: connection to {url} lost; reconnecting");
     }
+}
+
+/// `GET` and `PTTL` of a persisted message: its bytes and time to live,
+/// if it is there with one.
+async fn fetch(
+    conn: &mut redis::aio::MultiplexedConnection,
+    channel: &str,
+) -> redis::RedisResult<Option<(Bytes, Duration)>> {
+    let (data, pttl): (Option<Vec<u8>>, i64) = redis::pipe()
+        .cmd("GET")
+        .arg(channel)
+        .cmd("PTTL")
+        .arg(channel)
+        .query_async(conn)
+        .await?;
+    Ok(match data {
+        Some(d) if pttl > 0 && std::str::from_utf8(&d).is_ok() => {
+            Some((Bytes::from(d), Duration::from_millis(pttl as u64)))
+        }
+        _ => None,
+    })
 }
 
 #[cfg(test)]

@@ -161,6 +161,7 @@ impl Shard {
                 self.home
                     .borrow_mut()
                     .subscribe(channel, self.id, since.as_ref(), Instant::now());
+            self.fetch_kept(channel, &outcome);
             self.activate(conn, channel, &outcome);
             return Ok(SubscribeInfo::from(&outcome));
         }
@@ -173,6 +174,38 @@ impl Shard {
             reply: tx,
         });
         rx.await.map_err(|_| ShardGone)
+    }
+
+    /// A channel's first subscriber, with nothing kept: asks the Redis
+    /// source (if any) for ws4redis's persisted message of it (`GET`),
+    /// which comes back as [`ShardMsg::Kept`].
+    pub(super) fn fetch_kept(&self, channel: &str, outcome: &SubscribeOutcome) {
+        let Some(redis) = &self.node.sources.redis else {
+            return;
+        };
+        let w = &self.config().protocols.ws4redis;
+        if outcome.first && outcome.kept.is_none() && w.expire > 0 {
+            let prefix = crate::protocol::ws4redis::broadcast_channel(&w.prefix, "");
+            if channel.starts_with(&prefix) {
+                redis.fetch(channel);
+            }
+        }
+    }
+
+    /// The Redis source's answer to [`fetch_kept`](Self::fetch_kept): the
+    /// channel's persisted message and its time to live. Kept, and
+    /// published to the channel's subscribers (who joined without it),
+    /// unless a message was kept meanwhile.
+    pub(super) fn kept_from_source(&self, channel: &str, data: Bytes, ttl: Duration) {
+        let now = Instant::now();
+        if !self
+            .home
+            .borrow_mut()
+            .keep_if_none(channel, data.clone(), now + ttl, now)
+        {
+            return;
+        }
+        let _ = self.publish_at_home(channel, data, None, None);
     }
 
     pub(super) fn activate(&self, conn: &Rc<Conn>, channel: &str, outcome: &SubscribeOutcome) {

@@ -32,6 +32,9 @@ impl Shard {
                 let r = self.publish_at_home(&channel, data, exclude, keep);
                 let _ = reply.send(r);
             }
+            ShardMsg::Kept { channel, data, ttl } => {
+                self.kept_from_source(&channel, data, ttl);
+            }
             ShardMsg::Deliver {
                 publication,
                 exclude,
@@ -54,6 +57,7 @@ impl Shard {
                     since.as_ref(),
                     Instant::now(),
                 );
+                self.fetch_kept(&channel, &outcome);
                 self.node.mailboxes[from].push(ShardMsg::SubscribeAck {
                     channel,
                     conn,
