@@ -42,9 +42,9 @@ pub enum Op {
     /// Publish `data` (any bytes) as a ws4redis client does with its
     /// `publish-*` flags: no subscription needed (the flag is the
     /// permission; `ws.client_publish` does not apply), rate limited like
-    /// any client call, the sender excluded unless `echo`; with `keep_secs`
-    /// > 0 it also becomes the channel's last message, sent to every
-    /// subscriber that joins in the next `keep_secs` seconds.
+    /// any client call, the sender excluded unless `echo`; with a nonzero
+    /// `keep_secs` it also becomes the channel's last message, sent to
+    /// every subscriber that joins in the next `keep_secs` seconds.
     Relay {
         channel: Box<str>,
         data: Bytes,
