@@ -214,6 +214,26 @@ config_section! {
     pub struct SourcesConfig {
         /// Redis pub/sub, as ws4redis uses it.
         pub redis: RedisSourceConfig = RedisSourceConfig::default(),
+        /// PostgreSQL LISTEN/NOTIFY.
+        pub postgres: PostgresSourceConfig = PostgresSourceConfig::default(),
+    }
+}
+
+config_section! {
+    /// `[sources.postgres]`: publish what PostgreSQL NOTIFYs carry.
+    pub struct PostgresSourceConfig {
+        /// Take publications from PostgreSQL. Default false.
+        pub enabled: bool = false,
+        /// Connection string (`host=... port=... user=... dbname=...` or a
+        /// `postgresql://` URL; no TLS). Default
+        /// `host=127.0.0.1 user=postgres dbname=postgres`.
+        pub url: String = "host=127.0.0.1 user=postgres dbname=postgres".into(),
+        /// Channels to LISTEN on. Default `["ringcast"]`.
+        pub listen: Vec<String> = vec!["ringcast".into()],
+        /// Where a payload that is not `{"channel": C, "data": D}` is
+        /// published (e.g. `rodan:broadcast:rodan`); empty = such payloads
+        /// are skipped. Default empty.
+        pub channel: String = String::new(),
     }
 }
 
@@ -925,6 +945,9 @@ impl Config {
         if !c.protocols.dmoj.key.is_empty() {
             c.protocols.dmoj.key = "<redacted>".into();
         }
+        if c.sources.postgres.url.contains("password") || c.sources.postgres.url.contains('@') {
+            c.sources.postgres.url = "<redacted>".into();
+        }
         let url = &mut c.sources.redis.url;
         if let Some((scheme, rest)) = url.split_once("://") {
             if let Some((_, host)) = rest.split_once('@') {
@@ -1523,10 +1546,14 @@ mod tests {
             "RINGCAST_SOURCES_REDIS_ENABLED",
             "RINGCAST_SOURCES_REDIS_URL",
             "RINGCAST_SOURCES_REDIS_PATTERNS",
+            "RINGCAST_SOURCES_POSTGRES_ENABLED",
+            "RINGCAST_SOURCES_POSTGRES_URL",
+            "RINGCAST_SOURCES_POSTGRES_LISTEN",
+            "RINGCAST_SOURCES_POSTGRES_CHANNEL",
         ] {
             assert!(keys.iter().any(|(v, _, _)| v == var), "{var}");
         }
-        assert_eq!(keys.len(), 49);
+        assert_eq!(keys.len(), 53);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! through the same mailbox a shard uses ([`publish`]).
 #![forbid(unsafe_code)]
 
+pub mod postgres;
 pub mod redis;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -107,6 +108,7 @@ fn make(channel: &str, data: Bytes) -> ShardMsg {
 #[derive(Debug, Default)]
 pub struct Sources {
     pub redis: Option<Arc<redis::RedisSource>>,
+    pub postgres: Option<Arc<SourceState>>,
 }
 
 impl Sources {
@@ -117,13 +119,22 @@ impl Sources {
             out.push('\n');
             out.push_str(&r.state.health_line("redis"));
         }
+        if let Some(p) = &self.postgres {
+            out.push('\n');
+            out.push_str(&p.health_line("postgres"));
+        }
         out
     }
 
     /// Lines appended to `/metrics`.
     pub fn prometheus(&self) -> String {
-        self.redis
-            .as_ref()
-            .map_or_else(String::new, |r| r.state.prometheus("redis"))
+        let mut out = String::new();
+        if let Some(r) = &self.redis {
+            out.push_str(&r.state.prometheus("redis"));
+        }
+        if let Some(p) = &self.postgres {
+            out.push_str(&p.prometheus("postgres"));
+        }
+        out
     }
 }

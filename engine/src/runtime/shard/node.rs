@@ -76,6 +76,11 @@ impl Node {
                 .redis
                 .enabled
                 .then(|| Arc::new(crate::sources::redis::RedisSource::new())),
+            postgres: config
+                .sources
+                .postgres
+                .enabled
+                .then(|| Arc::new(crate::sources::SourceState::default())),
         };
         Arc::new(Node {
             sources,
