@@ -224,10 +224,10 @@ config_section! {
     pub struct PostgresSourceConfig {
         /// Take publications from PostgreSQL. Default false.
         pub enabled: bool = false,
-        /// Connection string (`host=... port=... user=... dbname=...` or a
-        /// `postgresql://` URL; no TLS). Default
-        /// `host=127.0.0.1 user=postgres dbname=postgres`.
-        pub url: String = "host=127.0.0.1 user=postgres dbname=postgres".into(),
+        /// Connection string (a `postgresql://` URL, or
+        /// `host=... port=... user=... dbname=...`; no TLS). Default
+        /// `postgresql://postgres@127.0.0.1/postgres`.
+        pub url: String = "postgresql://postgres@127.0.0.1/postgres".into(),
         /// Channels to LISTEN on. Default `["ringcast"]`.
         pub listen: Vec<String> = vec!["ringcast".into()],
         /// Where a payload that is not `{"channel": C, "data": D}` is
@@ -945,7 +945,12 @@ impl Config {
         if !c.protocols.dmoj.key.is_empty() {
             c.protocols.dmoj.key = "<redacted>".into();
         }
-        if c.sources.postgres.url.contains("password") || c.sources.postgres.url.contains('@') {
+        let pg = &c.sources.postgres.url;
+        let url_password = pg
+            .split_once("://")
+            .and_then(|(_, rest)| rest.split_once('@'))
+            .is_some_and(|(user, _)| user.contains(':'));
+        if pg.contains("password") || url_password {
             c.sources.postgres.url = "<redacted>".into();
         }
         let url = &mut c.sources.redis.url;
