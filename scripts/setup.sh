@@ -10,18 +10,22 @@ cd "$(dirname "$0")/.."
 # node/npm run the uWebSockets.js and ws peers of bench/compare.sh, curl and
 # taskset are used by the bench scripts, chromium runs the browser tests
 # (engine/tests/browser.rs; chromedriver comes with it for WebDriver
-# clients), make and cc build AFL++ for the fuzz smoke. Tests skip, with a message, what they cannot find, so a failed
+# clients), make and cc build AFL++ for the fuzz smoke, redis-server and
+# postgresql give the message-source tests (engine/tests/sources_*.rs) their
+# throwaway servers. Tests skip, with a message, what they cannot find, so a failed
 # install does not stop the build; under CI=true they fail instead.
 declare -A wanted=(
   [script]=util-linux [taskset]=util-linux [tmux]=tmux
   [systemd-analyze]=systemd [node]=nodejs [npm]=npm [ps]=procps [curl]=curl
-  [chromium]=chromium [chromedriver]=chromium-driver
+  [chromium]=chromium [chromedriver]=chromium-driver [redis-server]=redis-server
   [make]=make [cc]=gcc
 )
 missing=()
 for cmd in "${!wanted[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${wanted[$cmd]}")
 done
+# PostgreSQL's server binaries (initdb, postgres) are not on PATH.
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
   mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then

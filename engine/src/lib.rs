@@ -45,3 +45,4 @@ pub mod ops;
 pub mod protocol;
 pub mod pubsub;
 pub mod runtime;
+pub mod sources;

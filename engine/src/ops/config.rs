@@ -229,6 +229,8 @@ config_section! {
         /// Connection tokens (JWT) and channel namespaces with permissions
         /// (README, "Authentication and permissions").
         pub auth: AuthConfig = AuthConfig::default(),
+        /// Message sources besides the backend port (Redis, ...).
+        pub sources: SourcesConfig = SourcesConfig::default(),
     }
 }
 
@@ -304,6 +306,51 @@ config_section! {
 }
 
 config_section! {
+    /// `[sources]`: systems ringcast takes publications from.
+    pub struct SourcesConfig {
+        /// Redis pub/sub, as ws4redis uses it.
+        pub redis: RedisSourceConfig = RedisSourceConfig::default(),
+        /// PostgreSQL LISTEN/NOTIFY.
+        pub postgres: PostgresSourceConfig = PostgresSourceConfig::default(),
+    }
+}
+
+config_section! {
+    /// `[sources.postgres]`: publish what PostgreSQL NOTIFYs carry.
+    pub struct PostgresSourceConfig {
+        /// Take publications from PostgreSQL. Default false.
+        pub enabled: bool = false,
+        /// Connection string (a `postgresql://` URL, or
+        /// `host=... port=... user=... dbname=...`; no TLS). Default
+        /// `postgresql://postgres@127.0.0.1/postgres`.
+        pub url: String = "postgresql://postgres@127.0.0.1/postgres".into(),
+        /// Channels to LISTEN on. Default `["ringcast"]`.
+        pub listen: Vec<String> = vec!["ringcast".into()],
+        /// Where a payload that is not `{"channel": C, "data": D}` is
+        /// published (e.g. `rodan:broadcast:rodan`); empty = such payloads
+        /// are skipped. Default empty.
+        pub channel: String = String::new(),
+    }
+}
+
+config_section! {
+    /// `[sources.redis]`: publish what Redis channels carry (ws4redis's
+    /// `WS4REDIS_CONNECTION`).
+    pub struct RedisSourceConfig {
+        /// Take publications from Redis. Default false.
+        pub enabled: bool = false,
+        /// Redis URL: `redis://[:password@]host:port/db`, or
+        /// `redis+unix:///path?db=N`. Default `redis://127.0.0.1:6379/0`.
+        pub url: String = "redis://127.0.0.1:6379/0".into(),
+        /// Channel patterns to PSUBSCRIBE; each message is published on
+        /// the ringcast channel of the same name. Empty = ws4redis's
+        /// `{prefix}:broadcast:*`, `:user:*`, `:group:*`, `:session:*`
+        /// with `protocols.ws4redis.prefix`. Default empty.
+        pub patterns: Vec<String> = Vec::new(),
+    }
+}
+
+config_section! {
     /// `[protocols]`: one sub-section per wire protocol.
     pub struct ProtocolsConfig {
         /// ringcast's JSON-RPC 2.0 protocol.
@@ -315,6 +362,31 @@ config_section! {
         pub dmoj: DmojConfig = DmojConfig::default(),
         /// django-websockets' timed jobs (`request`, `kill`, `status`).
         pub jobs: JobsConfig = JobsConfig::default(),
+        /// ws4redis (django-websocket-redis) endpoints, as Rodan uses them.
+        pub ws4redis: Ws4redisConfig = Ws4redisConfig::default(),
+    }
+}
+
+config_section! {
+    /// `[protocols.ws4redis]`: django-websocket-redis's endpoint
+    /// (`/ws/<facility>?subscribe-broadcast&publish-broadcast&echo`).
+    pub struct Ws4redisConfig {
+        /// URL path (ws4redis's `WEBSOCKET_URL`); the rest of the request
+        /// path is the facility. Empty = not served. Default `/ws/`.
+        pub path: String = "/ws/".into(),
+        /// Channel name prefix (`WS4REDIS_PREFIX`): channels are
+        /// `{prefix}:broadcast:{facility}`, or `broadcast:{facility}` when
+        /// empty. Default empty.
+        pub prefix: String = String::new(),
+        /// Seconds a client's publication is kept as its channel's last
+        /// message, sent first to every (re)connecting subscriber
+        /// (`WS4REDIS_EXPIRE`); 0 = none kept. Default 3600.
+        pub expire: u64 = 3600,
+        /// Heartbeat string (`WS4REDIS_HEARTBEAT`, Rodan's `--heartbeat--`):
+        /// sent after every client message and after 4 s without one; a
+        /// client message equal to it is never published. Empty = no
+        /// heartbeats. Default empty.
+        pub heartbeat: String = String::new(),
     }
 }
 
@@ -550,9 +622,26 @@ config_section! {
     }
 }
 
+impl SourcesConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let r = &self.redis;
+        let schemes = ["redis://", "rediss://", "redis+unix://", "unix://"];
+        if r.enabled && !schemes.iter().any(|s| r.url.starts_with(s)) {
+            return Err(ConfigError::invalid(
+                "sources.redis.url",
+                format!(
+                    "must be a redis://, rediss://, redis+unix:// or unix:// URL (got {:?})",
+                    r.url
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl ProtocolsConfig {
     /// Every protocol's path key and value, for validation and routing.
-    pub fn paths(&self) -> [(&'static str, &str); 5] {
+    pub fn paths(&self) -> [(&'static str, &str); 6] {
         let on = self.dmoj.enabled;
         [
             ("protocols.native.path", &self.native.path),
@@ -563,6 +652,7 @@ impl ProtocolsConfig {
                 if on { &self.dmoj.poll_path } else { "" },
             ),
             ("protocols.jobs.path", &self.jobs.path),
+            ("protocols.ws4redis.path", &self.ws4redis.path),
         ]
     }
 
@@ -939,6 +1029,7 @@ impl Config {
         at_least("backend.max_body", b.max_body, 1024, " bytes")?;
         at_least("backend.idle_timeout", b.idle_timeout, 1, " s")?;
         self.protocols.validate()?;
+        self.sources.validate()?;
 
         let l = &self.limits;
         at_least(
@@ -1028,6 +1119,20 @@ impl Config {
         }
         if !c.protocols.dmoj.key.is_empty() {
             c.protocols.dmoj.key = "<redacted>".into();
+        }
+        let pg = &c.sources.postgres.url;
+        let url_password = pg
+            .split_once("://")
+            .and_then(|(_, rest)| rest.split_once('@'))
+            .is_some_and(|(user, _)| user.contains(':'));
+        if pg.contains("password") || url_password {
+            c.sources.postgres.url = "<redacted>".into();
+        }
+        let url = &mut c.sources.redis.url;
+        if let Some((scheme, rest)) = url.split_once("://") {
+            if let Some((_, host)) = rest.split_once('@') {
+                *url = format!("{scheme}://<redacted>@{host}");
+            }
         }
         c
     }
@@ -1625,10 +1730,21 @@ mod tests {
             "RINGCAST_PROTOCOLS_JOBS_MAX_JOBS_PER_CONNECTION",
             "RINGCAST_PROTOCOLS_JOBS_SCOPE",
             "RINGCAST_PROTOCOLS_JOBS_REPLIES",
+            "RINGCAST_PROTOCOLS_WS4REDIS_PATH",
+            "RINGCAST_PROTOCOLS_WS4REDIS_PREFIX",
+            "RINGCAST_PROTOCOLS_WS4REDIS_EXPIRE",
+            "RINGCAST_PROTOCOLS_WS4REDIS_HEARTBEAT",
+            "RINGCAST_SOURCES_REDIS_ENABLED",
+            "RINGCAST_SOURCES_REDIS_URL",
+            "RINGCAST_SOURCES_REDIS_PATTERNS",
+            "RINGCAST_SOURCES_POSTGRES_ENABLED",
+            "RINGCAST_SOURCES_POSTGRES_URL",
+            "RINGCAST_SOURCES_POSTGRES_LISTEN",
+            "RINGCAST_SOURCES_POSTGRES_CHANNEL",
         ] {
             assert!(keys.iter().any(|(v, _, _)| v == var), "{var}");
         }
-        assert_eq!(keys.len(), 53);
+        assert_eq!(keys.len(), 64);
     }
 
     #[test]

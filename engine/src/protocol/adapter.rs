@@ -34,13 +34,14 @@ use crate::pubsub::publication::{Publication, MAX_FORMS};
 
 /// Every protocol, by form slot. Slot 0 is the native protocol, whose form
 /// the home shard builds eagerly; the others are built on first use.
-pub static PROTOCOLS: [&dyn Protocol; 6] = [
+pub static PROTOCOLS: [&dyn Protocol; 7] = [
     &native::Native,
     &rocketws::RocketWs,
     &dmoj::DmojReceiver,
     &dmoj::DmojSender,
     &dmoj::DmojPoll,
     &jobs::Jobs,
+    &super::ws4redis::Ws4redis,
 ];
 
 const _: () = assert!(PROTOCOLS.len() <= MAX_FORMS);

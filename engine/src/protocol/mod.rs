@@ -4,7 +4,8 @@
 //! Transport: [`codec`], [`handshake`], [`websocket`], [`deflate`]
 //! (permessage-deflate), [`http`]. Messages:
 //! [`rpc`] (JSON-RPC 2.0). The client protocols behind one seam,
-//! [`adapter::Protocol`]: [`native`], [`rocketws`], [`dmoj`], [`jobs`].
+//! [`adapter::Protocol`]: [`native`], [`rocketws`], [`dmoj`], [`jobs`],
+//! [`ws4redis`].
 #![forbid(unsafe_code)]
 
 pub mod adapter;
@@ -18,3 +19,4 @@ pub mod native;
 pub mod rocketws;
 pub mod rpc;
 pub mod websocket;
+pub mod ws4redis;

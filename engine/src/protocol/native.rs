@@ -188,6 +188,7 @@ mod tests {
             epoch: Arc::from("e"),
             recovered: Some(true),
             missed: None,
+            kept: None,
         };
         assert_eq!(
             answer(sub("a"), Ok(Outcome::Subscribed(info))),

@@ -13,6 +13,8 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 use crate::pubsub::channel_table::shrink_map;
 use crate::pubsub::publication::Publication;
 
@@ -72,6 +74,10 @@ pub struct SubscribeOutcome {
     pub missed: Option<(u64, u64)>,
     /// Missed publications still in history, oldest first.
     pub replay: Vec<Arc<Publication>>,
+    /// The channel's kept last message, if unexpired ([`HomeShard::keep`]).
+    pub kept: Option<Bytes>,
+    /// This is the channel's only subscriber (it had none before).
+    pub first: bool,
 }
 
 /// The answer to `history`.
@@ -89,9 +95,20 @@ struct HomeChannel {
     /// Subscribers per shard.
     counts: Vec<u32>,
     history: VecDeque<(Arc<Publication>, Instant)>,
+    /// The last message kept for late joiners (ws4redis's SETEX), and
+    /// when it expires.
+    kept: Option<(Bytes, Instant)>,
 }
 
 impl HomeChannel {
+    /// The kept message, dropped once expired.
+    fn kept(&mut self, now: Instant) -> Option<Bytes> {
+        if self.kept.as_ref().is_some_and(|(_, until)| now >= *until) {
+            self.kept = None;
+        }
+        self.kept.as_ref().map(|(data, _)| data.clone())
+    }
+
     fn total(&self) -> usize {
         self.counts.iter().map(|&c| c as usize).sum()
     }
@@ -177,6 +194,7 @@ impl HomeShard {
                 epoch: Arc::from(format!("{}{:x}", self.epoch_prefix, self.epoch_seq)),
                 counts: vec![0; self.shards],
                 history: VecDeque::new(),
+                kept: None,
             };
             self.channels.insert(name, ch);
         }
@@ -212,6 +230,30 @@ impl HomeShard {
         }
     }
 
+    /// Keeps `data` as `channel`'s last message until `until` (replacing
+    /// any earlier one): every subscriber joining before then receives it
+    /// first (ws4redis's `SETEX` and `GET`).
+    pub fn keep(&mut self, channel: &str, data: Bytes, until: Instant) {
+        self.channel(channel).kept = Some((data, until));
+    }
+
+    /// Keeps `data` until `until` unless the channel has a kept message
+    /// already; whether it did keep it.
+    pub fn keep_if_none(
+        &mut self,
+        channel: &str,
+        data: Bytes,
+        until: Instant,
+        now: Instant,
+    ) -> bool {
+        let ch = self.channel(channel);
+        if ch.kept(now).is_some() {
+            return false;
+        }
+        ch.kept = Some((data, until));
+        true
+    }
+
     /// Shards with subscribers of `channel`.
     pub fn interested(&self, channel: &str) -> impl Iterator<Item = usize> + '_ {
         self.channels.get(channel).into_iter().flat_map(|ch| {
@@ -233,6 +275,7 @@ impl HomeShard {
     ) -> SubscribeOutcome {
         let ttl = self.history_ttl;
         let ch = self.channel(channel);
+        let first = ch.total() == 0;
         ch.counts[shard] += 1;
         ch.expire(now, ttl);
         let mut out = SubscribeOutcome {
@@ -241,6 +284,8 @@ impl HomeShard {
             recovered: None,
             missed: None,
             replay: Vec::new(),
+            kept: ch.kept(now),
+            first,
         };
         let Some(since) = since else { return out };
         let same_epoch = *since.epoch == *ch.epoch;
@@ -264,7 +309,7 @@ impl HomeShard {
     pub fn unsubscribe(&mut self, channel: &str, shard: usize) {
         if let Some(ch) = self.channels.get_mut(channel) {
             ch.counts[shard] = ch.counts[shard].saturating_sub(1);
-            if ch.last_offset == 0 && ch.total() == 0 {
+            if ch.last_offset == 0 && ch.total() == 0 && ch.kept.is_none() {
                 self.channels.remove(channel);
                 shrink_map(&mut self.channels);
             }
@@ -353,13 +398,13 @@ impl HomeShard {
             .collect()
     }
 
-    /// Drops expired history and forgets channels with no subscribers and no
-    /// history left (their next publication starts a new epoch).
+    /// Drops expired history and kept messages, and forgets channels with
+    /// no subscribers, no history and no kept message left (their next publication starts a new epoch).
     pub fn prune(&mut self, now: Instant) {
         let ttl = self.history_ttl;
         self.channels.retain(|_, ch| {
             ch.expire(now, ttl);
-            ch.total() > 0 || !ch.history.is_empty()
+            ch.total() > 0 || !ch.history.is_empty() || ch.kept(now).is_some()
         });
         shrink_map(&mut self.channels);
     }
@@ -542,6 +587,26 @@ mod tests {
         assert_eq!(h.channel_count(), 1);
         assert!(h.heap_size() < empty + 16 * 1024, "{}", h.heap_size());
         h.prune(now + Duration::from_secs(301));
+        assert_eq!(h.channel_count(), 0);
+    }
+
+    #[test]
+    fn kept_message_goes_to_joiners_until_it_expires() {
+        let t0 = Instant::now();
+        let mut h = HomeShard::new(0, 1, 0, Duration::from_secs(10), 1);
+        h.keep("k", Bytes::from_static(b"old"), t0 + Duration::from_secs(5));
+        h.keep("k", Bytes::from_static(b"new"), t0 + Duration::from_secs(5));
+        let o = h.subscribe("k", 0, None, t0 + Duration::from_secs(1));
+        assert_eq!(o.kept.as_deref(), Some(&b"new"[..]));
+        h.unsubscribe("k", 0);
+        // Kept with no subscriber and no history: the channel stays until
+        // the message expires.
+        h.prune(t0 + Duration::from_secs(4));
+        assert_eq!(h.channel_count(), 1);
+        let o = h.subscribe("k", 0, None, t0 + Duration::from_secs(5));
+        assert_eq!(o.kept, None);
+        h.unsubscribe("k", 0);
+        h.prune(t0 + Duration::from_secs(6));
         assert_eq!(h.channel_count(), 0);
     }
 

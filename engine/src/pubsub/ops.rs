@@ -39,6 +39,18 @@ pub enum Op {
     /// adapters whose clients are trusted publishers (after their own
     /// authentication) ask for it; `ws.client_publish` does not apply.
     Post { channel: Box<str>, data: Bytes },
+    /// Publish `data` (any bytes) as a ws4redis client does with its
+    /// `publish-*` flags: no subscription needed (the flag is the
+    /// permission; `ws.client_publish` does not apply), rate limited like
+    /// any client call, the sender excluded unless `echo`; with a nonzero
+    /// `keep_secs` it also becomes the channel's last message, sent to
+    /// every subscriber that joins in the next `keep_secs` seconds.
+    Relay {
+        channel: Box<str>,
+        data: Bytes,
+        echo: bool,
+        keep_secs: u64,
+    },
     /// The node-wide id of the last publication.
     LastId,
     /// Follow exactly `channels` (leaving every other channel), and with
@@ -135,6 +147,10 @@ pub struct SubscribeInfo {
     pub epoch: Arc<str>,
     pub recovered: Option<bool>,
     pub missed: Option<(u64, u64)>,
+    /// The channel's kept last message ([`Op::Relay`]'s `keep_secs`), if
+    /// one is unexpired: published before the subscription took effect,
+    /// so never also delivered live.
+    pub kept: Option<Bytes>,
 }
 
 impl From<&SubscribeOutcome> for SubscribeInfo {
@@ -144,6 +160,7 @@ impl From<&SubscribeOutcome> for SubscribeInfo {
             epoch: o.epoch.clone(),
             recovered: o.recovered,
             missed: o.missed,
+            kept: o.kept.clone(),
         }
     }
 }

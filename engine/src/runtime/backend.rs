@@ -246,7 +246,8 @@ async fn handle(shard: &Rc<Shard>, req: OwnedRequest, out: &mut Vec<u8>) {
     let authorized = token_ok(shard.config(), req.auth_token.as_deref());
     match (req.method, req.path.as_str()) {
         (Method::Get, "/health") => {
-            http::write_response_with(out, 200, http::CONTENT_TYPE_TEXT, b"ok", ka)
+            let body = format!("ok{}", shard.node.sources.health());
+            http::write_response_with(out, 200, http::CONTENT_TYPE_TEXT, body.as_bytes(), ka)
         }
         (_, "/health") => http::write_json_error(out, 405, "method not allowed: use GET", ka),
         _ if !authorized => http::write_json_error(out, 401, UNAUTHORIZED, ka),
@@ -260,7 +261,7 @@ async fn handle(shard: &Rc<Shard>, req: OwnedRequest, out: &mut Vec<u8>) {
                 out,
                 200,
                 http::CONTENT_TYPE_PROMETHEUS,
-                render_prometheus(&rows).as_bytes(),
+                (render_prometheus(&rows) + &shard.node.sources.prometheus()).as_bytes(),
                 ka,
             );
         }

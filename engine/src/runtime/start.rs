@@ -199,6 +199,12 @@ pub fn run(config: Config) -> Result<RunningNode, StartError> {
         "descriptors: WebSocket clients get at most ws_capacity; the rest stay for the backend port"
     );
     let node = Node::with_capacity(config, shards, capacity);
+    if let Some(redis) = &node.sources.redis {
+        crate::sources::redis::start(node.clone(), redis.clone())?;
+    }
+    if let Some(pg) = &node.sources.postgres {
+        crate::sources::postgres::start(node.clone(), pg.clone())?;
+    }
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut threads = Vec::with_capacity(shards);
     for (id, (ws, be, own)) in listeners.into_iter().enumerate() {

@@ -12,6 +12,9 @@ use serde_json::{json, Value};
 use tungstenite::protocol::Message;
 use tungstenite::WebSocket;
 
+pub mod postgres_server;
+pub mod redis_server;
+
 pub type Ws = WebSocket<TcpStream>;
 
 /// Whether this is a CI run (`CI` set, and not to `false` or `0`), where a

@@ -3,7 +3,7 @@
 
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_channel::oneshot;
@@ -28,15 +28,30 @@ impl Shard {
         data: Bytes,
         exclude: Option<(usize, ConnKey)>,
     ) -> Result<PublishResult, PublishError> {
+        self.publish_kept(channel, data, exclude, None).await
+    }
+
+    /// [`publish`](Self::publish), and with `keep` the data also becomes
+    /// the channel's kept last message for that long (see
+    /// [`HomeShard::keep`](crate::pubsub::home_shard::HomeShard::keep)),
+    /// in the same step at the home shard.
+    pub async fn publish_kept(
+        &self,
+        channel: &str,
+        data: Bytes,
+        exclude: Option<(usize, ConnKey)>,
+        keep: Option<Duration>,
+    ) -> Result<PublishResult, PublishError> {
         let home = self.node.home_of(channel);
         if home == self.id {
-            return self.publish_at_home(channel, data, exclude);
+            return self.publish_at_home(channel, data, exclude, keep);
         }
         let (tx, rx) = oneshot::channel();
         let msg = ShardMsg::Publish {
             channel: channel.into(),
             data,
             exclude,
+            keep,
             reply: tx,
         };
         if self.node.mailboxes[home].try_push(msg).is_err() {
@@ -56,6 +71,7 @@ impl Shard {
         channel: &str,
         data: Bytes,
         exclude: Option<(usize, ConnKey)>,
+        keep: Option<Duration>,
     ) -> Result<PublishResult, PublishError> {
         let node = &self.node;
         let ts = unix_ms() / 1000;
@@ -68,7 +84,11 @@ impl Shard {
             ShardMetrics::inc(&self.metrics.publishes_overloaded);
             return Err(PublishError::Overloaded);
         }
-        let published = home.publish(channel, Instant::now(), |name, offset| {
+        let now = Instant::now();
+        if let Some(keep) = keep {
+            home.keep(channel, data.clone(), now + keep);
+        }
+        let published = home.publish(channel, now, |name, offset| {
             id = node.next_id();
             Publication::message(name, offset, id, ts, data)
         });
@@ -141,6 +161,7 @@ impl Shard {
                 self.home
                     .borrow_mut()
                     .subscribe(channel, self.id, since.as_ref(), Instant::now());
+            self.fetch_kept(channel, &outcome);
             self.activate(conn, channel, &outcome);
             return Ok(SubscribeInfo::from(&outcome));
         }
@@ -153,6 +174,38 @@ impl Shard {
             reply: tx,
         });
         rx.await.map_err(|_| ShardGone)
+    }
+
+    /// A channel's first subscriber, with nothing kept: asks the Redis
+    /// source (if any) for ws4redis's persisted message of it (`GET`),
+    /// which comes back as [`ShardMsg::Kept`].
+    pub(super) fn fetch_kept(&self, channel: &str, outcome: &SubscribeOutcome) {
+        let Some(redis) = &self.node.sources.redis else {
+            return;
+        };
+        let w = &self.config().protocols.ws4redis;
+        if outcome.first && outcome.kept.is_none() && w.expire > 0 {
+            let prefix = crate::protocol::ws4redis::broadcast_channel(&w.prefix, "");
+            if channel.starts_with(&prefix) {
+                redis.fetch(channel);
+            }
+        }
+    }
+
+    /// The Redis source's answer to [`fetch_kept`](Self::fetch_kept): the
+    /// channel's persisted message and its time to live. Kept, and
+    /// published to the channel's subscribers (who joined without it),
+    /// unless a message was kept meanwhile.
+    pub(super) fn kept_from_source(&self, channel: &str, data: Bytes, ttl: Duration) {
+        let now = Instant::now();
+        if !self
+            .home
+            .borrow_mut()
+            .keep_if_none(channel, data.clone(), now + ttl, now)
+        {
+            return;
+        }
+        let _ = self.publish_at_home(channel, data, None, None);
     }
 
     pub(super) fn activate(&self, conn: &Rc<Conn>, channel: &str, outcome: &SubscribeOutcome) {

@@ -4,7 +4,7 @@
 
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::conn::Conn;
 use super::{ConnRef, HomeAnswer, HomeQuery, Shard, ShardGone};
@@ -84,6 +84,27 @@ impl Shard {
                 }
                 let exclude = Some((self.id, conn.key));
                 let r = self.publish(channel, data.clone(), exclude).await?;
+                Ok(Outcome::Published(r))
+            }
+            Op::Relay {
+                channel,
+                data,
+                echo,
+                keep_secs,
+            } => {
+                let exclude = (!echo).then_some((self.id, conn.key));
+                let keep = (*keep_secs > 0).then(|| Duration::from_secs(*keep_secs));
+                let r = self
+                    .publish_kept(channel, data.clone(), exclude, keep)
+                    .await?;
+                if let Some(redis) = &self.node.sources.redis {
+                    // Django's side (RedisPublisher, SETEX'd keys) sees it too.
+                    redis.write_back(crate::sources::redis::WriteBack {
+                        channel: channel.clone(),
+                        data: data.clone(),
+                        keep_secs: *keep_secs,
+                    });
+                }
                 Ok(Outcome::Published(r))
             }
             Op::History {
@@ -185,6 +206,7 @@ impl Shard {
                     epoch,
                     recovered: None,
                     missed: None,
+                    kept: None,
                 }),
                 _ => Err(UNEXPECTED),
             };

@@ -26,10 +26,14 @@ impl Shard {
                 channel,
                 data,
                 exclude,
+                keep,
                 reply,
             } => {
-                let r = self.publish_at_home(&channel, data, exclude);
+                let r = self.publish_at_home(&channel, data, exclude, keep);
                 let _ = reply.send(r);
+            }
+            ShardMsg::Kept { channel, data, ttl } => {
+                self.kept_from_source(&channel, data, ttl);
             }
             ShardMsg::Deliver {
                 publication,
@@ -53,6 +57,7 @@ impl Shard {
                     since.as_ref(),
                     Instant::now(),
                 );
+                self.fetch_kept(&channel, &outcome);
                 self.node.mailboxes[from].push(ShardMsg::SubscribeAck {
                     channel,
                     conn,

@@ -115,7 +115,16 @@ pub enum ShardMsg {
         channel: Box<str>,
         data: Bytes,
         exclude: Option<(usize, ConnKey)>,
+        /// Also keep it as the channel's last message for this long.
+        keep: Option<std::time::Duration>,
         reply: oneshot::Sender<Result<PublishResult, PublishError>>,
+    },
+    /// To the home shard, from a message source: the channel's persisted
+    /// last message (ws4redis's SETEX'd key) and its time to live.
+    Kept {
+        channel: Box<str>,
+        data: Bytes,
+        ttl: std::time::Duration,
     },
     /// From the home shard: deliver to local subscribers of the channel.
     Deliver {

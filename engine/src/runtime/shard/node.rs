@@ -35,6 +35,8 @@ pub struct Node {
     pub ws_capacity: usize,
     /// Token keys and channel namespaces (`[auth]`).
     pub access: crate::access::Access,
+    /// Message sources (`[sources]`) and their state.
+    pub sources: crate::sources::Sources,
 }
 
 /// Descriptors WebSocket clients can never take: the backend port's
@@ -70,7 +72,20 @@ impl Node {
     /// A node that holds at most `ws_capacity` WebSocket-port sockets.
     pub fn with_capacity(config: Config, shards: usize, ws_capacity: usize) -> Arc<Node> {
         let start_ms = unix_ms();
+        let sources = crate::sources::Sources {
+            redis: config
+                .sources
+                .redis
+                .enabled
+                .then(|| Arc::new(crate::sources::redis::RedisSource::new())),
+            postgres: config
+                .sources
+                .postgres
+                .enabled
+                .then(|| Arc::new(crate::sources::SourceState::default())),
+        };
         Arc::new(Node {
+            sources,
             router: Router::new(&config),
             access: crate::access::Access::new(&config.auth),
             mailboxes: (0..shards)

@@ -1,0 +1,140 @@
+//! Message sources: systems ringcast takes publications from besides its
+//! backend port, each in a module named after it (`redis`, ...). A source
+//! runs on a bridge thread of its own with a tokio runtime, never on a
+//! shard thread; it hands each publication to the channel's home shard
+//! through the same mailbox a shard uses ([`publish`]).
+#![forbid(unsafe_code)]
+
+pub mod postgres;
+pub mod redis;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_channel::oneshot;
+
+use crate::runtime::shard::{Node, ShardMsg};
+
+/// A source's state, shown by `/health` and `/metrics`.
+#[derive(Debug, Default)]
+pub struct SourceState {
+    pub connected: AtomicBool,
+    /// Connections made after the first.
+    pub reconnects: AtomicU64,
+    /// Messages published from the source.
+    pub messages: AtomicU64,
+    /// Messages not published (not UTF-8, the heartbeat string, our own
+    /// write-backs coming back).
+    pub skipped: AtomicU64,
+}
+
+impl SourceState {
+    pub fn set_connected(&self, on: bool) {
+        self.connected.store(on, Ordering::Relaxed);
+    }
+
+    /// One line for `/health`.
+    pub fn health_line(&self, name: &str) -> String {
+        format!(
+            "{name}: {} (reconnects {}, messages {})",
+            if self.connected.load(Ordering::Relaxed) {
+                "connected"
+            } else {
+                "disconnected"
+            },
+            self.reconnects.load(Ordering::Relaxed),
+            self.messages.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Its Prometheus lines.
+    pub fn prometheus(&self, name: &str) -> String {
+        let g = |v: u64| v.to_string();
+        format!(
+            "# HELP ringcast_source_connected Whether the message source is connected.\n\
+             # TYPE ringcast_source_connected gauge\n\
+             ringcast_source_connected{{source=\"{name}\"}} {}\n\
+             # HELP ringcast_source_reconnects_total Reconnections of the message source.\n\
+             # TYPE ringcast_source_reconnects_total counter\n\
+             ringcast_source_reconnects_total{{source=\"{name}\"}} {}\n\
+             # HELP ringcast_source_messages_total Messages published from the source.\n\
+             # TYPE ringcast_source_messages_total counter\n\
+             ringcast_source_messages_total{{source=\"{name}\"}} {}\n\
+             # HELP ringcast_source_skipped_total Source messages not published.\n\
+             # TYPE ringcast_source_skipped_total counter\n\
+             ringcast_source_skipped_total{{source=\"{name}\"}} {}\n",
+            u8::from(self.connected.load(Ordering::Relaxed)),
+            g(self.reconnects.load(Ordering::Relaxed)),
+            g(self.messages.load(Ordering::Relaxed)),
+            g(self.skipped.load(Ordering::Relaxed)),
+        )
+    }
+}
+
+/// Publishes `data` on `channel` from outside the shards: the message goes
+/// to the channel's home shard's mailbox, as a publish from another shard
+/// would. A full mailbox is waited out (1 ms steps), so a source slows
+/// down instead of losing messages; order per channel is kept (one
+/// mailbox, first in first out). Returns false when the node is gone.
+pub async fn publish(node: &Node, channel: &str, data: Bytes) -> bool {
+    let home = node.home_of(channel);
+    let mut msg = make(channel, data);
+    loop {
+        match node.mailboxes[home].try_push(msg) {
+            Ok(()) => return true,
+            Err(back) => {
+                msg = back;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    }
+}
+
+fn make(channel: &str, data: Bytes) -> ShardMsg {
+    // Nobody waits for the answer: the home shard's send fails silently.
+    let (reply, _) = oneshot::channel();
+    ShardMsg::Publish {
+        channel: channel.into(),
+        data,
+        exclude: None,
+        keep: None,
+        reply,
+    }
+}
+
+/// What sources a node has, and their state.
+#[derive(Debug, Default)]
+pub struct Sources {
+    pub redis: Option<Arc<redis::RedisSource>>,
+    pub postgres: Option<Arc<SourceState>>,
+}
+
+impl Sources {
+    /// Lines appended to `/health` (none without sources).
+    pub fn health(&self) -> String {
+        let mut out = String::new();
+        if let Some(r) = &self.redis {
+            out.push('\n');
+            out.push_str(&r.state.health_line("redis"));
+        }
+        if let Some(p) = &self.postgres {
+            out.push('\n');
+            out.push_str(&p.health_line("postgres"));
+        }
+        out
+    }
+
+    /// Lines appended to `/metrics`.
+    pub fn prometheus(&self) -> String {
+        let mut out = String::new();
+        if let Some(r) = &self.redis {
+            out.push_str(&r.state.prometheus("redis"));
+        }
+        if let Some(p) = &self.postgres {
+            out.push_str(&p.prometheus("postgres"));
+        }
+        out
+    }
+}
