@@ -217,6 +217,88 @@ config_section! {
         /// DMOJ's event daemon (`websocket/daemon.js`): receivers, senders
         /// and long-poll, on DMOJ's own ports and on this port's paths.
         pub dmoj: DmojConfig = DmojConfig::default(),
+        /// Socket.IO v4 (Engine.IO v4 over WebSocket) with LQDOJ's event
+        /// daemon's events (`websocket/daemon.js` of LQDOJ).
+        pub socketio: SocketIoConfig = SocketIoConfig::default(),
+    }
+}
+
+config_section! {
+    /// `[protocols.socketio]`: LQDOJ's Socket.IO event daemon, as a
+    /// drop-in (Engine.IO v4 over WebSocket).
+    pub struct SocketIoConfig {
+        /// Serve Socket.IO: the path and listener below. Default false.
+        pub enabled: bool = false,
+        /// URL path on this port, with everything below it; empty = none.
+        /// Default `/socket.io/`.
+        pub path: String = "/socket.io/".into(),
+        /// LQDOJ's own listener (every path speaks Socket.IO); IP:PORT or
+        /// HOST:PORT, empty = none. Default `127.0.0.1:15100`.
+        pub listen: String = "127.0.0.1:15100".into(),
+        /// The token a `{role:"sender"}` connection must give in its
+        /// CONNECT auth (Django's `EVENT_DAEMON_KEY`); empty = no sender
+        /// is accepted. Default empty.
+        pub token: String = String::new(),
+        /// Milliseconds between the server's Engine.IO pings. At least
+        /// 100. Default 25000.
+        pub ping_interval: u64 = 25_000,
+        /// Milliseconds a ping waits for its pong before the connection
+        /// closes. At least 100. Default 300000 (LQDOJ's).
+        pub ping_timeout: u64 = 300_000,
+        /// Milliseconds a connection may take to join a namespace. At
+        /// least 100. Default 45000.
+        pub connect_timeout: u64 = 45_000,
+        /// Client-role connections at once before `server-capacity`
+        /// (LQDOJ's `max_connections`; senders not counted). Default 5000.
+        pub max_clients: usize = 5000,
+        /// Channels one `set-filter` may name. At least 1. Default 10.
+        pub max_subscriptions: usize = 10,
+    }
+}
+
+impl SocketIoConfig {
+    /// LQDOJ's listener, if enabled and configured.
+    pub fn listener(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        let value = &self.listen;
+        if !self.enabled || value.trim().is_empty() {
+            return Ok(None);
+        }
+        value
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .map(Some)
+            .ok_or_else(|| {
+                ConfigError::invalid(
+                    "protocols.socketio.listen",
+                    format!(
+                        "invalid socket address {value:?} (expected HOST:PORT, or empty for none)"
+                    ),
+                )
+            })
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.listener()?;
+        for (key, v) in [
+            ("protocols.socketio.ping_interval", self.ping_interval),
+            ("protocols.socketio.ping_timeout", self.ping_timeout),
+            ("protocols.socketio.connect_timeout", self.connect_timeout),
+        ] {
+            if v < 100 {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("must be at least 100 ms (got {v})"),
+                ));
+            }
+        }
+        if self.max_subscriptions < 1 {
+            return Err(ConfigError::invalid(
+                "protocols.socketio.max_subscriptions",
+                "must be at least 1 (got 0)",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -420,8 +502,9 @@ config_section! {
 
 impl ProtocolsConfig {
     /// Every protocol's path key and value, for validation and routing.
-    pub fn paths(&self) -> [(&'static str, &str); 4] {
+    pub fn paths(&self) -> [(&'static str, &str); 5] {
         let on = self.dmoj.enabled;
+        let sio = self.socketio.enabled;
         [
             ("protocols.native.path", &self.native.path),
             ("protocols.rocketws.path", &self.rocketws.path),
@@ -430,11 +513,16 @@ impl ProtocolsConfig {
                 "protocols.dmoj.poll_path",
                 if on { &self.dmoj.poll_path } else { "" },
             ),
+            (
+                "protocols.socketio.path",
+                if sio { &self.socketio.path } else { "" },
+            ),
         ]
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.dmoj.listeners()?;
+        self.socketio.validate()?;
         if self.dmoj.long_poll_timeout < 1 {
             return Err(ConfigError::invalid(
                 "protocols.dmoj.long_poll_timeout",
@@ -850,6 +938,9 @@ impl Config {
         let mut c = self.clone();
         if !c.backend.api_token.is_empty() {
             c.backend.api_token = "<redacted>".into();
+        }
+        if !c.protocols.socketio.token.is_empty() {
+            c.protocols.socketio.token = "<redacted>".into();
         }
         if !c.protocols.dmoj.key.is_empty() {
             c.protocols.dmoj.key = "<redacted>".into();
@@ -1439,10 +1530,19 @@ mod tests {
             "RINGCAST_PROTOCOLS_DMOJ_LONG_POLL_TIMEOUT",
             "RINGCAST_PROTOCOLS_DMOJ_MAX_QUEUE",
             "RINGCAST_LIMITS_MAILBOX_CAPACITY",
+            "RINGCAST_PROTOCOLS_SOCKETIO_ENABLED",
+            "RINGCAST_PROTOCOLS_SOCKETIO_PATH",
+            "RINGCAST_PROTOCOLS_SOCKETIO_LISTEN",
+            "RINGCAST_PROTOCOLS_SOCKETIO_TOKEN",
+            "RINGCAST_PROTOCOLS_SOCKETIO_PING_INTERVAL",
+            "RINGCAST_PROTOCOLS_SOCKETIO_PING_TIMEOUT",
+            "RINGCAST_PROTOCOLS_SOCKETIO_CONNECT_TIMEOUT",
+            "RINGCAST_PROTOCOLS_SOCKETIO_MAX_CLIENTS",
+            "RINGCAST_PROTOCOLS_SOCKETIO_MAX_SUBSCRIPTIONS",
         ] {
             assert!(keys.iter().any(|(v, _, _)| v == var), "{var}");
         }
-        assert_eq!(keys.len(), 42);
+        assert_eq!(keys.len(), 51);
     }
 
     #[test]

@@ -32,12 +32,13 @@ use crate::pubsub::publication::{Publication, MAX_FORMS};
 
 /// Every protocol, by form slot. Slot 0 is the native protocol, whose form
 /// the home shard builds eagerly; the others are built on first use.
-pub static PROTOCOLS: [&dyn Protocol; 5] = [
+pub static PROTOCOLS: [&dyn Protocol; 6] = [
     &native::Native,
     &rocketws::RocketWs,
     &dmoj::DmojReceiver,
     &dmoj::DmojSender,
     &dmoj::DmojPoll,
+    &super::socketio::SocketIo,
 ];
 
 const _: () = assert!(PROTOCOLS.len() <= MAX_FORMS);

@@ -4,7 +4,7 @@
 //! Transport: [`codec`], [`handshake`], [`websocket`], [`deflate`]
 //! (permessage-deflate), [`http`]. Messages:
 //! [`rpc`] (JSON-RPC 2.0). The client protocols behind one seam,
-//! [`adapter::Protocol`]: [`native`], [`rocketws`], [`dmoj`].
+//! [`adapter::Protocol`]: [`native`], [`rocketws`], [`dmoj`], [`socketio`].
 #![forbid(unsafe_code)]
 
 pub mod adapter;
@@ -16,4 +16,5 @@ pub mod http;
 pub mod native;
 pub mod rocketws;
 pub mod rpc;
+pub mod socketio;
 pub mod websocket;
