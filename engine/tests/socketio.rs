@@ -572,3 +572,75 @@ fn node_socket_io_client_websocket_transport_lqdoj_flow() {
     let v = run_node(&format!("http://{}", l.server.ws), "websocket");
     check_lqdoj_flow(&v);
 }
+
+fn python_has_socketio() -> bool {
+    if !require_tool("python3", "--version", "python3") {
+        return false;
+    }
+    let ok = Command::new("python3")
+        .args(["-c", "import socketio, websocket"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        skip_or_fail(
+            "python3 module `socketio` (python-socketio[client]) is missing (pip install -r engine/tests/clients/requirements.txt)",
+        );
+    }
+    ok
+}
+
+#[test]
+fn lqdojs_python_poster_with_python_socketio_over_websocket() {
+    if !python_has_socketio() {
+        return;
+    }
+    let l = start(&[]);
+    let mut rx = receiver(l.server.ws, json!(["sub_py"]));
+    std::thread::sleep(Duration::from_millis(100));
+    let url = format!("http://{}", l.listen);
+    let run = |token: &str| -> Value {
+        let out = Command::new("python3")
+            .arg(clients_dir().join("lqdoj_poster.py"))
+            .args([url.as_str(), token, "sub_py", "3"])
+            .output()
+            .expect("run python3");
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("poster output")
+    };
+    let refused = run("wrong");
+    assert_eq!(
+        refused["connect_error"],
+        json!([{"message": "Authentication failed"}]),
+        "{refused}"
+    );
+    let out = run(TOKEN);
+    let ids: Vec<u64> = out["posted"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{out}"))
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 3);
+    assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "{ids:?}");
+    assert_eq!(out["last"], ids[2]);
+    assert_eq!(out["no_ack"]["status"], "success", "{out}");
+    assert_eq!(out["no_ack"]["id"], ids[2] + 1, "{out}");
+    assert_eq!(
+        out["bad_channel"],
+        json!({"status": "error", "code": "invalid-channel", "message": "Invalid channel"})
+    );
+    for (i, id) in ids.iter().enumerate() {
+        let got = text(&mut rx);
+        assert_eq!(
+            got,
+            format!(
+                r#"42["message",{{"id":{id},"channel":"sub_py","message":{{"type":"processing","n":{i},"text":"caf\u00e9 \"q\""}}}}]"#
+            )
+        );
+    }
+}
