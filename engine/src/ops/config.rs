@@ -523,6 +523,14 @@ impl ProtocolsConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         self.dmoj.listeners()?;
         self.socketio.validate()?;
+        if let Some(addr) = self.socketio.listener()? {
+            if let Some((key, _)) = self.dmoj.listeners()?.into_iter().find(|&(_, a)| a == addr) {
+                return Err(ConfigError::invalid(
+                    "protocols.socketio.listen",
+                    format!("must differ from {key} (both are {addr}; set one of them to \"\")"),
+                ));
+            }
+        }
         if self.dmoj.long_poll_timeout < 1 {
             return Err(ConfigError::invalid(
                 "protocols.dmoj.long_poll_timeout",
@@ -1543,6 +1551,36 @@ mod tests {
             assert!(keys.iter().any(|(v, _, _)| v == var), "{var}");
         }
         assert_eq!(keys.len(), 51);
+    }
+
+    #[test]
+    fn socketio_settings_are_checked() {
+        let o = Overrides::new();
+        let on = ("RINGCAST_PROTOCOLS_SOCKETIO_ENABLED", "true");
+        assert_eq!(
+            load_err(None, &[on, ("RINGCAST_PROTOCOLS_DMOJ_ENABLED", "true")], &o),
+            "invalid config: protocols.socketio.listen: must differ from protocols.dmoj.receivers (both are 127.0.0.1:15100; set one of them to \"\")"
+        );
+        assert_eq!(
+            load_err(None, &[on, ("RINGCAST_PROTOCOLS_SOCKETIO_LISTEN", "nope")], &o),
+            "invalid config: protocols.socketio.listen: invalid socket address \"nope\" (expected HOST:PORT, or empty for none)"
+        );
+        assert_eq!(
+            load_err(None, &[on, ("RINGCAST_PROTOCOLS_SOCKETIO_PING_TIMEOUT", "5")], &o),
+            "invalid config: protocols.socketio.ping_timeout: must be at least 100 ms (got 5)"
+        );
+        assert_eq!(
+            load_err(None, &[on, ("RINGCAST_PROTOCOLS_SOCKETIO_MAX_SUBSCRIPTIONS", "0")], &o),
+            "invalid config: protocols.socketio.max_subscriptions: must be at least 1 (got 0)"
+        );
+        assert_eq!(
+            load_err(
+                None,
+                &[on, ("RINGCAST_PROTOCOLS_SOCKETIO_PATH", "/event/"), ("RINGCAST_PROTOCOLS_DMOJ_ENABLED", "true"), ("RINGCAST_PROTOCOLS_DMOJ_RECEIVERS", "")],
+                &o
+            ),
+            "invalid config: protocols.socketio.path: must differ from protocols.dmoj.path (both are \"/event/\")"
+        );
     }
 
     #[test]
