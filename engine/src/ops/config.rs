@@ -1566,11 +1566,19 @@ mod tests {
             "invalid config: protocols.socketio.listen: invalid socket address \"nope\" (expected HOST:PORT, or empty for none)"
         );
         assert_eq!(
-            load_err(None, &[on, ("RINGCAST_PROTOCOLS_SOCKETIO_PING_TIMEOUT", "5")], &o),
+            load_err(
+                None,
+                &[on, ("RINGCAST_PROTOCOLS_SOCKETIO_PING_TIMEOUT", "5")],
+                &o
+            ),
             "invalid config: protocols.socketio.ping_timeout: must be at least 100 ms (got 5)"
         );
         assert_eq!(
-            load_err(None, &[on, ("RINGCAST_PROTOCOLS_SOCKETIO_MAX_SUBSCRIPTIONS", "0")], &o),
+            load_err(
+                None,
+                &[on, ("RINGCAST_PROTOCOLS_SOCKETIO_MAX_SUBSCRIPTIONS", "0")],
+                &o
+            ),
             "invalid config: protocols.socketio.max_subscriptions: must be at least 1 (got 0)"
         );
         assert_eq!(

@@ -104,6 +104,37 @@ async function main() {
   out.caughtUp = await r2.messages;
   r2.disconnect();
 
+  // Publications while a receiver switches from polling to WebSocket (with
+  // both transports): its catch-up and live messages are under way as the
+  // transports change, and each arrives once, in order.
+  const switchStart = (await sender.emitWithAck('last-msg')).id;
+  out.switchPosted = [];
+  for (let i = 0; i < 20; i++) {
+    out.switchPosted.push((await sender.emitWithAck('post', { channel: 'lq_switch', message: i })).id);
+  }
+  const r3 = io(url, opts({ role: 'client' }));
+  out.r3Upgrades = [];
+  r3.io.on('open', () => {
+    out.r3FirstTransport = r3.io.engine.transport.name;
+    r3.io.engine.on('upgrade', (t) => out.r3Upgrades.push(t.name));
+  });
+  const switched = collect(r3, 'message', 40);
+  r3.on('connect', () => {
+    r3.emit('start-msg', { start: switchStart });
+    r3.emit('set-filter', { filter: ['lq_switch'] });
+  });
+  const live = [];
+  for (let i = 20; i < 40; i++) {
+    live.push(sender.emitWithAck('post', { channel: 'lq_switch', message: i }));
+    await new Promise((res) => setTimeout(res, 2));
+  }
+  for (const p of await Promise.all(live)) out.switchPosted.push(p.id);
+  out.switchReceived = (await switched).map((m) => m.id);
+  const extra = collect(r3, 'message', 1);
+  out.switchExtra = await Promise.race([extra, new Promise((res) => setTimeout(() => res(null), 300))]);
+  out.r3LastTransport = r3.io.engine.transport.name;
+  r3.disconnect();
+
   // A wrong token.
   const bad = io(url, opts({ role: 'sender', token: 'wrong-' + token }));
   try {
@@ -113,6 +144,7 @@ async function main() {
     out.badToken = e.message;
   }
   bad.disconnect();
+  out.senderTransportEnd = sender.io.engine.transport.name;
   sender.disconnect();
   console.log(JSON.stringify(out));
   process.exit(0);

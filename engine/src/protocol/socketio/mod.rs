@@ -15,6 +15,7 @@
 pub mod engineio;
 pub mod lqdoj;
 pub mod packet;
+pub mod polling;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -332,6 +333,13 @@ impl Protocol for SocketIo {
         } else {
             ""
         }
+    }
+
+    /// Engine.IO's polling requests on the Socket.IO path (served by
+    /// `runtime::engineio_poll`).
+    fn claims_plain_http(&self, cfg: &Config, head: &[u8]) -> bool {
+        let path = self.path(cfg);
+        !path.is_empty() && crate::protocol::dmoj::is_poll_request(head, path)
     }
 
     /// `42["message",{"id":I,"channel":C,"message":M}]`, built once per
