@@ -160,7 +160,7 @@ fn open_packet_and_refused_upgrades() {
         ("transport=websocket", "missing EIO=4 (Engine.IO version)"),
         (
             "EIO=4&transport=polling",
-            "transport=polling is not served: connect with transport=websocket",
+            "transport=polling is plain HTTP, not a WebSocket upgrade",
         ),
         (
             "EIO=4&transport=flash",
@@ -181,9 +181,10 @@ fn open_packet_and_refused_upgrades() {
             );
         }
     }
-    // A plain polling request (no upgrade) is refused too, not hung.
-    let (status, _) = http_get(l.server.ws, "/socket.io/?EIO=4&transport=polling", false);
-    assert_eq!(status, 400);
+    // A plain polling request (no upgrade) is the polling handshake.
+    let (status, body) = http_get(l.server.ws, "/socket.io/?EIO=4&transport=polling", false);
+    assert_eq!(status, 200);
+    assert!(body.starts_with("0{"), "{body}");
 }
 
 #[test]
@@ -642,5 +643,427 @@ fn lqdojs_python_poster_with_python_socketio_over_websocket() {
                 r#"42["message",{{"id":{id},"channel":"sub_py","message":{{"type":"processing","n":{i},"text":"caf\u00e9 \"q\""}}}}]"#
             )
         );
+    }
+}
+
+// ----- Engine.IO long-polling and the upgrade ------------------------------
+
+/// One HTTP request on a connection of its own (`Connection: close`, so
+/// the requests of one session spread over the shards): status, headers,
+/// body.
+fn http(addr: SocketAddr, method: &str, target: &str, body: &str) -> Response {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "{method} {target} HTTP/1.1\r\nHost: x\r\nOrigin: http://lqdoj.test\r\nConnection: close\r\nContent-Type: text/plain;charset=UTF-8\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    read_http_response(&mut BufReader::new(s))
+}
+
+const POLL: &str = "/socket.io/?EIO=4&transport=polling";
+
+/// A polling session's handshake: its sid.
+fn poll_open(addr: SocketAddr) -> String {
+    let r = http(addr, "GET", POLL, "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.starts_with('0'), "{}", r.body);
+    let open: Value = serde_json::from_str(&r.body[1..]).unwrap();
+    assert_eq!(open["upgrades"], json!(["websocket"]));
+    assert!(open["pingInterval"].as_u64().is_some(), "{open}");
+    open["sid"].as_str().unwrap().to_string()
+}
+
+fn poll_post(addr: SocketAddr, sid: &str, body: &str) -> Response {
+    http(addr, "POST", &format!("{POLL}&sid={sid}"), body)
+}
+
+fn poll_get(addr: SocketAddr, sid: &str) -> Response {
+    http(addr, "GET", &format!("{POLL}&sid={sid}"), "")
+}
+
+/// GETs until `n` packets arrived (pings answered with pongs).
+fn poll_packets(addr: SocketAddr, sid: &str, n: usize) -> Vec<String> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let r = poll_get(addr, sid);
+        assert_eq!(r.status, 200, "{}", r.body);
+        for p in r.body.split('\x1e') {
+            if p == "2" {
+                assert_eq!(poll_post(addr, sid, "3").body, "ok");
+            } else {
+                got.push(p.to_string());
+            }
+        }
+    }
+    got
+}
+
+fn eio_error(code: u8, message: &str) -> Value {
+    json!({ "code": code, "message": message })
+}
+
+#[test]
+fn polling_session_over_raw_http_across_two_shards() {
+    let l = start(&[]);
+    for addr in [l.server.ws, l.listen] {
+        let sid = poll_open(addr);
+        // Sender's CONNECT, a post with its ack, batched in one POST.
+        let r = poll_post(
+            addr,
+            &sid,
+            &format!(
+                "40{{\"role\":\"sender\",\"token\":\"{TOKEN}\"}}\x1e421[\"post\",{{\"channel\":\"pl\",\"message\":\"x\"}}]\x1e422[\"last-msg\"]"
+            ),
+        );
+        assert_eq!((r.status, r.body.as_str()), (200, "ok"));
+        let got = poll_packets(addr, &sid, 3);
+        assert!(got[0].starts_with("40{\"sid\":\""), "{got:?}");
+        assert!(
+            got[1].starts_with("431[{\"status\":\"success\",\"id\":"),
+            "{got:?}"
+        );
+        let id: Value = serde_json::from_str(&got[1][3..]).unwrap();
+        assert_eq!(
+            got[2],
+            format!("432[{{\"status\":\"success\",\"id\":{}}}]", id[0]["id"])
+        );
+        // A receiver over polling gets a live publication.
+        let rsid = poll_open(addr);
+        assert_eq!(poll_post(addr, &rsid, "40").body, "ok");
+        assert!(poll_packets(addr, &rsid, 1)[0].starts_with("40{"));
+        assert_eq!(
+            poll_post(addr, &rsid, "42[\"set-filter\",{\"filter\":[\"pl\"]}]").body,
+            "ok"
+        );
+        assert_eq!(
+            poll_packets(addr, &rsid, 1),
+            vec![r#"42["status",{"status":"success"}]"#]
+        );
+        let mut s = sender(l.server.ws);
+        let pid = post(&mut s, 7, "pl", json!({"n": 1}));
+        assert_eq!(
+            poll_packets(addr, &rsid, 1),
+            vec![format!(
+                r#"42["message",{{"id":{pid},"channel":"pl","message":{{"n":1}}}}]"#
+            )]
+        );
+        // A client's close ends the session: its next GET is the close
+        // packet, then the sid is unknown.
+        assert_eq!(poll_post(addr, &rsid, "41").body, "ok");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let r = poll_get(addr, &rsid);
+            if r.status == 400 {
+                assert_eq!(
+                    serde_json::from_str::<Value>(&r.body).unwrap(),
+                    eio_error(1, "Session ID unknown")
+                );
+                break;
+            }
+            assert!(Instant::now() < deadline, "session did not end: {}", r.body);
+        }
+    }
+}
+
+#[test]
+fn polling_error_paths_answer_as_engine_io_and_spare_other_sessions() {
+    let l = start(&[("RINGCAST_LIMITS_MAX_MESSAGE_SIZE", "20000")]);
+    let a = l.server.ws;
+    // Bystanders: a polling session and a WebSocket receiver.
+    let other = poll_open(a);
+    assert_eq!(poll_post(a, &other, "40").body, "ok");
+    assert!(poll_packets(a, &other, 1)[0].starts_with("40{"));
+    let mut ws_rx = receiver(a, json!(["spare"]));
+    let json_of = |r: &Response| serde_json::from_str::<Value>(&r.body).unwrap_or(Value::Null);
+    for (method, target, body, want) in [
+        (
+            "GET",
+            "/socket.io/?EIO=3&transport=polling",
+            "",
+            eio_error(5, "Unsupported protocol version"),
+        ),
+        (
+            "GET",
+            "/socket.io/?transport=polling",
+            "",
+            eio_error(5, "Unsupported protocol version"),
+        ),
+        (
+            "GET",
+            "/socket.io/?EIO=4&transport=flash",
+            "",
+            eio_error(0, "Transport unknown"),
+        ),
+        (
+            "GET",
+            "/socket.io/?EIO=4",
+            "",
+            eio_error(0, "Transport unknown"),
+        ),
+        ("POST", POLL, "40", eio_error(2, "Bad handshake method")),
+        (
+            "GET",
+            "/socket.io/?EIO=4&transport=polling&sid=nope",
+            "",
+            eio_error(1, "Session ID unknown"),
+        ),
+        (
+            "POST",
+            "/socket.io/?EIO=4&transport=polling&sid=nope",
+            "40",
+            eio_error(1, "Session ID unknown"),
+        ),
+        (
+            "PUT",
+            &format!("{POLL}&sid={other}"),
+            "",
+            eio_error(3, "Bad request"),
+        ),
+    ] {
+        for addr in [a, l.listen] {
+            let r = http(addr, method, target, body);
+            assert_eq!(
+                (r.status, json_of(&r)),
+                (400, want.clone()),
+                "{method} {target}"
+            );
+            assert_eq!(
+                r.header("access-control-allow-origin"),
+                Some("http://lqdoj.test")
+            );
+        }
+    }
+    // A CORS preflight.
+    let r = http(a, "OPTIONS", POLL, "");
+    assert_eq!(r.status, 204);
+    assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
+    // Too large a POST: 413, the connection closed.
+    let big = "4".repeat(20_001);
+    let r = poll_post(a, &other, &big);
+    assert_eq!((r.status, r.body.as_str()), (413, "payload too large"));
+    // A bad base64 packet: 400 Bad request, and that session ends.
+    let bad = poll_open(a);
+    let r = poll_post(a, &bad, "b!!!");
+    assert_eq!((r.status, json_of(&r)), (400, eio_error(3, "Bad request")));
+    assert_eq!(
+        json_of(&poll_get(a, &bad)),
+        eio_error(1, "Session ID unknown")
+    );
+    // Two GETs at once: the second is a 400 and the session closes (the
+    // parked one gets the close packet).
+    let twice = poll_open(a);
+    let parked = {
+        let sid = twice.clone();
+        std::thread::spawn(move || poll_get(a, &sid))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let r = poll_get(l.listen, &twice);
+    assert_eq!((r.status, r.body.as_str()), (400, ""));
+    let r = parked.join().unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "1"));
+    assert_eq!(
+        json_of(&poll_get(a, &twice)),
+        eio_error(1, "Session ID unknown")
+    );
+    // The bystanders carry on.
+    assert_eq!(
+        poll_post(a, &other, "42[\"set-filter\",{\"filter\":[\"spare\"]}]").body,
+        "ok"
+    );
+    assert_eq!(
+        poll_packets(a, &other, 1),
+        vec![r#"42["status",{"status":"success"}]"#]
+    );
+    let mut s = sender(a);
+    let id = post(&mut s, 1, "spare", json!(1));
+    let want = format!(r#"42["message",{{"id":{id},"channel":"spare","message":1}}]"#);
+    assert_eq!(text(&mut ws_rx), want);
+    assert_eq!(poll_packets(a, &other, 1), vec![want]);
+}
+
+#[test]
+fn polling_session_expires_without_gets_and_upgrades_by_probe() {
+    let l = start(&[
+        ("RINGCAST_PROTOCOLS_SOCKETIO_PING_INTERVAL", "200"),
+        ("RINGCAST_PROTOCOLS_SOCKETIO_PING_TIMEOUT", "200"),
+    ]);
+    let a = l.server.ws;
+    let idle = poll_open(a);
+    assert_eq!(poll_post(a, &idle, "40").body, "ok");
+    // No GET: no pong can come, so after pingInterval + pingTimeout the
+    // session is gone (its close packet waited pingTimeout for a GET).
+    std::thread::sleep(Duration::from_millis(1500));
+    let r = poll_get(a, &idle);
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(
+        serde_json::from_str::<Value>(&r.body).unwrap(),
+        eio_error(1, "Session ID unknown")
+    );
+
+    // The upgrade, by hand: a parked GET, 2probe/3probe, the GET gets the
+    // noop, 5, and the session goes on over the WebSocket.
+    let sid = poll_open(a);
+    assert_eq!(poll_post(a, &sid, "40").body, "ok");
+    assert!(poll_packets(a, &sid, 1)[0].starts_with("40{"));
+    let parked = {
+        let sid = sid.clone();
+        std::thread::spawn(move || poll_get(a, &sid))
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    let stream = TcpStream::connect(l.listen).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let url = format!(
+        "ws://{}/socket.io/?EIO=4&transport=websocket&sid={sid}",
+        l.listen
+    );
+    let (mut ws, _) = tungstenite::client(url.as_str(), stream).expect("upgrade");
+    send_text(&mut ws, "2probe");
+    assert_eq!(text(&mut ws), "3probe");
+    let r = parked.join().unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.body.split('\x1e').any(|p| p == "6"), "{}", r.body);
+    send_text(&mut ws, "5");
+    // Polling is over for this session.
+    let r = poll_get(a, &sid);
+    assert_eq!(
+        (r.status, serde_json::from_str::<Value>(&r.body).unwrap()),
+        (400, eio_error(3, "Bad request"))
+    );
+    send_text(&mut ws, r#"42["set-filter",{"filter":["up"]}]"#);
+    let mut got = text(&mut ws);
+    while got == "2" {
+        send_text(&mut ws, "3");
+        got = text(&mut ws);
+    }
+    assert_eq!(got, r#"42["status",{"status":"success"}]"#);
+    let mut s = sender(a);
+    let id = post(&mut s, 1, "up", json!("ws"));
+    let mut got = text(&mut ws);
+    while got == "2" {
+        send_text(&mut ws, "3");
+        got = text(&mut ws);
+    }
+    assert_eq!(
+        got,
+        format!(r#"42["message",{{"id":{id},"channel":"up","message":"ws"}}]"#)
+    );
+    // A wrong probe on another session closes only that WebSocket.
+    let sid2 = poll_open(a);
+    let stream = TcpStream::connect(a).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let url = format!("ws://{a}/socket.io/?EIO=4&transport=websocket&sid={sid2}");
+    let (mut ws2, _) = tungstenite::client(url.as_str(), stream).expect("upgrade");
+    send_text(&mut ws2, "2hello");
+    assert_eq!(close_of(&mut ws2).0, 1000);
+    // ... and the polling session it tried to upgrade still works.
+    assert_eq!(poll_post(a, &sid2, "40").body, "ok");
+    assert!(poll_packets(a, &sid2, 1)[0].starts_with("40{"));
+}
+
+fn check_switch(v: &Value) {
+    let posted = v["switchPosted"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(posted.len(), 40, "{v}");
+    assert_eq!(v["switchReceived"], v["switchPosted"], "{v}");
+    assert_eq!(v["switchExtra"], Value::Null, "{v}");
+}
+
+#[test]
+fn node_socket_io_client_polling_then_upgrade_and_polling_only() {
+    if !node_client_ready() {
+        return;
+    }
+    let l = start(&[]);
+    // Default transports: polling, then the upgrade.
+    for url in [
+        format!("http://{}", l.server.ws),
+        format!("http://{}", l.listen),
+    ] {
+        let v = run_node(&url, "polling,websocket");
+        check_lqdoj_flow(&v);
+        check_switch(&v);
+        assert_eq!(v["r3FirstTransport"], "polling", "{v}");
+        assert_eq!(v["r3Upgrades"], json!(["websocket"]), "{v}");
+        assert_eq!(v["r3LastTransport"], "websocket", "{v}");
+        assert_eq!(v["senderTransportEnd"], "websocket", "{v}");
+    }
+    // Polling only.
+    let v = run_node(&format!("http://{}", l.server.ws), "polling");
+    check_lqdoj_flow(&v);
+    check_switch(&v);
+    assert_eq!(v["senderTransport"], "polling");
+    assert_eq!(v["r3Upgrades"], json!([]), "{v}");
+    assert_eq!(v["r3LastTransport"], "polling", "{v}");
+}
+
+#[test]
+fn lqdojs_python_clients_with_default_transports() {
+    if !python_has_socketio() {
+        return;
+    }
+    let l = start(&[]);
+    let mut rx = receiver(l.server.ws, json!(["py_poll"]));
+    let run = |token: &str, transports: &str| -> Value {
+        let out = Command::new("python3")
+            .arg(clients_dir().join("lqdoj_poster.py"))
+            .args([
+                &format!("http://{}", l.listen),
+                token,
+                "py_poll",
+                "3",
+                transports,
+            ])
+            .output()
+            .expect("run python3");
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("poster output")
+    };
+    let refused = run("wrong", "default");
+    assert_eq!(
+        refused["connect_error"],
+        json!([{"message": "Authentication failed"}]),
+        "{refused}"
+    );
+    for (transports, last_transport) in [("default", "websocket"), ("polling", "polling")] {
+        let out = run(TOKEN, transports);
+        let ids: Vec<u64> = out["posted"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{out}"))
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        assert_eq!(ids.len(), 3);
+        assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "{ids:?}");
+        assert_eq!(out["last"], ids[2]);
+        assert_eq!(out["no_ack"]["id"], ids[2] + 1, "{out}");
+        assert_eq!(
+            out["bad_channel"],
+            json!({"status": "error", "code": "invalid-channel", "message": "Invalid channel"})
+        );
+        assert_eq!(out["transport"], last_transport, "{out}");
+        assert_eq!(out["receiver_transport"], last_transport, "{out}");
+        let want: Vec<Value> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| json!({"id": id, "channel": "py_poll", "message": {"type": "processing", "n": i, "text": "caf\u{e9} \"q\""}}))
+            .collect();
+        assert_eq!(out["caught_up"], Value::Array(want), "{out}");
+        for id in &ids {
+            let got = text(&mut rx);
+            assert!(got.contains(&format!("\"id\":{id},")), "{got}");
+        }
     }
 }

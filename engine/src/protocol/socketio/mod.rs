@@ -363,7 +363,7 @@ impl Protocol for SocketIo {
         match req.query_param("transport") {
             Some("websocket") => {}
             Some("polling") => {
-                return bad("transport=polling is not served: connect with transport=websocket")
+                return bad("transport=polling is plain HTTP, not a WebSocket upgrade")
             }
             _ => return bad("bad transport: transport=websocket required"),
         }
@@ -601,7 +601,7 @@ mod tests {
             ("transport=websocket", "missing EIO=4 (Engine.IO version)"),
             (
                 "EIO=4&transport=polling",
-                "transport=polling is not served: connect with transport=websocket",
+                "transport=polling is plain HTTP, not a WebSocket upgrade",
             ),
             (
                 "EIO=4&transport=x",
