@@ -766,6 +766,26 @@ fn polling_session_over_raw_http_across_two_shards() {
             assert!(Instant::now() < deadline, "session did not end: {}", r.body);
         }
     }
+    // Each request came on a connection of its own, so SO_REUSEPORT spread
+    // the requests of these sessions over both shards.
+    let mut m = TcpStream::connect(l.server.backend).unwrap();
+    m.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        m,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let metrics = read_http_response(&mut BufReader::new(m)).body;
+    for shard in 0..2 {
+        let line = format!("ringcast_polling_requests_total{{shard=\"{shard}\"}} ");
+        let n: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(line.as_str()))
+            .unwrap_or_else(|| panic!("{line}: {metrics}"))
+            .parse()
+            .unwrap();
+        assert!(n > 0, "no polling request on shard {shard}: {metrics}");
+    }
 }
 
 #[test]

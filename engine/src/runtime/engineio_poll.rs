@@ -31,6 +31,7 @@ use futures_util::future::{select, Either};
 use futures_util::StreamExt;
 use monoio::net::TcpStream;
 
+use crate::ops::metrics::ShardMetrics;
 use crate::protocol::socketio::polling::{
     self, action, error_response, frame, join_payload, parse, parse_frame, response, split_payload,
     Action, EioError, Payload, PollRequest, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_TEXT,
@@ -176,6 +177,7 @@ pub(crate) async fn serve_request(shard: &Rc<Shard>, stream: TcpStream, mut buf:
             }
         };
         buf.drain(..req.consumed);
+        ShardMetrics::inc(&shard.metrics.polling_requests);
         let out = Box::pin(answer(shard, &stream, &req)).await;
         if write_all(&stream, &out).await.is_err() || !req.keep_alive {
             sys::shutdown_socket(stream.as_raw_fd(), Shutdown::Write);
