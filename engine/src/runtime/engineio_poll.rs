@@ -568,9 +568,8 @@ async fn read_more(stream: &TcpStream, buf: &mut Vec<u8>) -> bool {
         if stream.readable(false).await.is_err() {
             return false;
         }
-        match recv(stream.as_raw_fd(), buf) {
-            Some(r) => return r,
-            None => {}
+        if let Some(r) = recv(stream.as_raw_fd(), buf) {
+            return r;
         }
     }
 }

@@ -246,7 +246,9 @@ pub fn base64_encode(data: &[u8], out: &mut Vec<u8>) {
 
 pub fn base64_decode(data: &[u8]) -> Option<Vec<u8>> {
     let data = match data.iter().position(|b| *b == b'=') {
-        Some(i) if data[i..].iter().all(|b| *b == b'=') && data.len() % 4 == 0 => &data[..i],
+        Some(i) if data[i..].iter().all(|b| *b == b'=') && data.len().is_multiple_of(4) => {
+            &data[..i]
+        }
         Some(_) => return None,
         None => data,
     };
