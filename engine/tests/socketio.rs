@@ -1,8 +1,10 @@
 //! LQDOJ's Socket.IO event daemon, dropped in (`[protocols.socketio]`,
 //! COMPAT.md sections 1 and 7): Engine.IO v4 over WebSocket at
-//! `/socket.io/` on the public port and on LQDOJ's own listener, driven by
-//! the stock Node `socket.io-client` and by raw frames for the exact error
-//! paths.
+//! `/socket.io/` on the public port and on LQDOJ's own listener, and
+//! Engine.IO HTTP long-polling with its upgrade to WebSocket, driven by the
+//! stock Node `socket.io-client` and Python `python-socketio` (default
+//! transports, polling only, WebSocket only) and by raw frames and raw HTTP
+//! for the exact error paths. The server runs `--shards 2`.
 
 mod common;
 
