@@ -581,7 +581,7 @@ fn python_has_socketio() -> bool {
         return false;
     }
     let ok = Command::new("python3")
-        .args(["-c", "import socketio, websocket"])
+        .args(["-c", "import socketio, websocket, requests"])
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok {
