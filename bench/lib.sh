@@ -7,6 +7,7 @@ BE="${BE:-127.0.0.1:29999}"
 SERVER_CPU="${SERVER_CPU:-0}"
 LOADGEN_CPU="${LOADGEN_CPU:-1}"
 RINGCAST="${RINGCAST:-target/release/ringcast}"
+LOADGEN="${LOADGEN:-target/release/ringcast-loadgen}"
 SERVER_PID=""
 trap '[ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null; true' EXIT
 

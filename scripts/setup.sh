@@ -48,11 +48,11 @@ fi
 # pinned by package-lock.json, Python `websocket-client` by requirements.txt.
 if command -v npm >/dev/null 2>&1; then
   (cd engine/tests/clients && npm ci --no-audit --no-fund --loglevel=error) ||
-    echo "setup: npm ci in engine/tests/clients failed; the DMOJ tests need it" >&2
+    echo "setup: npm ci in engine/tests/clients failed; the DMOJ and Socket.IO tests need it" >&2
 fi
 if command -v python3 >/dev/null 2>&1; then
   python3 -m pip install -q -r engine/tests/clients/requirements.txt ||
-    echo "setup: pip install -r engine/tests/clients/requirements.txt failed; the DMOJ tests need it" >&2
+    echo "setup: pip install -r engine/tests/clients/requirements.txt failed; the DMOJ and Socket.IO tests need it" >&2
 fi
 
 # The fuzz targets (fuzz/README.md) run under AFL++ through cargo-afl on

@@ -547,7 +547,7 @@ pub fn run(s: &Settings) -> anyhow::Result<Report> {
             publish_errors = res.errors;
             match s.opts.protocol {
                 ClientProtocol::Native => res.finals,
-                ClientProtocol::Dmoj => res.seqs,
+                ClientProtocol::Dmoj | ClientProtocol::Socketio => res.seqs,
             }
         }
         Scenario::Chat => {

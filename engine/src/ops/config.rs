@@ -364,6 +364,88 @@ config_section! {
         pub jobs: JobsConfig = JobsConfig::default(),
         /// ws4redis (django-websocket-redis) endpoints, as Rodan uses them.
         pub ws4redis: Ws4redisConfig = Ws4redisConfig::default(),
+        /// Socket.IO v4 (Engine.IO v4 over WebSocket) with LQDOJ's event
+        /// daemon's events (`websocket/daemon.js` of LQDOJ).
+        pub socketio: SocketIoConfig = SocketIoConfig::default(),
+    }
+}
+
+config_section! {
+    /// `[protocols.socketio]`: LQDOJ's Socket.IO event daemon, as a
+    /// drop-in (Engine.IO v4 over WebSocket).
+    pub struct SocketIoConfig {
+        /// Serve Socket.IO: the path and listener below. Default false.
+        pub enabled: bool = false,
+        /// URL path on this port, with everything below it; empty = none.
+        /// Default `/socket.io/`.
+        pub path: String = "/socket.io/".into(),
+        /// LQDOJ's own listener (every path speaks Socket.IO); IP:PORT or
+        /// HOST:PORT, empty = none. Default `127.0.0.1:15100`.
+        pub listen: String = "127.0.0.1:15100".into(),
+        /// The token a `{role:"sender"}` connection must give in its
+        /// CONNECT auth (Django's `EVENT_DAEMON_KEY`); empty = no sender
+        /// is accepted. Default empty.
+        pub token: String = String::new(),
+        /// Milliseconds between the server's Engine.IO pings. At least
+        /// 100. Default 25000.
+        pub ping_interval: u64 = 25_000,
+        /// Milliseconds a ping waits for its pong before the connection
+        /// closes. At least 100. Default 300000 (LQDOJ's).
+        pub ping_timeout: u64 = 300_000,
+        /// Milliseconds a connection may take to join a namespace. At
+        /// least 100. Default 45000.
+        pub connect_timeout: u64 = 45_000,
+        /// Client-role connections at once before `server-capacity`
+        /// (LQDOJ's `max_connections`; senders not counted). Default 5000.
+        pub max_clients: usize = 5000,
+        /// Channels one `set-filter` may name. At least 1. Default 10.
+        pub max_subscriptions: usize = 10,
+    }
+}
+
+impl SocketIoConfig {
+    /// LQDOJ's listener, if enabled and configured.
+    pub fn listener(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        let value = &self.listen;
+        if !self.enabled || value.trim().is_empty() {
+            return Ok(None);
+        }
+        value
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .map(Some)
+            .ok_or_else(|| {
+                ConfigError::invalid(
+                    "protocols.socketio.listen",
+                    format!(
+                        "invalid socket address {value:?} (expected HOST:PORT, or empty for none)"
+                    ),
+                )
+            })
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.listener()?;
+        for (key, v) in [
+            ("protocols.socketio.ping_interval", self.ping_interval),
+            ("protocols.socketio.ping_timeout", self.ping_timeout),
+            ("protocols.socketio.connect_timeout", self.connect_timeout),
+        ] {
+            if v < 100 {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("must be at least 100 ms (got {v})"),
+                ));
+            }
+        }
+        if self.max_subscriptions < 1 {
+            return Err(ConfigError::invalid(
+                "protocols.socketio.max_subscriptions",
+                "must be at least 1 (got 0)",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -641,8 +723,9 @@ impl SourcesConfig {
 
 impl ProtocolsConfig {
     /// Every protocol's path key and value, for validation and routing.
-    pub fn paths(&self) -> [(&'static str, &str); 6] {
+    pub fn paths(&self) -> [(&'static str, &str); 7] {
         let on = self.dmoj.enabled;
+        let sio = self.socketio.enabled;
         [
             ("protocols.native.path", &self.native.path),
             ("protocols.rocketws.path", &self.rocketws.path),
@@ -653,11 +736,24 @@ impl ProtocolsConfig {
             ),
             ("protocols.jobs.path", &self.jobs.path),
             ("protocols.ws4redis.path", &self.ws4redis.path),
+            (
+                "protocols.socketio.path",
+                if sio { &self.socketio.path } else { "" },
+            ),
         ]
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.dmoj.listeners()?;
+        self.socketio.validate()?;
+        if let Some(addr) = self.socketio.listener()? {
+            if let Some((key, _)) = self.dmoj.listeners()?.into_iter().find(|&(_, a)| a == addr) {
+                return Err(ConfigError::invalid(
+                    "protocols.socketio.listen",
+                    format!("must differ from {key} (both are {addr}; set one of them to \"\")"),
+                ));
+            }
+        }
         if self.dmoj.long_poll_timeout < 1 {
             return Err(ConfigError::invalid(
                 "protocols.dmoj.long_poll_timeout",
@@ -1116,6 +1212,9 @@ impl Config {
         }
         if !c.backend.api_token.is_empty() {
             c.backend.api_token = "<redacted>".into();
+        }
+        if !c.protocols.socketio.token.is_empty() {
+            c.protocols.socketio.token = "<redacted>".into();
         }
         if !c.protocols.dmoj.key.is_empty() {
             c.protocols.dmoj.key = "<redacted>".into();
@@ -1741,10 +1840,57 @@ mod tests {
             "RINGCAST_SOURCES_POSTGRES_URL",
             "RINGCAST_SOURCES_POSTGRES_LISTEN",
             "RINGCAST_SOURCES_POSTGRES_CHANNEL",
+            "RINGCAST_PROTOCOLS_SOCKETIO_ENABLED",
+            "RINGCAST_PROTOCOLS_SOCKETIO_PATH",
+            "RINGCAST_PROTOCOLS_SOCKETIO_LISTEN",
+            "RINGCAST_PROTOCOLS_SOCKETIO_TOKEN",
+            "RINGCAST_PROTOCOLS_SOCKETIO_PING_INTERVAL",
+            "RINGCAST_PROTOCOLS_SOCKETIO_PING_TIMEOUT",
+            "RINGCAST_PROTOCOLS_SOCKETIO_CONNECT_TIMEOUT",
+            "RINGCAST_PROTOCOLS_SOCKETIO_MAX_CLIENTS",
+            "RINGCAST_PROTOCOLS_SOCKETIO_MAX_SUBSCRIPTIONS",
         ] {
             assert!(keys.iter().any(|(v, _, _)| v == var), "{var}");
         }
-        assert_eq!(keys.len(), 64);
+        assert_eq!(keys.len(), 73);
+    }
+
+    #[test]
+    fn socketio_settings_are_checked() {
+        let o = Overrides::new();
+        let on = ("RINGCAST_PROTOCOLS_SOCKETIO_ENABLED", "true");
+        assert_eq!(
+            load_err(None, &[on, ("RINGCAST_PROTOCOLS_DMOJ_ENABLED", "true")], &o),
+            "invalid config: protocols.socketio.listen: must differ from protocols.dmoj.receivers (both are 127.0.0.1:15100; set one of them to \"\")"
+        );
+        assert_eq!(
+            load_err(None, &[on, ("RINGCAST_PROTOCOLS_SOCKETIO_LISTEN", "nope")], &o),
+            "invalid config: protocols.socketio.listen: invalid socket address \"nope\" (expected HOST:PORT, or empty for none)"
+        );
+        assert_eq!(
+            load_err(
+                None,
+                &[on, ("RINGCAST_PROTOCOLS_SOCKETIO_PING_TIMEOUT", "5")],
+                &o
+            ),
+            "invalid config: protocols.socketio.ping_timeout: must be at least 100 ms (got 5)"
+        );
+        assert_eq!(
+            load_err(
+                None,
+                &[on, ("RINGCAST_PROTOCOLS_SOCKETIO_MAX_SUBSCRIPTIONS", "0")],
+                &o
+            ),
+            "invalid config: protocols.socketio.max_subscriptions: must be at least 1 (got 0)"
+        );
+        assert_eq!(
+            load_err(
+                None,
+                &[on, ("RINGCAST_PROTOCOLS_SOCKETIO_PATH", "/event/"), ("RINGCAST_PROTOCOLS_DMOJ_ENABLED", "true"), ("RINGCAST_PROTOCOLS_DMOJ_RECEIVERS", "")],
+                &o
+            ),
+            "invalid config: protocols.socketio.path: must differ from protocols.dmoj.path (both are \"/event/\")"
+        );
     }
 
     #[test]

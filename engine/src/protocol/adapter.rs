@@ -34,7 +34,7 @@ use crate::pubsub::publication::{Publication, MAX_FORMS};
 
 /// Every protocol, by form slot. Slot 0 is the native protocol, whose form
 /// the home shard builds eagerly; the others are built on first use.
-pub static PROTOCOLS: [&dyn Protocol; 7] = [
+pub static PROTOCOLS: [&dyn Protocol; 8] = [
     &native::Native,
     &rocketws::RocketWs,
     &dmoj::DmojReceiver,
@@ -42,6 +42,7 @@ pub static PROTOCOLS: [&dyn Protocol; 7] = [
     &dmoj::DmojPoll,
     &jobs::Jobs,
     &super::ws4redis::Ws4redis,
+    &super::socketio::SocketIo,
 ];
 
 const _: () = assert!(PROTOCOLS.len() <= MAX_FORMS);

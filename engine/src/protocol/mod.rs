@@ -5,7 +5,7 @@
 //! (permessage-deflate), [`http`]. Messages:
 //! [`rpc`] (JSON-RPC 2.0). The client protocols behind one seam,
 //! [`adapter::Protocol`]: [`native`], [`rocketws`], [`dmoj`], [`jobs`],
-//! [`ws4redis`].
+//! [`ws4redis`], [`socketio`].
 #![forbid(unsafe_code)]
 
 pub mod adapter;
@@ -18,5 +18,6 @@ pub mod jobs;
 pub mod native;
 pub mod rocketws;
 pub mod rpc;
+pub mod socketio;
 pub mod websocket;
 pub mod ws4redis;

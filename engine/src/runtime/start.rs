@@ -17,6 +17,7 @@ use crate::ops::metrics::ShardMetrics;
 use crate::protocol::adapter::{by_name, Protocol, ProtocolId};
 use crate::protocol::dmoj::{DmojReceiver, DmojSender};
 use crate::protocol::handshake::{HandshakeError, MAX_REQUEST_HEAD};
+use crate::protocol::socketio::SocketIo;
 use crate::runtime::io::write_all;
 use crate::runtime::shard::{ws_capacity, ws_session, Node, Shard, ShardMsg, RESERVED_FDS};
 use crate::runtime::sys;
@@ -132,6 +133,20 @@ pub fn run(config: Config) -> Result<RunningNode, StartError> {
         .map_err(|e| StartError::InvalidConfig(e.to_string()))?
         .into_iter()
         .map(|(key, addr)| (key, addr, extra_port(key)))
+        .chain(
+            config
+                .protocols
+                .socketio
+                .listener()
+                .map_err(|e| StartError::InvalidConfig(e.to_string()))?
+                .map(|addr| {
+                    (
+                        "protocols.socketio.listen",
+                        addr,
+                        extra_port("protocols.socketio.listen"),
+                    )
+                }),
+        )
         .collect();
 
     // Bind everything up front so a busy port fails the start, not a shard.
@@ -354,11 +369,13 @@ enum Port {
     LongPoll,
 }
 
-/// What a `[protocols.dmoj]` listener key serves.
+/// What a `[protocols.dmoj]` (or `[protocols.socketio]`) listener key
+/// serves.
 fn extra_port(key: &str) -> Port {
     let name = match key {
         "protocols.dmoj.long_poll" => return Port::LongPoll,
         "protocols.dmoj.senders" => DmojSender.name(),
+        "protocols.socketio.listen" => SocketIo.name(),
         _ => DmojReceiver.name(),
     };
     Port::Fixed(by_name(name).unwrap_or(0))

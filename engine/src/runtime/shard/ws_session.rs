@@ -31,6 +31,7 @@ use crate::protocol::handshake::{
 use crate::protocol::native;
 use crate::protocol::websocket::WsProtocol;
 use crate::pubsub::ops::OpError;
+use crate::runtime::engineio_poll;
 use crate::runtime::io::write_all;
 use crate::runtime::long_poll;
 use crate::runtime::sys;
@@ -65,8 +66,15 @@ async fn session(shard: &Rc<Shard>, stream: TcpStream, fixed: Option<ProtocolId>
                 opened.first,
                 claims,
             ),
-            Some(Handshake::Poll(stream, request)) => {
+            Some(Handshake::Poll(stream, request, p)) => {
+                if protocol(p).name() == "socketio" {
+                    return Box::pin(engineio_poll::serve_request(shard, stream, request)).await;
+                }
                 return Box::pin(long_poll::serve_request(shard, stream, request)).await;
+            }
+            Some(Handshake::PollUpgrade(stream, pending, session)) => {
+                let max = shard.config().limits.max_message_size.max(4096);
+                return Box::pin(engineio_poll::upgraded(stream, pending, session, max)).await;
             }
             None => return,
         };
@@ -129,8 +137,12 @@ enum Handshake {
         Opened,
         Option<Box<Claims>>,
     ),
-    /// A plain HTTP request for the long-poll path (bytes read so far).
-    Poll(TcpStream, Vec<u8>),
+    /// A plain HTTP request a protocol serves (bytes read so far, and the
+    /// protocol: DMOJ's long-poll or Engine.IO polling).
+    Poll(TcpStream, Vec<u8>, ProtocolId),
+    /// The WebSocket upgrade of an Engine.IO polling session (answered
+    /// 101; the bytes after the request).
+    PollUpgrade(TcpStream, Vec<u8>, std::sync::Arc<engineio_poll::Session>),
 }
 
 /// Upgrades the connection, or hands a long-poll request on; `None` when
@@ -155,9 +167,15 @@ async fn handshake(
     let mut upgrade = match read.await {
         Ok(Ok(u)) => u,
         Ok(Err(Some(e))) => {
-            // A plain HTTP request a protocol serves (DMOJ's long-poll).
-            if fixed.is_none() && shard.node.router.route_plain_http(cfg, &buf).is_some() {
-                return Some(Handshake::Poll(stream, buf));
+            // A plain HTTP request a protocol serves (DMOJ's long-poll,
+            // Engine.IO polling; on LQDOJ's own listener every path).
+            let plain = match fixed {
+                None => shard.node.router.route_plain_http(cfg, &buf),
+                Some(p) if protocol(p).name() == "socketio" && !is_upgrade(&buf) => Some(p),
+                Some(_) => None,
+            };
+            if let Some(p) = plain {
+                return Some(Handshake::Poll(stream, buf, p));
             }
             ShardMetrics::inc(&shard.metrics.handshakes_rejected);
             let _ = write_all(&stream, &e.response()).await;
@@ -177,6 +195,16 @@ async fn handshake(
     });
     if cfg.ws.compression == Compression::Off || !protocol(proto).websocket() {
         upgrade.deflate = None;
+    }
+    // The upgrade of a live Engine.IO polling session.
+    if protocol(proto).name() == "socketio" && upgrade.query_param("transport") == Some("websocket")
+    {
+        if let Some(session) = upgrade.query_param("sid").and_then(engineio_poll::lookup) {
+            upgrade.deflate = None;
+            write_all(&stream, &upgrade.response_101()).await.ok()?;
+            let pending = buf.split_off(upgrade.consumed);
+            return Some(Handshake::PollUpgrade(stream, pending, session));
+        }
     }
     let claims = match upgrade_identity(shard, proto, &upgrade, &buf) {
         Ok(claims) => claims,
@@ -239,6 +267,17 @@ fn upgrade_identity(
         }
         None => Ok(None),
     }
+}
+
+/// Whether a complete request head asks for an upgrade.
+fn is_upgrade(head: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut req = httparse::Request::new(&mut headers);
+    matches!(req.parse(head), Ok(httparse::Status::Complete(_)))
+        && req
+            .headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case("upgrade"))
 }
 
 /// Reads the upgrade request. `Err(None)`: the peer went away.
