@@ -237,21 +237,26 @@ impl HomeShard {
         self.channel(channel).kept = Some((data, until));
     }
 
-    /// Keeps `data` until `until` unless the channel has a kept message
-    /// already; whether it did keep it.
-    pub fn keep_if_none(
+    /// A persisted message fetched from a message source for the channel's
+    /// first subscriber, who joined at offset `joined`: kept until `until`
+    /// unless a message was kept meanwhile. Whether to publish it to the
+    /// current subscribers: only if it was kept and nothing was published
+    /// to the channel since `joined` (they have the same or a newer
+    /// message already; it stays kept for later joiners).
+    pub fn keep_fetched(
         &mut self,
         channel: &str,
         data: Bytes,
         until: Instant,
         now: Instant,
+        joined: u64,
     ) -> bool {
         let ch = self.channel(channel);
         if ch.kept(now).is_some() {
             return false;
         }
         ch.kept = Some((data, until));
-        true
+        ch.last_offset == joined
     }
 
     /// Shards with subscribers of `channel`.
@@ -588,6 +593,33 @@ mod tests {
         assert!(h.heap_size() < empty + 16 * 1024, "{}", h.heap_size());
         h.prune(now + Duration::from_secs(301));
         assert_eq!(h.channel_count(), 0);
+    }
+
+    #[test]
+    fn a_fetched_message_is_sent_only_if_nothing_went_out_since_joining() {
+        let t0 = Instant::now();
+        let until = t0 + Duration::from_secs(5);
+        let mut h = HomeShard::new(0, 1, 0, Duration::from_secs(10), 1);
+        let joined = h.subscribe("k", 0, None, t0).offset;
+        assert!(h.keep_fetched("k", Bytes::from_static(b"p"), until, t0, joined));
+        // Kept already: a second answer neither replaces nor goes out.
+        assert!(!h.keep_fetched("k", Bytes::from_static(b"q"), until, t0, joined));
+        assert_eq!(
+            h.subscribe("k", 0, None, t0).kept.as_deref(),
+            Some(&b"p"[..])
+        );
+
+        // A live message reached the subscriber of "j" before the fetched
+        // one: the fetched one is kept for later joiners, not sent.
+        let joined = h.subscribe("j", 0, None, t0).offset;
+        h.publish("j", t0, |ch, off| {
+            Publication::message(ch, off, off, 0, Bytes::from_static(b"p"))
+        });
+        assert!(!h.keep_fetched("j", Bytes::from_static(b"p"), until, t0, joined));
+        assert_eq!(
+            h.subscribe("j", 0, None, t0).kept.as_deref(),
+            Some(&b"p"[..])
+        );
     }
 
     #[test]

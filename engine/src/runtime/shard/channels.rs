@@ -187,21 +187,23 @@ impl Shard {
         if outcome.first && outcome.kept.is_none() && w.expire > 0 {
             let prefix = crate::protocol::ws4redis::broadcast_channel(&w.prefix, "");
             if channel.starts_with(&prefix) {
-                redis.fetch(channel);
+                redis.fetch(channel, outcome.offset);
             }
         }
     }
 
     /// The Redis source's answer to [`fetch_kept`](Self::fetch_kept): the
-    /// channel's persisted message and its time to live. Kept, and
-    /// published to the channel's subscribers (who joined without it),
-    /// unless a message was kept meanwhile.
-    pub(super) fn kept_from_source(&self, channel: &str, data: Bytes, ttl: Duration) {
+    /// channel's persisted message and its time to live, for a first
+    /// subscriber who joined at offset `joined`. Kept, and published to the
+    /// channel's subscribers (who joined without it) unless a message was
+    /// kept or published meanwhile
+    /// ([`HomeShard::keep_fetched`](crate::pubsub::home_shard::HomeShard::keep_fetched)).
+    pub(super) fn kept_from_source(&self, channel: &str, data: Bytes, ttl: Duration, joined: u64) {
         let now = Instant::now();
         if !self
             .home
             .borrow_mut()
-            .keep_if_none(channel, data.clone(), now + ttl, now)
+            .keep_fetched(channel, data.clone(), now + ttl, now, joined)
         {
             return;
         }

@@ -32,8 +32,13 @@ impl Shard {
                 let r = self.publish_at_home(&channel, data, exclude, keep);
                 let _ = reply.send(r);
             }
-            ShardMsg::Kept { channel, data, ttl } => {
-                self.kept_from_source(&channel, data, ttl);
+            ShardMsg::Kept {
+                channel,
+                data,
+                ttl,
+                joined,
+            } => {
+                self.kept_from_source(&channel, data, ttl, joined);
             }
             ShardMsg::Deliver {
                 publication,

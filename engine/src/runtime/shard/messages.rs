@@ -120,11 +120,13 @@ pub enum ShardMsg {
         reply: oneshot::Sender<Result<PublishResult, PublishError>>,
     },
     /// To the home shard, from a message source: the channel's persisted
-    /// last message (ws4redis's SETEX'd key) and its time to live.
+    /// last message (ws4redis's SETEX'd key) and its time to live, for a
+    /// first subscriber who joined at offset `joined`.
     Kept {
         channel: Box<str>,
         data: Bytes,
         ttl: std::time::Duration,
+        joined: u64,
     },
     /// From the home shard: deliver to local subscribers of the channel.
     Deliver {
