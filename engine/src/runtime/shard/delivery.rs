@@ -221,7 +221,8 @@ impl Shard {
 
 async fn wait_writable(shard: Rc<Shard>, conn: Rc<Conn>) {
     loop {
-        if conn.stream.writable(false).await.is_err() {
+        let Some(stream) = conn.socket() else { break };
+        if stream.writable(false).await.is_err() {
             break;
         }
         match shard.flush_now(&conn) {
