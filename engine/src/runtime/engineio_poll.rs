@@ -97,7 +97,8 @@ impl Inner {
     fn end(&mut self) {
         if !self.ended {
             self.ended = true;
-            self.queue.push_back(Payload::Text(Bytes::from_static(b"1")));
+            self.queue
+                .push_back(Payload::Text(Bytes::from_static(b"1")));
         }
         self.wake_reader();
     }
@@ -241,6 +242,10 @@ pub(crate) async fn serve_request(
             }
         };
         buf.drain(..req.consumed);
+        if buf.is_empty() {
+            // A parked GET keeps no read buffer.
+            buf = Vec::new();
+        }
         ShardMetrics::inc(&shard.metrics.polling_requests);
         let out = Box::pin(answer(shard, &req, proto)).await;
         if write_all(&stream, &out).await.is_err() || !req.keep_alive {
@@ -261,7 +266,13 @@ async fn answer(shard: &Rc<Shard>, req: &PollRequest, proto: ProtocolId) -> Vec<
         Action::Preflight => response(204, TEXT_PLAIN, b"", ka, origin),
         Action::Handshake => match open(shard, proto) {
             Some(packet) => response(200, TEXT_PLAIN, &packet, ka, origin),
-            None => response(503, TEXT_PLAIN, b"no randomness for a session id", ka, origin),
+            None => response(
+                503,
+                TEXT_PLAIN,
+                b"no randomness for a session id",
+                ka,
+                origin,
+            ),
         },
         Action::Poll(sid) => {
             let Some(s) = lookup(&sid) else {
@@ -337,7 +348,10 @@ fn open(shard: &Rc<Shard>, proto: ProtocolId) -> Option<Vec<u8>> {
     );
     let session = Arc::new(Session {
         sid: sid.into(),
-        budget: cfg.limits.max_outbound_bytes.max(cfg.limits.max_message_size),
+        budget: cfg
+            .limits
+            .max_outbound_bytes
+            .max(cfg.limits.max_message_size),
         inner: Mutex::new(Inner::default()),
     });
     locked(table()).insert(session.sid.clone(), session.clone());
@@ -350,14 +364,21 @@ fn open(shard: &Rc<Shard>, proto: ProtocolId) -> Option<Vec<u8>> {
 async fn run(shard: Rc<Shard>, s: Arc<Session>, mut state: SessionState, proto: ProtocolId) {
     shard.session_started();
     let burst = shard.config().limits.rate_burst;
-    let (conn, cref) = shard
-        .add_conn(|key| Conn::socketless(key, s.clone(), proto, burst, Instant::now()));
+    let (conn, cref) =
+        shard.add_conn(|key| Conn::socketless(key, s.clone(), proto, burst, Instant::now()));
     ws_session::expect_connect(&shard, &conn);
     ws_session::attach(&shard, proto, &mut state, cref);
     let handed = Box::pin(polled(&shard, &conn, cref, &s, &mut state)).await;
     if let Some((socket, mut pending)) = handed {
         if take_socket(&shard, &conn, &s, socket) {
-            ws_session::read_loop(&shard, &conn, cref, &mut pending, &mut state).await;
+            Box::pin(ws_session::read_loop(
+                &shard,
+                &conn,
+                cref,
+                &mut pending,
+                &mut state,
+            ))
+            .await;
         }
     }
     drop(state);
@@ -467,7 +488,12 @@ async fn wait(conn: &Conn, s: &Session, timer: Option<impl Future<Output = ()>>)
 /// The connection takes the client's WebSocket: the packets still queued
 /// (no GET took them) are framed and go out first, then what the
 /// connection has queued since, then the rest as for any WebSocket client.
-fn take_socket(shard: &Rc<Shard>, conn: &Rc<Conn>, s: &Session, socket: std::net::TcpStream) -> bool {
+fn take_socket(
+    shard: &Rc<Shard>,
+    conn: &Rc<Conn>,
+    s: &Session,
+    socket: std::net::TcpStream,
+) -> bool {
     let Ok(stream) = TcpStream::from_std(socket) else {
         return false;
     };

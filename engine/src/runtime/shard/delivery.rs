@@ -220,8 +220,7 @@ impl Shard {
 }
 
 async fn wait_writable(shard: Rc<Shard>, conn: Rc<Conn>) {
-    loop {
-        let Some(stream) = conn.socket() else { break };
+    while let Some(stream) = conn.socket() {
         if stream.writable(false).await.is_err() {
             break;
         }

@@ -68,8 +68,7 @@ async fn session(shard: &Rc<Shard>, stream: TcpStream, fixed: Option<ProtocolId>
             ),
             Some(Handshake::Poll(stream, request, p)) => {
                 if protocol(p).name() == "socketio" {
-                    return Box::pin(engineio_poll::serve_request(shard, stream, request, p))
-                        .await;
+                    return Box::pin(engineio_poll::serve_request(shard, stream, request, p)).await;
                 }
                 return Box::pin(long_poll::serve_request(shard, stream, request)).await;
             }
@@ -110,7 +109,12 @@ pub(crate) fn expect_connect(shard: &Shard, conn: &Rc<Conn>) {
 }
 
 /// Gives the protocol's state of connection `cref` its waker.
-pub(crate) fn attach(shard: &Rc<Shard>, proto: ProtocolId, state: &mut SessionState, cref: ConnRef) {
+pub(crate) fn attach(
+    shard: &Rc<Shard>,
+    proto: ProtocolId,
+    state: &mut SessionState,
+    cref: ConnRef,
+) {
     protocol(proto).attach(state, &|| {
         Arc::new(ShardWaker {
             node: Arc::downgrade(&shard.node),
