@@ -28,6 +28,7 @@ use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::future::{select, Either};
 use monoio::net::TcpStream;
 
 use crate::ops::metrics::ShardMetrics;
@@ -247,7 +248,10 @@ pub(crate) async fn serve_request(
             buf = Vec::new();
         }
         ShardMetrics::inc(&shard.metrics.polling_requests);
-        let out = Box::pin(answer(shard, &req, proto)).await;
+        let Some(out) = Box::pin(answer(shard, &stream, &mut buf, &req, proto)).await else {
+            // The client closed its parked GET.
+            return;
+        };
         if write_all(&stream, &out).await.is_err() || !req.keep_alive {
             sys::shutdown_socket(stream.as_raw_fd(), Shutdown::Write);
             return;
@@ -255,14 +259,22 @@ pub(crate) async fn serve_request(
     }
 }
 
-async fn answer(shard: &Rc<Shard>, req: &PollRequest, proto: ProtocolId) -> Vec<u8> {
+/// The answer to `req`; `None` when the client closed the connection of
+/// its parked GET (which, as in engine.io, ends the session).
+async fn answer(
+    shard: &Rc<Shard>,
+    stream: &TcpStream,
+    buf: &mut Vec<u8>,
+    req: &PollRequest,
+    proto: ProtocolId,
+) -> Option<Vec<u8>> {
     let origin = req.origin.as_deref();
     let ka = req.keep_alive;
     let act = match action(req) {
         Ok(a) => a,
-        Err(e) => return error_response(e, ka, origin),
+        Err(e) => return Some(error_response(e, ka, origin)),
     };
-    match act {
+    Some(match act {
         Action::Preflight => response(204, TEXT_PLAIN, b"", ka, origin),
         Action::Handshake => match open(shard, proto) {
             Some(packet) => response(200, TEXT_PLAIN, &packet, ka, origin),
@@ -276,19 +288,19 @@ async fn answer(shard: &Rc<Shard>, req: &PollRequest, proto: ProtocolId) -> Vec<
         },
         Action::Poll(sid) => {
             let Some(s) = lookup(&sid) else {
-                return error_response(EioError::SessionUnknown, ka, origin);
+                return Some(error_response(EioError::SessionUnknown, ka, origin));
             };
             {
                 let mut i = s.inner();
                 if i.upgraded {
                     drop(i);
-                    return error_response(EioError::BadRequest, ka, origin);
+                    return Some(error_response(EioError::BadRequest, ka, origin));
                 }
                 if i.get_busy {
                     // engine.io: overlapping polls close the session.
                     drop(i);
                     s.close();
-                    return response(400, TEXT_PLAIN, b"", ka, origin);
+                    return Some(response(400, TEXT_PLAIN, b"", ka, origin));
                 }
                 i.get_busy = true;
             }
@@ -296,9 +308,23 @@ async fn answer(shard: &Rc<Shard>, req: &PollRequest, proto: ProtocolId) -> Vec<
             let wait = Duration::from_millis(
                 cfg.protocols.socketio.ping_interval + cfg.protocols.socketio.ping_timeout,
             );
-            let (packets, ended) = match monoio::time::timeout(wait, s.take()).await {
-                Ok(got) => got,
-                Err(_) => (vec![Payload::Text(Bytes::from_static(b"6"))], false),
+            let taken = pin!(monoio::time::timeout(wait, s.take()));
+            let limit = shard
+                .config()
+                .limits
+                .max_message_size
+                .saturating_add(16 * 1024);
+            let gone = pin!(peer_gone(stream, buf, limit));
+            let (packets, ended) = match select(taken, gone).await {
+                Either::Left((Ok(got), _)) => got,
+                Either::Left((Err(_), _)) => (vec![Payload::Text(Bytes::from_static(b"6"))], false),
+                Either::Right(((), _)) => {
+                    // engine.io: a poll closed before its answer ends the
+                    // session (a closed tab, an aborted request).
+                    s.inner().get_busy = false;
+                    s.close();
+                    return None;
+                }
             };
             s.inner().get_busy = false;
             if ended {
@@ -308,20 +334,20 @@ async fn answer(shard: &Rc<Shard>, req: &PollRequest, proto: ProtocolId) -> Vec<
         }
         Action::Send(sid) => {
             let Some(s) = lookup(&sid) else {
-                return error_response(EioError::SessionUnknown, ka, origin);
+                return Some(error_response(EioError::SessionUnknown, ka, origin));
             };
             let packets = match split_payload(&req.body) {
                 Ok(p) => p,
                 Err(_) => {
                     s.close();
-                    return error_response(EioError::BadRequest, ka, origin);
+                    return Some(error_response(EioError::BadRequest, ka, origin));
                 }
             };
             let mut i = s.inner();
             if i.upgraded || i.stop {
                 drop(i);
                 s.close();
-                return error_response(EioError::BadRequest, ka, origin);
+                return Some(error_response(EioError::BadRequest, ka, origin));
             }
             // The body is whole: the packets go to the connection at once.
             i.inbox.extend(packets);
@@ -329,7 +355,7 @@ async fn answer(shard: &Rc<Shard>, req: &PollRequest, proto: ProtocolId) -> Vec<
             drop(i);
             response(200, "text/html", b"ok", ka, origin)
         }
-    }
+    })
 }
 
 /// Opens a polling session: its socket-less connection on this shard and
@@ -615,6 +641,20 @@ pub(crate) async fn upgrade(
     }
     let _ = write_all(&stream, &close_frame(1000, fault)).await;
     sys::shutdown_socket(stream.as_raw_fd(), Shutdown::Write);
+}
+
+/// Returns when the client closed the connection of a parked GET (or sent
+/// more than `limit` bytes while it waits); a pipelined request is kept
+/// in `buf`.
+async fn peer_gone(stream: &TcpStream, buf: &mut Vec<u8>, limit: usize) {
+    loop {
+        if stream.readable(false).await.is_err() {
+            return;
+        }
+        if recv(stream.as_raw_fd(), buf) == Some(false) || buf.len() > limit {
+            return;
+        }
+    }
 }
 
 /// Reads what is there into `buf`; false when the peer is gone.
