@@ -689,3 +689,45 @@ fn recv(fd: RawFd, buf: &mut Vec<u8>) -> Option<bool> {
         Err(_) => Some(false),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::codec::write_close;
+
+    #[test]
+    fn server_frames_become_packets_sliced_from_the_shared_buffer() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, OpCode::Text, b"2");
+        write_frame(&mut buf, OpCode::Ping, b"");
+        let long = vec![b'x'; 300];
+        write_frame(&mut buf, OpCode::Text, &long);
+        write_frame(&mut buf, OpCode::Binary, &[1, 2]);
+        write_close(&mut buf, 1000, "bye");
+        let frames = Bytes::from(buf);
+        let mut i = Inner::default();
+        unframe(&frames, &mut i);
+        let got: Vec<Payload> = i.queue.iter().cloned().collect();
+        assert_eq!(
+            got,
+            vec![
+                Payload::Text(Bytes::from_static(b"2")),
+                Payload::Text(Bytes::from(long)),
+                Payload::Binary(Bytes::from_static(&[1, 2])),
+                Payload::Text(Bytes::from_static(b"1")),
+            ]
+        );
+        assert!(i.ended);
+        assert_eq!(i.queued_bytes, 1 + 300 + 2);
+        // The long text is a slice of the frames' buffer, not a copy.
+        let Payload::Text(t) = &i.queue[1] else {
+            panic!()
+        };
+        let inside = frames.as_ptr_range();
+        assert!(inside.contains(&t.as_ptr()));
+        // A truncated frame is not queued.
+        let mut j = Inner::default();
+        unframe(&frames.slice(..frames.len() - 1 - 300), &mut j);
+        assert_eq!(j.queue.len(), 1);
+    }
+}
