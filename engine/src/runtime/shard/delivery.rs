@@ -220,8 +220,8 @@ impl Shard {
 }
 
 async fn wait_writable(shard: Rc<Shard>, conn: Rc<Conn>) {
-    loop {
-        if conn.stream.writable(false).await.is_err() {
+    while let Some(stream) = conn.socket() {
+        if stream.writable(false).await.is_err() {
             break;
         }
         match shard.flush_now(&conn) {

@@ -188,6 +188,11 @@ impl Shard {
                     }
                     continue;
                 }
+                if c.socket().is_none() {
+                    // An Engine.IO polling session: its protocol's own
+                    // pings and pong deadline keep it (no WebSocket ping).
+                    continue;
+                }
                 let clock = Liveness {
                     closing_since: c.closing_since.get(),
                     ping_sent: c.ping_sent.get(),
