@@ -119,9 +119,13 @@ pub struct Member {
 /// with how many connections each (user ids interned per channel).
 #[derive(Debug, Default)]
 struct Presence {
-    members: HashMap<(usize, ConnKey), (Arc<str>, Option<Arc<str>>)>,
+    /// (shard, connection) → (user, info).
+    members: HashMap<(usize, ConnKey), UserInfo>,
     users: HashMap<Arc<str>, u32>,
 }
+
+/// A member's user id and `info`.
+type UserInfo = (Arc<str>, Option<Arc<str>>);
 
 /// A channel's presence: the subscribers (when asked for and at most the
 /// limit asked for), how many connections and distinct users.
