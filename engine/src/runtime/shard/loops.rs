@@ -54,6 +54,7 @@ impl Shard {
                 from,
                 conn,
                 since,
+                member,
                 reply,
             } => {
                 let outcome = self.home.borrow_mut().subscribe(
@@ -62,6 +63,9 @@ impl Shard {
                     since.as_ref(),
                     Instant::now(),
                 );
+                if let Some(m) = member {
+                    self.home_join(&channel, *m);
+                }
                 self.fetch_kept(&channel, &outcome);
                 self.node.mailboxes[from].push(ShardMsg::SubscribeAck {
                     channel,
@@ -86,12 +90,15 @@ impl Shard {
                     self.node.mailboxes[home].push(ShardMsg::Unsubscribe {
                         channel,
                         from: self.id,
+                        conn: conn.key,
                     });
                 }
             },
-            ShardMsg::Unsubscribe { channel, from } => {
-                self.home.borrow_mut().unsubscribe(&channel, from);
-            }
+            ShardMsg::Unsubscribe {
+                channel,
+                from,
+                conn,
+            } => self.home_leave(&channel, from, conn),
             ShardMsg::Home {
                 channel,
                 query,

@@ -231,7 +231,7 @@ async fn handshake(
             return None;
         }
     };
-    let opened = match protocol(proto).accept(cfg, &upgrade, Instant::now()) {
+    let opened = match protocol(proto).accept_as(cfg, &upgrade, claims.as_deref(), Instant::now()) {
         Ok(opened) => opened,
         Err(refused) => {
             ShardMetrics::inc(&shard.metrics.handshakes_rejected);
