@@ -15,7 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-TARGETS=(frame_decoder handshake backend_http rpc dmoj deflate)
+TARGETS=(frame_decoder handshake backend_http rpc dmoj deflate ws4redis jobs engineio)
 CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/../target}/afl"
 export CARGO_TARGET_DIR
 OUT="${FUZZ_OUT:-$CARGO_TARGET_DIR/afl-out}"

@@ -4,16 +4,25 @@
 //! `fuzz_targets/` only hand AFL++'s input to these (see `fuzz/README.md`).
 #![forbid(unsafe_code)]
 
+use std::time::{Duration, Instant};
+
+use ringcast::ops::config::{Config, JobReplies};
+use ringcast::protocol::adapter::{Answer, Protocol};
 use ringcast::protocol::codec::{apply_mask, decode_header, encode_header};
 use ringcast::protocol::deflate::{self, Inflater};
 use ringcast::protocol::dmoj::{self, Poll, Role};
-use ringcast::protocol::handshake::{parse_upgrade, MAX_REQUEST_HEAD};
+use ringcast::protocol::handshake::{parse_upgrade, Upgrade, MAX_REQUEST_HEAD};
 use ringcast::protocol::http::{
     max_request_len, parse_request, write_error, write_response, HttpError,
 };
-use ringcast::protocol::rpc::{self, BackendMethod, Incoming, RpcParser};
+use ringcast::protocol::jobs::{Jobs, JobsState};
+use ringcast::protocol::rpc::{self, BackendMethod, Incoming, ReplyWriter, RpcParser};
+use ringcast::protocol::socketio::engineio::{self, Packet as EioPacket};
+use ringcast::protocol::socketio::packet as sio_packet;
+use ringcast::protocol::socketio::polling::{self, Payload};
 use ringcast::protocol::websocket::{MessageKind, WsProtocol};
-use ringcast::pubsub::ops::Op;
+use ringcast::protocol::ws4redis::{self, Ws4redis};
+use ringcast::pubsub::ops::{Op, Outcome};
 
 const MAX_MESSAGE: usize = 64 * 1024;
 
@@ -27,10 +36,7 @@ pub fn frame_decoder(data: &[u8]) {
         if let Ok(payload_len) = usize::try_from(header.payload_len) {
             let mut out = [0u8; 10];
             let n = encode_header(header.fin, header.opcode, payload_len, &mut out);
-            let (again, m) = decode_header(&out[..n])
-                .ok()
-                .flatten()
-                .expect("re-decodes");
+            let (again, m) = decode_header(&out[..n]).ok().flatten().expect("re-decodes");
             assert_eq!(m, n);
             assert_eq!((again.fin, again.opcode), (header.fin, header.opcode));
             assert_eq!(again.payload_len, header.payload_len);
@@ -87,10 +93,7 @@ pub fn frame_decoder(data: &[u8]) {
     // Everything the server wrote is a sequence of well-formed server frames.
     let mut rest = &out[..];
     while !rest.is_empty() {
-        let (header, len) = decode_header(rest)
-            .ok()
-            .flatten()
-            .expect("server frame");
+        let (header, len) = decode_header(rest).ok().flatten().expect("server frame");
         assert!(header.mask.is_none());
         rest = &rest[len + header.payload_len as usize..];
     }
@@ -302,4 +305,301 @@ pub fn deflate(data: &[u8]) {
             )),
         }
     }
+}
+
+/// The WebSocket frames in `buf` (server frames, unmasked), as payloads.
+fn server_frames(buf: &[u8]) -> Vec<Vec<u8>> {
+    let mut frames = Vec::new();
+    let mut rest = buf;
+    while !rest.is_empty() {
+        let (header, len) = decode_header(rest)
+            .ok()
+            .flatten()
+            .expect("a reply holds whole server frames");
+        assert!(header.fin && header.mask.is_none());
+        let n = usize::try_from(header.payload_len).expect("fits");
+        let end = len + n;
+        assert!(end <= rest.len(), "frame runs past the reply");
+        frames.push(rest[len..end].to_vec());
+        rest = &rest[end..];
+    }
+    frames
+}
+
+fn reply_frames(reply: ReplyWriter) -> Vec<Vec<u8>> {
+    reply
+        .finish_frames()
+        .map(|b| server_frames(&b))
+        .unwrap_or_default()
+}
+
+/// ws4redis: the query flags (case-insensitive keys, values ignored), the
+/// facility and channel the path makes, and a session with arbitrary
+/// client messages.
+///
+/// Input: the first byte picks the configuration (heartbeat on/off, base
+/// path, prefix); then the request target up to the first NUL; then client
+/// messages separated by NULs.
+pub fn ws4redis(data: &[u8]) {
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
+    let mut parts = rest.split(|&b| b == 0);
+    let target = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+    let query = target.split_once('?').map(|(_, q)| q);
+    let flags = ws4redis::parse_flags(query);
+    // Keys are compared case-insensitively: shouting the query changes
+    // nothing.
+    let upper = query.map(str::to_ascii_uppercase);
+    match (&flags, ws4redis::parse_flags(upper.as_deref())) {
+        (Ok(a), Ok(b)) => assert_eq!(*a, b),
+        (Err(a), Err(b)) => assert_eq!(a.status, b.status),
+        (a, b) => panic!("case changed the flags: {a:?} vs {b:?}"),
+    }
+    if let Err(e) = &flags {
+        assert_eq!(e.status, 403);
+    }
+
+    let mut cfg = Config::default();
+    let w = &mut cfg.protocols.ws4redis;
+    let heartbeat: &[u8] = b"--heartbeat--";
+    if sel & 1 == 1 {
+        w.heartbeat = "--heartbeat--".into();
+    }
+    if sel & 2 == 2 {
+        w.path = "/ws".into();
+    }
+    if sel & 4 == 4 {
+        w.prefix = "rodan".into();
+    }
+    let path = target.split_once('?').map_or(target.as_str(), |(p, _)| p);
+    let facility = ws4redis::facility(&w.path, path);
+    assert!(path.ends_with(facility));
+    let channel = ws4redis::broadcast_channel(&w.prefix, facility);
+    assert!(channel.ends_with(facility));
+
+    let up = Upgrade {
+        consumed: 0,
+        path: target.clone(),
+        origin: None,
+        accept: String::new(),
+        deflate: None,
+    };
+    let t0 = Instant::now();
+    let opened = match Ws4redis.accept(&cfg, &up, t0) {
+        Err(e) => {
+            assert!(
+                e.status == 400 || e.status == 403,
+                "refused with {}",
+                e.status
+            );
+            return;
+        }
+        Ok(o) => o,
+    };
+    assert!(flags.is_ok() && rpc::valid_channel(&channel));
+    let mut state = opened.state;
+    if let Some(first) = opened.first {
+        assert_eq!(first.calls.len(), 1);
+        match &first.calls[0].op {
+            Ok(Op::Subscribe { channel: c, .. }) => assert_eq!(&**c, channel.as_str()),
+            other => panic!("first exchange runs {other:?}"),
+        }
+    }
+    let hb_on = sel & 1 == 1;
+    let mut parser = RpcParser::new();
+    let mut now = t0;
+    for msg in parts {
+        now += Duration::from_millis(u64::from(msg.first().copied().unwrap_or(0)) * 40);
+        if let Some(due) = Ws4redis.next_deadline(&state) {
+            assert!(hb_on);
+            if due <= now {
+                let mut reply = ReplyWriter::new(false);
+                assert!(Ws4redis.on_deadline(&mut state, now, &mut reply).is_none());
+                assert_eq!(reply_frames(reply), [heartbeat]);
+                assert!(Ws4redis.next_deadline(&state).expect("still beating") > now);
+            }
+        } else {
+            assert!(!hb_on);
+        }
+        let ex = Ws4redis.handle_message(&mut state, msg, &mut parser, now);
+        assert!(ex.calls.len() <= 1);
+        // A heartbeat after every message, and nothing else before the
+        // calls ran.
+        let frames = reply_frames(ex.reply);
+        if hb_on {
+            assert_eq!(frames, [heartbeat]);
+        } else {
+            assert!(frames.is_empty());
+        }
+        for call in &ex.calls {
+            assert!(call.id.is_none());
+            assert!(!(hb_on && msg == heartbeat), "a heartbeat was published");
+            assert!(!msg.is_empty());
+            match &call.op {
+                Ok(Op::Relay {
+                    channel: c, data, ..
+                }) => {
+                    assert_eq!(&**c, channel.as_str());
+                    assert_eq!(&data[..], msg);
+                }
+                Ok(other) => panic!("a message ran {other:?}"),
+                Err(e) => {
+                    assert!(std::str::from_utf8(msg).is_err());
+                    let mut reply = ReplyWriter::new(false);
+                    Ws4redis.write_answer(&mut state, &mut reply, None, Answer::Rejected(e));
+                    for f in reply_frames(reply) {
+                        let v: serde_json::Value =
+                            serde_json::from_slice(&f).expect("errors are JSON");
+                        assert!(v.get("error").is_some());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The timed-jobs protocol, driven as a session would be: arbitrary client
+/// messages at made-up instants, answers written, deadlines polled.
+///
+/// Input: the first byte picks the configuration (JSON or Python replies,
+/// jobs per connection 1-4, longest job 1 s or 3600 s); then messages
+/// separated by NULs, each one's first byte also the time step before it
+/// (x 25 ms).
+pub fn jobs(data: &[u8]) {
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
+    let mut cfg = Config::default();
+    let j = &mut cfg.protocols.jobs;
+    let python = sel & 1 == 1;
+    if python {
+        j.replies = JobReplies::Python;
+    }
+    j.max_jobs_per_connection = usize::from((sel >> 1) & 3) + 1;
+    j.max_job_seconds = if sel & 8 == 8 { 1 } else { 3600 };
+    let max_jobs = j.max_jobs_per_connection;
+    let mut state = Jobs.open(&cfg);
+    let mut parser = RpcParser::new();
+    let t0 = Instant::now();
+    let mut now = t0;
+    let check = |frame: &[u8]| {
+        if python {
+            assert!(frame.starts_with(b"{") && frame.ends_with(b"}"));
+        } else {
+            let v: serde_json::Value = serde_json::from_slice(frame).expect("a JSON reply is JSON");
+            assert!(v.is_object(), "not an object: {v}");
+        }
+    };
+    let peer = || "127.0.0.1:1".to_string();
+    for msg in rest.split(|&b| b == 0) {
+        now += Duration::from_millis(u64::from(msg.first().copied().unwrap_or(0)) * 25);
+        if let Some(due) = Jobs.next_deadline(&state) {
+            // Never a deadline beyond the longest job from now.
+            assert!(due <= now + Duration::from_secs(3600));
+            if due <= now {
+                let mut reply = ReplyWriter::new(false);
+                assert!(Jobs.on_deadline(&mut state, now, &mut reply).is_none());
+                let frames = reply_frames(reply);
+                assert!(!frames.is_empty(), "a deadline passed with nothing due");
+                frames.iter().for_each(|f| check(f));
+                if let Some(next) = Jobs.next_deadline(&state) {
+                    assert!(next > now, "a due job was left behind");
+                }
+            }
+        }
+        let ex = Jobs.handle_message(&mut state, msg, &mut parser, now);
+        assert_eq!(ex.calls.len(), 1);
+        let op = ex.calls[0].op.as_ref().expect("one heartbeat call");
+        let mut reply = ex.reply;
+        Jobs.write_answer(
+            &mut state,
+            &mut reply,
+            None,
+            Answer::Done {
+                op,
+                result: Ok(Outcome::Heartbeat),
+                peer: &peer,
+            },
+        );
+        // Every message is answered (a request that starts a job: later).
+        let frames = reply_frames(reply);
+        frames.iter().for_each(|f| check(f));
+        let s = state.get::<JobsState>().expect("jobs state");
+        assert!(s.len() <= max_jobs);
+    }
+    // Everything falls due eventually, and then nothing is left.
+    let end = now + Duration::from_secs(3601);
+    let mut reply = ReplyWriter::new(false);
+    Jobs.on_deadline(&mut state, end, &mut reply);
+    reply_frames(reply).iter().for_each(|f| check(f));
+    assert_eq!(Jobs.next_deadline(&state), None);
+    assert!(state.get::<JobsState>().expect("jobs state").is_empty());
+}
+
+/// Engine.IO packets and Socket.IO v5 packets as a WebSocket message
+/// carries them, and the polling transport's payloads (`\x1e`-separated,
+/// `b` + base64 for binary).
+pub fn engineio(data: &[u8]) {
+    // Engine.IO: one type digit, then data handed on as it is.
+    match engineio::decode(data) {
+        Ok(p) => {
+            assert!(matches!(data[0], b'1'..=b'6'));
+            match p {
+                EioPacket::Ping(d) | EioPacket::Pong(d) | EioPacket::Message(d) => {
+                    assert_eq!(d, &data[1..]);
+                }
+                _ => {}
+            }
+            if let EioPacket::Message(sio) = p {
+                socketio_packet(sio);
+            }
+        }
+        Err(e) => assert!(!e.0.is_empty()),
+    }
+    socketio_packet(data);
+
+    // Polling payloads: what splits joins back into what splits the same.
+    if let Ok(packets) = polling::split_payload(data) {
+        assert!(!packets.is_empty());
+        let joined = polling::join_payload(&packets);
+        assert_eq!(polling::split_payload(&joined).as_ref(), Ok(&packets));
+        let texts = packets
+            .iter()
+            .filter(|p| matches!(p, Payload::Text(_)))
+            .count();
+        let has_binary = texts < packets.len();
+        if !has_binary {
+            assert_eq!(joined, data, "a text-only payload joins back byte for byte");
+        }
+    }
+    // base64 both ways.
+    let mut encoded = Vec::new();
+    polling::base64_encode(data, &mut encoded);
+    assert_eq!(encoded.len() % 4, 0);
+    assert_eq!(polling::base64_decode(&encoded).as_deref(), Some(data));
+    if let Some(plain) = polling::base64_decode(data) {
+        assert!(plain.len() <= data.len());
+    }
+}
+
+/// A Socket.IO packet: decode, and where the server's encoder can say the
+/// same thing, encode and decode back to it.
+fn socketio_packet(msg: &[u8]) {
+    let Ok(p) = sio_packet::decode(msg) else {
+        return;
+    };
+    // The data never starts with the digits of an ack id.
+    assert!(!p.data.first().is_some_and(u8::is_ascii_digit));
+    assert!(p.nsp.starts_with('/') && !p.nsp.contains(','));
+    // The server writes the main namespace implicitly: data starting with
+    // '/' would then read as a namespace. Its data is JSON, so that cannot
+    // happen; leave it out.
+    if p.nsp == "/" && p.ack.is_none() && p.data.first() == Some(&b'/') {
+        return;
+    }
+    let encoded = sio_packet::encode(p.kind, p.nsp, p.ack, p.data);
+    assert_eq!(encoded[0], b'4');
+    let again = sio_packet::decode(&encoded[1..]).expect("an encoded packet decodes");
+    assert_eq!(again, p);
 }

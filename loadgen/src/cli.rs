@@ -59,6 +59,8 @@ pub enum ClientProtocol {
     Dmoj,
     /// Socket.IO v4 (Engine.IO v4 over WebSocket), as LQDOJ's receivers.
     Socketio,
+    /// ws4redis (django-websocket-redis), as Rodan's client.
+    Ws4redis,
 }
 
 #[derive(Debug, clap::Args, Clone)]
@@ -98,6 +100,17 @@ pub struct Opts {
     /// answers it marks the filter as in place; pings `2` are answered
     /// `3`. Live `42["message",{"id","channel","message"}]` frames are
     /// tracked by `seq` as with dmoj. Not for `chat`.
+    ///
+    /// ws4redis: Rodan's client (`[protocols.ws4redis] heartbeat` must be
+    /// set; --path `/` becomes
+    /// `/ws/rodan?subscribe-broadcast&publish-broadcast&echo`). The URL
+    /// subscribes; each connection sends --heartbeat, and the server's
+    /// heartbeat answering it marks the subscription as in place. Frames
+    /// are exactly the published bytes, tracked by `seq` as with dmoj on
+    /// the one channel --ws4redis-channel, which the publisher uses. In
+    /// Thor mode (no subcommand) each connection also runs Thor's cycle -n
+    /// times: send a message (the heartbeat, which is never published),
+    /// wait for a frame. Not for `chat`.
     #[arg(long, global = true, value_enum, default_value_t = ClientProtocol::Native, verbatim_doc_comment)]
     pub protocol: ClientProtocol,
     /// Backend (publishing) HOST:PORT.
@@ -149,6 +162,21 @@ pub struct Opts {
     /// Seconds to wait for outstanding deliveries after publishing ends.
     #[arg(long, global = true, default_value_t = 5.0)]
     pub drain_timeout: f64,
+    /// Publish with Redis PUBLISH to this Redis server (HOST:PORT) instead
+    /// of the backend's emit, for a ringcast with `[sources.redis]` on.
+    #[arg(long, global = true)]
+    pub redis: Option<String>,
+    /// ws4redis: the heartbeat string the server is configured with.
+    #[arg(long, global = true, default_value = "--heartbeat--")]
+    pub heartbeat: String,
+    /// ws4redis: the ringcast channel the --path subscribes to (ws4redis's
+    /// `{prefix}:broadcast:{facility}`); the publisher publishes there.
+    #[arg(long, global = true, default_value = "rodan:broadcast:rodan")]
+    pub ws4redis_channel: String,
+    /// Seconds to wait for the backend's next answer to a publication;
+    /// past it publishing stops and the run fails.
+    #[arg(long, global = true, default_value_t = 30.0)]
+    pub backend_timeout: f64,
     /// The server's pid: report its CPU per delivery and RSS per connection.
     #[arg(long, global = true)]
     pub server_pid: Option<u32>,
@@ -191,6 +219,8 @@ pub struct Settings {
     pub opts: Opts,
     pub channels: u64,
     pub src_ips: Vec<IpAddr>,
+    /// `--redis`: publish through this Redis server.
+    pub redis: Option<SocketAddr>,
 }
 
 fn resolve(what: &str, s: &str) -> Result<SocketAddr, String> {
@@ -216,6 +246,7 @@ pub fn validate(cli: Cli) -> Result<Settings, String> {
     positive("duration", o.duration)?;
     positive("connect-timeout", o.connect_timeout)?;
     positive("drain-timeout", o.drain_timeout)?;
+    positive("backend-timeout", o.backend_timeout)?;
     if let Some(r) = o.rate {
         positive("rate", r)?;
     }
@@ -225,7 +256,26 @@ pub fn validate(cli: Cli) -> Result<Settings, String> {
     if o.protocol == ClientProtocol::Socketio && scenario == Scenario::Chat {
         return Err("--protocol socketio cannot run chat: LQDOJ's receivers do not publish".into());
     }
+    if o.redis.is_some() && scenario != Scenario::Fanout {
+        return Err(
+            "--redis publishes with fanout only: Redis answers a PUBLISH before ringcast \
+                    has the message, so a window of answers paces nothing (use fanout --rate)"
+                .into(),
+        );
+    }
+    if o.protocol == ClientProtocol::Ws4redis && scenario == Scenario::Chat {
+        return Err("--protocol ws4redis cannot run chat: publish through the backend".into());
+    }
+    if o.protocol == ClientProtocol::Ws4redis && o.channels.is_some_and(|c| c != 1) {
+        return Err("--protocol ws4redis has one channel, --ws4redis-channel".into());
+    }
+    if o.protocol == ClientProtocol::Ws4redis && o.heartbeat.is_empty() {
+        return Err("--protocol ws4redis needs a --heartbeat string".into());
+    }
     let mut o = o;
+    if o.protocol == ClientProtocol::Ws4redis && o.path == "/" {
+        o.path = "/ws/rodan?subscribe-broadcast&publish-broadcast&echo".into();
+    }
     if o.protocol == ClientProtocol::Socketio {
         if o.path == "/" {
             o.path = "/socket.io/".into();
@@ -264,6 +314,11 @@ pub fn validate(cli: Cli) -> Result<Settings, String> {
     }
     let server = resolve("--server", &o.server)?;
     let backend = resolve("--backend", &o.backend)?;
+    let redis = o
+        .redis
+        .as_deref()
+        .map(|r| resolve("--redis", r))
+        .transpose()?;
     let src_ips: Vec<IpAddr> = (1..=o.src_ips)
         .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i as u8)))
         .collect();
@@ -271,6 +326,7 @@ pub fn validate(cli: Cli) -> Result<Settings, String> {
         return Err("--src-ips needs a loopback --server (127.0.0.0/8)".into());
     }
     let channels = match o.channels {
+        _ if o.protocol == ClientProtocol::Ws4redis => 1,
         Some(k) => k,
         None if thor => o.connections,
         None => 1,
@@ -287,6 +343,7 @@ pub fn validate(cli: Cli) -> Result<Settings, String> {
         opts: o,
         channels,
         src_ips,
+        redis,
     })
 }
 
@@ -346,6 +403,59 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(s.opts.path, "/x/?EIO=4&transport=websocket");
+    }
+
+    #[test]
+    fn ws4redis_and_redis_options() {
+        let s = parse(&["-a", "100", "-n", "10", "--protocol", "ws4redis"]).unwrap();
+        assert!(s.thor);
+        assert_eq!(s.channels, 1);
+        assert_eq!(
+            s.opts.path,
+            "/ws/rodan?subscribe-broadcast&publish-broadcast&echo"
+        );
+        assert_eq!(s.opts.heartbeat, "--heartbeat--");
+        assert_eq!(s.opts.ws4redis_channel, "rodan:broadcast:rodan");
+        let s = parse(&[
+            "fanout",
+            "--protocol",
+            "ws4redis",
+            "--redis",
+            "127.0.0.1:6379",
+        ])
+        .unwrap();
+        assert_eq!(s.redis, Some("127.0.0.1:6379".parse().unwrap()));
+        for (args, error) in [
+            (
+                &["saturate", "--redis", "127.0.0.1:6379"][..],
+                "--redis publishes with fanout only",
+            ),
+            (
+                &["-a", "10", "--redis", "127.0.0.1:6379"][..],
+                "--redis publishes with fanout only",
+            ),
+            (
+                &["fanout", "--protocol", "ws4redis", "--channels", "2"][..],
+                "--protocol ws4redis has one channel",
+            ),
+            (
+                &["fanout", "--protocol", "ws4redis", "--heartbeat", ""][..],
+                "--protocol ws4redis needs a --heartbeat string",
+            ),
+            (
+                &["chat", "--protocol", "ws4redis"][..],
+                "--protocol ws4redis cannot run chat",
+            ),
+            (
+                &["fanout", "--backend-timeout", "0"][..],
+                "--backend-timeout must be a positive number",
+            ),
+        ] {
+            let e = parse(args)
+                .err()
+                .unwrap_or_else(|| panic!("{args:?} accepted"));
+            assert!(e.starts_with(error), "{args:?}: {e}");
+        }
     }
 
     #[test]

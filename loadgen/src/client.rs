@@ -116,6 +116,10 @@ pub struct ThreadPlan {
     /// reading (with a tiny receive buffer) for this long once the measured
     /// phase starts, so a server can be seen dropping or disconnecting them.
     pub stall: Option<(Vec<usize>, Duration)>,
+    /// ws4redis: the heartbeat string.
+    pub heartbeat: Vec<u8>,
+    /// ws4redis Thor mode: message-then-frame cycles per connection.
+    pub thor_cycles: u64,
     /// Churn: open this many connections per second (for this thread),
     /// closing each once subscribed, until DRAIN.
     pub churn_rate: Option<f64>,
@@ -136,6 +140,8 @@ pub struct ThreadStats {
     pub rpc_errors: BTreeMap<String, u64>,
     pub sent: u64,
     pub churned: u64,
+    /// ws4redis Thor mode: cycles completed.
+    pub thor_cycles: u64,
     /// When the last delivery arrived (ns since the Unix epoch).
     pub last_delivery_wall_ns: u64,
     pub connect_done_ns: u64,
@@ -173,6 +179,8 @@ struct Conn {
     stalled: bool,
     /// Own `send_data` ids in flight: id -> channel index.
     inflight: Vec<(u64, u32)>,
+    /// ws4redis Thor mode: cycles still to run.
+    thor_left: u64,
 }
 
 enum End {
@@ -262,6 +270,15 @@ const DMOJ_SYNC_ERROR: &[u8] = b"bad command: loadgen_sync";
 const SIO_STATUS: &[u8] = br#"42["status",{"status":"success"}]"#;
 
 fn subscribe_all(conn: &mut Conn, ctx: &mut Ctx) {
+    if ctx.plan.protocol == ClientProtocol::Ws4redis {
+        // The URL subscribed; the heartbeat answering this one comes after
+        // the subscription is in place (it runs before any client message).
+        let hb = ctx.plan.heartbeat.clone();
+        send_text(conn, ctx, &hb);
+        conn.pending_subs = conn.subs.len();
+        conn.state = State::Subscribing;
+        return;
+    }
     if ctx.plan.protocol == ClientProtocol::Socketio {
         send_text(conn, ctx, b"40");
         let mut req = br#"42["set-filter",{"filter":["#.to_vec();
@@ -336,6 +353,32 @@ fn handle_text(conn: &mut Conn, ctx: &mut Ctx, payload: &[u8]) -> Result<(), End
     let notice = match ctx.plan.protocol {
         ClientProtocol::Native => scan::classify(payload),
         ClientProtocol::Dmoj => scan::classify_dmoj(payload),
+        ClientProtocol::Ws4redis => {
+            if payload == ctx.plan.heartbeat.as_slice() {
+                if conn.state == State::Subscribing {
+                    sync_all(conn, ctx);
+                    conn.thor_left = ctx.plan.thor_cycles;
+                } else if conn.thor_left > 0 {
+                    // Thor: a frame came, the cycle is done.
+                    conn.thor_left -= 1;
+                    ctx.stats.thor_cycles += 1;
+                }
+                if conn.state == State::Open && conn.thor_left > 0 {
+                    // Thor sends its next message only after a frame.
+                    let hb = ctx.plan.heartbeat.clone();
+                    send_text(conn, ctx, &hb);
+                }
+                return Ok(());
+            }
+            let plan = ctx.plan;
+            match conn.subs.first() {
+                Some(sub) => scan::classify_ws4redis(
+                    payload,
+                    plan.channel_names[sub.chan as usize].as_bytes(),
+                ),
+                None => Notice::Other,
+            }
+        }
         ClientProtocol::Socketio => {
             if payload == b"2" {
                 // Engine.IO v4: the server pings, the client answers.
@@ -600,6 +643,7 @@ impl ThreadStats {
             rpc_errors: BTreeMap::new(),
             sent: 0,
             churned: 0,
+            thor_cycles: 0,
             last_delivery_wall_ns: 0,
             connect_done_ns: 0,
         }
@@ -632,6 +676,7 @@ impl Conn {
             sent: 0,
             stalled,
             inflight: Vec::new(),
+            thor_left: 0,
         }
     }
 

@@ -26,12 +26,24 @@ pub struct PublishPlan {
     pub size: usize,
     /// Subtracted from each embedded timestamp (a known, injected delay).
     pub backdate_ns: u64,
+    /// How long to wait for the backend's next answer before giving up on
+    /// the connection (and stopping publishing).
+    pub response_timeout: Duration,
+    /// Publish with Redis `PUBLISH` to this server instead of the backend's
+    /// `emit` (for a ringcast taking publications from Redis,
+    /// `[sources.redis]`); its answer (the receiver count) is the
+    /// acknowledgement, the payload's `seq` the publication's number.
+    pub redis: Option<SocketAddr>,
 }
 
 /// What publishing did.
 #[derive(Debug, Default, Clone)]
 pub struct PublishResult {
+    /// Publications acknowledged (HTTP 200 with an offset).
     pub publications: u64,
+    /// Publications written to the backend connection; those neither
+    /// acknowledged nor refused are counted in `errors`.
+    pub sent: u64,
     pub errors: u64,
     pub first_error: Option<String>,
     /// Highest acknowledged offset per channel index.
@@ -74,6 +86,49 @@ pub fn emit_request(
     out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
     out.extend_from_slice(b"\r\n\r\n");
     out.extend_from_slice(body);
+}
+
+/// Renders one pipelined Redis `PUBLISH channel payload` (RESP); the
+/// payload's `seq` is `seq`.
+pub fn redis_publish_request(
+    out: &mut Vec<u8>,
+    channel: &str,
+    seq: u64,
+    ts_ns: u64,
+    size: usize,
+    body: &mut Vec<u8>,
+) {
+    body.clear();
+    scan::write_payload(body, ts_ns, seq, size);
+    let mut n = itoa::Buffer::new();
+    out.extend_from_slice(b"*3\r\n$7\r\nPUBLISH\r\n$");
+    out.extend_from_slice(n.format(channel.len()).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(channel.as_bytes());
+    out.extend_from_slice(b"\r\n$");
+    out.extend_from_slice(n.format(body.len()).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Reads one Redis reply to `PUBLISH`: `Ok(receivers)`, or the error line.
+pub fn read_redis_reply(r: &mut impl BufRead) -> io::Result<Result<u64, String>> {
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "Redis closed the connection",
+        ));
+    }
+    let l = line.trim_end();
+    if let Some(n) = l.strip_prefix(':') {
+        return n
+            .parse()
+            .map(Ok)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("bad reply {l:?}")));
+    }
+    Ok(Err(l.to_string()))
 }
 
 /// Reads one HTTP response (status, body) from a buffered stream.
@@ -155,15 +210,18 @@ pub fn call(backend: SocketAddr, body: &str) -> io::Result<Vec<u8>> {
 
 /// Publishes per `plan`; `abort` stops early.
 pub fn run(plan: &PublishPlan, abort: &AtomicBool) -> io::Result<PublishResult> {
-    let stream = TcpStream::connect_timeout(&plan.backend, Duration::from_secs(5))?;
+    let redis = plan.redis.is_some();
+    let stream =
+        TcpStream::connect_timeout(&plan.redis.unwrap_or(plan.backend), Duration::from_secs(5))?;
     stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.set_read_timeout(Some(plan.response_timeout))?;
     let reader_stream = stream.try_clone()?;
     let acked = Arc::new(AtomicU64::new(0));
     let channels = plan.channel_names.len();
     let reader_acked = acked.clone();
     let total_sent = Arc::new(AtomicU64::new(u64::MAX));
     let reader_total = total_sent.clone();
+    let response_timeout = plan.response_timeout;
     let reader = std::thread::Builder::new()
         .name("lg-backend-reader".into())
         .spawn(move || {
@@ -175,7 +233,23 @@ pub fn run(plan: &PublishPlan, abort: &AtomicBool) -> io::Result<PublishResult> 
             };
             let mut seq = 0u64;
             while seq < reader_total.load(Ordering::Acquire) {
-                match read_response(&mut r) {
+                let answer = if redis {
+                    read_redis_reply(&mut r).map(|a| match a {
+                        // At least the ringcast source must be subscribed.
+                        Ok(n) if n > 0 => (
+                            200,
+                            format!("{{\"result\":{{\"offset\":{}}}}}", seq + 1).into_bytes(),
+                        ),
+                        Ok(_) => (
+                            503,
+                            b"no Redis subscriber (is [sources.redis] on?)".to_vec(),
+                        ),
+                        Err(e) => (500, e.into_bytes()),
+                    })
+                } else {
+                    read_response(&mut r)
+                };
+                match answer {
                     Ok((status, body)) => {
                         let chan = (seq % channels as u64) as usize;
                         match scan::emit_result(&body) {
@@ -197,8 +271,20 @@ pub fn run(plan: &PublishPlan, abort: &AtomicBool) -> io::Result<PublishResult> 
                     }
                     Err(e) => {
                         if seq < reader_total.load(Ordering::Acquire) {
-                            res.first_error
-                                .get_or_insert_with(|| format!("backend connection: {e}"));
+                            let e = if matches!(
+                                e.kind(),
+                                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                            ) {
+                                format!(
+                                    "the backend did not answer publication {} within {:?} \
+                                     ({seq} answered); publishing stopped",
+                                    seq + 1,
+                                    response_timeout
+                                )
+                            } else {
+                                format!("backend connection: {e}")
+                            };
+                            res.first_error.get_or_insert(e);
                         }
                         break;
                     }
@@ -221,6 +307,12 @@ pub fn run(plan: &PublishPlan, abort: &AtomicBool) -> io::Result<PublishResult> 
         if abort.load(Ordering::Relaxed) || sent >= limit {
             break;
         }
+        // The reader gave up (no answer in time, connection lost): nothing
+        // sent from now on could be acknowledged, so stop rather than
+        // fill the window with publications nobody accounts for.
+        if reader.is_finished() {
+            break;
+        }
         let elapsed = start.elapsed();
         if plan.duration.is_some_and(|d| elapsed >= d) {
             break;
@@ -233,7 +325,10 @@ pub fn run(plan: &PublishPlan, abort: &AtomicBool) -> io::Result<PublishResult> 
         let room = plan.window.saturating_sub(in_flight);
         let n = due.saturating_sub(sent).min(room);
         if n == 0 {
-            if plan.rate.is_some() && room > 0 {
+            if plan.rate.is_some() {
+                // Paced: nothing due yet, or the window is full waiting
+                // for answers; either way a spin would only take CPU from
+                // the server and the clients.
                 std::thread::sleep(Duration::from_micros(200));
             } else {
                 std::thread::yield_now();
@@ -246,16 +341,27 @@ pub fn run(plan: &PublishPlan, abort: &AtomicBool) -> io::Result<PublishResult> 
             // Round robin: this is publication sent / channels + 1 of its
             // channel.
             let chan = (sent % channels as u64) as usize;
-            emit_request(
-                &mut out,
-                &host,
-                sent + 1,
-                &plan.channel_names[chan],
-                sent / channels as u64 + 1,
-                ts,
-                plan.size,
-                &mut body,
-            );
+            if redis {
+                redis_publish_request(
+                    &mut out,
+                    &plan.channel_names[chan],
+                    sent / channels as u64 + 1,
+                    ts,
+                    plan.size,
+                    &mut body,
+                );
+            } else {
+                emit_request(
+                    &mut out,
+                    &host,
+                    sent + 1,
+                    &plan.channel_names[chan],
+                    sent / channels as u64 + 1,
+                    ts,
+                    plan.size,
+                    &mut body,
+                );
+            }
             sent += 1;
         }
         if let Err(e) = w.write_all(&out) {
@@ -283,6 +389,7 @@ pub fn run(plan: &PublishPlan, abort: &AtomicBool) -> io::Result<PublishResult> 
     }
     let unacked = sent.saturating_sub(res.publications + res.errors);
     res.errors += unacked;
+    res.sent = sent;
     Ok(res)
 }
 
@@ -315,6 +422,30 @@ mod tests {
         assert_eq!(v["params"]["channel"], "lg-0");
         assert_eq!(v["params"]["data"]["ts"], 99);
         assert_eq!(v["params"]["data"]["seq"], 2);
+    }
+
+    #[test]
+    fn redis_publish_is_resp_and_replies_parse() {
+        let mut out = Vec::new();
+        let mut body = Vec::new();
+        redis_publish_request(&mut out, "rodan:broadcast:rodan", 3, 99, 40, &mut body);
+        let text = String::from_utf8(out).unwrap();
+        let parts: Vec<&str> = text.split("\r\n").collect();
+        assert_eq!(
+            &parts[..5],
+            ["*3", "$7", "PUBLISH", "$21", "rodan:broadcast:rodan"]
+        );
+        assert_eq!(parts[5], format!("${}", parts[6].len()));
+        let v: serde_json::Value = serde_json::from_str(parts[6]).unwrap();
+        assert_eq!(v["seq"], 3);
+        assert_eq!(v["ts"], 99);
+        let mut r = Cursor::new(&b":1\r\n-ERR wrong type\r\n"[..]);
+        assert_eq!(read_redis_reply(&mut r).unwrap(), Ok(1));
+        assert_eq!(
+            read_redis_reply(&mut r).unwrap(),
+            Err("-ERR wrong type".to_string())
+        );
+        assert!(read_redis_reply(&mut r).is_err());
     }
 
     #[test]

@@ -96,12 +96,22 @@ pub struct Report {
     /// Upgrade + subscribe round trip, ns.
     pub connect_latency_ns: LatencySummary,
     pub channels: u64,
+    /// Publications the backend acknowledged.
     pub publications: u64,
+    /// Publications written to the backend (acknowledged or not).
+    #[serde(default)]
+    pub publications_sent: u64,
     pub publish_errors: u64,
     /// Seconds from the first publication to the last delivery.
     pub window_seconds: f64,
+    /// Deliveries of acknowledged publications the subscribers should get.
     pub expected_deliveries: u64,
+    /// Deliveries of acknowledged publications (never above `expected`).
     pub deliveries: u64,
+    /// Deliveries of publications sent but never acknowledged (the
+    /// backend stopped answering): counted apart, neither expected nor lost.
+    #[serde(default)]
+    pub deliveries_unacknowledged: u64,
     pub deliveries_per_s: f64,
     pub lost: u64,
     pub duplicates: u64,
@@ -118,6 +128,9 @@ pub struct Report {
     pub server: Option<ServerCost>,
     /// Churn: connections opened and closed.
     pub churned: u64,
+    /// ws4redis Thor mode: message-then-frame cycles completed.
+    #[serde(default)]
+    pub thor_cycles: u64,
     /// Churn: seconds the churn ran for (the measured phase).
     #[serde(default)]
     pub churn_seconds: f64,
@@ -145,10 +158,12 @@ impl Report {
         self.connect_seconds = self.connect_seconds.max(o.connect_seconds);
         self.connect_latency_ns.merge(&o.connect_latency_ns);
         self.publications += o.publications;
+        self.publications_sent += o.publications_sent;
         self.publish_errors += o.publish_errors;
         self.window_seconds = self.window_seconds.max(o.window_seconds);
         self.expected_deliveries += o.expected_deliveries;
         self.deliveries += o.deliveries;
+        self.deliveries_unacknowledged += o.deliveries_unacknowledged;
         self.lost += o.lost;
         self.duplicates += o.duplicates;
         self.reordered += o.reordered;
@@ -163,6 +178,7 @@ impl Report {
         self.latency_ns.merge(&o.latency_ns);
         self.client_cpu_ns += o.client_cpu_ns;
         self.churned += o.churned;
+        self.thor_cycles += o.thor_cycles;
         self.churn_seconds = self.churn_seconds.max(o.churn_seconds);
         self.churn_target_per_s = self.churn_target_per_s.max(o.churn_target_per_s);
         self.last_delivery_wall_ns = self.last_delivery_wall_ns.max(o.last_delivery_wall_ns);
@@ -256,7 +272,14 @@ impl Report {
             row("channels", self.channels.to_string());
             row(
                 "publications",
-                format!("{} ({} errors)", self.publications, self.publish_errors),
+                if self.publications_sent > self.publications {
+                    format!(
+                        "{} acknowledged of {} sent ({} errors)",
+                        self.publications, self.publications_sent, self.publish_errors
+                    )
+                } else {
+                    format!("{} ({} errors)", self.publications, self.publish_errors)
+                },
             );
             row(
                 "deliveries",
@@ -265,6 +288,16 @@ impl Report {
                     self.deliveries, self.expected_deliveries
                 ),
             );
+            if self.deliveries_unacknowledged > 0 {
+                row(
+                    "unacknowledged, delivered",
+                    format!(
+                        "{} deliveries of publications the backend never acknowledged \
+                         (not counted above)",
+                        self.deliveries_unacknowledged
+                    ),
+                );
+            }
             row(
                 "deliveries/s",
                 format!(
@@ -277,6 +310,12 @@ impl Report {
                 format!("{} / {} / {}", self.lost, self.duplicates, self.reordered),
             );
             row("latency", fmt_latency(&self.latency_ns));
+        }
+        if self.thor_cycles > 0 {
+            row(
+                "Thor cycles",
+                format!("{} (message sent, frame received)", self.thor_cycles),
+            );
         }
         row(
             "unexpected closes",

@@ -70,6 +70,9 @@ fn channel_names(s: &Settings) -> Arc<Vec<String>> {
         .clone()
         .or_else(|| std::env::var(PREFIX_ENV).ok())
         .unwrap_or_else(|| format!("lg-{}-", std::process::id()));
+    if s.opts.protocol == ClientProtocol::Ws4redis {
+        return Arc::new(vec![s.opts.ws4redis_channel.clone()]);
+    }
     Arc::new((0..s.channels).map(|k| format!("{prefix}{k}")).collect())
 }
 
@@ -106,6 +109,12 @@ impl LocalPool {
                 }),
                 stall: (s.opts.stall_connections > 0)
                     .then(|| (Vec::new(), Duration::from_secs_f64(s.opts.stall_seconds))),
+                heartbeat: s.opts.heartbeat.clone().into_bytes(),
+                thor_cycles: if s.thor && s.opts.protocol == ClientProtocol::Ws4redis {
+                    s.opts.messages.unwrap_or(1)
+                } else {
+                    0
+                },
                 churn_rate: (s.scenario == Scenario::Churn).then(|| {
                     s.opts.rate.unwrap_or(100.0) / (threads as u64 * s.opts.processes) as f64
                 }),
@@ -192,6 +201,7 @@ impl LocalPool {
             connect_hist.add(&t.connect_hist).expect("same bounds");
             latency.add(&t.latency).expect("same bounds");
             r.deliveries += t.counts.delivered;
+            r.deliveries_unacknowledged += t.counts.beyond_final;
             r.lost += t.counts.lost;
             r.duplicates += t.counts.duplicates;
             r.reordered += t.counts.reordered;
@@ -206,6 +216,7 @@ impl LocalPool {
             }
             r.publications += t.sent;
             r.churned += t.churned;
+            r.thor_cycles += t.thor_cycles;
             r.last_delivery_wall_ns = r.last_delivery_wall_ns.max(t.last_delivery_wall_ns);
             connect_done = connect_done.max(t.connect_done_ns);
         }
@@ -503,6 +514,7 @@ pub fn run(s: &Settings) -> anyhow::Result<Report> {
     pool.go()?;
     let mut publications = 0;
     let mut publish_errors = 0;
+    let mut publications_sent = 0;
     let finals = match s.scenario {
         Scenario::Fanout | Scenario::Saturate => {
             let rate = match (s.scenario, s.thor) {
@@ -527,6 +539,8 @@ pub fn run(s: &Settings) -> anyhow::Result<Report> {
                 window: s.opts.window,
                 size: s.opts.size as usize,
                 backdate_ns: s.opts.ts_backdate_ms * 1_000_000,
+                response_timeout: Duration::from_secs_f64(s.opts.backend_timeout),
+                redis: s.redis,
             };
             let abort = std::sync::atomic::AtomicBool::new(false);
             let res = std::thread::scope(|sc| {
@@ -544,10 +558,13 @@ pub fn run(s: &Settings) -> anyhow::Result<Report> {
                 eprintln!("ringcast-loadgen: publish error: {e}");
             }
             publications = res.publications;
+            publications_sent = res.sent;
             publish_errors = res.errors;
             match s.opts.protocol {
                 ClientProtocol::Native => res.finals,
-                ClientProtocol::Dmoj | ClientProtocol::Socketio => res.seqs,
+                ClientProtocol::Dmoj | ClientProtocol::Socketio | ClientProtocol::Ws4redis => {
+                    res.seqs
+                }
             }
         }
         Scenario::Chat => {
@@ -582,6 +599,7 @@ pub fn run(s: &Settings) -> anyhow::Result<Report> {
     report.server_info = server_info;
     if s.scenario != Scenario::Chat {
         report.publications = publications;
+        report.publications_sent = publications_sent;
     }
     report.publish_errors += publish_errors;
     report.window_seconds = if report.last_delivery_wall_ns > publish_start_wall {

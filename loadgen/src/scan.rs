@@ -157,6 +157,22 @@ pub fn classify_dmoj(payload: &[u8]) -> Notice<'_> {
     }
 }
 
+/// A ws4redis frame: exactly the published bytes, the loadgen's payload,
+/// on the connection's one `channel`; tracked by its `seq`.
+pub fn classify_ws4redis<'a>(payload: &'a [u8], channel: &'a [u8]) -> Notice<'a> {
+    if !payload.starts_with(b"{\"ts\":") {
+        return Notice::Other;
+    }
+    match number_after(&SEQ, payload) {
+        Some(offset) => Notice::Message {
+            channel,
+            offset,
+            ts_ns: number_after(&TS, payload),
+        },
+        None => Notice::Other,
+    }
+}
+
 /// Extracts `"offset":N` from a backend `emit` response body, or the error.
 pub fn emit_result(body: &[u8]) -> Result<u64, String> {
     if let Some(i) = RESULT.find(body) {

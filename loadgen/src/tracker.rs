@@ -5,7 +5,9 @@
 //! late arrival can fill (then it counts as reordered, not lost); an offset
 //! seen before is a duplicate. Offsets the connection published itself
 //! (`send_data` is not echoed) are skipped. At the end the channel's final
-//! offset turns whatever is still missing into loss.
+//! offset turns whatever is still missing into loss, and deliveries past
+//! it (publications whose acknowledgement the publisher never got) are
+//! set apart: they can be neither expected nor lost.
 #![forbid(unsafe_code)]
 
 /// Counts one subscription produced.
@@ -15,6 +17,8 @@ pub struct Counts {
     pub lost: u64,
     pub duplicates: u64,
     pub reordered: u64,
+    /// Deliveries of offsets past the final one (not in `delivered`).
+    pub beyond_final: u64,
 }
 
 impl Counts {
@@ -23,6 +27,7 @@ impl Counts {
         self.lost += o.lost;
         self.duplicates += o.duplicates;
         self.reordered += o.reordered;
+        self.beyond_final += o.beyond_final;
     }
 }
 
@@ -46,6 +51,9 @@ pub struct OffsetTracker {
     missing: Vec<(u64, u64)>,
     /// Own publications above `last`, not expected back.
     skips: Vec<u64>,
+    /// Own publications passed over (or found in a gap): neither
+    /// delivered nor missing.
+    own_passed: Vec<u64>,
     pub counts: Counts,
 }
 
@@ -64,7 +72,14 @@ impl OffsetTracker {
     fn skipped_between(&mut self, lo: u64, hi: u64) -> u64 {
         // Own offsets in (lo, hi) are not gaps; drop them once passed.
         let before = self.skips.len();
-        self.skips.retain(|&s| !(s > lo && s < hi));
+        let passed = &mut self.own_passed;
+        self.skips.retain(|&s| {
+            let inside = s > lo && s < hi;
+            if inside {
+                passed.push(s);
+            }
+            !inside
+        });
         (before - self.skips.len()) as u64
     }
 
@@ -148,6 +163,7 @@ impl OffsetTracker {
                 self.missing.push((offset + 1, b));
             }
             self.counts.lost -= 1;
+            self.own_passed.push(offset);
         }
     }
 
@@ -165,7 +181,32 @@ impl OffsetTracker {
     }
 
     /// Closes the books at `final_offset`: the tail still missing is loss.
+    /// Offsets past it (a publication sent but never acknowledged, so not
+    /// in the final) are neither delivered nor lost: what arrived of them
+    /// moves to `beyond_final`, gaps among them are not loss.
     pub fn finish(&mut self, final_offset: u64) -> Counts {
+        if self.last > final_offset {
+            let above = |a: u64, b: u64| b.saturating_sub(a.max(final_offset + 1) - 1);
+            let missing: u64 = self
+                .missing
+                .iter()
+                .filter(|&&(_, b)| b > final_offset)
+                .map(|&(a, b)| above(a, b))
+                .sum();
+            let own = self
+                .own_passed
+                .iter()
+                .filter(|&&o| o > final_offset)
+                .count() as u64;
+            let beyond = (self.last - final_offset) - missing - own;
+            self.counts.delivered -= beyond;
+            self.counts.beyond_final += beyond;
+            self.counts.lost -= missing;
+            self.missing.retain(|&(a, _)| a <= final_offset);
+            for r in &mut self.missing {
+                r.1 = r.1.min(final_offset);
+            }
+        }
         self.counts.lost += self.outstanding(final_offset);
         self.last = self.last.max(final_offset);
         self.skips.clear();
@@ -207,7 +248,8 @@ mod tests {
                 delivered: 2,
                 lost: 4,
                 duplicates: 0,
-                reordered: 0
+                reordered: 0,
+                ..Default::default()
             }
         );
     }
@@ -227,7 +269,8 @@ mod tests {
                 delivered: 3,
                 lost: 0,
                 duplicates: 2,
-                reordered: 1
+                reordered: 1,
+                ..Default::default()
             }
         );
     }
@@ -278,5 +321,47 @@ mod tests {
         assert_eq!(t.handle_delivery(2), Outcome::Reordered);
         assert_eq!(t.handle_delivery(3), Outcome::Duplicate);
         assert_eq!(t.counts.lost, 2);
+    }
+
+    #[test]
+    fn deliveries_past_the_final_are_set_apart_not_counted() {
+        // The publisher saw offsets up to 3 acknowledged; 4, 5 and 7 were
+        // delivered anyway (sent, acknowledgement never read), 6 not.
+        let mut t = OffsetTracker::new(0);
+        for o in [1, 2, 4, 5, 7] {
+            t.handle_delivery(o);
+        }
+        let c = t.finish(3);
+        assert_eq!(
+            c,
+            Counts {
+                delivered: 2,
+                lost: 1,
+                beyond_final: 3,
+                ..Default::default()
+            }
+        );
+        // Delivered never exceeds expected (the final minus the start).
+        assert!(c.delivered + c.lost <= 3);
+    }
+
+    #[test]
+    fn own_publications_past_the_final_are_not_deliveries() {
+        let mut t = OffsetTracker::new(0);
+        t.handle_own(3);
+        t.handle_delivery(1);
+        t.handle_delivery(4);
+        t.handle_own(5);
+        t.handle_delivery(6);
+        let c = t.finish(2);
+        assert_eq!(
+            c,
+            Counts {
+                delivered: 1,
+                lost: 1,
+                beyond_final: 2,
+                ..Default::default()
+            }
+        );
     }
 }
