@@ -202,6 +202,9 @@ pub fn run(config: Config) -> Result<RunningNode, StartError> {
     if let Some(redis) = &node.sources.redis {
         crate::sources::redis::start(node.clone(), redis.clone())?;
     }
+    if let Some(amqp) = &node.sources.amqp {
+        crate::sources::amqp::start(node.clone(), amqp.clone())?;
+    }
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut threads = Vec::with_capacity(shards);
     for (id, (ws, be, own)) in listeners.into_iter().enumerate() {

@@ -5,6 +5,7 @@
 //! through the same mailbox a shard uses ([`publish`]).
 #![forbid(unsafe_code)]
 
+pub mod amqp;
 pub mod redis;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -107,6 +108,7 @@ fn make(channel: &str, data: Bytes) -> ShardMsg {
 #[derive(Debug, Default)]
 pub struct Sources {
     pub redis: Option<Arc<redis::RedisSource>>,
+    pub amqp: Option<Arc<amqp::AmqpSource>>,
 }
 
 impl Sources {
@@ -117,13 +119,22 @@ impl Sources {
             out.push('\n');
             out.push_str(&r.state.health_line("redis"));
         }
+        if let Some(a) = &self.amqp {
+            out.push('\n');
+            out.push_str(&a.health_line());
+        }
         out
     }
 
     /// Lines appended to `/metrics`.
     pub fn prometheus(&self) -> String {
-        self.redis
+        let mut out = self
+            .redis
             .as_ref()
-            .map_or_else(String::new, |r| r.state.prometheus("redis"))
+            .map_or_else(String::new, |r| r.state.prometheus("redis"));
+        if let Some(a) = &self.amqp {
+            out.push_str(&a.prometheus());
+        }
+        out
     }
 }

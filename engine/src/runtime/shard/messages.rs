@@ -94,6 +94,15 @@ pub enum ShardMsg {
         keep: Option<std::time::Duration>,
         reply: oneshot::Sender<Result<PublishResult, PublishError>>,
     },
+    /// To the home shard, from a message source: publish `data` on
+    /// `channel`, with the id the source's poster gave it when that id is
+    /// still ahead of the node's ids ([`Node::take_id`]).
+    SourcePublish {
+        channel: Box<str>,
+        data: Bytes,
+        id: Option<u64>,
+        reply: oneshot::Sender<Result<PublishResult, PublishError>>,
+    },
     /// From the home shard: deliver to local subscribers of the channel.
     Deliver {
         publication: Arc<Publication>,
