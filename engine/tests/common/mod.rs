@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use tungstenite::protocol::Message;
 use tungstenite::WebSocket;
 
+pub mod rabbitmq;
 pub mod redis_server;
 
 pub type Ws = WebSocket<TcpStream>;
