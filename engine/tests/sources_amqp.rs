@@ -49,8 +49,13 @@ impl Poster {
                 durable: true,
                 ..Default::default()
             };
-            ch.exchange_declare(EXCHANGE.into(), ExchangeKind::Topic, opts, FieldTable::default())
-                .await?;
+            ch.exchange_declare(
+                EXCHANGE.into(),
+                ExchangeKind::Topic,
+                opts,
+                FieldTable::default(),
+            )
+            .await?;
             Ok::<_, lapin::Error>((conn, ch))
         })?;
         Ok(Poster {
@@ -206,8 +211,7 @@ fn ws_at(addr: SocketAddr) -> Ws {
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    let (ws, _) =
-        tungstenite::client(format!("ws://{addr}/").as_str(), stream).expect("handshake");
+    let (ws, _) = tungstenite::client(format!("ws://{addr}/").as_str(), stream).expect("handshake");
     ws
 }
 
@@ -273,10 +277,7 @@ fn dmoj_and_lqdoj_poster_bodies_reach_every_client_with_the_posters_ids() {
 
     // DMOJ: routing key ''. LQDOJ: routing key "#". Same body form.
     let dmoj = now_us();
-    assert!(poster.publish(
-        "",
-        &dmoj_body(dmoj, "sub_abc", r#"{"type": "processing"}"#)
-    ));
+    assert!(poster.publish("", &dmoj_body(dmoj, "sub_abc", r#"{"type": "processing"}"#)));
     let lqdoj = now_us();
     assert!(poster.publish(
         "#",
@@ -358,9 +359,13 @@ fn bad_bodies_are_rejected_counted_dead_lettered_and_disturb_no_one() {
             )
             .await
             .unwrap();
-            ch.queue_declare("dead-letters".into(), QueueDeclareOptions::default(), FieldTable::default())
-                .await
-                .unwrap();
+            ch.queue_declare(
+                "dead-letters".into(),
+                QueueDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
             ch.queue_bind(
                 "dead-letters".into(),
                 "dead".into(),
@@ -385,7 +390,10 @@ fn bad_bodies_are_rejected_counted_dead_lettered_and_disturb_no_one() {
             (conn, consumer)
         });
 
-        let n = start(&broker, &[("RINGCAST_SOURCES_AMQP_DEAD_LETTER_EXCHANGE", "dead")]);
+        let n = start(
+            &broker,
+            &[("RINGCAST_SOURCES_AMQP_DEAD_LETTER_EXCHANGE", "dead")],
+        );
         wait_connected(&n.server, 0);
         let mut rx = receiver(&n, 0, json!(["c"]));
         let mut other = n.server.ws("/");
@@ -418,12 +426,19 @@ fn bad_bodies_are_rejected_counted_dead_lettered_and_disturb_no_one() {
         assert_eq!(rpc(&mut other, 9, "ping", json!({}))["id"], 9);
 
         let m = metrics(&n.server);
-        assert_eq!(counter(&m, "ringcast_amqp_rejected_total"), bad.len() as u64, "{m}");
+        assert_eq!(
+            counter(&m, "ringcast_amqp_rejected_total"),
+            bad.len() as u64,
+            "{m}"
+        );
         assert_eq!(
             counter(&m, "ringcast_source_skipped_total{source=\"amqp\"}"),
             bad.len() as u64
         );
-        assert_eq!(counter(&m, "ringcast_source_messages_total{source=\"amqp\"}"), 2);
+        assert_eq!(
+            counter(&m, "ringcast_source_messages_total{source=\"amqp\"}"),
+            2
+        );
         assert!(health(&n.server).contains("rejected 6"));
 
         // Every rejected body was dead-lettered, unchanged, in order.
@@ -442,14 +457,17 @@ fn bad_bodies_are_rejected_counted_dead_lettered_and_disturb_no_one() {
         drop(conn);
         got
     };
-    assert_eq!(dead, [
-        "not json",
-        "[1, 2]",
-        r#"{"id": 1, "message": 2}"#,
-        r#"{"id": 2, "channel": 5, "message": 2}"#,
-        r#"{"id": -1, "channel": "c", "message": 2}"#,
-        "\u{0}\u{1}",
-    ]);
+    assert_eq!(
+        dead,
+        [
+            "not json",
+            "[1, 2]",
+            r#"{"id": 1, "message": 2}"#,
+            r#"{"id": 2, "channel": 5, "message": 2}"#,
+            r#"{"id": -1, "channel": "c", "message": 2}"#,
+            "\u{0}\u{1}",
+        ]
+    );
 }
 
 #[test]
@@ -506,13 +524,28 @@ fn broker_restarted_mid_stream_loses_and_duplicates_nothing_it_confirmed() {
         // A burst the source is still consuming when the broker dies.
         let poster = Poster::connect(&broker.url()).unwrap();
         let acked = poster.publish_burst(&bodies[..400]);
-        confirmed.extend(ids[..400].iter().zip(acked).filter(|(_, a)| *a).map(|(i, _)| *i));
+        confirmed.extend(
+            ids[..400]
+                .iter()
+                .zip(acked)
+                .filter(|(_, a)| *a)
+                .map(|(i, _)| *i),
+        );
     }
-    let before = counter(&metrics(&n.server), "ringcast_source_messages_total{source=\"amqp\"}");
+    let before = counter(
+        &metrics(&n.server),
+        "ringcast_source_messages_total{source=\"amqp\"}",
+    );
     broker.restart();
     let poster = Poster::connect(&broker.url()).unwrap();
     let acked = poster.publish_burst(&bodies[400..]);
-    confirmed.extend(ids[400..].iter().zip(acked).filter(|(_, a)| *a).map(|(i, _)| *i));
+    confirmed.extend(
+        ids[400..]
+            .iter()
+            .zip(acked)
+            .filter(|(_, a)| *a)
+            .map(|(i, _)| *i),
+    );
     wait_connected(&n.server, 1);
     println!("published by the source before the broker was killed: {before} of 400");
 
@@ -520,7 +553,12 @@ fn broker_restarted_mid_stream_loses_and_duplicates_nothing_it_confirmed() {
     let mut got: Vec<u64> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while got.last() != confirmed.last() {
-        assert!(Instant::now() < deadline, "got {} of {}", got.len(), confirmed.len());
+        assert!(
+            Instant::now() < deadline,
+            "got {} of {}",
+            got.len(),
+            confirmed.len()
+        );
         let v: Value = serde_json::from_str(&text(&mut rx)).unwrap();
         got.push(v["id"].as_u64().unwrap());
     }
@@ -565,10 +603,21 @@ fn dmojs_python_poster_with_pika() {
     for key in ["", "#"] {
         let out = std::process::Command::new("python3")
             .arg(clients_dir().join("dmoj_amqp_poster.py"))
-            .args([&broker.url(), EXCHANGE, key, "sub_py", r#"{"type": "processing"}"#, "2"])
+            .args([
+                &broker.url(),
+                EXCHANGE,
+                key,
+                "sub_py",
+                r#"{"type": "processing"}"#,
+                "2",
+            ])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let ids: Vec<u64> = String::from_utf8(out.stdout)
             .unwrap()
             .lines()

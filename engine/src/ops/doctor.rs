@@ -1252,9 +1252,15 @@ mod tests {
 
     #[test]
     fn amqp_source_check_reads_the_url_and_warns_when_down() {
-        assert_eq!(amqp_addr("amqp://u:p@mq.local/%2f").as_deref(), Some("mq.local:5672"));
+        assert_eq!(
+            amqp_addr("amqp://u:p@mq.local/%2f").as_deref(),
+            Some("mq.local:5672")
+        );
         assert_eq!(amqp_addr("amqps://mq:5000").as_deref(), Some("mq:5000"));
-        assert_eq!(amqp_addr("amqp://127.0.0.1:5673/vh?heartbeat=5").as_deref(), Some("127.0.0.1:5673"));
+        assert_eq!(
+            amqp_addr("amqp://127.0.0.1:5673/vh?heartbeat=5").as_deref(),
+            Some("127.0.0.1:5673")
+        );
         assert_eq!(amqp_addr("amqp:///"), None);
         let mut c = Config::default();
         c.sources.amqp.enabled = true;

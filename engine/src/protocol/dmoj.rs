@@ -1008,7 +1008,9 @@ mod tests {
             &b"GET /channels/a%7cb?last=3 HTTP/1.1\r\n\r\n"[..],
         ] {
             match parse_poll(req, p) {
-                Poll::Wait(r, _) => assert_eq!(r.channels, vec![Box::<str>::from("a"), Box::from("b")]),
+                Poll::Wait(r, _) => {
+                    assert_eq!(r.channels, vec![Box::<str>::from("a"), Box::from("b")])
+                }
                 other => panic!("{other:?}"),
             }
         }

@@ -277,7 +277,12 @@ async fn session(
         };
         let kind = exchange_kind(&cfg.exchange_type);
         let declared = ch
-            .exchange_declare(cfg.exchange.as_str().into(), kind, opts, FieldTable::default())
+            .exchange_declare(
+                cfg.exchange.as_str().into(),
+                kind,
+                opts,
+                FieldTable::default(),
+            )
             .await;
         if let Err(e) = declared {
             return lost(&format!("cannot declare exchange {:?}", cfg.exchange), e);
@@ -302,7 +307,10 @@ async fn session(
             ..Default::default()
         }
     };
-    let queue = match ch.queue_declare(cfg.queue.as_str().into(), opts, args).await {
+    let queue = match ch
+        .queue_declare(cfg.queue.as_str().into(), opts, args)
+        .await
+    {
         Ok(q) => q,
         Err(e) => return lost("cannot declare the queue", e),
     };
@@ -440,7 +448,8 @@ mod tests {
     #[test]
     fn dmoj_poster_bodies() {
         // json.dumps as event_poster_amqp.py writes it (spaces included).
-        let body = br#"{"id": 1764640000123456, "channel": "sub_abc", "message": {"type": "processing"}}"#;
+        let body =
+            br#"{"id": 1764640000123456, "channel": "sub_abc", "message": {"type": "processing"}}"#;
         assert_eq!(
             parse_body(body, ""),
             Ok(ev(

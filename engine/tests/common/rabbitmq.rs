@@ -52,7 +52,8 @@ impl RabbitMq {
             return None;
         }
         let port = free_port();
-        let dir = std::env::temp_dir().join(format!("ringcast-rabbitmq-{port}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("ringcast-rabbitmq-{port}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("home")).unwrap();
         let cookie = dir.join("home/.erlang.cookie");
