@@ -169,9 +169,23 @@ impl RabbitMq {
         }
     }
 
-    /// Starts it again on the same ports with the same data (durable
-    /// exchanges, queues and persistent messages survive).
+    /// Stops it with SIGTERM (RabbitMQ shuts down cleanly, syncing its
+    /// queues), SIGKILL after 30 s, then starts it again on the same ports
+    /// with the same data (durable exchanges, queues and persistent
+    /// messages survive). A SIGKILLed broker can lose messages it had
+    /// confirmed (seen once: 96 of 400), which is the broker's durability,
+    /// not the source's.
     pub fn restart(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = Command::new("kill")
+                .args(["-TERM", "--", &format!("-{}", c.id())])
+                .stderr(Stdio::null())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         self.kill();
         self.spawn();
     }
