@@ -537,6 +537,8 @@ fn broker_restarted_mid_stream_loses_and_duplicates_nothing_it_confirmed() {
         "ringcast_source_messages_total{source=\"amqp\"}",
     );
     broker.restart();
+    // The source is back (its queue declared again) before the rest.
+    wait_connected(&n.server, 1);
     let poster = Poster::connect(&broker.url()).unwrap();
     let acked = poster.publish_burst(&bodies[400..]);
     confirmed.extend(
@@ -564,7 +566,17 @@ fn broker_restarted_mid_stream_loses_and_duplicates_nothing_it_confirmed() {
     }
     assert!(got.windows(2).all(|w| w[0] < w[1]), "out of order or twice");
     let missing: Vec<_> = confirmed.iter().filter(|c| !got.contains(c)).collect();
-    assert!(missing.is_empty(), "lost {missing:?}");
+    let unexpected = got.iter().filter(|g| !confirmed.contains(g)).count();
+    let m = metrics(&n.server);
+    assert!(
+        missing.is_empty(),
+        "lost {} ({:?}..{:?}); {unexpected} received ids were not the poster's; ids replaced {}, duplicates {}",
+        missing.len(),
+        missing.first(),
+        missing.last(),
+        counter(&m, "ringcast_amqp_ids_replaced_total"),
+        counter(&m, "ringcast_amqp_duplicates_total"),
+    );
     assert_eq!(confirmed.len(), 600, "the broker confirmed every publish");
     // The other connection was not disturbed either.
     let mut native = 0;
