@@ -169,12 +169,9 @@ impl RabbitMq {
         }
     }
 
-    /// Stops it with SIGTERM (RabbitMQ shuts down cleanly, syncing its
-    /// queues), SIGKILL after 30 s, then starts it again on the same ports
-    /// with the same data (durable exchanges, queues and persistent
-    /// messages survive). A SIGKILLed broker can lose messages it had
-    /// confirmed (seen once: 96 of 400), which is the broker's durability,
-    /// not the source's.
+    /// Stops it with SIGTERM (RabbitMQ shuts down cleanly), SIGKILL
+    /// after 30 s, then starts it again on the same ports with the same
+    /// data (durable exchanges, queues and persistent messages survive).
     pub fn restart(&mut self) {
         if let Some(c) = self.child.as_mut() {
             let _ = Command::new("kill")
