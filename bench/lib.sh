@@ -7,6 +7,7 @@ BE="${BE:-127.0.0.1:29999}"
 SERVER_CPU="${SERVER_CPU:-0}"
 LOADGEN_CPU="${LOADGEN_CPU:-1}"
 RINGCAST="${RINGCAST:-target/release/ringcast}"
+LOADGEN="${LOADGEN:-target/release/ringcast-loadgen}"
 SERVER_PID=""
 trap '[ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null; true' EXIT
 
@@ -33,7 +34,7 @@ loadgen() {
   echo "\$ ringcast-loadgen $*"
   # --first-core: the loadgen pins its client thread itself (default core
   # 0), which would otherwise override taskset.
-  taskset -c "$LOADGEN_CPU" target/release/ringcast-loadgen "$@" -s "$WS" --backend "$BE" --src-ips 4 \
+  taskset -c "$LOADGEN_CPU" "${LOADGEN:-target/release/ringcast-loadgen}" "$@" -s "$WS" --backend "$BE" --src-ips 4 \
     --first-core "$LOADGEN_CPU" --server-pid "$SERVER_PID" 2>&1 |
     grep -E "connections  |deliveries|lost|latency  |CPU|RSS" || true
   echo

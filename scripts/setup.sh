@@ -10,17 +10,19 @@ cd "$(dirname "$0")/.."
 # node/npm run the uWebSockets.js and ws peers of bench/compare.sh, curl and
 # taskset are used by the bench scripts, chromium runs the browser tests
 # (engine/tests/browser.rs; chromedriver comes with it for WebDriver
-# clients), redis-server and postgresql give the message-source tests
-# (engine/tests/sources_*.rs) their throwaway servers, and so does
-# rabbitmq-server (sources_amqp.rs runs /usr/lib/rabbitmq/bin/rabbitmq-server
-# as the test's user on free ports with its own epmd port; the package's
-# own service, if the init system starts it, listens on 5672/25672/4369
-# and is never used, so it may run or not). Tests skip, with a message, what they cannot find, so a failed
+# clients), make and cc build AFL++ for the fuzz smoke, redis-server and
+# postgresql give the message-source tests (engine/tests/sources_*.rs) their
+# throwaway servers, and so does rabbitmq-server (sources_amqp.rs runs
+# /usr/lib/rabbitmq/bin/rabbitmq-server as the test's user on free ports with
+# its own epmd port; the package's own service, if the init system starts it,
+# listens on 5672/25672/4369 and is never used, so it may run or not).
+# Tests skip, with a message, what they cannot find, so a failed
 # install does not stop the build; under CI=true they fail instead.
 declare -A wanted=(
   [script]=util-linux [taskset]=util-linux [tmux]=tmux
   [systemd-analyze]=systemd [node]=nodejs [npm]=npm [ps]=procps [curl]=curl
   [chromium]=chromium [chromedriver]=chromium-driver [redis-server]=redis-server
+  [make]=make [cc]=gcc
 )
 missing=()
 for cmd in "${!wanted[@]}"; do
@@ -53,11 +55,27 @@ fi
 # pinned by package-lock.json, Python `websocket-client` by requirements.txt.
 if command -v npm >/dev/null 2>&1; then
   (cd engine/tests/clients && npm ci --no-audit --no-fund --loglevel=error) ||
-    echo "setup: npm ci in engine/tests/clients failed; the DMOJ tests need it" >&2
+    echo "setup: npm ci in engine/tests/clients failed; the DMOJ and Socket.IO tests need it" >&2
 fi
 if command -v python3 >/dev/null 2>&1; then
   python3 -m pip install -q -r engine/tests/clients/requirements.txt ||
-    echo "setup: pip install -r engine/tests/clients/requirements.txt failed; the DMOJ tests need it" >&2
+    echo "setup: pip install -r engine/tests/clients/requirements.txt failed; the DMOJ and Socket.IO tests need it" >&2
+fi
+
+# The fuzz targets (fuzz/README.md) run under AFL++ through cargo-afl on
+# the stable toolchain: the cargo subcommand from crates.io, then AFL++
+# itself, built from the source the crate bundles (needs make and a C
+# compiler) into ~/.local/share/afl.rs, once per Rust version.
+if ! cargo afl --version >/dev/null 2>&1; then
+  cargo install cargo-afl --locked --version 0.18.2 ||
+    echo "setup: cargo install cargo-afl failed; the fuzz smoke in scripts/test.sh needs it" >&2
+fi
+if cargo afl --version >/dev/null 2>&1; then
+  afl_home="${XDG_DATA_HOME:-$HOME/.local/share}/afl.rs/rustc-$(rustc -V | cut -d' ' -f2)"
+  if ! compgen -G "$afl_home*/afl.rs-*/afl/bin/afl-fuzz" >/dev/null; then
+    cargo afl config --build ||
+      echo "setup: cargo afl config --build failed; the fuzz smoke in scripts/test.sh needs it" >&2
+  fi
 fi
 
 cargo build --workspace --all-targets

@@ -40,6 +40,7 @@
 //!   [`ops::metrics`], [`ops::doctor`], [`ops::shell`],
 //!   [`ops::alloc_count`].
 
+pub mod access;
 pub mod ops;
 pub mod protocol;
 pub mod pubsub;

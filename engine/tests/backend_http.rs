@@ -473,6 +473,35 @@ fn health_and_metrics() {
     assert!(deliveries >= 1.0, "{text}");
 }
 
+/// Reads the server's frames on a raw client socket until a ping (opcode
+/// 0x9) arrives; the client answers nothing.
+fn wait_for_ping(deaf: &mut std::net::TcpStream) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 512];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        // Server frames are unmasked; a ping's payload is under 126 bytes.
+        while buf.len() >= 2 {
+            let (opcode, len) = (buf[0] & 0x0f, usize::from(buf[1] & 0x7f));
+            assert!(len < 126, "unexpected long frame before a ping: {buf:?}");
+            if opcode == 0x9 {
+                return;
+            }
+            if buf.len() < 2 + len {
+                break;
+            }
+            buf.drain(..2 + len);
+        }
+        assert!(Instant::now() < deadline, "no ping within 10 s");
+        match deaf.read(&mut chunk) {
+            Ok(0) => panic!("the deaf client was closed before any ping"),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => panic!("reading the deaf client: {e}"),
+        }
+    }
+}
+
 #[test]
 fn flush_dead_clients_closes_a_client_that_never_answers_pings() {
     let server = Server::start(&["--ping-interval", "1", "--pong-timeout", "30"]);
@@ -505,9 +534,22 @@ fn flush_dead_clients_closes_a_client_that_never_answers_pings() {
             let _ = alive.flush();
             (pings, alive)
         });
-        // The deaf client has had a ping outstanding for well over a second.
-        std::thread::sleep(Duration::from_secs(3));
-        let f = server.call("flush_dead_clients", json!(null));
+        // No fixed sleep to outguess the ping timer: wait until the deaf
+        // client has been sent a ping (read raw, so nothing answers it),
+        // then ask for a flush until it finds that ping over a second old.
+        wait_for_ping(&mut deaf);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let f = loop {
+            let f = server.call("flush_dead_clients", json!(null));
+            if f["flushed"].as_u64().unwrap_or(0) >= 1 {
+                break f;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the deaf client, pinged, was never flushed: {f}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
         stop.store(true, Ordering::SeqCst);
         let (pings, alive) = reader.join().unwrap();
         assert!(pings >= 1, "the server pings every second");
@@ -547,4 +589,135 @@ fn flush_dead_clients_closes_a_client_that_never_answers_pings() {
         assert!(Instant::now() < deadline, "the flushed connection is gone");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Credentials that say two things are refused with 401 and a JSON error
+/// naming what was wrong (not resolved by "the last header wins"); the
+/// other connections, a subscriber and a correct backend client, are not
+/// disturbed.
+#[test]
+fn credentials_that_say_two_things_are_refused() {
+    let server = Server::start(&["--api-token", "s3cret"]);
+    let mut ws = server.ws("/");
+    subscribe(&mut ws, "auth");
+    let body = rpc_body(1, "ping", json!(null));
+    for (headers, why) in [
+        (
+            vec![
+                ("Authorization", "Bearer s3cret"),
+                ("Authorization", "Bearer s3cret"),
+            ],
+            "more than one Authorization header",
+        ),
+        (
+            vec![
+                ("Authorization", "Bearer wrong"),
+                ("Authorization", "Bearer s3cret"),
+            ],
+            "more than one Authorization header",
+        ),
+        (
+            vec![("X-Api-Key", "wrong"), ("X-Api-Key", "s3cret")],
+            "more than one X-Api-Key header",
+        ),
+        (
+            vec![("X-Api-Key", "s3cret"), ("Authorization", "Bearer wrong")],
+            "Authorization: Bearer and X-Api-Key disagree",
+        ),
+        (
+            vec![("Authorization", "Bearer s3cret"), ("X-Api-Key", "wrong")],
+            "Authorization: Bearer and X-Api-Key disagree",
+        ),
+    ] {
+        let r = send_req(&server, &request("POST", "/", &body, &headers, false));
+        r.assert_json_error(401);
+        assert_eq!(
+            r.json(),
+            json!({"error": format!("unauthorized: {why}")}),
+            "{headers:?}"
+        );
+        assert_eq!(r.header("connection"), Some("close"), "{r:?}");
+    }
+    // Both forms carrying the same token are one credential.
+    let agreeing = [("Authorization", "Bearer s3cret"), ("X-Api-Key", "s3cret")];
+    let r = send_req(&server, &request("POST", "/", &body, &agreeing, true));
+    assert_eq!(r.status, 200, "{r:?}");
+    // The subscriber and a correct publisher never noticed.
+    let emit = rpc_body(2, "emit", json!({"channel": "auth", "data": "ok"}));
+    let r = send_req(&server, &request("POST", "/", &emit, &agreeing[..1], true));
+    assert_eq!(r.json()["result"]["subscribers"], 1, "{r:?}");
+    assert_eq!(recv(&mut ws)["params"]["data"], "ok");
+}
+
+/// `ringcast serve` with the given backend address and extra arguments:
+/// `Err(output)` if it exited within 10 s, `Ok(())` once the backend port
+/// answers `/health` (the server is then stopped).
+fn serve_backend_on(
+    backend: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Result<(), std::process::Output> {
+    let port: u16 = backend.rsplit(':').next().unwrap().parse().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ringcast"))
+        .args([
+            "serve",
+            "--shards",
+            "1",
+            "--ws-listen",
+            &format!("127.0.0.1:{}", free_port()),
+        ])
+        .args(["--backend-listen", backend])
+        .args(extra)
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(_status) = child.try_wait().unwrap() {
+            return Err(child.wait_with_output().unwrap());
+        }
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            s.write_all(b"GET /health HTTP/1.1\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let r = read_http_response(&mut BufReader::new(s));
+            assert_eq!(r.status, 200, "{r:?}");
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ringcast neither started nor exited"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A backend port on a non-loopback address with no token would let anyone
+/// who reaches it publish to every client: refused at start (exit 2, one
+/// line naming the key and the ways out) unless a token is set or the
+/// operator says `--insecure-backend` / `backend.insecure = true`.
+#[test]
+fn non_loopback_backend_without_token_refuses_to_start() {
+    let addr = format!("0.0.0.0:{}", free_port());
+    let out = serve_backend_on(&addr, &[], &[]).expect_err("started without a token");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(
+        stderr.trim_end(),
+        format!(
+            "invalid config: backend.api_token: required when backend.listen ({addr}) is not a \
+             loopback address: set a token (--api-token), listen on 127.0.0.1, or accept an \
+             unauthenticated backend with backend.insecure = true (--insecure-backend)"
+        )
+    );
+    // Each way out starts it.
+    let fresh = || format!("0.0.0.0:{}", free_port());
+    serve_backend_on(&fresh(), &["--api-token", "s3cret"], &[]).unwrap();
+    serve_backend_on(&fresh(), &["--insecure-backend"], &[]).unwrap();
+    serve_backend_on(&fresh(), &[], &[("RINGCAST_BACKEND_INSECURE", "true")]).unwrap();
+    // Loopback needs neither.
+    serve_backend_on(&format!("127.0.0.1:{}", free_port()), &[], &[]).unwrap();
 }

@@ -9,6 +9,8 @@
 //! - DMOJ's `event.js`: WebSocket on `/event/` (start-msg, set-filter,
 //!   replay, live messages), then the long-poll on `/channels/` when the
 //!   page has no WebSocket;
+//! - the django-websockets demo's page (request, kill, status) on the
+//!   `jobs` protocol at the site root;
 //! - `permessage-deflate`, which Chromium offers and ringcast declines by
 //!   default and accepts with `ws.compression = "shared"`;
 //! - the dashboard under `ringcast-loadgen fanout`, with a screenshot.
@@ -234,6 +236,11 @@ fn serve_page(stream: TcpStream, up: Upstream, counters: &Mutex<HashMap<String, 
             200,
             "text/html",
             include_str!("browser/pages/deflate_on.html").into(),
+        ),
+        "/jobs.html" => (
+            200,
+            "text/html",
+            include_str!("browser/pages/jobs.html").into(),
         ),
         "/dmoj.html" => (
             200,
@@ -506,6 +513,40 @@ fn rocketws_page_subscribes_sends_and_reads_bare_data() {
         "alice also got {left:?}"
     );
     assert_deflate_declined(&d.handshakes, 2);
+}
+
+#[test]
+fn django_websockets_page_requests_kills_and_lists_jobs() {
+    let Some(_browser) = browser_available("jobs_page") else {
+        return;
+    };
+    // The demo's page connects to the site root.
+    let server = Server::start_with(&[], &[("RINGCAST_PROTOCOLS_JOBS_PATH", "/")]);
+    let pages = PageServer::start(page_listener(), &server);
+    let d = drive(&pages.url("jobs.html", server.ws, ""), &[]);
+    let r = &d.result;
+    assert_eq!(r["running"], r#"{"a1":1,"b2":30}"#);
+    assert_eq!(r["killShown"], r#"{"status":"Killed"}"#);
+    assert_eq!(r["killAgain"], r#"{"status":"Invalid connection Id"}"#);
+    assert_eq!(r["a1Done"], r#"{"status":"Ok"}"#);
+    let after = r["a1After"].as_u64().unwrap();
+    assert!(
+        (1000..4000).contains(&after),
+        "a1 answered after {after} ms"
+    );
+    assert_eq!(r["empty"], "{}");
+    assert_eq!(
+        r["frames"],
+        json!([
+            r#"{"a1":1,"b2":30}"#,
+            r#"{"status":"Ok"}"#,
+            r#"{"status":"Killed"}"#,
+            r#"{"status":"Invalid connection Id"}"#,
+            r#"{"status":"Ok"}"#,
+            "{}"
+        ])
+    );
+    assert_deflate_declined(&d.handshakes, 1);
 }
 
 #[test]

@@ -11,9 +11,6 @@ use std::process::{Command, Output};
 use ringcast::ops::config::Config;
 use ringcast::ops::doctor::{self, Status};
 
-/// Set in the child process started by `low_ulimit_blocks_on_open_files`.
-const CHILD_ENV: &str = "RINGCAST_DOCTOR_CHILD";
-
 fn tuning_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tuning")
 }
@@ -59,36 +56,21 @@ fn doctor_prints_every_check_and_exits_by_findings() {
     assert_eq!(doctor::run(&config), expected);
 }
 
-/// Runs only inside the child of `low_ulimit_blocks_on_open_files`: the
-/// doctor's real entry point for max_connections = 10000, exiting with its
-/// code.
-#[test]
-fn child_doctor_for_10000_connections() {
-    if std::env::var_os(CHILD_ENV).is_none() {
-        return;
-    }
-    let mut config = Config::default();
-    config.limits.max_connections = 10_000;
-    std::process::exit(doctor::run(&config));
+/// `ringcast doctor ARGS` (the real binary) under `ulimit -n 256`.
+fn doctor_under_ulimit_256(args: &[&str]) -> Output {
+    Command::new("sh")
+        .arg("-c")
+        .arg(r#"ulimit -n 256 && exec "$0" doctor "$@""#)
+        .arg(env!("CARGO_BIN_EXE_ringcast"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
-#[test]
-fn low_ulimit_blocks_on_open_files() {
-    let exe = std::env::current_exe().unwrap();
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(r#"ulimit -n 256 && exec "$0" "$@""#)
-        .arg(&exe)
-        .args([
-            "--exact",
-            "child_doctor_for_10000_connections",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, "1")
-        .output()
-        .unwrap();
-    let all = text(&out);
+/// The open-files row of a doctor run: must be FAIL naming `soft 256`, with
+/// a fix line raising the limit to `want`, and the run must exit 1.
+fn assert_open_files_blocks(out: &Output, want: u64) {
+    let all = text(out);
     assert_eq!(out.status.code(), Some(1), "{all}");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let mut lines = stdout.lines();
@@ -100,12 +82,26 @@ fn low_ulimit_blocks_on_open_files() {
     assert!(row.contains("soft 256"), "{row}");
     let fix = lines.next().unwrap_or_default();
     assert!(fix.trim_start().starts_with("fix:"), "{fix}");
-    assert!(fix.contains("LimitNOFILE=16384"), "{fix}");
-    assert!(fix.contains("ulimit -Hn 16384"), "{fix}");
+    assert!(fix.contains(&format!("LimitNOFILE={want}")), "{fix}");
+    assert!(fix.contains(&format!("ulimit -Hn {want}")), "{fix}");
     assert!(
         stdout.contains("the configured target is not reachable"),
         "{all}"
     );
+}
+
+#[test]
+fn low_ulimit_blocks_on_open_files() {
+    let out = doctor_under_ulimit_256(&["--max-connections", "10000"]);
+    assert_open_files_blocks(&out, 16384);
+}
+
+/// With no explicit `limits.max_connections` the doctor checks against
+/// its default target (10,000 connections): a limit below it blocks too.
+#[test]
+fn low_ulimit_blocks_for_the_default_target() {
+    let out = doctor_under_ulimit_256(&[]);
+    assert_open_files_blocks(&out, 16384);
 }
 
 /// `key = value` pairs of the shipped sysctl file, values with whitespace

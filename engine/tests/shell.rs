@@ -330,41 +330,51 @@ fn invalid_json_sends_nothing_and_fails_the_script() {
     assert_eq!(frame["params"]["offset"], 1, "{frame}");
 }
 
-#[test]
-
-fn terminal_session_reaches_a_subscriber() {
-    let engine = Engine::start("pty", &[]);
+/// The shell at a real terminal: `pty` runs `command` in a pseudo-terminal,
+/// types `line` at the prompt and calls the check; then the line must be in
+/// the history file.
+fn terminal_session_reaches_a_subscriber(name: &str, pty: fn(&str, &str, &mut dyn FnMut())) {
+    let engine = Engine::start(name, &[]);
     let mut ws = engine.subscribe("news");
-    let home = scratch("pty-home");
+    let home = scratch(&format!("{name}-home"));
     let command = format!(
         "env HOME={} TERM=xterm {} shell --url {}",
         sh_quote(home.to_str().unwrap()),
         sh_quote(BIN),
         engine.url()
     );
-    let data = json!({"via": "terminal"});
+    let data = json!({"via": name});
     let line = format!("emit news {data}");
-    if common::has_tool("script", "--version") {
-        pty_with_script(&command, &line, || {
-            expect_message(&mut ws, "news", &data);
-        });
-    } else if common::has_tool("tmux", "-V") {
-        pty_with_tmux(&command, &line, || {
-            expect_message(&mut ws, "news", &data);
-        });
-    } else {
-        common::skip_or_fail(
-            "neither `script` (util-linux) nor tmux is installed (apt-get install util-linux)",
-        );
-        return;
-    }
+    pty(&command, &line, &mut || {
+        expect_message(&mut ws, "news", &data);
+    });
     let history = std::fs::read_to_string(home.join(".ringcast_history")).unwrap_or_default();
     assert!(history.contains(&line), "history file: {history:?}");
 }
 
+/// Through util-linux `script` (scripts/setup.sh installs it; missing, the
+/// test skips, and fails under CI=true).
+#[test]
+fn terminal_session_under_script_reaches_a_subscriber() {
+    if !common::require_tool("script", "--version", "util-linux") {
+        return;
+    }
+    terminal_session_reaches_a_subscriber("pty-script", |c, l, check| pty_with_script(c, l, check));
+}
+
+/// Through a detached tmux session (scripts/setup.sh installs tmux;
+/// missing, the test skips, and fails under CI=true).
+#[test]
+fn terminal_session_under_tmux_reaches_a_subscriber() {
+    if !common::require_tool("tmux", "-V", "tmux") {
+        return;
+    }
+    terminal_session_reaches_a_subscriber("pty-tmux", |c, l, check| pty_with_tmux(c, l, check));
+}
+
 /// Runs `command` under `script` (a pty), types `line` at the prompt, calls
 /// `check`, then exits the shell.
-fn pty_with_script(command: &str, line: &str, check: impl FnOnce()) {
+fn pty_with_script(command: &str, line: &str, check: &mut dyn FnMut()) {
     let mut child = Command::new("script")
         .args(["-qfec", command, "/dev/null"])
         .env("TERM", "xterm")
@@ -396,7 +406,7 @@ fn pty_with_script(command: &str, line: &str, check: impl FnOnce()) {
 }
 
 /// Same through a detached tmux session on a private server socket.
-fn pty_with_tmux(command: &str, line: &str, check: impl FnOnce()) {
+fn pty_with_tmux(command: &str, line: &str, check: &mut dyn FnMut()) {
     let socket = format!("ringcast-shell-test-{}", std::process::id());
     let tmux = |args: &[&str]| {
         Command::new("tmux")

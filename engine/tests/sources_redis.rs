@@ -232,3 +232,81 @@ fn bad_redis_url_is_refused_at_start() {
         "{err}"
     );
 }
+
+#[test]
+fn message_persisted_in_redis_is_sent_first_on_connect() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let server = start(&redis);
+    wait_connected(&server, 0);
+    // Django's RedisPublisher(facility='foobar', broadcast=True)
+    // .publish_message(msg, expire=10): PUBLISH then SETEX.
+    let mut r = redis_conn(&redis);
+    publish(&mut r, "rodan:broadcast:foobar", "Hello World");
+    let _: () = redis::cmd("SETEX")
+        .arg("rodan:broadcast:foobar")
+        .arg(10)
+        .arg("Hello World")
+        .query(&mut r)
+        .unwrap();
+    let mut late = server.ws("/ws/foobar?subscribe-broadcast");
+    assert_eq!(
+        data_within(&mut late, Duration::from_millis(1500)),
+        ["Hello World"]
+    );
+    // Kept in ringcast from then on: the next client gets it at once.
+    let mut later = server.ws("/ws/foobar?subscribe-broadcast");
+    assert_eq!(
+        data_within(&mut later, Duration::from_millis(500)),
+        ["Hello World"]
+    );
+    // A key that expired in Redis is not sent.
+    let _: () = redis::cmd("SETEX")
+        .arg("rodan:broadcast:gone")
+        .arg(1)
+        .arg("old")
+        .query(&mut r)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    let mut none = server.ws("/ws/gone?subscribe-broadcast");
+    assert!(data_within(&mut none, Duration::from_millis(800)).is_empty());
+}
+
+#[test]
+fn a_persisted_message_racing_its_live_copy_arrives_once() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let server = start(&redis);
+    wait_connected(&server, 0);
+    let mut r = redis_conn(&redis);
+    // Django's publish_message(expire=...) right before (and right after)
+    // the first client of each channel connects: the live message and the
+    // persisted copy race through the source; each client gets it once.
+    for i in 0..20 {
+        let channel = format!("rodan:broadcast:race{i}");
+        let message = format!("m{i}");
+        let set = |r: &mut redis::Connection| {
+            publish(r, &channel, &message);
+            let _: () = redis::cmd("SETEX")
+                .arg(&channel)
+                .arg(10)
+                .arg(&message)
+                .query(r)
+                .unwrap();
+        };
+        let url = format!("/ws/race{i}?subscribe-broadcast");
+        let ws = if i % 2 == 0 {
+            set(&mut r);
+            server.ws(&url)
+        } else {
+            let ws = server.ws(&url);
+            set(&mut r);
+            ws
+        };
+        let mut ws = ws;
+        let got = data_within(&mut ws, Duration::from_millis(300));
+        assert_eq!(got, [message.as_str()], "client {i} of {channel}");
+    }
+}

@@ -57,6 +57,8 @@ pub enum ClientProtocol {
     Native,
     /// DMOJ's event daemon receiver protocol.
     Dmoj,
+    /// Socket.IO v4 (Engine.IO v4 over WebSocket), as LQDOJ's receivers.
+    Socketio,
 }
 
 #[derive(Debug, clap::Args, Clone)]
@@ -88,6 +90,14 @@ pub struct Opts {
     /// as offsets on a fresh channel), checked against the highest `seq`
     /// the backend acknowledged. Publishing still goes through the backend
     /// port. Not for `chat` (DMOJ receivers cannot publish).
+    ///
+    /// socketio: LQDOJ's Socket.IO receivers over Engine.IO v4 WebSocket
+    /// (`[protocols.socketio] enabled = true`; --path `/` becomes
+    /// `/socket.io/`, and `?EIO=4&transport=websocket` is added). Each
+    /// connection sends `40` then `set-filter`; the `status` event that
+    /// answers it marks the filter as in place; pings `2` are answered
+    /// `3`. Live `42["message",{"id","channel","message"}]` frames are
+    /// tracked by `seq` as with dmoj. Not for `chat`.
     #[arg(long, global = true, value_enum, default_value_t = ClientProtocol::Native, verbatim_doc_comment)]
     pub protocol: ClientProtocol,
     /// Backend (publishing) HOST:PORT.
@@ -212,6 +222,18 @@ pub fn validate(cli: Cli) -> Result<Settings, String> {
     if o.protocol == ClientProtocol::Dmoj && scenario == Scenario::Chat {
         return Err("--protocol dmoj cannot run chat: DMOJ receivers do not publish".into());
     }
+    if o.protocol == ClientProtocol::Socketio && scenario == Scenario::Chat {
+        return Err("--protocol socketio cannot run chat: LQDOJ's receivers do not publish".into());
+    }
+    let mut o = o;
+    if o.protocol == ClientProtocol::Socketio {
+        if o.path == "/" {
+            o.path = "/socket.io/".into();
+        }
+        if !o.path.contains('?') {
+            o.path.push_str("?EIO=4&transport=websocket");
+        }
+    }
     if o.processes > o.connections {
         return Err(format!(
             "--processes {} is more than --connections {}",
@@ -312,6 +334,18 @@ mod tests {
         assert_eq!(s.opts.protocol, ClientProtocol::Native);
         let d = parse(&["fanout", "--protocol", "dmoj", "--path", "/event/"]).unwrap();
         assert_eq!(d.opts.protocol, ClientProtocol::Dmoj);
+        let s = parse(&["fanout", "--protocol", "socketio"]).unwrap();
+        assert_eq!(s.opts.protocol, ClientProtocol::Socketio);
+        assert_eq!(s.opts.path, "/socket.io/?EIO=4&transport=websocket");
+        let s = parse(&[
+            "fanout",
+            "--protocol",
+            "socketio",
+            "--path",
+            "/x/?EIO=4&transport=websocket",
+        ])
+        .unwrap();
+        assert_eq!(s.opts.path, "/x/?EIO=4&transport=websocket");
     }
 
     #[test]
@@ -327,7 +361,6 @@ mod tests {
             &["bogus"],
             &["fanout", "--threads", "x"],
             &["chat", "--protocol", "dmoj"],
-            &["fanout", "--protocol", "socketio"],
         ] {
             assert!(parse(args).is_err(), "{args:?} accepted");
         }

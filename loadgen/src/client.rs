@@ -258,7 +258,27 @@ const DMOJ_SYNC: &[u8] = br#"{"command":"loadgen-sync"}"#;
 /// DMOJ names the command with underscores in its error.
 const DMOJ_SYNC_ERROR: &[u8] = b"bad command: loadgen_sync";
 
+/// The Socket.IO event that answers `set-filter`: the filter is in place.
+const SIO_STATUS: &[u8] = br#"42["status",{"status":"success"}]"#;
+
 fn subscribe_all(conn: &mut Conn, ctx: &mut Ctx) {
+    if ctx.plan.protocol == ClientProtocol::Socketio {
+        send_text(conn, ctx, b"40");
+        let mut req = br#"42["set-filter",{"filter":["#.to_vec();
+        for (i, sub) in conn.subs.iter().enumerate() {
+            if i > 0 {
+                req.push(b',');
+            }
+            req.push(b'"');
+            req.extend_from_slice(ctx.plan.channel_names[sub.chan as usize].as_bytes());
+            req.push(b'"');
+        }
+        req.extend_from_slice(b"]}]");
+        send_text(conn, ctx, &req);
+        conn.pending_subs = conn.subs.len();
+        conn.state = State::Subscribing;
+        return;
+    }
     if ctx.plan.protocol == ClientProtocol::Dmoj {
         let mut req = br#"{"command":"set-filter","filter":["#.to_vec();
         for (i, sub) in conn.subs.iter().enumerate() {
@@ -316,6 +336,18 @@ fn handle_text(conn: &mut Conn, ctx: &mut Ctx, payload: &[u8]) -> Result<(), End
     let notice = match ctx.plan.protocol {
         ClientProtocol::Native => scan::classify(payload),
         ClientProtocol::Dmoj => scan::classify_dmoj(payload),
+        ClientProtocol::Socketio => {
+            if payload == b"2" {
+                // Engine.IO v4: the server pings, the client answers.
+                send_text(conn, ctx, b"3");
+                return Ok(());
+            }
+            if payload == SIO_STATUS && conn.state == State::Subscribing {
+                sync_all(conn, ctx);
+                return Ok(());
+            }
+            scan::classify_socketio(payload)
+        }
     };
     match notice {
         Notice::Message {
@@ -376,14 +408,7 @@ fn handle_text(conn: &mut Conn, ctx: &mut Ctx, payload: &[u8]) -> Result<(), End
         Notice::Error { id: 0, message }
             if message == DMOJ_SYNC_ERROR && conn.state == State::Subscribing =>
         {
-            // DMOJ: the filter is in place; `seq` starts at 1 per channel.
-            for sub in &mut conn.subs {
-                sub.start = 0;
-                sub.subscribed = true;
-                sub.tracker = OffsetTracker::new(0);
-            }
-            conn.pending_subs = 0;
-            mark_open(conn, ctx);
+            sync_all(conn, ctx);
         }
         Notice::Error { id, message } => {
             if let Some(i) = conn.inflight.iter().position(|&(x, _)| x == id) {
@@ -398,6 +423,17 @@ fn handle_text(conn: &mut Conn, ctx: &mut Ctx, payload: &[u8]) -> Result<(), End
         Notice::Other => {}
     }
     Ok(())
+}
+
+/// DMOJ, Socket.IO: the filter is in place; `seq` starts at 1 per channel.
+fn sync_all(conn: &mut Conn, ctx: &mut Ctx) {
+    for sub in &mut conn.subs {
+        sub.start = 0;
+        sub.subscribed = true;
+        sub.tracker = OffsetTracker::new(0);
+    }
+    conn.pending_subs = 0;
+    mark_open(conn, ctx);
 }
 
 /// Every subscription of `conn` is in place.

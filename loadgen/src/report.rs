@@ -118,6 +118,12 @@ pub struct Report {
     pub server: Option<ServerCost>,
     /// Churn: connections opened and closed.
     pub churned: u64,
+    /// Churn: seconds the churn ran for (the measured phase).
+    #[serde(default)]
+    pub churn_seconds: f64,
+    /// Churn: connections per second asked for (`--rate`).
+    #[serde(default)]
+    pub churn_target_per_s: f64,
     pub server_info: Option<serde_json::Value>,
     /// When the last delivery arrived (ns since the Unix epoch); merging
     /// worker reports takes the latest.
@@ -157,6 +163,8 @@ impl Report {
         self.latency_ns.merge(&o.latency_ns);
         self.client_cpu_ns += o.client_cpu_ns;
         self.churned += o.churned;
+        self.churn_seconds = self.churn_seconds.max(o.churn_seconds);
+        self.churn_target_per_s = self.churn_target_per_s.max(o.churn_target_per_s);
         self.last_delivery_wall_ns = self.last_delivery_wall_ns.max(o.last_delivery_wall_ns);
         self.finish_rates();
     }
@@ -207,16 +215,34 @@ impl Report {
                 self.scenario, self.processes, self.threads
             ),
         );
-        row(
-            "connections",
-            format!(
-                "{} open of {} ({:.0}/s over {:.2} s)",
-                self.connections_open,
-                self.connections_target,
-                self.connects_per_s,
-                self.connect_seconds
-            ),
-        );
+        if self.scenario == "churn" {
+            // Connections come and go: a count "open of --connections"
+            // means nothing here; the rate achieved against the one asked
+            // for does.
+            let rate = if self.churn_seconds > 0.0 {
+                self.churned as f64 / self.churn_seconds
+            } else {
+                0.0
+            };
+            row(
+                "churned connections",
+                format!(
+                    "{} opened, subscribed and closed in {:.1} s: {:.0}/s (asked {:.0}/s)",
+                    self.churned, self.churn_seconds, rate, self.churn_target_per_s
+                ),
+            );
+        } else {
+            row(
+                "connections",
+                format!(
+                    "{} open of {} ({:.0}/s over {:.2} s)",
+                    self.connections_open,
+                    self.connections_target,
+                    self.connects_per_s,
+                    self.connect_seconds
+                ),
+            );
+        }
         if !self.connect_failures.is_empty() {
             row("connect failures", format!("{:?}", self.connect_failures));
         }
@@ -225,9 +251,6 @@ impl Report {
                 "connect+subscribe latency",
                 fmt_latency(&self.connect_latency_ns),
             );
-        }
-        if self.churned > 0 {
-            row("churned connections", self.churned.to_string());
         }
         if self.publications > 0 || self.deliveries > 0 {
             row("channels", self.channels.to_string());
@@ -441,5 +464,32 @@ mod tests {
         let t = r.table();
         assert!(t.contains("deliveries/s"));
         assert!(t.contains("10 ns/delivery"));
+    }
+
+    #[test]
+    fn churn_table_shows_the_rate_not_open_of_target() {
+        let r = Report {
+            scenario: "churn".into(),
+            connections_target: 100,
+            connections_open: 5018,
+            churned: 5000,
+            churn_seconds: 5.0,
+            churn_target_per_s: 1000.0,
+            ..Default::default()
+        };
+        let t = r.table();
+        assert!(
+            t.contains("churned connections        5000 opened, subscribed and closed in 5.0 s: 1000/s (asked 1000/s)"),
+            "{t}"
+        );
+        assert!(!t.contains("open of"), "{t}");
+        // Other scenarios keep the open-of-target row.
+        let f = Report {
+            scenario: "idle".into(),
+            connections_target: 100,
+            connections_open: 100,
+            ..Default::default()
+        };
+        assert!(f.table().contains("100 open of 100"), "{}", f.table());
     }
 }

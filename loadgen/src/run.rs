@@ -547,7 +547,7 @@ pub fn run(s: &Settings) -> anyhow::Result<Report> {
             publish_errors = res.errors;
             match s.opts.protocol {
                 ClientProtocol::Native => res.finals,
-                ClientProtocol::Dmoj => res.seqs,
+                ClientProtocol::Dmoj | ClientProtocol::Socketio => res.seqs,
             }
         }
         Scenario::Chat => {
@@ -561,6 +561,11 @@ pub fn run(s: &Settings) -> anyhow::Result<Report> {
         Scenario::Connect => vec![0; names.len()],
     };
     let mut report = pool.drain(finals, drain)?;
+    if s.scenario == Scenario::Churn {
+        // The churn runs from the workers' start to the drain just done.
+        report.churn_seconds = t0.elapsed().as_secs_f64();
+        report.churn_target_per_s = s.opts.rate.unwrap_or(100.0);
+    }
     progress.finish();
     let window_end = sample();
     if s.scenario == Scenario::Churn {

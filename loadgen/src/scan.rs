@@ -105,6 +105,19 @@ pub fn classify(payload: &[u8]) -> Notice<'_> {
     Notice::Other
 }
 
+/// Classifies one Socket.IO frame of LQDOJ's receivers: the payload of
+/// `42["message",{...}]` as [`classify_dmoj`] does DMOJ's frame, and
+/// `42["error",{...}]` as an error with id 0.
+pub fn classify_socketio(payload: &[u8]) -> Notice<'_> {
+    if let Some(rest) = payload.strip_prefix(b"42[\"message\",") {
+        return classify_dmoj(rest);
+    }
+    if let Some(rest) = payload.strip_prefix(b"42[\"error\",") {
+        return classify_dmoj(rest);
+    }
+    Notice::Other
+}
+
 static SEQ: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(b"\"seq\":"));
 static DMOJ_MESSAGE: LazyLock<memmem::Finder<'static>> =
     LazyLock::new(|| memmem::Finder::new(b"\"message\":{"));
@@ -240,6 +253,29 @@ mod tests {
         let mut small = Vec::new();
         write_payload(&mut small, 1, 1, 0);
         assert!(serde_json::from_slice::<serde_json::Value>(&small).is_ok());
+    }
+
+    #[test]
+    fn classifies_socketio_frames() {
+        assert_eq!(
+            classify_socketio(
+                br#"42["message",{"id":5,"channel":"c","message":{"ts":7,"seq":3}}]"#
+            ),
+            Notice::Message {
+                channel: b"c",
+                offset: 3,
+                ts_ns: Some(7)
+            }
+        );
+        assert_eq!(
+            classify_socketio(br#"42["error",{"status":"error","code":"x","message":"boom"}]"#),
+            Notice::Error {
+                id: 0,
+                message: b"boom"
+            }
+        );
+        assert_eq!(classify_socketio(b"2"), Notice::Other);
+        assert_eq!(classify_socketio(br#"0{"sid":"x"}"#), Notice::Other);
     }
 
     #[test]

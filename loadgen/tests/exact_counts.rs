@@ -3,9 +3,6 @@ mod common;
 
 #[test]
 fn thousand_connections_receive_exactly_every_publication() {
-    if common::skip_without_engine("exact_counts") {
-        return;
-    }
     let engine = common::Engine::start(&[]);
     let (code, r, text) = common::loadgen_report(
         &engine,
@@ -43,9 +40,6 @@ fn thousand_connections_receive_exactly_every_publication() {
 
 #[test]
 fn worker_processes_merge_into_exact_counts() {
-    if common::skip_without_engine("exact_counts (processes)") {
-        return;
-    }
     let engine = common::Engine::start(&[]);
     let (code, r, text) =
         common::loadgen_report(&engine, &["-a", "1000", "-n", "3", "--processes", "2"]);

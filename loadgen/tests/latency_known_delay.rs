@@ -4,9 +4,6 @@ mod common;
 
 #[test]
 fn latency_reflects_a_known_delay() {
-    if common::skip_without_engine("latency_known_delay") {
-        return;
-    }
     let engine = common::Engine::start(&[]);
     let (code, r, text) = common::loadgen_report(
         &engine,

@@ -4,9 +4,6 @@ mod common;
 
 #[test]
 fn dropped_publications_are_reported_as_loss() {
-    if common::skip_without_engine("loss_detected") {
-        return;
-    }
     let engine =
         common::Engine::start(&["--slow-consumer", "drop", "--max-outbound-bytes", "4096"]);
     let (code, r, text) = common::loadgen_report(

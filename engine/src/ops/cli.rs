@@ -116,6 +116,10 @@ pub struct ServeArgs {
     /// Token required on the backend port. [config: backend.api_token]
     #[arg(long, value_name = "TOKEN")]
     pub api_token: Option<String>,
+    /// Allow a non-loopback backend.listen without a token.
+    /// [config: backend.insecure = true]
+    #[arg(long)]
+    pub insecure_backend: bool,
     /// Log level. [config: log_level]
     #[arg(long, value_name = "LEVEL", value_parser = ["trace", "debug", "info", "warn", "error"])]
     pub log_level: Option<String>,
@@ -207,6 +211,9 @@ impl ServeArgs {
         }
         if let Some(v) = &self.api_token {
             o.set("--api-token", "backend.api_token", v.as_str());
+        }
+        if self.insecure_backend {
+            o.set("--insecure-backend", "backend.insecure", true);
         }
         if let Some(v) = &self.log_level {
             o.set("--log-level", "log_level", v.as_str());

@@ -87,6 +87,26 @@ pub enum Compression {
     Shared,
 }
 
+/// Whose jobs a `jobs` connection sees and may kill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobScope {
+    /// Its own only (jobs belong to the connection that started them).
+    Connection,
+    /// Every connection's, as django-websockets' shared table.
+    Global,
+}
+
+/// How `jobs` replies are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobReplies {
+    /// JSON: `{"status":"Ok"}`.
+    Json,
+    /// django-websockets' Python reprs: `{'status':'Ok'}`.
+    Python,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -165,6 +185,8 @@ impl ConfigValue for SlowConsumerPolicy {}
 impl ConfigValue for Dialect {}
 impl ConfigValue for LogFormat {}
 impl ConfigValue for Compression {}
+impl ConfigValue for JobScope {}
+impl ConfigValue for JobReplies {}
 
 /// One declared key: its name, its doc comment lines (as `#[doc]` holds
 /// them, with a leading space) and, for a section, that section's keys.
@@ -204,8 +226,82 @@ config_section! {
         /// A connection on no configured path speaks `ws.dialect`;
         /// `?dialect=NAME` in the URL chooses for one connection.
         pub protocols: ProtocolsConfig = ProtocolsConfig::default(),
+        /// Connection tokens (JWT) and channel namespaces with permissions
+        /// (README, "Authentication and permissions").
+        pub auth: AuthConfig = AuthConfig::default(),
         /// Message sources besides the backend port (Redis, ...).
         pub sources: SourcesConfig = SourcesConfig::default(),
+    }
+}
+
+impl AuthConfig {
+    /// The keys tokens are verified with (files read now).
+    pub fn verifier(&self) -> Result<crate::access::Verifier, ConfigError> {
+        crate::access::Verifier::from_config(&self.hmac_secret, &self.public_key, &self.jwks)
+            .map_err(|(key, msg)| ConfigError::invalid(key, msg))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        use crate::access::SubscribeRule;
+        let verifier = self.verifier()?;
+        let signed = self
+            .namespaces
+            .iter()
+            .any(|r| r.subscribe == SubscribeRule::Token);
+        if (self.required || signed) && verifier.is_empty() {
+            let key = if self.required {
+                "auth.required"
+            } else {
+                "auth.namespaces"
+            };
+            return Err(ConfigError::invalid(
+                key,
+                "tokens need a key: set auth.hmac_secret, auth.public_key or auth.jwks",
+            ));
+        }
+        for (i, r) in self.namespaces.iter().enumerate() {
+            if r.subscribe == SubscribeRule::Groups && r.groups.is_empty() {
+                return Err(ConfigError::invalid(
+                    &format!("auth.namespaces[{i}].groups"),
+                    format!(
+                        "subscribe = \"groups\" needs a non-empty groups list (prefix {:?})",
+                        r.prefix
+                    ),
+                ));
+            }
+            if self.namespaces[..i].iter().any(|o| o.prefix == r.prefix) {
+                return Err(ConfigError::invalid(
+                    &format!("auth.namespaces[{i}].prefix"),
+                    format!("{:?} is given twice", r.prefix),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+config_section! {
+    /// `[auth]`: connection tokens and channel permissions.
+    pub struct AuthConfig {
+        /// Every WebSocket connection must present a valid token (`?token=`,
+        /// `Authorization: Bearer`, or a first `connect` call on the native
+        /// protocol); false keeps anonymous connections. Default false.
+        pub required: bool = false,
+        /// HS256 shared secret tokens are signed with; empty = none.
+        /// Default empty.
+        pub hmac_secret: String = String::new(),
+        /// Path of a PEM public key (RSA for RS256, EC P-256 for ES256)
+        /// tokens are signed for; empty = none. Default empty.
+        pub public_key: String = String::new(),
+        /// Path of a JWKS file (`{"keys":[...]}`, RS256/ES256 keys chosen
+        /// by `kid`); empty = none. Default empty.
+        pub jwks: String = String::new(),
+        /// Channel namespaces, `[[auth.namespaces]]` tables: `prefix`,
+        /// `subscribe` (`anyone`, `authenticated`, `owner`, `token`,
+        /// `groups`), `groups`, `publish`, `history`, `presence`,
+        /// `join_leave`. Channels no prefix names keep today's rules.
+        /// Default empty.
+        pub namespaces: Vec<crate::access::Rule> = Vec::new(),
     }
 }
 
@@ -217,6 +313,8 @@ config_section! {
         /// An AMQP 0-9-1 broker (RabbitMQ), as DMOJ's AMQP event server
         /// uses it.
         pub amqp: AmqpSourceConfig = AmqpSourceConfig::default(),
+        /// PostgreSQL LISTEN/NOTIFY.
+        pub postgres: PostgresSourceConfig = PostgresSourceConfig::default(),
     }
 }
 
@@ -259,6 +357,24 @@ config_section! {
 }
 
 config_section! {
+    /// `[sources.postgres]`: publish what PostgreSQL NOTIFYs carry.
+    pub struct PostgresSourceConfig {
+        /// Take publications from PostgreSQL. Default false.
+        pub enabled: bool = false,
+        /// Connection string (a `postgresql://` URL, or
+        /// `host=... port=... user=... dbname=...`; no TLS). Default
+        /// `postgresql://postgres@127.0.0.1/postgres`.
+        pub url: String = "postgresql://postgres@127.0.0.1/postgres".into(),
+        /// Channels to LISTEN on. Default `["ringcast"]`.
+        pub listen: Vec<String> = vec!["ringcast".into()],
+        /// Where a payload that is not `{"channel": C, "data": D}` is
+        /// published (e.g. `rodan:broadcast:rodan`); empty = such payloads
+        /// are skipped. Default empty.
+        pub channel: String = String::new(),
+    }
+}
+
+config_section! {
     /// `[sources.redis]`: publish what Redis channels carry (ws4redis's
     /// `WS4REDIS_CONNECTION`).
     pub struct RedisSourceConfig {
@@ -285,8 +401,92 @@ config_section! {
         /// DMOJ's event daemon (`websocket/daemon.js`): receivers, senders
         /// and long-poll, on DMOJ's own ports and on this port's paths.
         pub dmoj: DmojConfig = DmojConfig::default(),
+        /// django-websockets' timed jobs (`request`, `kill`, `status`).
+        pub jobs: JobsConfig = JobsConfig::default(),
         /// ws4redis (django-websocket-redis) endpoints, as Rodan uses them.
         pub ws4redis: Ws4redisConfig = Ws4redisConfig::default(),
+        /// Socket.IO v4 (Engine.IO v4 over WebSocket) with LQDOJ's event
+        /// daemon's events (`websocket/daemon.js` of LQDOJ).
+        pub socketio: SocketIoConfig = SocketIoConfig::default(),
+    }
+}
+
+config_section! {
+    /// `[protocols.socketio]`: LQDOJ's Socket.IO event daemon, as a
+    /// drop-in (Engine.IO v4 over WebSocket).
+    pub struct SocketIoConfig {
+        /// Serve Socket.IO: the path and listener below. Default false.
+        pub enabled: bool = false,
+        /// URL path on this port, with everything below it; empty = none.
+        /// Default `/socket.io/`.
+        pub path: String = "/socket.io/".into(),
+        /// LQDOJ's own listener (every path speaks Socket.IO); IP:PORT or
+        /// HOST:PORT, empty = none. Default `127.0.0.1:15100`.
+        pub listen: String = "127.0.0.1:15100".into(),
+        /// The token a `{role:"sender"}` connection must give in its
+        /// CONNECT auth (Django's `EVENT_DAEMON_KEY`); empty = no sender
+        /// is accepted. Default empty.
+        pub token: String = String::new(),
+        /// Milliseconds between the server's Engine.IO pings. At least
+        /// 100. Default 25000.
+        pub ping_interval: u64 = 25_000,
+        /// Milliseconds a ping waits for its pong before the connection
+        /// closes. At least 100. Default 300000 (LQDOJ's).
+        pub ping_timeout: u64 = 300_000,
+        /// Milliseconds a connection may take to join a namespace. At
+        /// least 100. Default 45000.
+        pub connect_timeout: u64 = 45_000,
+        /// Client-role connections at once before `server-capacity`
+        /// (LQDOJ's `max_connections`; senders not counted). Default 5000.
+        pub max_clients: usize = 5000,
+        /// Channels one `set-filter` may name. At least 1. Default 10.
+        pub max_subscriptions: usize = 10,
+    }
+}
+
+impl SocketIoConfig {
+    /// LQDOJ's listener, if enabled and configured.
+    pub fn listener(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        let value = &self.listen;
+        if !self.enabled || value.trim().is_empty() {
+            return Ok(None);
+        }
+        value
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .map(Some)
+            .ok_or_else(|| {
+                ConfigError::invalid(
+                    "protocols.socketio.listen",
+                    format!(
+                        "invalid socket address {value:?} (expected HOST:PORT, or empty for none)"
+                    ),
+                )
+            })
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.listener()?;
+        for (key, v) in [
+            ("protocols.socketio.ping_interval", self.ping_interval),
+            ("protocols.socketio.ping_timeout", self.ping_timeout),
+            ("protocols.socketio.connect_timeout", self.connect_timeout),
+        ] {
+            if v < 100 {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("must be at least 100 ms (got {v})"),
+                ));
+            }
+        }
+        if self.max_subscriptions < 1 {
+            return Err(ConfigError::invalid(
+                "protocols.socketio.max_subscriptions",
+                "must be at least 1 (got 0)",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -312,6 +512,36 @@ config_section! {
         pub heartbeat: String = String::new(),
     }
 }
+
+config_section! {
+    /// `[protocols.jobs]`: django-websockets' "REST using Websockets"
+    /// timed jobs, as a drop-in.
+    pub struct JobsConfig {
+        /// URL path served, with everything below it; `/` serves every path
+        /// no other protocol claims (the demo's page connects to the site
+        /// root); empty = none. Default `/jobs`.
+        pub path: String = "/jobs".into(),
+        /// Longest job a client may request, in seconds (a longer `time`
+        /// is refused with an error). 1..=86400. Default 3600.
+        pub max_job_seconds: u64 = 3600,
+        /// Jobs one connection may have running at once; a `request` past
+        /// it is refused with an error and starts nothing. 1..=1000000.
+        /// Default 1000.
+        pub max_jobs_per_connection: usize = 1000,
+        /// Whose jobs `status` lists and `kill` may stop: `connection`
+        /// (the connection's own) or `global` (every connection's, as the
+        /// demo's shared table). Default `connection`.
+        pub scope: JobScope = JobScope::Connection,
+        /// Reply style: `json` (`{"status":"Ok"}`) or `python` (the demo's
+        /// exact Python reprs, `{'status':'Ok'}`). Default `json`.
+        pub replies: JobReplies = JobReplies::Json,
+    }
+}
+
+/// Longest accepted `protocols.jobs.max_job_seconds`: one day.
+pub const MAX_JOB_SECONDS: u64 = 86_400;
+/// Most accepted `protocols.jobs.max_jobs_per_connection`.
+pub const MAX_JOBS_PER_CONNECTION: usize = 1_000_000;
 
 config_section! {
     /// `[protocols.dmoj]`: DMOJ's event daemon, as a drop-in.
@@ -443,6 +673,10 @@ config_section! {
         /// `X-Api-Key: TOKEN` on every request but `GET /health`. Empty = no
         /// authentication. Default empty.
         pub api_token: String = String::new(),
+        /// Allow `listen` on a non-loopback address with no `api_token`
+        /// (anyone who reaches the port may then publish to every client).
+        /// Without it such a config refuses to start. Default false.
+        pub insecure: bool = false,
         /// Largest request body in bytes (413 past it). At least 1024.
         /// Default 1048576 (1 MiB).
         pub max_body: usize = 1 << 20,
@@ -567,8 +801,9 @@ impl SourcesConfig {
 
 impl ProtocolsConfig {
     /// Every protocol's path key and value, for validation and routing.
-    pub fn paths(&self) -> [(&'static str, &str); 5] {
+    pub fn paths(&self) -> [(&'static str, &str); 7] {
         let on = self.dmoj.enabled;
+        let sio = self.socketio.enabled;
         [
             ("protocols.native.path", &self.native.path),
             ("protocols.rocketws.path", &self.rocketws.path),
@@ -577,16 +812,49 @@ impl ProtocolsConfig {
                 "protocols.dmoj.poll_path",
                 if on { &self.dmoj.poll_path } else { "" },
             ),
+            ("protocols.jobs.path", &self.jobs.path),
             ("protocols.ws4redis.path", &self.ws4redis.path),
+            (
+                "protocols.socketio.path",
+                if sio { &self.socketio.path } else { "" },
+            ),
         ]
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.dmoj.listeners()?;
+        self.socketio.validate()?;
+        if let Some(addr) = self.socketio.listener()? {
+            if let Some((key, _)) = self.dmoj.listeners()?.into_iter().find(|&(_, a)| a == addr) {
+                return Err(ConfigError::invalid(
+                    "protocols.socketio.listen",
+                    format!("must differ from {key} (both are {addr}; set one of them to \"\")"),
+                ));
+            }
+        }
         if self.dmoj.long_poll_timeout < 1 {
             return Err(ConfigError::invalid(
                 "protocols.dmoj.long_poll_timeout",
                 format!("must be at least 1 s (got {})", self.dmoj.long_poll_timeout),
+            ));
+        }
+        let jobs = &self.jobs;
+        if !(1..=MAX_JOB_SECONDS).contains(&jobs.max_job_seconds) {
+            return Err(ConfigError::invalid(
+                "protocols.jobs.max_job_seconds",
+                format!(
+                    "must be 1..={MAX_JOB_SECONDS} s (got {})",
+                    jobs.max_job_seconds
+                ),
+            ));
+        }
+        if !(1..=MAX_JOBS_PER_CONNECTION).contains(&jobs.max_jobs_per_connection) {
+            return Err(ConfigError::invalid(
+                "protocols.jobs.max_jobs_per_connection",
+                format!(
+                    "must be 1..={MAX_JOBS_PER_CONNECTION} (got {})",
+                    jobs.max_jobs_per_connection
+                ),
             ));
         }
         let paths = self.paths();
@@ -983,6 +1251,26 @@ impl Config {
         at_least("limits.mailbox_capacity", l.mailbox_capacity, 1024, "")?;
 
         at_most("history.size", self.history.size, MAX_HISTORY_SIZE, "")?;
+        self.auth.validate()?;
+        // Last: a config with other errors names those first.
+        if self.backend.api_token.is_empty()
+            && !self.backend.listen.ip().is_loopback()
+            && !self.backend.insecure
+        {
+            // The backend port publishes to every client and reads every
+            // channel: open to the network without a token, anyone who
+            // reaches it can.
+            return Err(ConfigError::invalid(
+                "backend.api_token",
+                format!(
+                    "required when backend.listen ({}) is not a loopback address: \
+                     set a token (--api-token), listen on 127.0.0.1, or accept an \
+                     unauthenticated backend with backend.insecure = true \
+                     (--insecure-backend)",
+                    self.backend.listen
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -997,8 +1285,14 @@ impl Config {
     /// when set, for printing and logging.
     pub fn redacted(&self) -> Config {
         let mut c = self.clone();
+        if !c.auth.hmac_secret.is_empty() {
+            c.auth.hmac_secret = "<redacted>".into();
+        }
         if !c.backend.api_token.is_empty() {
             c.backend.api_token = "<redacted>".into();
+        }
+        if !c.protocols.socketio.token.is_empty() {
+            c.protocols.socketio.token = "<redacted>".into();
         }
         if !c.protocols.dmoj.key.is_empty() {
             c.protocols.dmoj.key = "<redacted>".into();
@@ -1009,6 +1303,14 @@ impl Config {
                     *url = format!("{scheme}://<redacted>@{host}");
                 }
             }
+        }
+        let pg = &c.sources.postgres.url;
+        let url_password = pg
+            .split_once("://")
+            .and_then(|(_, rest)| rest.split_once('@'))
+            .is_some_and(|(user, _)| user.contains(':'));
+        if pg.contains("password") || url_password {
+            c.sources.postgres.url = "<redacted>".into();
         }
         c
     }
@@ -1570,6 +1872,7 @@ mod tests {
             "RINGCAST_WS_COMPRESSION_MIN_SIZE",
             "RINGCAST_BACKEND_LISTEN",
             "RINGCAST_BACKEND_API_TOKEN",
+            "RINGCAST_BACKEND_INSECURE",
             "RINGCAST_BACKEND_MAX_BODY",
             "RINGCAST_BACKEND_IDLE_TIMEOUT",
             "RINGCAST_LIMITS_MAX_CONNECTIONS",
@@ -1595,6 +1898,16 @@ mod tests {
             "RINGCAST_PROTOCOLS_DMOJ_LONG_POLL_TIMEOUT",
             "RINGCAST_PROTOCOLS_DMOJ_MAX_QUEUE",
             "RINGCAST_LIMITS_MAILBOX_CAPACITY",
+            "RINGCAST_AUTH_REQUIRED",
+            "RINGCAST_AUTH_HMAC_SECRET",
+            "RINGCAST_AUTH_PUBLIC_KEY",
+            "RINGCAST_AUTH_JWKS",
+            "RINGCAST_AUTH_NAMESPACES",
+            "RINGCAST_PROTOCOLS_JOBS_PATH",
+            "RINGCAST_PROTOCOLS_JOBS_MAX_JOB_SECONDS",
+            "RINGCAST_PROTOCOLS_JOBS_MAX_JOBS_PER_CONNECTION",
+            "RINGCAST_PROTOCOLS_JOBS_SCOPE",
+            "RINGCAST_PROTOCOLS_JOBS_REPLIES",
             "RINGCAST_PROTOCOLS_WS4REDIS_PATH",
             "RINGCAST_PROTOCOLS_WS4REDIS_PREFIX",
             "RINGCAST_PROTOCOLS_WS4REDIS_EXPIRE",
@@ -1611,10 +1924,103 @@ mod tests {
             "RINGCAST_SOURCES_AMQP_PREFETCH",
             "RINGCAST_SOURCES_AMQP_DEAD_LETTER_EXCHANGE",
             "RINGCAST_SOURCES_AMQP_CHANNEL",
+            "RINGCAST_SOURCES_POSTGRES_ENABLED",
+            "RINGCAST_SOURCES_POSTGRES_URL",
+            "RINGCAST_SOURCES_POSTGRES_LISTEN",
+            "RINGCAST_SOURCES_POSTGRES_CHANNEL",
+            "RINGCAST_PROTOCOLS_SOCKETIO_ENABLED",
+            "RINGCAST_PROTOCOLS_SOCKETIO_PATH",
+            "RINGCAST_PROTOCOLS_SOCKETIO_LISTEN",
+            "RINGCAST_PROTOCOLS_SOCKETIO_TOKEN",
+            "RINGCAST_PROTOCOLS_SOCKETIO_PING_INTERVAL",
+            "RINGCAST_PROTOCOLS_SOCKETIO_PING_TIMEOUT",
+            "RINGCAST_PROTOCOLS_SOCKETIO_CONNECT_TIMEOUT",
+            "RINGCAST_PROTOCOLS_SOCKETIO_MAX_CLIENTS",
+            "RINGCAST_PROTOCOLS_SOCKETIO_MAX_SUBSCRIPTIONS",
         ] {
             assert!(keys.iter().any(|(v, _, _)| v == var), "{var}");
         }
-        assert_eq!(keys.len(), 58);
+        assert_eq!(keys.len(), 82);
+    }
+
+    #[test]
+    fn socketio_settings_are_checked() {
+        let o = Overrides::new();
+        let on = ("RINGCAST_PROTOCOLS_SOCKETIO_ENABLED", "true");
+        assert_eq!(
+            load_err(None, &[on, ("RINGCAST_PROTOCOLS_DMOJ_ENABLED", "true")], &o),
+            "invalid config: protocols.socketio.listen: must differ from protocols.dmoj.receivers (both are 127.0.0.1:15100; set one of them to \"\")"
+        );
+        assert_eq!(
+            load_err(None, &[on, ("RINGCAST_PROTOCOLS_SOCKETIO_LISTEN", "nope")], &o),
+            "invalid config: protocols.socketio.listen: invalid socket address \"nope\" (expected HOST:PORT, or empty for none)"
+        );
+        assert_eq!(
+            load_err(
+                None,
+                &[on, ("RINGCAST_PROTOCOLS_SOCKETIO_PING_TIMEOUT", "5")],
+                &o
+            ),
+            "invalid config: protocols.socketio.ping_timeout: must be at least 100 ms (got 5)"
+        );
+        assert_eq!(
+            load_err(
+                None,
+                &[on, ("RINGCAST_PROTOCOLS_SOCKETIO_MAX_SUBSCRIPTIONS", "0")],
+                &o
+            ),
+            "invalid config: protocols.socketio.max_subscriptions: must be at least 1 (got 0)"
+        );
+        assert_eq!(
+            load_err(
+                None,
+                &[on, ("RINGCAST_PROTOCOLS_SOCKETIO_PATH", "/event/"), ("RINGCAST_PROTOCOLS_DMOJ_ENABLED", "true"), ("RINGCAST_PROTOCOLS_DMOJ_RECEIVERS", "")],
+                &o
+            ),
+            "invalid config: protocols.socketio.path: must differ from protocols.dmoj.path (both are \"/event/\")"
+        );
+    }
+
+    #[test]
+    fn auth_errors_name_the_key() {
+        let o = Overrides::new();
+        assert_eq!(
+            load_err(None, &[("RINGCAST_AUTH_REQUIRED", "true")], &o),
+            "invalid config: auth.required: tokens need a key: set auth.hmac_secret, auth.public_key or auth.jwks"
+        );
+        assert_eq!(
+            load_err(
+                None,
+                &[("RINGCAST_AUTH_PUBLIC_KEY", "/nonexistent.pem")],
+                &o
+            )
+            .split(':')
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(":"),
+            "invalid config: auth.public_key: cannot read \"/nonexistent.pem\""
+        );
+        let f = write_file(
+            "auth-groups.toml",
+            "[[auth.namespaces]]\nprefix = \"s:\"\nsubscribe = \"groups\"\n",
+        );
+        assert_eq!(
+            load_err(Some(&f), &[], &o),
+            "invalid config: auth.namespaces[0].groups: subscribe = \"groups\" needs a non-empty groups list (prefix \"s:\")"
+        );
+        let f = write_file(
+            "auth-token.toml",
+            "[[auth.namespaces]]\nprefix = \"v:\"\nsubscribe = \"token\"\n",
+        );
+        assert_eq!(
+            load_err(Some(&f), &[], &o),
+            "invalid config: auth.namespaces: tokens need a key: set auth.hmac_secret, auth.public_key or auth.jwks"
+        );
+        let f = write_file(
+            "auth-typo.toml",
+            "[[auth.namespaces]]\nprefix = \"v:\"\nsubscribe = \"nobody\"\n",
+        );
+        assert!(load_err(Some(&f), &[], &o).contains("nobody"));
     }
 
     #[test]
@@ -1757,9 +2163,15 @@ mod tests {
             (|c| c.backend.max_body = 1023, "invalid config: backend.max_body: must be at least 1024 bytes (got 1023)"),
             (|c| c.history.size = 1_000_001, "invalid config: history.size: must be at most 1000000 (got 1000001)"),
             (|c| c.shutdown_timeout = 0, "invalid config: shutdown_timeout: must be at least 1 s (got 0)"),
+            (|c| c.protocols.jobs.max_job_seconds = 0, "invalid config: protocols.jobs.max_job_seconds: must be 1..=86400 s (got 0)"),
+            (|c| c.protocols.jobs.max_job_seconds = 86_401, "invalid config: protocols.jobs.max_job_seconds: must be 1..=86400 s (got 86401)"),
+            (|c| c.protocols.jobs.max_jobs_per_connection = 0, "invalid config: protocols.jobs.max_jobs_per_connection: must be 1..=1000000 (got 0)"),
+            (|c| c.protocols.jobs.path = "jobs".into(), "invalid config: protocols.jobs.path: must be a URL path starting with / (got \"jobs\")"),
+            (|c| c.protocols.rocketws.path = "/jobs/".into(), "invalid config: protocols.jobs.path: must differ from protocols.rocketws.path (both are \"/jobs\")"),
             (|c| c.log_level = "loud".into(), "invalid config: log_level: must be one of trace, debug, info, warn, error (got \"loud\")"),
             (|c| c.backend.listen = c.ws.listen, "invalid config: backend.listen: must differ from ws.listen (both use 0.0.0.0:58000 and 0.0.0.0:58000)"),
             (|c| c.backend.listen = SocketAddr::from(([127, 0, 0, 1], 58000)), "invalid config: backend.listen: must differ from ws.listen (both use 127.0.0.1:58000 and 0.0.0.0:58000)"),
+            (|c| c.backend.listen = SocketAddr::from(([10, 0, 0, 5], 59999)), "invalid config: backend.api_token: required when backend.listen (10.0.0.5:59999) is not a loopback address: set a token (--api-token), listen on 127.0.0.1, or accept an unauthenticated backend with backend.insecure = true (--insecure-backend)"),
         ];
         for (edit, want) in cases {
             let mut c = Config::default();
@@ -1777,6 +2189,8 @@ mod tests {
         c.limits.socket_send_buffer = 0;
         c.history.size = 0;
         c.log_level = "WARN".into();
+        c.protocols.jobs.path = "/".into();
+        c.protocols.jobs.max_job_seconds = 86_400;
         c.ws.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         c.backend.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         c.validate().expect("boundaries valid");
@@ -1785,6 +2199,13 @@ mod tests {
         c.ws.listen = SocketAddr::from(([127, 0, 0, 1], 58000));
         c.backend.listen = SocketAddr::from(([127, 0, 0, 2], 58000));
         c.validate().expect("boundaries valid");
+        // A non-loopback backend with a token, or said to be insecure.
+        c.backend.listen = SocketAddr::from(([0, 0, 0, 0], 59999));
+        c.backend.api_token = "t".into();
+        c.validate().expect("a token");
+        c.backend.api_token.clear();
+        c.backend.insecure = true;
+        c.validate().expect("insecure on purpose");
     }
 
     #[test]

@@ -28,8 +28,9 @@ pub const FD_HEADROOM: u64 = 64;
 /// File descriptors per shard besides client sockets: the listener, the
 /// io_uring fd, the wake-up eventfd, a few spare.
 pub const FD_PER_SHARD: u64 = 8;
-/// io_uring submission queue entries per shard (monoio's default).
-pub const RING_ENTRIES: u32 = 1024;
+/// io_uring submission queue entries per shard: the size the shards
+/// really create (`runtime::start`).
+pub use crate::runtime::start::SHARD_RING_ENTRIES as RING_ENTRIES;
 /// Kernel memory pinned by one idle TCP socket (socket, inode, dentry,
 /// file, tcp_sock slabs), in bytes. See tuning/README.md.
 pub const KERNEL_BYTES_PER_IDLE_SOCKET: u64 = 3_584;
@@ -353,7 +354,10 @@ fn check_nofile(t: &Target, f: &HostFacts) -> Check {
         let soft = lim.hard.map_or(want, |h| want.min(h));
         format!("ulimit -n {soft} before starting; systemd: LimitNOFILE={soft}")
     };
-    Check::new(NAME, t.blocking(), found, need_s, fix)
+    // Below the connection target, explicit or the default one: blocking.
+    // The process cannot hold the connections it is sized for, and the
+    // failure (EMFILE on accept) would come only under load.
+    Check::new(NAME, Status::Fail, found, need_s, fix)
 }
 
 fn check_nr_open(t: &Target, f: &HostFacts) -> Check {
@@ -1030,7 +1034,7 @@ mod tests {
     }
 
     #[test]
-    fn unbounded_target_only_warns() {
+    fn unbounded_target_blocks_on_open_files_and_warns_on_the_rest() {
         let mut f = HostFacts::roomy();
         f.nofile = Some(Rlimit {
             soft: Some(1024),
@@ -1038,9 +1042,10 @@ mod tests {
         });
         f.fs_nr_open = Some(1024);
         let list = checks(&with_max(0), &f);
-        assert_eq!(find(&list, "open files").status, Status::Warn);
+        // 1024 open files cannot hold the default target of 10,000.
+        assert_eq!(find(&list, "open files").status, Status::Fail);
         assert_eq!(find(&list, "fs.nr_open").status, Status::Warn);
-        assert_eq!(exit_code(&list), 0);
+        assert_eq!(exit_code(&list), 1);
     }
 
     #[test]
@@ -1142,6 +1147,27 @@ mod tests {
         assert!(m.fix.contains("LimitMEMLOCK=infinity"));
         c.driver = DriverKind::Auto;
         assert_eq!(find(&checks(&c, &f), "locked memory").status, Status::Warn);
+    }
+
+    #[test]
+    fn memlock_estimate_uses_the_shards_ring_size() {
+        assert_eq!(RING_ENTRIES, crate::runtime::start::SHARD_RING_ENTRIES);
+        let mut f = HostFacts::roomy();
+        f.kernel = Some((5, 4));
+        let mut c = with_max(100);
+        c.shards = 2;
+        c.driver = DriverKind::Uring;
+        // Enough for two rings of 1024 entries, not for two of 4096.
+        let limit = 2 * ring_bytes(1024, 4096);
+        assert!(limit < 2 * ring_bytes(RING_ENTRIES, 4096));
+        f.memlock = Some(Rlimit {
+            soft: Some(limit),
+            hard: Some(limit),
+        });
+        let m = find(&checks(&c, &f), "locked memory").clone();
+        assert_eq!(m.status, Status::Fail, "{m:?}");
+        assert!(m.need.contains("2 rings x 4096 entries"), "{}", m.need);
+        assert!(m.need.contains("816 KiB"), "{}", m.need);
     }
 
     #[test]

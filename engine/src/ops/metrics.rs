@@ -47,6 +47,7 @@ counters! {
     protocol_errors: "Connections closed for a WebSocket protocol error",
     backend_requests: "Backend HTTP requests served",
     backend_idle_closed: "Backend connections closed after backend.idle_timeout without input",
+    polling_requests: "Engine.IO polling requests served on this shard",
     publishes_overloaded: "Publishes refused because a cross-shard mailbox was full (limits.mailbox_capacity)",
 }
 

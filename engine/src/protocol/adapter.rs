@@ -17,12 +17,14 @@
 #![forbid(unsafe_code)]
 
 use std::any::Any;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 
 use super::dmoj;
 use super::handshake::{Refused, Upgrade};
+use super::jobs;
 use super::native::{self, Native};
 use super::rocketws::{self, RocketWs};
 use super::rpc::{Incoming, ReplyWriter, RpcError, RpcParser};
@@ -32,13 +34,15 @@ use crate::pubsub::publication::{Publication, MAX_FORMS};
 
 /// Every protocol, by form slot. Slot 0 is the native protocol, whose form
 /// the home shard builds eagerly; the others are built on first use.
-pub static PROTOCOLS: [&dyn Protocol; 6] = [
+pub static PROTOCOLS: [&dyn Protocol; 8] = [
     &native::Native,
     &rocketws::RocketWs,
     &dmoj::DmojReceiver,
     &dmoj::DmojSender,
     &dmoj::DmojPoll,
+    &jobs::Jobs,
     &super::ws4redis::Ws4redis,
+    &super::socketio::SocketIo,
 ];
 
 const _: () = assert!(PROTOCOLS.len() <= MAX_FORMS);
@@ -72,6 +76,12 @@ pub struct Router {
 
 impl Router {
     pub fn new(cfg: &Config) -> Router {
+        // A protocol configured at `/` is the parent of every path: it
+        // serves whatever no longer path claims.
+        let root = PROTOCOLS
+            .iter()
+            .position(|p| !p.path(cfg).is_empty() && p.path(cfg).trim_end_matches('/').is_empty())
+            .map(|i| i as ProtocolId);
         let mut routes: Vec<(Box<str>, ProtocolId)> = PROTOCOLS
             .iter()
             .enumerate()
@@ -86,7 +96,7 @@ impl Router {
         };
         Router {
             routes,
-            default: by_name(default).unwrap_or(0),
+            default: root.or(by_name(default)).unwrap_or(0),
         }
     }
 
@@ -155,6 +165,13 @@ pub trait Protocol: Sync {
         })
     }
 
+    /// The connection is registered with the shard: `waker` makes a
+    /// [`SessionWake`] for it, for a protocol whose sessions other
+    /// connections (on any shard) must be able to wake (a job killed from
+    /// elsewhere). Called once, before the first exchange. Default:
+    /// nothing (no allocation).
+    fn attach(&self, _state: &mut SessionState, _waker: &dyn Fn() -> Arc<dyn SessionWake>) {}
+
     /// Whether `?dialect=NAME` may choose it on the public port. A protocol
     /// served only on a listener of its own (a trusted sender port, say)
     /// says false. Default true.
@@ -215,9 +232,11 @@ pub trait Protocol: Sync {
         None
     }
 
-    /// The deadline passed (`now` is at or after it): write what falls due
-    /// into `reply` (whole messages with [`ReplyWriter::text_frame`]), and
-    /// say whether to close the connection after them.
+    /// The deadline passed, or the session was woken through its
+    /// [`SessionWake`] (then `now` may be before the deadline): write what
+    /// falls due into `reply` (whole messages with
+    /// [`ReplyWriter::text_frame`]), and say whether to close the
+    /// connection after them.
     fn on_deadline(
         &self,
         _state: &mut SessionState,
@@ -243,6 +262,15 @@ pub trait Protocol: Sync {
         *reply = ReplyWriter::new(false);
         reply.error_null(e);
     }
+}
+
+/// Wakes one session from any thread or shard ([`Protocol::attach`]): the
+/// runtime posts a message to the session's shard, which wakes the session;
+/// the session then calls [`Protocol::on_deadline`] at once. A wake for a
+/// session that has ended does nothing; a wake that finds nothing due does
+/// nothing either.
+pub trait SessionWake: Send + Sync {
+    fn wake(&self);
 }
 
 /// A connection its protocol accepted ([`Protocol::accept`]).
@@ -418,6 +446,22 @@ mod tests {
         assert_eq!(r.route("/ws/native/x", None), 0);
         assert_eq!(r.route("/ws/room", Some("native")), 0);
         assert_eq!(r.route("/elsewhere", None), 0);
+    }
+
+    #[test]
+    fn jobs_at_its_path_or_at_the_root() {
+        let jobs = by_name("jobs").unwrap();
+        let mut cfg = Config::default();
+        let r = Router::new(&cfg);
+        assert_eq!(r.route("/jobs", None), jobs);
+        assert_eq!(r.route("/", None), 0);
+        cfg.protocols.jobs.path = "/".into();
+        cfg.protocols.rocketws.path = "/rocketws".into();
+        let r = Router::new(&cfg);
+        assert_eq!(r.route("/", None), jobs);
+        assert_eq!(r.route("/any/page", None), jobs);
+        assert_eq!(r.route("/rocketws", None), by_name("rocketws").unwrap());
+        assert_eq!(r.route("/", Some("native")), 0);
     }
 
     #[test]

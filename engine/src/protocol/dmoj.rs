@@ -249,7 +249,8 @@ fn op_error_json(e: &OpError) -> Vec<u8> {
         OpError::TooManySubscriptions(_) => "too-many-subscriptions",
         OpError::RateLimited => "rate-limited",
         OpError::Overloaded => "overloaded",
-        OpError::PublishDenied => "unauthorized",
+        OpError::PublishDenied | OpError::Unauthorized(_) => "unauthorized",
+        OpError::Denied(_) => "permission-denied",
         OpError::NotSubscribed(_) => "not-subscribed",
         OpError::Internal(_) => "internal-error",
     };
@@ -1008,9 +1009,7 @@ mod tests {
             &b"GET /channels/a%7cb?last=3 HTTP/1.1\r\n\r\n"[..],
         ] {
             match parse_poll(req, p) {
-                Poll::Wait(r, _) => {
-                    assert_eq!(r.channels, vec![Box::<str>::from("a"), Box::from("b")])
-                }
+                Poll::Wait(r, _) => assert_eq!(r.channels, vec![Box::<str>::from("a"), "b".into()]),
                 other => panic!("{other:?}"),
             }
         }

@@ -71,8 +71,9 @@ pub struct Request<'a> {
     pub path: &'a str,
     /// Whether the connection stays open after the response.
     pub keep_alive: bool,
-    /// From `Authorization: Bearer TOKEN` or, failing that,
-    /// `X-Api-Key: TOKEN`; surrounding whitespace trimmed.
+    /// From `Authorization: Bearer TOKEN` or `X-Api-Key: TOKEN` (both
+    /// only when they agree; see [`HttpError::AmbiguousCredentials`]);
+    /// surrounding whitespace trimmed.
     pub auth_token: Option<&'a str>,
     /// Borrowed for `Content-Length` bodies, owned when chunked.
     pub body: Cow<'a, [u8]>,
@@ -94,6 +95,11 @@ pub enum HttpError {
     /// 501: a transfer coding other than `chunked`.
     #[error("unsupported transfer encoding")]
     UnsupportedTransferEncoding,
+    /// 401: credentials that say two things (two `Authorization` or two
+    /// `X-Api-Key` headers, or the two disagreeing). Refused rather than
+    /// picking one: a proxy and the server might pick differently.
+    #[error("unauthorized: {0}")]
+    AmbiguousCredentials(&'static str),
 }
 
 impl HttpError {
@@ -104,6 +110,7 @@ impl HttpError {
             HttpError::BodyTooLarge => 413,
             HttpError::HeadersTooLarge => 431,
             HttpError::UnsupportedTransferEncoding => 501,
+            HttpError::AmbiguousCredentials(_) => 401,
         }
     }
 }
@@ -233,6 +240,8 @@ fn parse_head(buf: &[u8], max_body: usize) -> Result<Option<Head<'_>>, HttpError
     let mut keep = false;
     let mut bearer = None;
     let mut api_key = None;
+    let mut authorization_seen = false;
+    let mut api_key_seen = false;
     let mut expect_continue = false;
     let mut length: Option<usize> = None;
     let mut too_long = false;
@@ -282,6 +291,12 @@ fn parse_head(buf: &[u8], max_body: usize) -> Result<Option<Head<'_>>, HttpError
                 }
             }
         } else if name.eq_ignore_ascii_case("authorization") {
+            if authorization_seen {
+                return Err(HttpError::AmbiguousCredentials(
+                    "more than one Authorization header",
+                ));
+            }
+            authorization_seen = true;
             if let Some((scheme, token)) = std::str::from_utf8(value)
                 .ok()
                 .and_then(|v| v.trim().split_once(' '))
@@ -292,6 +307,12 @@ fn parse_head(buf: &[u8], max_body: usize) -> Result<Option<Head<'_>>, HttpError
                 }
             }
         } else if name.eq_ignore_ascii_case("x-api-key") {
+            if api_key_seen {
+                return Err(HttpError::AmbiguousCredentials(
+                    "more than one X-Api-Key header",
+                ));
+            }
+            api_key_seen = true;
             if let Ok(v) = std::str::from_utf8(value) {
                 let v = v.trim();
                 if !v.is_empty() {
@@ -323,6 +344,16 @@ fn parse_head(buf: &[u8], max_body: usize) -> Result<Option<Head<'_>>, HttpError
             None => Framing::None,
         }
     };
+
+    // A non-Bearer `Authorization` (a proxy's Basic credentials) carries no
+    // ringcast token, so it does not disagree with an `X-Api-Key`.
+    if let (Some(b), Some(k)) = (bearer, api_key) {
+        if b != k {
+            return Err(HttpError::AmbiguousCredentials(
+                "Authorization: Bearer and X-Api-Key disagree",
+            ));
+        }
+    }
 
     Ok(Some(Head {
         method,
@@ -587,14 +618,47 @@ mod tests {
             Some("k2")
         );
         assert_eq!(
-            tok(b"GET / HTTP/1.1\r\nX-Api-Key: k2\r\nAuthorization: Bearer b\r\n\r\n").as_deref(),
-            Some("b")
+            tok(b"GET / HTTP/1.1\r\nX-Api-Key: k2\r\nAuthorization: Bearer k2\r\n\r\n").as_deref(),
+            Some("k2")
         );
         assert_eq!(
             tok(b"GET / HTTP/1.1\r\nAuthorization: Bearer\r\n\r\n"),
             None
         );
         assert_eq!(tok(b"GET / HTTP/1.1\r\nX-Api-Key: \r\n\r\n"), None);
+    }
+
+    #[test]
+    fn credentials_that_say_two_things_are_refused_with_401() {
+        for (head, why) in [
+            (
+                &b"GET / HTTP/1.1\r\nAuthorization: Bearer a\r\nAuthorization: Bearer b\r\n\r\n"[..],
+                "more than one Authorization header",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nAuthorization: Bearer a\r\nauthorization: Bearer a\r\n\r\n",
+                "more than one Authorization header",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nX-Api-Key: a\r\nX-Api-Key: a\r\n\r\n",
+                "more than one X-Api-Key header",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nX-Api-Key: k2\r\nAuthorization: Bearer b\r\n\r\n",
+                "Authorization: Bearer and X-Api-Key disagree",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nAuthorization: Bearer b\r\nX-Api-Key: k2\r\nContent-Length: 9\r\n\r\n",
+                "Authorization: Bearer and X-Api-Key disagree",
+            ),
+        ] {
+            let e = err(head);
+            assert_eq!(e, HttpError::AmbiguousCredentials(why));
+            assert_eq!(e.status(), 401);
+            assert_eq!(e.to_string(), format!("unauthorized: {why}"));
+            // Known from the head alone, before any body arrives.
+            assert_eq!(pending_head(head), None);
+        }
     }
 
     #[test]

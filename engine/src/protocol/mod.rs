@@ -4,7 +4,8 @@
 //! Transport: [`codec`], [`handshake`], [`websocket`], [`deflate`]
 //! (permessage-deflate), [`http`]. Messages:
 //! [`rpc`] (JSON-RPC 2.0). The client protocols behind one seam,
-//! [`adapter::Protocol`]: [`native`], [`rocketws`], [`dmoj`], [`ws4redis`].
+//! [`adapter::Protocol`]: [`native`], [`rocketws`], [`dmoj`], [`jobs`],
+//! [`ws4redis`], [`socketio`].
 #![forbid(unsafe_code)]
 
 pub mod adapter;
@@ -13,8 +14,10 @@ pub mod deflate;
 pub mod dmoj;
 pub mod handshake;
 pub mod http;
+pub mod jobs;
 pub mod native;
 pub mod rocketws;
 pub mod rpc;
+pub mod socketio;
 pub mod websocket;
 pub mod ws4redis;

@@ -59,7 +59,9 @@ impl Protocol for Native {
 /// The native result of a completed operation.
 pub fn result_json(op: &Op, result: Result<Outcome, OpError>) -> Result<Vec<u8>, RpcError> {
     let channel = match op {
-        Op::Subscribe { channel, .. } | Op::Unsubscribe { channel } => channel,
+        Op::Subscribe { channel, .. }
+        | Op::SubscribeSigned { channel, .. }
+        | Op::Unsubscribe { channel } => channel,
         _ => "",
     };
     match result.map_err(|e| rpc_error(&e))? {
@@ -73,6 +75,16 @@ pub fn result_json(op: &Op, result: Result<Outcome, OpError>) -> Result<Vec<u8>,
         Outcome::Followed { replay } => {
             Ok(format!(r#"{{"replayed":{}}}"#, replay.len()).into_bytes())
         }
+        Outcome::Connected { user, exp } => {
+            let mut out = br#"{"user":"#.to_vec();
+            write_json_str(&mut out, &user);
+            match exp {
+                Some(exp) => out.extend_from_slice(format!(r#","exp":{exp}}}"#).as_bytes()),
+                None => out.push(b'}'),
+            }
+            Ok(out)
+        }
+        Outcome::Presence(json) => Ok(json),
     }
 }
 
@@ -80,7 +92,8 @@ pub fn result_json(op: &Op, result: Result<Outcome, OpError>) -> Result<Vec<u8>,
 pub fn rpc_error(e: &OpError) -> RpcError {
     let code = match e {
         OpError::NotSubscribed(_) => rpc::NOT_SUBSCRIBED,
-        OpError::PublishDenied => rpc::PERMISSION_DENIED,
+        OpError::PublishDenied | OpError::Denied(_) => rpc::PERMISSION_DENIED,
+        OpError::Unauthorized(_) => rpc::UNAUTHORIZED,
         OpError::RateLimited => rpc::RATE_LIMITED,
         OpError::Overloaded => rpc::OVERLOADED,
         OpError::TooManySubscriptions(_) => {

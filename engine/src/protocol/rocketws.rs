@@ -69,7 +69,12 @@ impl Protocol for RocketWs {
                 Ok(Outcome::Unsubscribed(_)) => Ok(br#""unsubscribed""#.to_vec()),
                 Ok(Outcome::Published(r)) => Ok(emitted(r.subscribers)),
                 Ok(Outcome::History(h)) => Ok(history_result(&h)),
-                Ok(o @ (Outcome::LastId(_) | Outcome::Followed { .. })) => result_json(op, Ok(o)),
+                Ok(
+                    o @ (Outcome::LastId(_)
+                    | Outcome::Followed { .. }
+                    | Outcome::Connected { .. }
+                    | Outcome::Presence(_)),
+                ) => result_json(op, Ok(o)),
                 Err(OpError::NotSubscribed(channel)) if matches!(op, Op::Publish { .. }) => {
                     Err(RpcError::new(
                         rpc::SERVER_ERROR,

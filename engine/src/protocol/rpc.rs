@@ -27,6 +27,8 @@ pub const RATE_LIMITED: i32 = -32003;
 pub const PERMISSION_DENIED: i32 = -32004;
 /// A cross-shard mailbox is full: nothing was published, try again.
 pub const OVERLOADED: i32 = -32005;
+/// No valid connection token, or a bad token in `connect`/`refresh`.
+pub const UNAUTHORIZED: i32 = -32006;
 /// RocketWS's generic server error (send_data without subscription).
 pub const SERVER_ERROR: i32 = -32000;
 pub const INTERNAL_ERROR: i32 = -32603;
@@ -117,6 +119,20 @@ pub enum BackendMethod {
     },
     Ping,
     Info,
+    /// Close every connection of a user (close code 4004).
+    Disconnect {
+        user: Box<str>,
+    },
+    /// Unsubscribe every connection of a user from a channel.
+    UnsubscribeUser {
+        user: Box<str>,
+        channel: Box<str>,
+    },
+    /// Who is subscribed to a channel (`stats`: counts only).
+    Presence {
+        channel: Box<str>,
+        stats: bool,
+    },
 }
 
 /// A method set: how a method name and params become a typed method.
@@ -291,6 +307,28 @@ fn optional_channel(params: Option<&Value<'_>>) -> Result<Option<Box<str>>, RpcE
     }
 }
 
+/// `"user"`: a non-empty string (a token's `sub`).
+fn user_param(params: Option<&Value<'_>>) -> Result<Box<str>, RpcError> {
+    need_object(params)?;
+    match param(params, "user").and_then(|v| v.as_str()) {
+        Some(u) if !u.is_empty() => Ok(u.into()),
+        _ => Err(RpcError::invalid_params(
+            "invalid params: \"user\" must be a non-empty string",
+        )),
+    }
+}
+
+/// `"token"`: a string; `required` makes its absence an error.
+fn token_param(params: Option<&Value<'_>>, required: bool) -> Result<Option<Box<str>>, RpcError> {
+    match param(params, "token") {
+        None if !required => Ok(None),
+        Some(v) if v.as_str().is_some() => Ok(v.as_str().map(Into::into)),
+        _ => Err(RpcError::invalid_params(
+            "invalid params: \"token\" must be a string",
+        )),
+    }
+}
+
 fn data_param(params: Option<&Value<'_>>) -> Result<Data, RpcError> {
     need_object(params)?;
     let v = param(params, "data")
@@ -371,9 +409,28 @@ fn method_not_found(method: &str) -> RpcError {
 impl Methods for Op {
     fn from_call(method: &str, params: Option<&Value<'_>>) -> Result<Self, RpcError> {
         Ok(match method {
-            "subscribe" => Op::Subscribe {
+            "subscribe" => match token_param(params, false)? {
+                None => Op::Subscribe {
+                    channel: channel_param(params, "channel")?,
+                    since: since_param(params)?,
+                },
+                Some(token) => Op::SubscribeSigned {
+                    channel: channel_param(params, "channel")?,
+                    since: since_param(params)?,
+                    token,
+                },
+            },
+            "connect" => Op::Connect {
+                token: token_param(params, true)?.unwrap_or_default(),
+            },
+            "refresh" => Op::Refresh {
+                token: token_param(params, true)?.unwrap_or_default(),
+            },
+            "presence" => Op::Presence {
                 channel: channel_param(params, "channel")?,
-                since: since_param(params)?,
+            },
+            "presence_stats" => Op::PresenceStats {
+                channel: channel_param(params, "channel")?,
             },
             "unsubscribe" => Op::Unsubscribe {
                 channel: channel_param(params, "channel")?,
@@ -434,6 +491,21 @@ impl Methods for BackendMethod {
                 limit: page_limit_param(params)?,
             },
             "flush_dead_clients" => BackendMethod::FlushDeadClients,
+            "disconnect" => BackendMethod::Disconnect {
+                user: user_param(params)?,
+            },
+            "unsubscribe" => BackendMethod::UnsubscribeUser {
+                user: user_param(params)?,
+                channel: channel_param(params, "channel")?,
+            },
+            "presence" => BackendMethod::Presence {
+                channel: channel_param(params, "channel")?,
+                stats: false,
+            },
+            "presence_stats" => BackendMethod::Presence {
+                channel: channel_param(params, "channel")?,
+                stats: true,
+            },
             "last" => BackendMethod::Last {
                 channel: optional_channel(params)?,
             },

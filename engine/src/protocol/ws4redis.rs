@@ -100,7 +100,7 @@ pub fn parse_flags(query: Option<&str>) -> Result<Flags, Refused> {
 pub fn facility<'p>(base: &str, path: &'p str) -> &'p str {
     let base = base.trim_end_matches('/');
     match path.strip_prefix(base) {
-        Some(rest) if rest.is_empty() => "",
+        Some("") => "",
         Some(rest) if rest.starts_with('/') => &rest[1..],
         _ => path.trim_start_matches('/'),
     }

@@ -76,6 +76,8 @@ pub struct SubscribeOutcome {
     pub replay: Vec<Arc<Publication>>,
     /// The channel's kept last message, if unexpired ([`HomeShard::keep`]).
     pub kept: Option<Bytes>,
+    /// This is the channel's only subscriber (it had none before).
+    pub first: bool,
 }
 
 /// The answer to `history`.
@@ -235,6 +237,28 @@ impl HomeShard {
         self.channel(channel).kept = Some((data, until));
     }
 
+    /// A persisted message fetched from a message source for the channel's
+    /// first subscriber, who joined at offset `joined`: kept until `until`
+    /// unless a message was kept meanwhile. Whether to publish it to the
+    /// current subscribers: only if it was kept and nothing was published
+    /// to the channel since `joined` (they have the same or a newer
+    /// message already; it stays kept for later joiners).
+    pub fn keep_fetched(
+        &mut self,
+        channel: &str,
+        data: Bytes,
+        until: Instant,
+        now: Instant,
+        joined: u64,
+    ) -> bool {
+        let ch = self.channel(channel);
+        if ch.kept(now).is_some() {
+            return false;
+        }
+        ch.kept = Some((data, until));
+        ch.last_offset == joined
+    }
+
     /// Shards with subscribers of `channel`.
     pub fn interested(&self, channel: &str) -> impl Iterator<Item = usize> + '_ {
         self.channels.get(channel).into_iter().flat_map(|ch| {
@@ -256,6 +280,7 @@ impl HomeShard {
     ) -> SubscribeOutcome {
         let ttl = self.history_ttl;
         let ch = self.channel(channel);
+        let first = ch.total() == 0;
         ch.counts[shard] += 1;
         ch.expire(now, ttl);
         let mut out = SubscribeOutcome {
@@ -265,6 +290,7 @@ impl HomeShard {
             missed: None,
             replay: Vec::new(),
             kept: ch.kept(now),
+            first,
         };
         let Some(since) = since else { return out };
         let same_epoch = *since.epoch == *ch.epoch;
@@ -567,6 +593,33 @@ mod tests {
         assert!(h.heap_size() < empty + 16 * 1024, "{}", h.heap_size());
         h.prune(now + Duration::from_secs(301));
         assert_eq!(h.channel_count(), 0);
+    }
+
+    #[test]
+    fn a_fetched_message_is_sent_only_if_nothing_went_out_since_joining() {
+        let t0 = Instant::now();
+        let until = t0 + Duration::from_secs(5);
+        let mut h = HomeShard::new(0, 1, 0, Duration::from_secs(10), 1);
+        let joined = h.subscribe("k", 0, None, t0).offset;
+        assert!(h.keep_fetched("k", Bytes::from_static(b"p"), until, t0, joined));
+        // Kept already: a second answer neither replaces nor goes out.
+        assert!(!h.keep_fetched("k", Bytes::from_static(b"q"), until, t0, joined));
+        assert_eq!(
+            h.subscribe("k", 0, None, t0).kept.as_deref(),
+            Some(&b"p"[..])
+        );
+
+        // A live message reached the subscriber of "j" before the fetched
+        // one: the fetched one is kept for later joiners, not sent.
+        let joined = h.subscribe("j", 0, None, t0).offset;
+        h.publish("j", t0, |ch, off| {
+            Publication::message(ch, off, off, 0, Bytes::from_static(b"p"))
+        });
+        assert!(!h.keep_fetched("j", Bytes::from_static(b"p"), until, t0, joined));
+        assert_eq!(
+            h.subscribe("j", 0, None, t0).kept.as_deref(),
+            Some(&b"p"[..])
+        );
     }
 
     #[test]

@@ -42,9 +42,9 @@ pub enum Op {
     /// Publish `data` (any bytes) as a ws4redis client does with its
     /// `publish-*` flags: no subscription needed (the flag is the
     /// permission; `ws.client_publish` does not apply), rate limited like
-    /// any client call, the sender excluded unless `echo`; with `keep_secs`
-    /// > 0 it also becomes the channel's last message, sent to every
-    /// subscriber that joins in the next `keep_secs` seconds.
+    /// any client call, the sender excluded unless `echo`; with a nonzero
+    /// `keep_secs` it also becomes the channel's last message, sent to
+    /// every subscriber that joins in the next `keep_secs` seconds.
     Relay {
         channel: Box<str>,
         data: Bytes,
@@ -61,6 +61,22 @@ pub enum Op {
         channels: Vec<Box<str>>,
         after_id: Option<u64>,
     },
+    /// Authenticate the connection with a connection token (the native
+    /// protocol's first call when the upgrade carried none).
+    Connect { token: Box<str> },
+    /// Replace the connection token before it expires (same `sub`).
+    Refresh { token: Box<str> },
+    /// [`Op::Subscribe`] with a subscription token the backend signed for
+    /// the channel (namespaces with `subscribe = "token"`).
+    SubscribeSigned {
+        channel: Box<str>,
+        since: Option<Since>,
+        token: Box<str>,
+    },
+    /// Who is subscribed to a channel (where its namespace allows).
+    Presence { channel: Box<str> },
+    /// How many clients and users are subscribed to a channel.
+    PresenceStats { channel: Box<str> },
 }
 
 /// What the engine did.
@@ -78,6 +94,13 @@ pub enum Outcome {
     Followed {
         replay: Vec<Arc<Publication>>,
     },
+    /// The connection is authenticated as `user` until `exp` (Unix s).
+    Connected {
+        user: Box<str>,
+        exp: Option<u64>,
+    },
+    /// A channel's presence: compact JSON `{"clients":{...}}` or counts.
+    Presence(Vec<u8>),
 }
 
 /// Why the engine refused or failed an operation. Adapters render these
@@ -96,6 +119,13 @@ pub enum OpError {
     /// was done.
     #[error("overloaded: try again")]
     Overloaded,
+    /// No valid connection token (`auth.required`), or a bad token in
+    /// `connect` / `refresh` / a subscription token.
+    #[error("unauthorized: {0}")]
+    Unauthorized(&'static str),
+    /// A namespace rule refuses the operation (the message says which).
+    #[error("{0}")]
+    Denied(&'static str),
     /// The channel's home shard is gone (shutdown) or answered wrongly.
     #[error("internal error: {0}")]
     Internal(&'static str),

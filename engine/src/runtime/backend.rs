@@ -499,9 +499,28 @@ async fn run_method(shard: &Rc<Shard>, method: BackendMethod) -> MethodResult {
             }
         }
         BackendMethod::Ping => json!({"ping": "ok"}),
+        BackendMethod::Disconnect { user } => {
+            let n = per_user(shard, Gather::DisconnectUser(user.into())).await;
+            json!({"disconnected": n})
+        }
+        BackendMethod::UnsubscribeUser { user, channel } => {
+            let query = Gather::UnsubscribeUser {
+                user: user.into(),
+                channel: channel.into(),
+            };
+            json!({"unsubscribed": per_user(shard, query).await})
+        }
+        BackendMethod::Presence { channel, stats } => {
+            return Ok(shard.presence_json(&channel, stats).await)
+        }
         BackendMethod::Info => info(shard).await,
     };
     Ok(json_bytes(&value))
+}
+
+/// Runs a per-user query on every shard: the connections it touched.
+async fn per_user(shard: &Rc<Shard>, query: Gather) -> usize {
+    shard.gather(query).await.iter().map(|r| r.affected).sum()
 }
 
 async fn info(shard: &Rc<Shard>) -> serde_json::Value {

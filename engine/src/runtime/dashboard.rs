@@ -164,9 +164,13 @@ fn percent_decode(s: &[u8]) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// Compares without stopping at the first difference.
+/// Compares a presented token with the configured one in constant time
+/// (`subtle`: no early exit and no data-dependent branch over the bytes,
+/// kept so by its optimisation barrier). Only the length is compared
+/// plainly.
 pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    a.ct_eq(b).into()
 }
 
 /// The response head of the event stream (no length: the stream ends

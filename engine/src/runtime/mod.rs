@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod dashboard;
+pub mod engineio_poll;
 pub mod io;
 pub mod long_poll;
 pub mod shard;

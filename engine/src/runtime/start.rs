@@ -17,6 +17,7 @@ use crate::ops::metrics::ShardMetrics;
 use crate::protocol::adapter::{by_name, Protocol, ProtocolId};
 use crate::protocol::dmoj::{DmojReceiver, DmojSender};
 use crate::protocol::handshake::{HandshakeError, MAX_REQUEST_HEAD};
+use crate::protocol::socketio::SocketIo;
 use crate::runtime::io::write_all;
 use crate::runtime::shard::{ws_capacity, ws_session, Node, Shard, ShardMsg, RESERVED_FDS};
 use crate::runtime::sys;
@@ -132,6 +133,20 @@ pub fn run(config: Config) -> Result<RunningNode, StartError> {
         .map_err(|e| StartError::InvalidConfig(e.to_string()))?
         .into_iter()
         .map(|(key, addr)| (key, addr, extra_port(key)))
+        .chain(
+            config
+                .protocols
+                .socketio
+                .listener()
+                .map_err(|e| StartError::InvalidConfig(e.to_string()))?
+                .map(|addr| {
+                    (
+                        "protocols.socketio.listen",
+                        addr,
+                        extra_port("protocols.socketio.listen"),
+                    )
+                }),
+        )
         .collect();
 
     // Bind everything up front so a busy port fails the start, not a shard.
@@ -205,6 +220,9 @@ pub fn run(config: Config) -> Result<RunningNode, StartError> {
     if let Some(amqp) = &node.sources.amqp {
         crate::sources::amqp::start(node.clone(), amqp.clone())?;
     }
+    if let Some(pg) = &node.sources.postgres {
+        crate::sources::postgres::start(node.clone(), pg.clone())?;
+    }
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut threads = Vec::with_capacity(shards);
     for (id, (ws, be, own)) in listeners.into_iter().enumerate() {
@@ -220,7 +238,7 @@ pub fn run(config: Config) -> Result<RunningNode, StartError> {
                 let _enter = span.enter();
                 let result = if uring_ok {
                     RuntimeBuilder::<IoUringDriver>::new()
-                        .with_entries(4096)
+                        .with_entries(SHARD_RING_ENTRIES)
                         .enable_timer()
                         .build()
                         .map(|mut rt| {
@@ -247,6 +265,11 @@ pub fn run(config: Config) -> Result<RunningNode, StartError> {
         threads,
     })
 }
+
+/// io_uring submission queue entries of each shard's ring (the kernel
+/// gives the completion queue twice as many). `ringcast doctor` estimates
+/// the rings' locked memory from this.
+pub const SHARD_RING_ENTRIES: u32 = 4096;
 
 /// Creates (and drops) an io_uring runtime to see whether the kernel lets us.
 fn probe_uring() -> std::io::Result<()> {
@@ -349,11 +372,13 @@ enum Port {
     LongPoll,
 }
 
-/// What a `[protocols.dmoj]` listener key serves.
+/// What a `[protocols.dmoj]` (or `[protocols.socketio]`) listener key
+/// serves.
 fn extra_port(key: &str) -> Port {
     let name = match key {
         "protocols.dmoj.long_poll" => return Port::LongPoll,
         "protocols.dmoj.senders" => DmojSender.name(),
+        "protocols.socketio.listen" => SocketIo.name(),
         _ => DmojReceiver.name(),
     };
     Port::Fixed(by_name(name).unwrap_or(0))

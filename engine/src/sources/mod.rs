@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod amqp;
+pub mod postgres;
 pub mod redis;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -109,6 +110,7 @@ fn make(channel: &str, data: Bytes) -> ShardMsg {
 pub struct Sources {
     pub redis: Option<Arc<redis::RedisSource>>,
     pub amqp: Option<Arc<amqp::AmqpSource>>,
+    pub postgres: Option<Arc<SourceState>>,
 }
 
 impl Sources {
@@ -123,17 +125,24 @@ impl Sources {
             out.push('\n');
             out.push_str(&a.health_line());
         }
+        if let Some(p) = &self.postgres {
+            out.push('\n');
+            out.push_str(&p.health_line("postgres"));
+        }
         out
     }
 
     /// Lines appended to `/metrics`.
     pub fn prometheus(&self) -> String {
-        let mut out = self
-            .redis
-            .as_ref()
-            .map_or_else(String::new, |r| r.state.prometheus("redis"));
+        let mut out = String::new();
+        if let Some(r) = &self.redis {
+            out.push_str(&r.state.prometheus("redis"));
+        }
         if let Some(a) = &self.amqp {
             out.push_str(&a.prometheus());
+        }
+        if let Some(p) = &self.postgres {
+            out.push_str(&p.prometheus("postgres"));
         }
         out
     }

@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use tungstenite::protocol::Message;
 use tungstenite::WebSocket;
 
+pub mod postgres_server;
 pub mod rabbitmq;
 pub mod redis_server;
 
@@ -103,7 +104,11 @@ impl Server {
                 args.push("2".into());
             }
             args.extend(extra.iter().map(|s| s.to_string()));
-            let bin = env!("CARGO_BIN_EXE_ringcast");
+            // TEST_RINGCAST_BIN: run another build of the engine (one kept
+            // apart from a target directory other checkouts build into).
+            let bin = std::env::var("TEST_RINGCAST_BIN")
+                .unwrap_or_else(|_| env!("CARGO_BIN_EXE_ringcast").to_string());
+            let bin = bin.as_str();
             let mut cmd = match nofile {
                 None => Command::new(bin),
                 Some(n) => {

@@ -1,68 +1,35 @@
 //! Starts the real engine for the loadgen's integration tests.
 //!
-//! The engine binary is built (`cargo build -p ringcast`) and started as
-//! `ringcast serve --shards 2 --ws-listen … --backend-listen …` on free
-//! loopback ports. While the tree holds only the engine's stub `main`, the
-//! tests print why and return early; once the engine is in, they run.
+//! The engine binary is the one Cargo built beside this test binary (same
+//! target directory and profile: `cargo test --workspace` builds it, as
+//! does `scripts/setup.sh`); it is started as `ringcast serve --shards 2
+//! --ws-listen … --backend-listen …` on free loopback ports. A missing
+//! binary fails the test with the command that builds it.
 #![allow(dead_code)]
 
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
-
-/// Whether the engine in this tree has a real `main` (not the skeleton stub).
-pub fn engine_present() -> bool {
-    let main =
-        std::fs::read_to_string(workspace_root().join("engine/src/main.rs")).unwrap_or_default();
-    let stub = main.contains("fn main() {}") && !main.contains("serve");
-    !stub
-}
-
-/// Builds the engine once per test binary and returns its path.
+/// The engine binary of this build: `<target dir>/<profile>/ringcast`,
+/// found from this test binary's own path (`<target
+/// dir>/<profile>/deps/<test>`), so `CARGO_TARGET_DIR` and the profile are
+/// honoured without naming either.
 pub fn engine_binary() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let root = workspace_root();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .current_dir(&root)
-            .args(["build", "-p", "ringcast", "--bin", "ringcast"])
-            .status()
-            .expect("running cargo build -p ringcast");
-        assert!(status.success(), "cargo build -p ringcast failed");
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root.join("target"));
-        let bin = target.join("debug").join("ringcast");
-        assert!(bin.exists(), "{} missing after build", bin.display());
-        bin
-    })
-    .clone()
-}
-
-/// Returns true (and says why) when the engine is not in the tree yet.
-/// Under CI (`CI` set, and not to `false` or `0`) that fails the test
-/// instead.
-pub fn skip_without_engine(test: &str) -> bool {
-    if engine_present() {
-        return false;
-    }
-    let ci = std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false"));
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test binary under <target>/<profile>/deps");
+    let bin = profile_dir.join(format!("ringcast{}", std::env::consts::EXE_SUFFIX));
     assert!(
-        !ci,
-        "{test}: engine/src/main.rs is the skeleton stub; CI=true, so this fails instead of skipping"
+        bin.is_file(),
+        "{} is missing: build the engine first (`cargo build -p ringcast`, or run \
+         `cargo test --workspace`, which builds it)",
+        bin.display()
     );
-    println!("SKIPPED {test}: engine/src/main.rs is still the skeleton stub; runs once `ringcast serve` lands");
-    true
+    bin
 }
 
 fn free_port() -> u16 {

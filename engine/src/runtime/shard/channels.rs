@@ -175,6 +175,7 @@ impl Shard {
                 self.home
                     .borrow_mut()
                     .subscribe(channel, self.id, since.as_ref(), Instant::now());
+            self.fetch_kept(channel, &outcome);
             self.activate(conn, channel, &outcome);
             return Ok(SubscribeInfo::from(&outcome));
         }
@@ -187,6 +188,40 @@ impl Shard {
             reply: tx,
         });
         rx.await.map_err(|_| ShardGone)
+    }
+
+    /// A channel's first subscriber, with nothing kept: asks the Redis
+    /// source (if any) for ws4redis's persisted message of it (`GET`),
+    /// which comes back as [`ShardMsg::Kept`].
+    pub(super) fn fetch_kept(&self, channel: &str, outcome: &SubscribeOutcome) {
+        let Some(redis) = &self.node.sources.redis else {
+            return;
+        };
+        let w = &self.config().protocols.ws4redis;
+        if outcome.first && outcome.kept.is_none() && w.expire > 0 {
+            let prefix = crate::protocol::ws4redis::broadcast_channel(&w.prefix, "");
+            if channel.starts_with(&prefix) {
+                redis.fetch(channel, outcome.offset);
+            }
+        }
+    }
+
+    /// The Redis source's answer to [`fetch_kept`](Self::fetch_kept): the
+    /// channel's persisted message and its time to live, for a first
+    /// subscriber who joined at offset `joined`. Kept, and published to the
+    /// channel's subscribers (who joined without it) unless a message was
+    /// kept or published meanwhile
+    /// ([`HomeShard::keep_fetched`](crate::pubsub::home_shard::HomeShard::keep_fetched)).
+    pub(super) fn kept_from_source(&self, channel: &str, data: Bytes, ttl: Duration, joined: u64) {
+        let now = Instant::now();
+        if !self
+            .home
+            .borrow_mut()
+            .keep_fetched(channel, data.clone(), now + ttl, now, joined)
+        {
+            return;
+        }
+        let _ = self.publish_at_home(channel, data, None, None);
     }
 
     pub(super) fn activate(&self, conn: &Rc<Conn>, channel: &str, outcome: &SubscribeOutcome) {
@@ -220,6 +255,10 @@ impl Shard {
     }
 
     pub(super) fn leave(&self, channel: &str, key: ConnKey) {
+        let conn = self.conns.borrow().get(key).cloned();
+        if let Some(conn) = conn {
+            self.join_leave("leave", &conn, channel);
+        }
         if let Change::Changed { .. } = self.table.borrow_mut().unsubscribe(channel, key) {
             let home = self.node.home_of(channel);
             if home == self.id {
@@ -298,6 +337,23 @@ impl Shard {
         } else {
             0
         };
+        let (mut affected, mut presence, mut presence_users) = (0, Vec::new(), Vec::new());
+        match query {
+            Gather::DisconnectUser(user) => affected = self.disconnect_user(user),
+            Gather::UnsubscribeUser { user, channel } => {
+                affected = self.unsubscribe_user(user, channel)
+            }
+            Gather::Presence { channel, list } => {
+                let max = if *list {
+                    super::identity::PRESENCE_LIST_MAX + 1
+                } else {
+                    0
+                };
+                (presence, affected, presence_users) = self.local_presence(channel, max);
+            }
+            Gather::Event { .. } => self.deliver_event(query),
+            _ => {}
+        }
         let table = self.table.borrow();
         let home = self.home.borrow();
         let owned = |v: Vec<(&str, usize)>| -> Vec<(String, usize)> {
@@ -309,7 +365,7 @@ impl Shard {
                 (owned(page), more)
             }
             Gather::TopChannels(n) => (owned(home.top_channels(*n)), false),
-            Gather::Stats | Gather::FlushDead => (Vec::new(), false),
+            _ => (Vec::new(), false),
         };
         ShardReport {
             shard: self.id,
@@ -325,6 +381,9 @@ impl Shard {
             more_channels,
             flushed,
             internals: self.internals(),
+            affected,
+            presence,
+            presence_users,
         }
     }
 

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::conn::Conn;
 use super::{ConnRef, HomeAnswer, HomeQuery, Shard, ShardGone};
+use crate::access::rules;
 use crate::pubsub::home_shard::Since;
 use crate::pubsub::ops::{Op, OpError, Outcome, SubscribeInfo};
 use crate::pubsub::publication::Publication;
@@ -39,18 +40,44 @@ impl Shard {
         if !self.take_token(conn) {
             return Err(OpError::RateLimited);
         }
+        if self.needs_connect(conn) && !matches!(op, Op::Connect { .. }) {
+            return Err(OpError::Unauthorized("connect first"));
+        }
+        let ns = &self.node.access.namespaces;
         match op {
             Op::Heartbeat => Ok(Outcome::Heartbeat),
             Op::Subscribe { channel, since } => self
-                .subscribe_client(conn, cref, channel, since.clone())
+                .subscribe_client(conn, cref, channel, since.clone(), false)
                 .await
                 .map(Outcome::Subscribed),
+            Op::SubscribeSigned {
+                channel,
+                since,
+                token,
+            } => {
+                self.check_subscribe_token(conn, channel, token)?;
+                self.subscribe_client(conn, cref, channel, since.clone(), true)
+                    .await
+                    .map(Outcome::Subscribed)
+            }
+            Op::Connect { token } => self.connect(conn, token),
+            Op::Refresh { token } => self.refresh(conn, token),
+            Op::Presence { channel } | Op::PresenceStats { channel } => {
+                if !ns.rule(channel).presence {
+                    return Err(OpError::Denied(rules::DENY_PRESENCE));
+                }
+                let stats = matches!(op, Op::PresenceStats { .. });
+                Ok(Outcome::Presence(self.presence_json(channel, stats).await))
+            }
             Op::Unsubscribe { channel } => {
                 Ok(Outcome::Unsubscribed(self.unsubscribe(conn, channel)))
             }
             Op::Publish { channel, data } => {
                 if !self.config().ws.client_publish {
                     return Err(OpError::PublishDenied);
+                }
+                if !ns.rule(channel).publish {
+                    return Err(OpError::Denied(rules::DENY_PUBLISH));
                 }
                 if !self.is_subscribed(conn, channel) {
                     return Err(OpError::NotSubscribed(channel.clone()));
@@ -85,6 +112,9 @@ impl Shard {
                 since,
                 limit,
             } => {
+                if !ns.rule(channel).history {
+                    return Err(OpError::Denied(rules::DENY_HISTORY));
+                }
                 let query = HomeQuery::History {
                     since: since.clone(),
                     limit: *limit,
@@ -123,7 +153,7 @@ impl Shard {
         }
         let mut replay = Vec::new();
         for ch in channels {
-            let info = self.subscribe_client(conn, cref, ch, None).await?;
+            let info = self.subscribe_client(conn, cref, ch, None, false).await?;
             let Some(after) = after_id else { continue };
             let query = HomeQuery::History {
                 since: None,
@@ -153,14 +183,22 @@ impl Shard {
     }
 
     /// Subscribes a client, or reports where the channel is when it is
-    /// already subscribed (changing nothing).
+    /// already subscribed (changing nothing), if the channel's namespace
+    /// lets it (`signed`: a valid subscription token came with the call).
     async fn subscribe_client(
         &self,
         conn: &Rc<Conn>,
         cref: ConnRef,
         channel: &str,
-        since: Option<Since>,
+        mut since: Option<Since>,
+        signed: bool,
     ) -> Result<SubscribeInfo, OpError> {
+        let rule = self.node.access.namespaces.rule(channel);
+        rule.may_subscribe(conn.identity().as_deref(), channel, signed)
+            .map_err(OpError::Denied)?;
+        if !rule.history {
+            since = None;
+        }
         if self.is_subscribed(conn, channel) {
             return match self.ask_home(channel, HomeQuery::Last).await? {
                 HomeAnswer::Last(offset, epoch) => Ok(SubscribeInfo {
@@ -177,6 +215,8 @@ impl Shard {
         if conn.subs.borrow().len() >= max {
             return Err(OpError::TooManySubscriptions(max));
         }
-        Ok(self.subscribe(conn, cref, channel, since).await?)
+        let info = self.subscribe(conn, cref, channel, since).await?;
+        self.join_leave("join", conn, channel);
+        Ok(info)
     }
 }

@@ -261,6 +261,12 @@ pub struct Conn {
     reader: Cell<Option<Waker>>,
     /// The reader waits for the queue to drain under budget.
     throttled: Cell<bool>,
+    /// Who it is (`None`: anonymous); one pointer, shared claims.
+    ident: Cell<Option<Rc<crate::access::Identity>>>,
+    /// Its protocol's session was woken from elsewhere
+    /// ([`Conn::wake_session`]): the session runs the protocol's
+    /// `on_deadline` at once.
+    woken: Cell<bool>,
 }
 
 impl Conn {
@@ -287,7 +293,24 @@ impl Conn {
             subs: RefCell::new(Vec::new()),
             reader: Cell::new(None),
             throttled: Cell::new(false),
+            ident: Cell::new(None),
+            woken: Cell::new(false),
         }
+    }
+
+    /// Who it is, if it presented a token.
+    pub fn identity(&self) -> Option<Rc<crate::access::Identity>> {
+        let id = self.ident.take();
+        self.ident.set(id.clone());
+        id
+    }
+
+    pub(crate) fn set_identity(&self, id: Option<Rc<crate::access::Identity>>) {
+        self.ident.set(id);
+    }
+
+    pub(crate) fn take_identity(&self) -> Option<Rc<crate::access::Identity>> {
+        self.ident.take()
     }
 
     /// The same connection with permessage-deflate agreed (packed).
@@ -432,6 +455,18 @@ impl Conn {
         if let Some(w) = self.reader.take() {
             w.wake();
         }
+    }
+
+    /// Wakes the session for its protocol (`protocol::adapter::SessionWake`):
+    /// it calls the protocol's `on_deadline` as soon as it waits again.
+    pub(crate) fn wake_session(&self) {
+        self.woken.set(true);
+        self.wake_reader();
+    }
+
+    /// Whether the session was woken since last asked (and forget it).
+    pub(crate) fn take_woken(&self) -> bool {
+        self.woken.replace(false)
     }
 
     /// Forgets the reading task (it has stopped reading).

@@ -41,6 +41,14 @@ impl Shard {
                 let r = self.publish_at_home_with_id(&channel, data, None, None, id);
                 let _ = reply.send(r);
             }
+            ShardMsg::Kept {
+                channel,
+                data,
+                ttl,
+                joined,
+            } => {
+                self.kept_from_source(&channel, data, ttl, joined);
+            }
             ShardMsg::Deliver {
                 publication,
                 exclude,
@@ -63,6 +71,7 @@ impl Shard {
                     since.as_ref(),
                     Instant::now(),
                 );
+                self.fetch_kept(&channel, &outcome);
                 self.node.mailboxes[from].push(ShardMsg::SubscribeAck {
                     channel,
                     conn,
@@ -101,6 +110,11 @@ impl Shard {
             }
             ShardMsg::Gather { query, reply } => {
                 let _ = reply.send(self.report(&query));
+            }
+            ShardMsg::WakeSession(conn) => {
+                if let Some(conn) = self.conn(conn) {
+                    conn.wake_session();
+                }
             }
             ShardMsg::Shutdown => self.begin_shutdown(),
             ShardMsg::PublishersDone => {
@@ -200,6 +214,7 @@ impl Shard {
                     }
                 }
             }
+            self.check_identities(now);
             if ticks.is_multiple_of(10) {
                 self.home.borrow_mut().prune(now);
             }

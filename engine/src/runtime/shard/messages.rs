@@ -49,6 +49,27 @@ pub enum Gather {
     TopChannels(usize),
     /// Close connections whose pings went unanswered.
     FlushDead,
+    /// Close a user's connections (4004); `affected` counts them.
+    DisconnectUser(Arc<str>),
+    /// Unsubscribe a user's connections from a channel.
+    UnsubscribeUser {
+        user: Arc<str>,
+        channel: Arc<str>,
+    },
+    /// A channel's local subscribers: `affected` counts them,
+    /// `presence_users` has their users and, with `list`, `presence` them
+    /// (bounded).
+    Presence {
+        channel: Arc<str>,
+        list: bool,
+    },
+    /// A `join`/`leave` frame for the channel's native subscribers but
+    /// `except` (shard, connection); nobody waits for the answer.
+    Event {
+        channel: Arc<str>,
+        frame: Bytes,
+        except: (usize, ConnKey),
+    },
 }
 
 /// One shard's answer to a [`Gather`].
@@ -64,6 +85,10 @@ pub struct ShardReport {
     pub more_channels: bool,
     pub flushed: usize,
     pub internals: Internals,
+    /// Connections a per-user or presence query touched or found.
+    pub affected: usize,
+    pub presence: Vec<super::identity::PresenceEntry>,
+    pub presence_users: Vec<String>,
 }
 
 /// Sizes of a shard's internal structures, to show they stay bounded
@@ -103,6 +128,15 @@ pub enum ShardMsg {
         id: Option<u64>,
         reply: oneshot::Sender<Result<PublishResult, PublishError>>,
     },
+    /// To the home shard, from a message source: the channel's persisted
+    /// last message (ws4redis's SETEX'd key) and its time to live, for a
+    /// first subscriber who joined at offset `joined`.
+    Kept {
+        channel: Box<str>,
+        data: Bytes,
+        ttl: std::time::Duration,
+        joined: u64,
+    },
     /// From the home shard: deliver to local subscribers of the channel.
     Deliver {
         publication: Arc<Publication>,
@@ -140,6 +174,11 @@ pub enum ShardMsg {
         query: Gather,
         reply: oneshot::Sender<ShardReport>,
     },
+    /// Wake this connection's session for its protocol (a timed job of
+    /// its killed from another connection, see `protocol::jobs`). Pushed
+    /// as a consequence (never refused): one per kill, and kills are
+    /// rate-limited client requests.
+    WakeSession(ConnRef),
     /// Stop accepting; backend connections answer what they received.
     Shutdown,
     /// To every shard (the sender too), once during shutdown, after the

@@ -13,6 +13,7 @@ mod channels;
 mod client_ops;
 pub mod conn;
 mod delivery;
+pub mod identity;
 mod loops;
 pub mod mailbox;
 mod messages;
@@ -83,6 +84,10 @@ pub struct Shard {
     pub(super) inflater: RefCell<Inflater>,
     pub metrics: ShardMetrics,
     pub(super) ping: Bytes,
+    /// Users with connections here (ids interned once per shard).
+    pub(super) users: RefCell<identity::UserIndex>,
+    /// Connections that must `connect` by the deadline (`auth.required`).
+    pub(super) pending_auth: RefCell<Vec<(Rc<Conn>, std::time::Instant)>>,
 }
 
 impl Shard {
@@ -119,6 +124,8 @@ impl Shard {
             inflater: RefCell::default(),
             metrics: ShardMetrics::default(),
             ping: Bytes::from(ping_frame(b"")),
+            users: RefCell::default(),
+            pending_auth: RefCell::default(),
             node,
         })
     }

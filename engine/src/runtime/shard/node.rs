@@ -33,6 +33,8 @@ pub struct Node {
     /// bounded by the open-file limit less the descriptors kept for the
     /// backend port ([`ws_capacity`]).
     pub ws_capacity: usize,
+    /// Token keys and channel namespaces (`[auth]`).
+    pub access: crate::access::Access,
     /// Message sources (`[sources]`) and their state.
     pub sources: crate::sources::Sources,
 }
@@ -81,10 +83,16 @@ impl Node {
                 .amqp
                 .enabled
                 .then(|| Arc::new(crate::sources::amqp::AmqpSource::default())),
+            postgres: config
+                .sources
+                .postgres
+                .enabled
+                .then(|| Arc::new(crate::sources::SourceState::default())),
         };
         Arc::new(Node {
             sources,
             router: Router::new(&config),
+            access: crate::access::Access::new(&config.auth),
             mailboxes: (0..shards)
                 .map(|_| Mailbox::new(config.limits.mailbox_capacity))
                 .collect(),

@@ -31,6 +31,7 @@ impl Shard {
         for ch in subs {
             self.leave(&ch, conn.key);
         }
+        self.drop_identity(conn);
         if self.conns.borrow_mut().remove(conn.key).is_some() {
             self.node.connections.fetch_sub(1, Ordering::Relaxed);
         }

@@ -1,0 +1,394 @@
+//! Who a shard's connections are: the user index (user ids interned once
+//! per shard, each with its connections), connections waiting for
+//! `connect`, token expiry, and the per-user and presence questions every
+//! shard answers for the backend (`disconnect`, `unsubscribe`,
+//! `presence`).
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Instant;
+
+use super::*;
+use crate::access::{self, Claims, Identity};
+use crate::protocol::adapter::protocol;
+use crate::pubsub::ops::OpError;
+
+/// One subscriber in a presence answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceEntry {
+    /// `shard.key`: unique among the node's connections now.
+    pub client: String,
+    pub user: String,
+    /// `info` claim, compact JSON.
+    pub info: Option<String>,
+}
+
+/// Presence lists longer than this are answered with counts only.
+pub const PRESENCE_LIST_MAX: usize = 1000;
+
+/// Users by id, each with its connections on this shard: interns the ids
+/// (one allocation per user per shard, however many connections).
+#[derive(Default)]
+pub struct UserIndex {
+    users: HashMap<Rc<str>, Vec<ConnKey>>,
+}
+
+impl UserIndex {
+    /// The interned id for `user`, with `conn` added to its connections.
+    pub fn add(&mut self, user: &str, conn: ConnKey) -> Rc<str> {
+        if let Some(k) = self.users.get_key_value(user).map(|(k, _)| k.clone()) {
+            if let Some(conns) = self.users.get_mut(user) {
+                conns.push(conn);
+            }
+            return k;
+        }
+        let k: Rc<str> = user.into();
+        self.users.insert(k.clone(), vec![conn]);
+        k
+    }
+
+    pub fn remove(&mut self, user: &str, conn: ConnKey) {
+        if let Some(conns) = self.users.get_mut(user) {
+            conns.retain(|&c| c != conn);
+            if conns.is_empty() {
+                self.users.remove(user);
+            }
+        }
+    }
+
+    pub fn conns(&self, user: &str) -> &[ConnKey] {
+        self.users.get(user).map_or(&[], |v| v)
+    }
+
+    pub fn len(&self) -> usize {
+        self.users.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+}
+
+impl Shard {
+    /// Gives `conn` the identity of verified `claims`.
+    pub(crate) fn set_identity(&self, conn: &Conn, claims: Claims) -> Rc<Identity> {
+        if let Some(old) = conn.identity() {
+            self.users.borrow_mut().remove(&old.user, conn.key);
+        }
+        let user = self.users.borrow_mut().add(&claims.sub, conn.key);
+        let id = Rc::new(Identity::new(user, claims));
+        conn.set_identity(Some(id.clone()));
+        id
+    }
+
+    /// Forgets `conn`'s identity (it is going away).
+    pub(crate) fn drop_identity(&self, conn: &Conn) {
+        if let Some(id) = conn.take_identity() {
+            self.users.borrow_mut().remove(&id.user, conn.key);
+        }
+    }
+
+    /// `conn` must `connect` within `ws.handshake_timeout`.
+    pub(crate) fn await_connect(&self, conn: &Rc<Conn>, now: Instant) {
+        let deadline = now + self.config().handshake_timeout();
+        self.pending_auth
+            .borrow_mut()
+            .push((conn.clone(), deadline));
+    }
+
+    /// Once a second: closes connections whose token expired (4003) and
+    /// those that did not `connect` in time (4001).
+    pub(super) fn check_identities(&self, now: Instant) {
+        if !self.node.access.enabled() {
+            return;
+        }
+        let late: Vec<Rc<Conn>> = {
+            let mut pending = self.pending_auth.borrow_mut();
+            let mut late = Vec::new();
+            pending.retain(|(c, deadline)| {
+                if !c.is_open() || c.identity().is_some() {
+                    return false;
+                }
+                if now >= *deadline {
+                    late.push(c.clone());
+                    return false;
+                }
+                true
+            });
+            late
+        };
+        for c in &late {
+            self.close_conn(c, access::CLOSE_UNAUTHORIZED, "unauthorized", false, now);
+        }
+        if self.users.borrow().is_empty() {
+            return;
+        }
+        let unix = access::token::unix_now();
+        let expired: Vec<Rc<Conn>> = self
+            .conns
+            .borrow()
+            .iter()
+            .filter(|c| {
+                c.is_open()
+                    && c.identity()
+                        .is_some_and(|id| id.exp.is_some_and(|exp| exp <= unix))
+            })
+            .cloned()
+            .collect();
+        for c in &expired {
+            self.close_conn(c, access::CLOSE_TOKEN_EXPIRED, "token expired", false, now);
+        }
+    }
+
+    /// Open connections of `user` on this shard.
+    fn user_conns(&self, user: &str) -> Vec<Rc<Conn>> {
+        let conns = self.conns.borrow();
+        self.users
+            .borrow()
+            .conns(user)
+            .iter()
+            .filter_map(|&k| conns.get(k).cloned())
+            .filter(|c| c.is_open())
+            .collect()
+    }
+
+    /// Closes every connection of `user` here with 4004; how many.
+    pub(super) fn disconnect_user(&self, user: &str) -> usize {
+        let conns = self.user_conns(user);
+        let now = Instant::now();
+        for c in &conns {
+            self.close_conn(c, access::CLOSE_DISCONNECTED, "disconnected", false, now);
+        }
+        conns.len()
+    }
+
+    /// Unsubscribes every connection of `user` here from `channel`; how
+    /// many were subscribed.
+    pub(super) fn unsubscribe_user(&self, user: &str, channel: &str) -> usize {
+        self.user_conns(user)
+            .iter()
+            .filter(|c| self.unsubscribe(c, channel))
+            .count()
+    }
+
+    /// This shard's subscribers of `channel` (at most `max`) and how many
+    /// there are, with their distinct users.
+    pub(super) fn local_presence(
+        &self,
+        channel: &str,
+        max: usize,
+    ) -> (Vec<PresenceEntry>, usize, Vec<String>) {
+        let table = self.table.borrow();
+        let conns = self.conns.borrow();
+        let Some(subs) = table.subscribers(channel) else {
+            return (Vec::new(), 0, Vec::new());
+        };
+        let mut list = Vec::new();
+        let mut users: Vec<String> = Vec::new();
+        for &key in subs {
+            let Some(c) = conns.get(key) else { continue };
+            let id = c.identity();
+            let user = id.as_ref().map_or("", |id| &*id.user);
+            if !users.iter().any(|u| u == user) {
+                users.push(user.to_owned());
+            }
+            if list.len() < max {
+                list.push(PresenceEntry {
+                    client: format!("{}.{}", self.id, key),
+                    user: user.to_owned(),
+                    info: id.as_ref().and_then(|id| id.info().map(str::to_owned)),
+                });
+            }
+        }
+        (list, subs.len(), users)
+    }
+
+    /// Presence of `channel` over every shard, as the JSON result of
+    /// `presence` (`stats`: `presence_stats`): `{"presence":{CLIENT:
+    /// {"client","user","info"?}}}`, or counts
+    /// `{"num_clients":n,"num_users":m}` for stats and for channels with
+    /// more than [`PRESENCE_LIST_MAX`] subscribers.
+    pub(crate) async fn presence_json(&self, channel: &str, stats: bool) -> Vec<u8> {
+        let query = Gather::Presence {
+            channel: channel.into(),
+            list: !stats,
+        };
+        let reports = self.gather(query).await;
+        let clients: usize = reports.iter().map(|r| r.affected).sum();
+        let mut users: Vec<&str> = reports
+            .iter()
+            .flat_map(|r| r.presence_users.iter().map(|u| &**u))
+            .collect();
+        users.sort_unstable();
+        users.dedup();
+        if stats || clients > PRESENCE_LIST_MAX {
+            let too_many = if stats { "" } else { r#","truncated":true"# };
+            return format!(
+                r#"{{"num_clients":{clients},"num_users":{}{too_many}}}"#,
+                users.len()
+            )
+            .into_bytes();
+        }
+        let mut out = br#"{"presence":{"#.to_vec();
+        let entries = reports.iter().flat_map(|r| r.presence.iter());
+        for (i, e) in entries.enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_json_str(&mut out, &e.client);
+            out.extend_from_slice(br#":{"client":"#);
+            write_json_str(&mut out, &e.client);
+            out.extend_from_slice(br#","user":"#);
+            write_json_str(&mut out, &e.user);
+            if let Some(info) = &e.info {
+                out.extend_from_slice(br#","info":"#);
+                out.extend_from_slice(info.as_bytes());
+            }
+            out.push(b'}');
+        }
+        out.extend_from_slice(b"}}");
+        out
+    }
+
+    /// A `join` or `leave` event for `conn` on `channel`, when the
+    /// channel's namespace has `join_leave`: to every native subscriber
+    /// of the channel on every shard (the connection itself excluded).
+    pub(super) fn join_leave(&self, kind: &str, conn: &Conn, channel: &str) {
+        if !self.node.access.namespaces.rule(channel).join_leave {
+            return;
+        }
+        let id = conn.identity();
+        let mut json =
+            format!(r#"{{"jsonrpc":"2.0","method":"{kind}","params":{{"channel":"#).into_bytes();
+        write_json_str(&mut json, channel);
+        json.extend_from_slice(br#","client":"#);
+        write_json_str(&mut json, &format!("{}.{}", self.id, conn.key));
+        json.extend_from_slice(br#","user":"#);
+        write_json_str(&mut json, id.as_ref().map_or("", |id| &id.user));
+        if let Some(info) = id.as_ref().and_then(|id| id.info()) {
+            json.extend_from_slice(br#","info":"#);
+            json.extend_from_slice(info.as_bytes());
+        }
+        json.extend_from_slice(b"}}");
+        let mut frame = Vec::with_capacity(json.len() + 4);
+        crate::protocol::codec::write_frame(
+            &mut frame,
+            crate::protocol::codec::OpCode::Text,
+            &json,
+        );
+        let query = Gather::Event {
+            channel: channel.into(),
+            frame: bytes::Bytes::from(frame),
+            except: (self.id, conn.key),
+        };
+        for shard in 0..self.node.shards {
+            if shard == self.id {
+                continue;
+            }
+            // Nobody waits for the answer.
+            let (reply, _) = futures_channel::oneshot::channel();
+            self.node.mailboxes[shard].push(ShardMsg::Gather {
+                query: query.clone(),
+                reply,
+            });
+        }
+        self.deliver_event(&query);
+    }
+
+    /// Sends a [`Gather::Event`] to this shard's native subscribers.
+    pub(super) fn deliver_event(&self, query: &Gather) {
+        let Gather::Event {
+            channel,
+            frame,
+            except,
+        } = query
+        else {
+            return;
+        };
+        let targets: Vec<Rc<Conn>> = {
+            let table = self.table.borrow();
+            let conns = self.conns.borrow();
+            let Some(subs) = table.subscribers(channel) else {
+                return;
+            };
+            subs.iter()
+                .filter(|&&k| (self.id, k) != *except)
+                .filter_map(|&k| conns.get(k).cloned())
+                .filter(|c| c.is_open() && protocol(c.proto).name() == "native")
+                .collect()
+        };
+        for c in &targets {
+            self.send_control(c, frame.clone());
+        }
+    }
+
+    /// `connect`: authenticates a connection that has no identity yet.
+    pub(super) fn connect(&self, conn: &Conn, token: &str) -> Result<Outcome, OpError> {
+        if conn.identity().is_some() {
+            return Err(OpError::Denied("permission denied: already connected"));
+        }
+        let claims = self.verify(token)?;
+        let id = self.set_identity(conn, claims);
+        Ok(Outcome::Connected {
+            user: (*id.user).into(),
+            exp: id.exp,
+        })
+    }
+
+    /// `refresh`: a new token for the same user.
+    pub(super) fn refresh(&self, conn: &Conn, token: &str) -> Result<Outcome, OpError> {
+        let Some(old) = conn.identity() else {
+            return Err(OpError::Unauthorized("connect first"));
+        };
+        let claims = self.verify(token)?;
+        if claims.sub != *old.user {
+            return Err(OpError::Unauthorized(
+                access::TokenError::WrongSubject.reason(),
+            ));
+        }
+        let id = Rc::new(Identity::new(old.user.clone(), claims));
+        conn.set_identity(Some(id.clone()));
+        Ok(Outcome::Connected {
+            user: (*id.user).into(),
+            exp: id.exp,
+        })
+    }
+
+    /// Whether a subscription token is valid for `channel` and `conn`.
+    pub(super) fn check_subscribe_token(
+        &self,
+        conn: &Conn,
+        channel: &str,
+        token: &str,
+    ) -> Result<(), OpError> {
+        let claims = self.verify(token)?;
+        let user = conn.identity();
+        let user = user.as_ref().map_or("", |id| &*id.user);
+        let for_channel = claims.channel.as_deref() == Some(channel);
+        if !for_channel || (!claims.sub.is_empty() && claims.sub != user) {
+            return Err(OpError::Unauthorized(
+                access::TokenError::WrongSubject.reason(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn verify(&self, token: &str) -> Result<Claims, OpError> {
+        self.node
+            .access
+            .verifier
+            .verify(token, access::token::unix_now())
+            .map_err(|e| OpError::Unauthorized(e.reason()))
+    }
+
+    /// Whether `conn` must `connect` before anything else.
+    pub(super) fn needs_connect(&self, conn: &Conn) -> bool {
+        self.node.access.required
+            && self.node.access.enabled()
+            && protocol(conn.proto).public()
+            && conn.identity().is_none()
+    }
+}
+
+use crate::pubsub::ops::Outcome;
+use crate::pubsub::publication::write_json_str;

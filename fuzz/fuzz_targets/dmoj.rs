@@ -1,0 +1,5 @@
+//! AFL++ target: `ringcast_fuzz::dmoj` (see its documentation and
+//! `fuzz/README.md`). Persistent mode: one process runs many inputs.
+fn main() {
+    afl::fuzz!(|data: &[u8]| ringcast_fuzz::dmoj(data));
+}
