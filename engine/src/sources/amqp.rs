@@ -83,10 +83,11 @@ impl AmqpSource {
         )
     }
 
-    /// The source's Prometheus lines.
+    /// The source's own Prometheus families (the shared
+    /// `ringcast_source_*` ones come from [`super::prometheus_families`]).
     pub fn prometheus(&self) -> String {
         format!(
-            "{}# HELP ringcast_amqp_rejected_total AMQP bodies rejected (nacked without requeue).\n\
+            "# HELP ringcast_amqp_rejected_total AMQP bodies rejected (nacked without requeue).\n\
              # TYPE ringcast_amqp_rejected_total counter\n\
              ringcast_amqp_rejected_total {}\n\
              # HELP ringcast_amqp_ids_replaced_total AMQP publications whose poster id was not ahead and got the next node id.\n\
@@ -95,7 +96,6 @@ impl AmqpSource {
              # HELP ringcast_amqp_duplicates_total AMQP redeliveries already published, acknowledged without publishing.\n\
              # TYPE ringcast_amqp_duplicates_total counter\n\
              ringcast_amqp_duplicates_total {}\n",
-            self.state.prometheus("amqp"),
             self.rejected.load(Ordering::Relaxed),
             self.ids_replaced.load(Ordering::Relaxed),
             self.duplicates.load(Ordering::Relaxed),

@@ -49,29 +49,59 @@ impl SourceState {
             self.messages.load(Ordering::Relaxed),
         )
     }
+}
 
-    /// Its Prometheus lines.
-    pub fn prometheus(&self, name: &str) -> String {
-        let g = |v: u64| v.to_string();
-        format!(
-            "# HELP ringcast_source_connected Whether the message source is connected.\n\
-             # TYPE ringcast_source_connected gauge\n\
-             ringcast_source_connected{{source=\"{name}\"}} {}\n\
-             # HELP ringcast_source_reconnects_total Reconnections of the message source.\n\
-             # TYPE ringcast_source_reconnects_total counter\n\
-             ringcast_source_reconnects_total{{source=\"{name}\"}} {}\n\
-             # HELP ringcast_source_messages_total Messages published from the source.\n\
-             # TYPE ringcast_source_messages_total counter\n\
-             ringcast_source_messages_total{{source=\"{name}\"}} {}\n\
-             # HELP ringcast_source_skipped_total Source messages not published.\n\
-             # TYPE ringcast_source_skipped_total counter\n\
-             ringcast_source_skipped_total{{source=\"{name}\"}} {}\n",
-            u8::from(self.connected.load(Ordering::Relaxed)),
-            g(self.reconnects.load(Ordering::Relaxed)),
-            g(self.messages.load(Ordering::Relaxed)),
-            g(self.skipped.load(Ordering::Relaxed)),
-        )
+/// The `ringcast_source_*` families every source has: name, kind, help,
+/// and the value of one source's sample.
+type Family = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&SourceState) -> u64,
+);
+
+const FAMILIES: [Family; 4] = [
+    (
+        "ringcast_source_connected",
+        "gauge",
+        "Whether the message source is connected.",
+        |s| u64::from(s.connected.load(Ordering::Relaxed)),
+    ),
+    (
+        "ringcast_source_reconnects_total",
+        "counter",
+        "Reconnections of the message source.",
+        |s| s.reconnects.load(Ordering::Relaxed),
+    ),
+    (
+        "ringcast_source_messages_total",
+        "counter",
+        "Messages published from the source.",
+        |s| s.messages.load(Ordering::Relaxed),
+    ),
+    (
+        "ringcast_source_skipped_total",
+        "counter",
+        "Source messages not published.",
+        |s| s.skipped.load(Ordering::Relaxed),
+    ),
+];
+
+/// The shared families for `sources` (name, state): each family's
+/// `# HELP` and `# TYPE` once, then one sample per source, labelled
+/// `source="name"` (the exposition format allows a family once).
+pub fn prometheus_families(sources: &[(&str, &SourceState)]) -> String {
+    let mut out = String::new();
+    if sources.is_empty() {
+        return out;
     }
+    for (name, kind, help, value) in FAMILIES {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for (source, state) in sources {
+            out.push_str(&format!("{name}{{source=\"{source}\"}} {}\n", value(state)));
+        }
+    }
+    out
 }
 
 /// Publishes `data` on `channel` from outside the shards: the message goes
@@ -132,18 +162,52 @@ impl Sources {
         out
     }
 
-    /// Lines appended to `/metrics`.
+    /// Lines appended to `/metrics`: the shared `ringcast_source_*`
+    /// families, one sample per running source, then each source's own.
     pub fn prometheus(&self) -> String {
-        let mut out = String::new();
+        let mut all: Vec<(&str, &SourceState)> = Vec::new();
         if let Some(r) = &self.redis {
-            out.push_str(&r.state.prometheus("redis"));
+            all.push(("redis", &r.state));
         }
+        if let Some(a) = &self.amqp {
+            all.push(("amqp", &a.state));
+        }
+        if let Some(p) = &self.postgres {
+            all.push(("postgres", p));
+        }
+        let mut out = prometheus_families(&all);
         if let Some(a) = &self.amqp {
             out.push_str(&a.prometheus());
         }
-        if let Some(p) = &self.postgres {
-            out.push_str(&p.prometheus("postgres"));
-        }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_families_are_declared_once_with_a_sample_per_source() {
+        let redis = SourceState::default();
+        let amqp = SourceState::default();
+        amqp.set_connected(true);
+        amqp.messages.store(7, Ordering::Relaxed);
+        let text = prometheus_families(&[("redis", &redis), ("amqp", &amqp)]);
+        for (name, _, _, _) in FAMILIES {
+            assert_eq!(text.matches(&format!("# HELP {name} ")).count(), 1);
+            assert_eq!(text.matches(&format!("# TYPE {name} ")).count(), 1);
+        }
+        assert!(text.starts_with(
+            "# HELP ringcast_source_connected Whether the message source is connected.\n\
+             # TYPE ringcast_source_connected gauge\n\
+             ringcast_source_connected{source=\"redis\"} 0\n\
+             ringcast_source_connected{source=\"amqp\"} 1\n"
+        ));
+        assert!(text.contains(
+            "ringcast_source_messages_total{source=\"redis\"} 0\n\
+             ringcast_source_messages_total{source=\"amqp\"} 7\n"
+        ));
+        assert_eq!(prometheus_families(&[]), "");
     }
 }

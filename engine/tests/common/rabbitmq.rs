@@ -169,13 +169,16 @@ impl RabbitMq {
         }
     }
 
-    /// Stops it with SIGTERM (RabbitMQ shuts down cleanly), SIGKILL
-    /// after 30 s, then starts it again on the same ports with the same
-    /// data (durable exchanges, queues and persistent messages survive).
+    /// Stops it cleanly, SIGKILL after 30 s, then starts it again on the
+    /// same ports with the same data (durable exchanges, queues and
+    /// persistent messages survive). The SIGTERM goes to the start script
+    /// only, which traps it and passes it to the Erlang VM, which shuts
+    /// the broker down; the VM's helper processes (`erl_child_setup`,
+    /// port programs) are left to the VM instead of being signalled too.
     pub fn restart(&mut self) {
         if let Some(c) = self.child.as_mut() {
             let _ = Command::new("kill")
-                .args(["-TERM", "--", &format!("-{}", c.id())])
+                .args(["-TERM", &c.id().to_string()])
                 .stderr(Stdio::null())
                 .status();
             let deadline = Instant::now() + Duration::from_secs(30);
