@@ -188,23 +188,7 @@ impl Seen {
 
 /// Starts the bridge thread. Returns once the thread is running.
 pub fn start(node: Arc<Node>, source: Arc<AmqpSource>) -> std::io::Result<()> {
-    std::thread::Builder::new()
-        .name("source-amqp".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_time()
-                .enable_io()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::error!("amqp source: no runtime: {e}");
-                    return;
-                }
-            };
-            rt.block_on(run(node, source));
-        })?;
-    Ok(())
+    super::spawn_bridge("amqp", move || run(node, source))
 }
 
 /// Why a session ended.
@@ -218,7 +202,7 @@ enum End {
 async fn run(node: Arc<Node>, source: Arc<AmqpSource>) {
     let cfg = node.config.sources.amqp.clone();
     let shown = node.config.redacted().sources.amqp.url;
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = super::Backoff::default();
     let mut first = true;
     let mut seen = Seen::default();
     loop {
@@ -226,9 +210,9 @@ async fn run(node: Arc<Node>, source: Arc<AmqpSource>) {
             End::NodeGone => return,
             End::Lost(e) => {
                 source.state.set_connected(false);
-                tracing::warn!("amqp source: {shown}: {e}; reconnecting in {backoff:?}");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                let delay = backoff.delay();
+                tracing::warn!("amqp source: {shown}: {e}; reconnecting in {delay:?}");
+                backoff.wait().await;
             }
         }
     }
@@ -250,7 +234,7 @@ async fn session(
     cfg: &AmqpSourceConfig,
     seen: &mut Seen,
     first: &mut bool,
-    backoff: &mut Duration,
+    backoff: &mut super::Backoff,
 ) -> End {
     let lost = |what: &str, e: lapin::Error| End::Lost(format!("{what}: {e}"));
     let conn = match Connection::connect(&cfg.url, ConnectionProperties::default()).await {
@@ -344,7 +328,7 @@ async fn session(
         state.reconnects.fetch_add(1, Ordering::Relaxed);
     }
     *first = false;
-    *backoff = Duration::from_millis(100);
+    backoff.reset();
     state.set_connected(true);
     tracing::info!(
         "amqp source: consuming {name} bound to {:?} with {:?}",

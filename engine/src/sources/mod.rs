@@ -104,6 +104,73 @@ pub fn prometheus_families(sources: &[(&str, &SourceState)]) -> String {
     out
 }
 
+/// Starts a source's bridge thread, `source-{name}`: a current-thread
+/// tokio runtime of its own running the future `make` builds there (so
+/// the future need not be `Send`). Returns once the thread is running.
+pub fn spawn_bridge<F, Fut>(name: &str, make: F) -> std::io::Result<()>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let label = name.to_owned();
+    std::thread::Builder::new()
+        .name(format!("source-{name}"))
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!("{label} source: no runtime: {e}");
+                    return;
+                }
+            };
+            rt.block_on(make());
+        })?;
+    Ok(())
+}
+
+/// A source's reconnection delay: 100 ms, doubling after each failed
+/// attempt up to 5 s, back to 100 ms once connected.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { next: Self::FIRST }
+    }
+}
+
+impl Backoff {
+    pub const FIRST: Duration = Duration::from_millis(100);
+    pub const MAX: Duration = Duration::from_secs(5);
+
+    /// The delay the next [`wait`](Self::wait) sleeps (for the log line).
+    pub fn delay(&self) -> Duration {
+        self.next
+    }
+
+    /// The delay to sleep now; the next one is doubled (at most `MAX`).
+    pub fn step(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (d * 2).min(Self::MAX);
+        d
+    }
+
+    /// Sleeps the current delay and doubles the next.
+    pub async fn wait(&mut self) {
+        tokio::time::sleep(self.step()).await;
+    }
+
+    /// Connected: the next failure waits `FIRST` again.
+    pub fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
 /// Publishes `data` on `channel` from outside the shards: the message goes
 /// to the channel's home shard's mailbox, as a publish from another shard
 /// would. A full mailbox is waited out (1 ms steps), so a source slows
@@ -186,6 +253,17 @@ impl Sources {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_doubles_to_five_seconds_and_resets() {
+        let mut b = Backoff::default();
+        let steps: Vec<u64> = (0..9).map(|_| b.step().as_millis() as u64).collect();
+        assert_eq!(steps, [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
+        b.reset();
+        assert_eq!(b.delay(), Duration::from_millis(100));
+        assert_eq!(b.step(), Backoff::FIRST);
+        assert_eq!(b.delay(), Duration::from_millis(200));
+    }
 
     #[test]
     fn shared_families_are_declared_once_with_a_sample_per_source() {
