@@ -328,6 +328,32 @@ pub struct Exchange {
     pub reply: ReplyWriter,
 }
 
+impl Exchange {
+    /// Nothing to run and nothing to say.
+    pub fn none() -> Self {
+        Self::reply(ReplyWriter::new(false))
+    }
+
+    /// Only a reply the protocol already wrote; nothing to run.
+    pub fn reply(reply: ReplyWriter) -> Self {
+        Exchange {
+            calls: Vec::new(),
+            reply,
+        }
+    }
+
+    /// One operation whose answer needs no id (`write_answer` gets `None`).
+    pub fn call(op: Op) -> Self {
+        Exchange {
+            calls: vec![Call {
+                id: None,
+                op: Ok(op),
+            }],
+            reply: ReplyWriter::new(false),
+        }
+    }
+}
+
 /// One call of an [`Exchange`]: an operation to run, or a rejection the
 /// protocol already decided (malformed params, unknown method). `id`
 /// correlates the answer (JSON-RPC's raw `id`; `None`: no answer wanted).

@@ -24,7 +24,7 @@ use bytes::Bytes;
 use simd_json::prelude::*;
 use simd_json::BorrowedValue as Value;
 
-use super::adapter::{Answer, Call, Exchange, Protocol, SessionState};
+use super::adapter::{Answer, Exchange, Protocol, SessionState};
 use super::rpc::{valid_channel, ReplyWriter, RpcParser};
 use crate::ops::config::Config;
 use crate::pubsub::ops::{Op, OpError, Outcome};
@@ -227,20 +227,7 @@ fn js_string(v: Option<&Value<'_>>) -> String {
 fn only_reply(json: &[u8]) -> Exchange {
     let mut reply = ReplyWriter::new(false);
     reply.raw(json);
-    Exchange {
-        calls: Vec::new(),
-        reply,
-    }
-}
-
-fn one_call(op: Op) -> Exchange {
-    Exchange {
-        calls: vec![Call {
-            id: None,
-            op: Ok(op),
-        }],
-        reply: ReplyWriter::new(false),
-    }
+    Exchange::reply(reply)
 }
 
 /// An engine error in DMOJ's words.
@@ -292,15 +279,12 @@ impl Protocol for DmojReceiver {
             Err(e) => only_reply(&e.to_json()),
             Ok(Command::StartMsg(start)) => {
                 state.start = start;
-                Exchange {
-                    calls: Vec::new(),
-                    reply: ReplyWriter::new(false),
-                }
+                Exchange::none()
             }
             // DMOJ's follower sees every later message (its `last_msg`
             // moves with each one), so a later set-filter without a new
             // start-msg replays nothing: the start is used once.
-            Ok(Command::SetFilter(channels)) => one_call(Op::Follow {
+            Ok(Command::SetFilter(channels)) => Exchange::call(Op::Follow {
                 channels,
                 after_id: state.start.take(),
             }),
@@ -386,8 +370,8 @@ impl Protocol for DmojSender {
                     Some("authenticate first: {\"command\":\"auth\",\"key\":KEY}"),
                 ))
             }
-            Ok(Command::Post { channel, data }) => one_call(Op::Post { channel, data }),
-            Ok(Command::LastMsg) => one_call(Op::LastId),
+            Ok(Command::Post { channel, data }) => Exchange::call(Op::Post { channel, data }),
+            Ok(Command::LastMsg) => Exchange::call(Op::LastId),
             Ok(_) => only_reply(&error_json("bad-command", Some("bad command"))),
         }
     }
@@ -473,10 +457,7 @@ impl Protocol for DmojPoll {
         _: Instant,
     ) -> Exchange {
         // A long-poll sends no messages after its request.
-        Exchange {
-            calls: Vec::new(),
-            reply: ReplyWriter::new(false),
-        }
+        Exchange::none()
     }
 
     fn write_answer(&self, _: &mut SessionState, _: &mut ReplyWriter, _: Option<&[u8]>, _: Answer) {

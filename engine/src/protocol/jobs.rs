@@ -83,7 +83,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::adapter::{Answer, Call, Exchange, Protocol, SessionState, SessionWake};
+use super::adapter::{Answer, Exchange, Protocol, SessionState, SessionWake};
 use super::rpc::{ReplyWriter, RpcParser};
 use crate::ops::config::{Config, JobReplies, JobScope};
 use crate::pubsub::ops::Op;
@@ -143,13 +143,7 @@ impl Protocol for Jobs {
             s.pending.push_back((cmd, now));
         }
         // One call per message: the engine's rate limit takes its token.
-        Exchange {
-            calls: vec![Call {
-                id: None,
-                op: Ok(Op::Heartbeat),
-            }],
-            reply: ReplyWriter::new(false),
-        }
+        Exchange::call(Op::Heartbeat)
     }
 
     fn next_deadline(&self, state: &SessionState) -> Option<Instant> {
