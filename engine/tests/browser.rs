@@ -13,7 +13,10 @@
 //!   `jobs` protocol at the site root;
 //! - `permessage-deflate`, which Chromium offers and ringcast declines by
 //!   default and accepts with `ws.compression = "shared"`;
-//! - the dashboard under `ringcast-loadgen fanout`, with a screenshot.
+//! - the dashboard under `ringcast-loadgen fanout`, with a screenshot;
+//! - LQDOJ's receiver: the socket.io-client browser bundle with its default
+//!   transports (polling, then the upgrade to WebSocket), publications
+//!   across the switch exactly once, in order.
 //!
 //! Without Chromium, Node or the driver package (`scripts/setup.sh`
 //! installs them) the tests print why and pass, except under `CI=true`,
@@ -247,6 +250,16 @@ fn serve_page(stream: TcpStream, up: Upstream, counters: &Mutex<HashMap<String, 
             "text/html",
             include_str!("browser/pages/dmoj.html").into(),
         ),
+        "/socketio.html" => (
+            200,
+            "text/html",
+            include_str!("browser/pages/socketio.html").into(),
+        ),
+        // The npm package's browser bundle, as LQDOJ's pages load it.
+        "/socket.io.min.js" => match std::fs::read_to_string(socketio_bundle()) {
+            Ok(js) => (200, "text/javascript", js),
+            Err(e) => (404, "text/plain", e.to_string()),
+        },
         "/post" => {
             let channel = q["channel"].to_owned();
             let k = next(counters, &channel);
@@ -821,4 +834,68 @@ fn dashboard_under_load_renders_live_figures_and_a_screenshot() {
         png.len()
     );
     eprintln!("dashboard screenshot: {}", shot.display());
+}
+
+/// socket.io-client's browser bundle, from the npm package the Socket.IO
+/// tests install (`engine/tests/clients`).
+fn socketio_bundle() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/clients/node_modules/socket.io-client/dist/socket.io.min.js")
+}
+
+#[test]
+fn lqdoj_socketio_page_polls_upgrades_and_gets_every_publication_once() {
+    let Some(_browser) = browser_available("lqdoj_socketio_page") else {
+        return;
+    };
+    if !socketio_bundle().exists() {
+        let what = "socket.io-client (cd engine/tests/clients && npm ci)";
+        assert!(!in_ci(), "lqdoj_socketio_page needs {what}");
+        eprintln!("skipping lqdoj_socketio_page: {what} is missing");
+        return;
+    }
+    let server = Server::start_with(
+        &["--shards", "2"],
+        &[
+            ("RINGCAST_PROTOCOLS_SOCKETIO_ENABLED", "true"),
+            ("RINGCAST_PROTOCOLS_SOCKETIO_TOKEN", "page-test"),
+        ],
+    );
+    let pages = PageServer::start(page_listener(), &server);
+    let n = 40u64;
+    let url = format!(
+        "http://{}/socketio.html?server=http://{}&channel=contest&n={n}",
+        pages.addr, server.ws
+    );
+    let d = drive(&url, &[]);
+    let r = &d.result;
+    eprintln!("socketio page: {r}");
+    assert_eq!(r["transports"], json!(["polling", "websocket"]), "{r}");
+    assert_eq!(r["final"], "websocket", "{r}");
+    // Every publication once, in order, across the switch.
+    let want: Vec<u64> = (1..=n).collect();
+    assert_eq!(r["got"], json!(want), "{r}");
+    let ids: Vec<u64> = r["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{r}");
+    assert_eq!(r["statuses"], 1, "{r}");
+    // The browser's WebSocket was the upgrade of its polling session.
+    let upgrade = d
+        .handshakes
+        .iter()
+        .find(|h| {
+            h["url"]
+                .as_str()
+                .is_some_and(|u| u.contains("transport=websocket"))
+        })
+        .unwrap_or_else(|| panic!("no WebSocket handshake: {:?}", d.handshakes));
+    assert_eq!(upgrade["status"], 101, "{upgrade}");
+    assert!(
+        upgrade["url"].as_str().unwrap().contains("&sid="),
+        "{upgrade}"
+    );
 }

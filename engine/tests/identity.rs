@@ -64,6 +64,7 @@ const NAMESPACES: &str = r#"
 [[auth.namespaces]]
 prefix = "user:"
 subscribe = "owner"
+presence = true
 
 [[auth.namespaces]]
 prefix = "staff:"
@@ -535,6 +536,12 @@ fn presence_across_shards_and_per_user_backend_calls() {
         error_of(&r),
         (-32004, "permission denied: presence is off here".into())
     );
+    // The backend too: nothing is kept for such a channel.
+    let r = server.backend("presence", json!({"channel": "lobby"}));
+    assert_eq!(
+        r["error"],
+        json!({"code": -32004, "message": "permission denied: presence is not kept here (set presence = true in the channel's namespace)"})
+    );
 
     // unsubscribe {user, channel}: bob stops receiving, ann does not.
     let r = server.call("unsubscribe", json!({"user": "bob", "channel": "ro:room"}));
@@ -638,4 +645,36 @@ fn join_and_leave_events_reach_subscribers_on_both_shards() {
     let mut b = server.ws("/");
     subscribe(&mut b, "lobby");
     assert_silent(&mut a, Duration::from_millis(300));
+}
+
+#[test]
+fn user_channel_publications_reach_every_connection_of_the_user_on_both_shards() {
+    let server = start(&secret_config(false), &["--shards", "2"]);
+    let mut anns = user_on_both_shards(&server, "ann");
+    // One of ann's connections also subscribed: it gets it once all the same.
+    subscribe(&mut anns[0], "user:ann");
+    let mut bob = ws_with_token(&server, &user("bob"));
+    let mut anon = server.ws("/");
+    server.emit("user:ann", json!("for ann"));
+    for ws in &mut anns {
+        let v = recv(ws);
+        assert_eq!(v["params"]["channel"], "user:ann", "{v}");
+        assert_eq!(v["params"]["data"], "for ann", "{v}");
+    }
+    for ws in anns.iter_mut().chain([&mut bob, &mut anon]) {
+        assert_silent(ws, Duration::from_millis(200));
+    }
+
+    // unsubscribe {user, channel} on every shard: all of ann's
+    // connections leave "lobby", bob stays.
+    for ws in anns.iter_mut().chain([&mut bob]) {
+        subscribe(ws, "lobby");
+    }
+    let r = server.call("unsubscribe", json!({"user": "ann", "channel": "lobby"}));
+    assert_eq!(r, json!({"unsubscribed": anns.len()}));
+    server.emit("lobby", json!("after"));
+    assert_eq!(recv(&mut bob)["params"]["data"], "after");
+    for ws in &mut anns {
+        assert_silent(ws, Duration::from_millis(200));
+    }
 }

@@ -1089,3 +1089,66 @@ fn lqdojs_python_clients_with_default_transports() {
         }
     }
 }
+
+#[test]
+fn a_polling_session_takes_one_place_of_max_connections() {
+    let l = start(&[("RINGCAST_LIMITS_MAX_CONNECTIONS", "4")]);
+    let a = l.server.ws;
+    // Three connected sessions, each with a GET parked on its own socket.
+    let mut parked = Vec::new();
+    for _ in 0..3 {
+        let sid = poll_open(a);
+        assert_eq!(poll_post(a, &sid, "40").body, "ok");
+        assert!(poll_packets(a, &sid, 1)[0].starts_with("40{"));
+        let mut s = TcpStream::connect(a).unwrap();
+        write!(s, "GET {POLL}&sid={sid} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        parked.push(s);
+    }
+    // The one-request connections above are gone; the session itself
+    // holds no socket (the bridge took a second place per session).
+    std::thread::sleep(Duration::from_millis(300));
+    let (mut ws, _) = raw(a);
+    assert!(connect_as(&mut ws, "{}").starts_with("40{"));
+    // All four places are taken now: the next socket is refused.
+    let r = http(a, "GET", POLL, "");
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.body.contains("server at capacity"), "{}", r.body);
+    // A place given back opens a session again.
+    let _ = ws.close(None);
+    drop(ws);
+    std::thread::sleep(Duration::from_millis(500));
+    let sid = poll_open(a);
+    assert_eq!(poll_post(a, &sid, "40").body, "ok");
+    assert!(poll_packets(a, &sid, 1)[0].starts_with("40{"));
+}
+
+#[test]
+fn closing_a_parked_get_ends_its_session_only() {
+    let l = start(&[]);
+    let a = l.server.ws;
+    let (sid, other) = (poll_open(a), poll_open(a));
+    for s in [&sid, &other] {
+        assert_eq!(poll_post(a, s, "40").body, "ok");
+        assert!(poll_packets(a, s, 1)[0].starts_with("40{"));
+    }
+    let mut parked = TcpStream::connect(a).unwrap();
+    write!(parked, "GET {POLL}&sid={sid} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    // A closed tab: as in engine.io, the session ends with its poll.
+    drop(parked);
+    std::thread::sleep(Duration::from_millis(300));
+    let r = poll_get(a, &sid);
+    assert_eq!(
+        (r.status, serde_json::from_str::<Value>(&r.body).unwrap()),
+        (400, eio_error(1, "Session ID unknown"))
+    );
+    // The other session goes on.
+    assert_eq!(
+        poll_post(a, &other, r#"42["set-filter",{"filter":["x"]}]"#).body,
+        "ok"
+    );
+    assert_eq!(
+        poll_packets(a, &other, 1),
+        vec![r#"42["status",{"status":"success"}]"#]
+    );
+}

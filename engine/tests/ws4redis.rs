@@ -1,7 +1,9 @@
 //! ws4redis / Rodan drop-in (issue 12), the endpoint alone (no Redis):
 //! Rodan's URL and payload byte for byte, only JSON or the heartbeat to
 //! Rodan's client, echo by origin, the kept last message and its expiry,
-//! heartbeat timing, and refusals of bad flags and facilities.
+//! heartbeat timing, and refusals of bad flags and facilities; user,
+//! group and session channels named after real RS256 tokens (issue 15),
+//! also fed by a real Redis.
 
 mod common;
 
@@ -17,6 +19,9 @@ const RODAN_URL: &str = "/ws/rodan?subscribe-broadcast&publish-broadcast&echo";
 /// What Rodan's trigger publishes (Python `json.dumps`, COMPAT 4.1).
 const RODAN_PAYLOAD: &str = r#"{"status": "updated", "project": "3f0c2a9e-7c1d-4f7e-9a55-0d2b1c9e8f10", "model": "workflowrun", "uuid": "6b1f0e2a9c3d4e5f8a7b6c5d4e3f2a1b"}"#;
 const HEARTBEAT: &str = "--heartbeat--";
+const NEEDS_IDENTITY: &str = "user, group and session channels need a connection token \
+                              (?token= or Authorization: Bearer) naming the user; this \
+                              request has none";
 
 fn rodan_server(expire: &str, heartbeat: &str) -> Server {
     Server::start_with(
@@ -237,11 +242,7 @@ fn bad_flags_and_facilities_are_refused_and_others_unaffected() {
             upgrade_status(&server, &format!("/ws/rodan?subscribe-broadcast&{flag}"));
         assert_eq!(status, 403, "{flag}: {body}");
         let v: Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(
-            v["error"],
-            "user, group and session channels need a logged-in identity, which ringcast does \
-             not support yet; only subscribe-broadcast and publish-broadcast are served"
-        );
+        assert_eq!(v["error"], NEEDS_IDENTITY);
     }
     let long = format!("/ws/{}?subscribe-broadcast", "f".repeat(300));
     let bad_facility = [long.as_str(), "/ws/caf\u{e9}?subscribe-broadcast"];
@@ -263,4 +264,200 @@ fn bad_flags_and_facilities_are_refused_and_others_unaffected() {
     assert_eq!(e["error"], "message not published: it is not UTF-8 text");
     send_text(&mut publ, "{}");
     assert_eq!(next_text(&mut bystander), "{}");
+}
+
+// ----- identities (issue 15) ---------------------------------------------
+
+fn keys() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/keys")
+}
+
+/// An RS256 token signed with the test key pair's private half.
+fn token(claims: Value) -> String {
+    let pem = std::fs::read(keys().join("rsa_private.pem")).unwrap();
+    let mut claims = claims;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    claims["exp"] = serde_json::json!(exp);
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_rsa_pem(&pem).unwrap(),
+    )
+    .unwrap()
+}
+
+fn alice() -> String {
+    token(serde_json::json!({"sub": "alice", "groups": ["staff"], "sid": "sess-a"}))
+}
+
+fn bob() -> String {
+    token(serde_json::json!({"sub": "bob", "groups": ["staff", "chess"], "sid": "sess-b"}))
+}
+
+/// Rodan's settings plus the RS256 public key, and `extra` variables.
+fn identity_server(extra: &[(&str, &str)]) -> Server {
+    let pem = keys().join("rsa_public.pem");
+    let mut env = vec![
+        ("RINGCAST_PROTOCOLS_WS4REDIS_PREFIX", "rodan"),
+        ("RINGCAST_PROTOCOLS_WS4REDIS_EXPIRE", "0"),
+        ("RINGCAST_AUTH_PUBLIC_KEY", pem.to_str().unwrap()),
+    ];
+    env.extend_from_slice(extra);
+    Server::start_with(&["--shards", "2"], &env)
+}
+
+#[test]
+fn user_group_and_session_channels_follow_the_token() {
+    let server = identity_server(&[]);
+    let (a, b) = (alice(), bob());
+    let mut alice_user = server.ws(&format!("/ws/foo?subscribe-user&token={a}"));
+    let mut bob_user = server.ws(&format!("/ws/foo?subscribe-user&token={b}"));
+    let mut alice_group = server.ws(&format!("/ws/foo?subscribe-group&token={a}"));
+    let mut bob_group = server.ws(&format!("/ws/foo?subscribe-group&token={b}"));
+    let mut alice_session = server.ws(&format!("/ws/foo?subscribe-session&token={a}"));
+    let mut bob_session = server.ws(&format!("/ws/foo?subscribe-session&token={b}"));
+    let mut broadcast = server.ws("/ws/foo?subscribe-broadcast");
+    settle();
+
+    // publish-user=SELF: alice's own user channel; bob's is another one.
+    let mut alice_pub = server.ws(&format!("/ws/foo?publish-user=SELF&token={a}"));
+    send_text(&mut alice_pub, "note to self");
+    assert_eq!(next_text(&mut alice_user), "note to self");
+    // The backend names the channel as ws4redis names the Redis one.
+    server.emit("rodan:user:bob:foo", serde_json::json!({"to": "bob"}));
+    assert_eq!(next_text(&mut bob_user), r#"{"to":"bob"}"#);
+    assert!(frames_within(&mut alice_user, Duration::from_millis(300)).is_empty());
+
+    // publish-group: one publication per group of the publisher.
+    let mut bob_pub = server.ws(&format!("/ws/foo?publish-group&token={b}"));
+    send_text(&mut bob_pub, "to my groups");
+    assert_eq!(next_text(&mut alice_group), "to my groups", "staff");
+    let mut got = vec![next_text(&mut bob_group), next_text(&mut bob_group)];
+    got.sort();
+    assert_eq!(got, ["to my groups", "to my groups"], "staff and chess");
+
+    // publish-session: the session channel of the token's sid.
+    let mut alice_sess_pub = server.ws(&format!("/ws/foo?publish-session&token={a}"));
+    send_text(&mut alice_sess_pub, "same session");
+    assert_eq!(next_text(&mut alice_session), "same session");
+
+    // Nobody saw what was not theirs; the broadcast channel is apart.
+    for ws in [
+        &mut alice_user,
+        &mut bob_user,
+        &mut alice_group,
+        &mut bob_session,
+        &mut broadcast,
+    ] {
+        let seen = frames_within(ws, Duration::from_millis(300));
+        assert!(seen.is_empty(), "{seen:?}");
+    }
+    // Another facility is another channel.
+    let mut other = server.ws(&format!("/ws/bar?subscribe-user&token={a}"));
+    settle();
+    send_text(&mut alice_pub, "foo only");
+    assert_eq!(next_text(&mut alice_user), "foo only");
+    assert!(frames_within(&mut other, Duration::from_millis(300)).is_empty());
+}
+
+#[test]
+fn identity_refusals_have_exact_statuses_and_others_are_unaffected() {
+    let server = identity_server(&[]);
+    let mut bystander = server.ws(&format!(
+        "/ws/foo?subscribe-user&publish-user&echo&token={}",
+        alice()
+    ));
+    settle();
+    // No token: 403, nobody to name the channels after.
+    for flag in ["subscribe-user", "publish-group", "Subscribe-Session=SELF"] {
+        let (status, body) = upgrade_status(&server, &format!("/ws/foo?{flag}"));
+        assert_eq!(status, 403, "{flag}: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["error"], NEEDS_IDENTITY);
+    }
+    // A token without sid for a session channel: 403.
+    let no_sid = token(serde_json::json!({"sub": "carol"}));
+    let (status, body) = upgrade_status(
+        &server,
+        &format!("/ws/foo?subscribe-session&token={no_sid}"),
+    );
+    assert_eq!(
+        (status, body.as_str()),
+        (
+            403,
+            r#"{"error":"session channels need a connection token with a sid claim"}"#
+        )
+    );
+    // A user id that cannot be part of a channel name: 403.
+    let spaced = token(serde_json::json!({"sub": "car ol"}));
+    let (status, body) = upgrade_status(&server, &format!("/ws/foo?subscribe-user&token={spaced}"));
+    assert_eq!(status, 403, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v["error"],
+        "the token's user, group or session id makes an invalid channel name (1-255 bytes of \
+         printable ASCII without spaces)"
+    );
+    // A forged token (signed with another key): 401 before the flags count.
+    let forged = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({"sub": "alice"}),
+        &jsonwebtoken::EncodingKey::from_secret(b"not the key"),
+    )
+    .unwrap();
+    let (status, body) = upgrade_status(&server, &format!("/ws/foo?subscribe-user&token={forged}"));
+    assert_eq!(
+        (status, body.as_str()),
+        (401, r#"{"error":"token algorithm not accepted"}"#)
+    );
+    // A token with no identity flag is fine; broadcast needs none.
+    let _plain = server.ws(&format!("/ws/foo?subscribe-broadcast&token={no_sid}"));
+    // The bystander still works.
+    send_text(&mut bystander, "still here");
+    assert_eq!(next_text(&mut bystander), "still here");
+}
+
+#[test]
+fn a_redis_message_on_a_user_channel_reaches_that_user_only() {
+    let Some(redis) = common::redis_server::RedisServer::start() else {
+        return;
+    };
+    let url = redis.url();
+    let server = identity_server(&[
+        ("RINGCAST_SOURCES_REDIS_ENABLED", "true"),
+        ("RINGCAST_SOURCES_REDIS_URL", url.as_str()),
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, h) = server.http("GET", "/health", "", &[]);
+        if h.contains("redis: connected") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "redis source not connected: {h}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut alice_user = server.ws(&format!("/ws/foo?subscribe-user&token={}", alice()));
+    let mut bob_user = server.ws(&format!("/ws/foo?subscribe-user&token={}", bob()));
+    let mut alice_bar = server.ws(&format!("/ws/bar?subscribe-user&token={}", alice()));
+    let mut alice_broadcast = server.ws(&format!("/ws/foo?subscribe-broadcast&token={}", alice()));
+    settle();
+    let mut r = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let receivers: i64 = redis::cmd("PUBLISH")
+        .arg("rodan:user:alice:foo")
+        .arg(RODAN_PAYLOAD)
+        .query(&mut r)
+        .unwrap();
+    assert_eq!(receivers, 1, "ringcast's source is the one subscriber");
+    assert_eq!(next_text(&mut alice_user), RODAN_PAYLOAD);
+    for ws in [&mut bob_user, &mut alice_bar, &mut alice_broadcast] {
+        let seen = frames_within(ws, Duration::from_millis(500));
+        assert!(seen.is_empty(), "{seen:?}");
+    }
 }

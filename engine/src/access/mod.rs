@@ -24,6 +24,10 @@ pub const CLOSE_UNAUTHORIZED: u16 = 4001;
 pub const CLOSE_TOKEN_EXPIRED: u16 = 4003;
 pub const CLOSE_DISCONNECTED: u16 = 4004;
 
+/// A user's personal channel is this prefix and the `sub`: every
+/// authenticated connection of the user is in it, subscribed or not.
+pub const PERSONAL_PREFIX: &str = "user:";
+
 /// The node's access configuration, built once at start.
 #[derive(Debug, Default)]
 pub struct Access {

@@ -28,6 +28,7 @@ use super::jobs;
 use super::native::{self, Native};
 use super::rocketws::{self, RocketWs};
 use super::rpc::{Incoming, ReplyWriter, RpcError, RpcParser};
+use crate::access::Claims;
 use crate::ops::config::{Config, Dialect};
 use crate::pubsub::ops::{Op, OpError, Outcome};
 use crate::pubsub::publication::{Publication, MAX_FORMS};
@@ -163,6 +164,22 @@ pub trait Protocol: Sync {
             state: self.open(cfg),
             first: None,
         })
+    }
+
+    /// [`accept`](Self::accept) for an upgrade whose connection token
+    /// (`?token=`, `Authorization: Bearer`) the runtime has verified: `who`
+    /// is its claims, none for a connection without a token. For a
+    /// protocol whose channels depend on who the client is (ws4redis's
+    /// user, group and session channels). Default:
+    /// [`accept`](Self::accept), the token unseen.
+    fn accept_as(
+        &self,
+        cfg: &Config,
+        req: &Upgrade,
+        _who: Option<&Claims>,
+        now: Instant,
+    ) -> Result<Opened, Refused> {
+        self.accept(cfg, req, now)
     }
 
     /// The connection is registered with the shard: `waker` makes a

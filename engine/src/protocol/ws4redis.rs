@@ -20,14 +20,24 @@
 //!   bytes, no envelope.
 //! - With a `heartbeat` string, it is sent after every client message and
 //!   after 4 s without one (ws4redis's `select` timeout).
-//! - User, group and session channels need a logged-in identity, which
-//!   ringcast does not have yet: their flags are refused with 403.
+//! - User, group and session channels are named after the identity of the
+//!   connection token the upgrade carried (`?token=` or `Authorization:
+//!   Bearer`, verified with the `[auth]` keys): user = `sub`, groups =
+//!   `groups`, session = `sid`. `{prefix}:user:{sub}:{facility}`, one
+//!   `{prefix}:group:{g}:{facility}` per group, and
+//!   `{prefix}:session:{sid}:{facility}`, as ws4redis forms them for
+//!   `SELF` (its `subscribe-user` etc. always mean the logged-in user's
+//!   own channels; the flag's value, `SELF` or anything, is ignored).
+//!   Without a token there is nobody to name them after: 403, as ws4redis
+//!   has no user for an anonymous request (and ringcast never takes a
+//!   user name from the URL).
 #![forbid(unsafe_code)]
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::access::Claims;
 use crate::ops::config::Config;
 
 use super::adapter::{Answer, Call, Exchange, Opened, Protocol, SessionState};
@@ -46,8 +56,8 @@ pub struct Ws4redis;
 /// What one connection asked for in its URL, and its heartbeat clock.
 #[derive(Debug)]
 struct State {
-    /// The broadcast channel, when `publish-broadcast` is set.
-    publish: Option<Box<str>>,
+    /// The channels client messages go to (`publish-*` flags).
+    publish: Box<[Box<str>]>,
     echo: bool,
     keep_secs: u64,
     heartbeat: Option<Box<[u8]>>,
@@ -58,8 +68,17 @@ struct State {
 /// Refusals of an upgrade, by the flag or facility at fault.
 const NEEDS_IDENTITY: Refused = Refused {
     status: 403,
-    reason: "user, group and session channels need a logged-in identity, which ringcast does \
-             not support yet; only subscribe-broadcast and publish-broadcast are served",
+    reason: "user, group and session channels need a connection token (?token= or \
+             Authorization: Bearer) naming the user; this request has none",
+};
+const NEEDS_SID: Refused = Refused {
+    status: 403,
+    reason: "session channels need a connection token with a sid claim",
+};
+const BAD_IDENTITY: Refused = Refused {
+    status: 403,
+    reason: "the token's user, group or session id makes an invalid channel name (1-255 \
+             bytes of printable ASCII without spaces)",
 };
 const BAD_FACILITY: Refused = Refused {
     status: 400,
@@ -67,30 +86,100 @@ const BAD_FACILITY: Refused = Refused {
              ASCII without spaces",
 };
 
+/// Which audiences a `subscribe-*` or the `publish-*` flags name.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Audience {
+    pub broadcast: bool,
+    pub user: bool,
+    pub group: bool,
+    pub session: bool,
+}
+
+impl Audience {
+    fn needs_identity(&self) -> bool {
+        self.user || self.group || self.session
+    }
+}
+
 /// The URL's flags.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Flags {
-    pub subscribe: bool,
-    pub publish: bool,
+    pub subscribe: Audience,
+    pub publish: Audience,
     pub echo: bool,
 }
 
 /// Reads the query's keys as ws4redis does (`strip().lower()`, values
-/// ignored); refuses the identity-bound ones.
-pub fn parse_flags(query: Option<&str>) -> Result<Flags, Refused> {
+/// ignored, unknown keys ignored).
+pub fn parse_flags(query: Option<&str>) -> Flags {
     let mut flags = Flags::default();
     for pair in query.unwrap_or("").split('&') {
         let key = pair.split_once('=').map_or(pair, |(k, _)| k);
         match key.trim().to_ascii_lowercase().as_str() {
-            "subscribe-broadcast" => flags.subscribe = true,
-            "publish-broadcast" => flags.publish = true,
+            "subscribe-broadcast" => flags.subscribe.broadcast = true,
+            "subscribe-user" => flags.subscribe.user = true,
+            "subscribe-group" => flags.subscribe.group = true,
+            "subscribe-session" => flags.subscribe.session = true,
+            "publish-broadcast" => flags.publish.broadcast = true,
+            "publish-user" => flags.publish.user = true,
+            "publish-group" => flags.publish.group = true,
+            "publish-session" => flags.publish.session = true,
             "echo" => flags.echo = true,
-            "subscribe-user" | "publish-user" | "subscribe-group" | "publish-group"
-            | "subscribe-session" | "publish-session" => return Err(NEEDS_IDENTITY),
             _ => {}
         }
     }
-    Ok(flags)
+    flags
+}
+
+/// The channels of `audience` for `facility` and the identity `who`, in
+/// ws4redis's order (broadcast, groups, users, sessions): its
+/// `_get_message_channels` with `SELF` resolved to `who`.
+pub fn channels(
+    prefix: &str,
+    facility: &str,
+    audience: Audience,
+    who: Option<&Claims>,
+) -> Result<Vec<String>, Refused> {
+    let mut out = Vec::new();
+    if audience.broadcast {
+        out.push(broadcast_channel(prefix, facility));
+    }
+    if !audience.needs_identity() {
+        return Ok(out);
+    }
+    let Some(who) = who.filter(|c| !c.sub.is_empty()) else {
+        return Err(NEEDS_IDENTITY);
+    };
+    if audience.group {
+        for g in &who.groups {
+            out.push(identity_channel(prefix, "group", g, facility));
+        }
+    }
+    if audience.user {
+        out.push(identity_channel(prefix, "user", &who.sub, facility));
+    }
+    if audience.session {
+        let sid = who
+            .sid
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .ok_or(NEEDS_SID)?;
+        out.push(identity_channel(prefix, "session", sid, facility));
+    }
+    // A set in ws4redis: a group listed twice is one channel.
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|c| seen.insert(c.clone()));
+    Ok(out)
+}
+
+/// `{prefix}:{kind}:{key}:{facility}` (`{kind}:{key}:{facility}` without a
+/// prefix), ws4redis's user, group and session channel names.
+pub fn identity_channel(prefix: &str, kind: &str, key: &str, facility: &str) -> String {
+    if prefix.is_empty() {
+        format!("{kind}:{key}:{facility}")
+    } else {
+        format!("{prefix}:{kind}:{key}:{facility}")
+    }
 }
 
 /// The facility of a request `path` (no query) under the configured
@@ -137,27 +226,45 @@ impl Protocol for Ws4redis {
     }
 
     fn accept(&self, cfg: &Config, req: &Upgrade, now: Instant) -> Result<Opened, Refused> {
+        self.accept_as(cfg, req, None, now)
+    }
+
+    fn accept_as(
+        &self,
+        cfg: &Config,
+        req: &Upgrade,
+        who: Option<&Claims>,
+        now: Instant,
+    ) -> Result<Opened, Refused> {
         let c = &cfg.protocols.ws4redis;
-        let flags = parse_flags(req.query())?;
-        let channel = broadcast_channel(&c.prefix, facility(&c.path, req.path_without_query()));
-        if !valid_channel(&channel) {
+        let flags = parse_flags(req.query());
+        let facility = facility(&c.path, req.path_without_query());
+        if !valid_channel(&broadcast_channel(&c.prefix, facility)) {
             return Err(BAD_FACILITY);
         }
-        let first = flags.subscribe.then(|| {
+        let subscribe = channels(&c.prefix, facility, flags.subscribe, who)?;
+        let publish = channels(&c.prefix, facility, flags.publish, who)?;
+        if !subscribe.iter().chain(&publish).all(|ch| valid_channel(ch)) {
+            return Err(BAD_IDENTITY);
+        }
+        let first = (!subscribe.is_empty()).then(|| {
             Box::new(Exchange {
-                calls: vec![Call {
-                    id: None,
-                    op: Ok(Op::Subscribe {
-                        channel: channel.clone().into(),
-                        since: None,
-                    }),
-                }],
+                calls: subscribe
+                    .into_iter()
+                    .map(|channel| Call {
+                        id: None,
+                        op: Ok(Op::Subscribe {
+                            channel: channel.into(),
+                            since: None,
+                        }),
+                    })
+                    .collect(),
                 reply: ReplyWriter::new(false),
             })
         });
         let heartbeat = (!c.heartbeat.is_empty()).then(|| c.heartbeat.as_bytes().into());
         let state = State {
-            publish: flags.publish.then(|| channel.into()),
+            publish: publish.into_iter().map(Into::into).collect(),
             echo: flags.echo,
             keep_secs: c.expire,
             heartbeat,
@@ -191,22 +298,27 @@ impl Protocol for Ws4redis {
         if msg.is_empty() || is_heartbeat {
             return ex;
         }
-        let Some(channel) = &s.publish else {
+        if s.publish.is_empty() {
             return ex;
-        };
-        let op = if std::str::from_utf8(msg).is_err() {
-            Err(RpcError::invalid_params(
+        }
+        if std::str::from_utf8(msg).is_err() {
+            let op = Err(RpcError::invalid_params(
                 "message not published: it is not UTF-8 text",
-            ))
-        } else {
-            Ok(Op::Relay {
+            ));
+            ex.calls.push(Call { id: None, op });
+            return ex;
+        }
+        // One publication per channel, as ws4redis PUBLISHes to each.
+        let data = Bytes::copy_from_slice(msg);
+        for channel in s.publish.iter() {
+            let op = Ok(Op::Relay {
                 channel: channel.clone(),
-                data: Bytes::copy_from_slice(msg),
+                data: data.clone(),
                 echo: s.echo,
                 keep_secs: s.keep_secs,
-            })
-        };
-        ex.calls.push(Call { id: None, op });
+            });
+            ex.calls.push(Call { id: None, op });
+        }
         ex
     }
 
@@ -314,26 +426,153 @@ mod tests {
 
     #[test]
     fn flags_are_keys_case_insensitive_values_ignored() {
-        let f = parse_flags(Some("subscribe-broadcast&Publish-Broadcast=no&%20echo=1&x")).unwrap();
+        let f = parse_flags(Some("subscribe-broadcast&Publish-Broadcast=no&%20echo=1&x"));
+        let broadcast = Audience {
+            broadcast: true,
+            ..Audience::default()
+        };
         assert_eq!(
             f,
             Flags {
-                subscribe: true,
-                publish: true,
+                subscribe: broadcast,
+                publish: broadcast,
                 echo: false
             },
             "`%20echo` is not decoded, so not the echo flag"
         );
-        let f = parse_flags(Some(" ECHO &subscribe-broadcast")).unwrap();
-        assert!(f.echo && f.subscribe && !f.publish);
-        assert_eq!(parse_flags(None).unwrap(), Flags::default());
-        for flag in ["subscribe-user", "publish-GROUP", "subscribe-session=1"] {
-            let e = parse_flags(Some(&format!("subscribe-broadcast&{flag}"))).unwrap_err();
-            assert_eq!(e.status, 403);
-            assert!(e
-                .reason
-                .starts_with("user, group and session channels need"));
+        let f = parse_flags(Some(" ECHO &subscribe-broadcast"));
+        assert!(f.echo && f.subscribe.broadcast && f.publish == Audience::default());
+        assert_eq!(parse_flags(None), Flags::default());
+        let f = parse_flags(Some(
+            "subscribe-USER&publish-user=SELF&subscribe-group&publish-session",
+        ));
+        assert_eq!(
+            (f.subscribe, f.publish),
+            (
+                Audience {
+                    user: true,
+                    group: true,
+                    ..Audience::default()
+                },
+                Audience {
+                    user: true,
+                    session: true,
+                    ..Audience::default()
+                }
+            )
+        );
+    }
+
+    fn alice() -> Claims {
+        Claims {
+            sub: "alice".into(),
+            groups: vec!["staff".into(), "chess".into(), "staff".into()],
+            sid: Some("s3ss10n".into()),
+            ..Claims::default()
         }
+    }
+
+    #[test]
+    fn identity_channels_are_named_as_ws4redis_names_them() {
+        let all = Audience {
+            broadcast: true,
+            user: true,
+            group: true,
+            session: true,
+        };
+        assert_eq!(
+            channels("rodan", "foo", all, Some(&alice())).unwrap(),
+            [
+                "rodan:broadcast:foo",
+                "rodan:group:staff:foo",
+                "rodan:group:chess:foo",
+                "rodan:user:alice:foo",
+                "rodan:session:s3ss10n:foo"
+            ]
+        );
+        assert_eq!(
+            channels("", "a/b", all, Some(&alice())).unwrap()[3],
+            "user:alice:a/b"
+        );
+        // No token, or an anonymous one (empty sub): nobody to name them after.
+        let user = Audience {
+            user: true,
+            ..Audience::default()
+        };
+        let anon = Claims::default();
+        for who in [None, Some(&anon)] {
+            let e = channels("rodan", "foo", user, who).unwrap_err();
+            assert_eq!(e.status, 403);
+            assert_eq!(e.reason, NEEDS_IDENTITY.reason);
+        }
+        // A session channel needs a sid.
+        let session = Audience {
+            session: true,
+            ..Audience::default()
+        };
+        let no_sid = Claims {
+            sub: "bob".into(),
+            ..Claims::default()
+        };
+        assert_eq!(
+            channels("rodan", "foo", session, Some(&no_sid))
+                .unwrap_err()
+                .reason,
+            NEEDS_SID.reason
+        );
+        // No groups: no group channels, as in ws4redis.
+        let group = Audience {
+            group: true,
+            ..Audience::default()
+        };
+        assert!(channels("rodan", "foo", group, Some(&no_sid))
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn accept_as_subscribes_and_publishes_the_identity_channels() {
+        let cfg = rodan();
+        let t0 = Instant::now();
+        let up = upgrade("/ws/foo?subscribe-user&publish-user=SELF&publish-group&echo");
+        let e = Ws4redis.accept(&cfg, &up, t0).unwrap_err();
+        assert_eq!((e.status, e.reason), (403, NEEDS_IDENTITY.reason));
+        let mut o = Ws4redis.accept_as(&cfg, &up, Some(&alice()), t0).unwrap();
+        let first = o.first.unwrap();
+        assert_eq!(
+            first.calls[0].op,
+            Ok(Op::Subscribe {
+                channel: "rodan:user:alice:foo".into(),
+                since: None
+            })
+        );
+        assert_eq!(first.calls.len(), 1);
+        let ex = Ws4redis.handle_message(&mut o.state, b"hi", &mut RpcParser::new(), t0);
+        let targets: Vec<_> = ex
+            .calls
+            .iter()
+            .map(|c| match &c.op {
+                Ok(Op::Relay { channel, echo, .. }) => (channel.to_string(), *echo),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            targets,
+            [
+                ("rodan:group:staff:foo".to_string(), true),
+                ("rodan:group:chess:foo".to_string(), true),
+                ("rodan:user:alice:foo".to_string(), true)
+            ]
+        );
+        // A user id that cannot be a channel name is refused.
+        let spaced = Claims {
+            sub: "al ice".into(),
+            ..Claims::default()
+        };
+        let e = Ws4redis
+            .accept_as(&cfg, &up, Some(&spaced), t0)
+            .unwrap_err();
+        assert_eq!((e.status, e.reason), (403, BAD_IDENTITY.reason));
     }
 
     #[test]

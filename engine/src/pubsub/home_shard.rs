@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::pubsub::channel_table::shrink_map;
+use crate::pubsub::channel_table::{shrink_map, ConnKey};
 use crate::pubsub::publication::Publication;
 
 /// Which shard is home to `channel` among `shards`. Stable for the life of
@@ -98,6 +98,43 @@ struct HomeChannel {
     /// The last message kept for late joiners (ws4redis's SETEX), and
     /// when it expires.
     kept: Option<(Bytes, Instant)>,
+    /// Who is subscribed, for channels whose namespace has presence or
+    /// join/leave events (none, and no room, for the others).
+    presence: Option<Box<Presence>>,
+}
+
+/// One subscriber as a channel's presence knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// The subscriber's shard and connection key there.
+    pub shard: usize,
+    pub conn: ConnKey,
+    /// The user id (`sub`), empty for an anonymous connection.
+    pub user: Arc<str>,
+    /// The token's `info` claim, compact JSON.
+    pub info: Option<Arc<str>>,
+}
+
+/// A channel's subscribers, by (shard, connection), and its distinct users
+/// with how many connections each (user ids interned per channel).
+#[derive(Debug, Default)]
+struct Presence {
+    /// (shard, connection) → (user, info).
+    members: HashMap<(usize, ConnKey), UserInfo>,
+    users: HashMap<Arc<str>, u32>,
+}
+
+/// A member's user id and `info`.
+type UserInfo = (Arc<str>, Option<Arc<str>>);
+
+/// A channel's presence: the subscribers (when asked for and at most the
+/// limit asked for), how many connections and distinct users.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PresenceAnswer {
+    /// Ordered by shard and connection key; `None` for counts only.
+    pub list: Option<Vec<Member>>,
+    pub clients: usize,
+    pub users: usize,
 }
 
 impl HomeChannel {
@@ -195,6 +232,7 @@ impl HomeShard {
                 counts: vec![0; self.shards],
                 history: VecDeque::new(),
                 kept: None,
+                presence: None,
             };
             self.channels.insert(name, ch);
         }
@@ -318,6 +356,81 @@ impl HomeShard {
                 self.channels.remove(channel);
                 shrink_map(&mut self.channels);
             }
+        }
+    }
+
+    /// Records `m` in the channel's presence (call with its subscribe).
+    pub fn join(&mut self, channel: &str, m: Member) {
+        let p = self
+            .channel(channel)
+            .presence
+            .get_or_insert_with(Box::default);
+        let user = match p.users.get_key_value(&*m.user) {
+            Some((k, _)) => k.clone(),
+            None => m.user,
+        };
+        if p.members
+            .insert((m.shard, m.conn), (user.clone(), m.info))
+            .is_none()
+        {
+            *p.users.entry(user).or_insert(0) += 1;
+        }
+    }
+
+    /// Takes connection `conn` of `shard` out of the channel's presence
+    /// (call with its unsubscribe): who it was, if it was there.
+    pub fn leave(&mut self, channel: &str, shard: usize, conn: ConnKey) -> Option<Member> {
+        let ch = self.channels.get_mut(channel)?;
+        let p = ch.presence.as_mut()?;
+        let (user, info) = p.members.remove(&(shard, conn))?;
+        if let Some(n) = p.users.get_mut(&user) {
+            *n -= 1;
+            if *n == 0 {
+                p.users.remove(&user);
+            }
+        }
+        if p.members.is_empty() {
+            ch.presence = None;
+        } else {
+            shrink_map(&mut p.members);
+            shrink_map(&mut p.users);
+        }
+        Some(Member {
+            shard,
+            conn,
+            user,
+            info,
+        })
+    }
+
+    /// The channel's presence; the list (with `list`) only when it has at
+    /// most `max` subscribers, counts alone for a bigger channel.
+    pub fn presence(&self, channel: &str, list: bool, max: usize) -> PresenceAnswer {
+        let Some(p) = self.channels.get(channel).and_then(|c| c.presence.as_ref()) else {
+            return PresenceAnswer {
+                list: list.then(Vec::new),
+                ..PresenceAnswer::default()
+            };
+        };
+        let clients = p.members.len();
+        let list = (list && clients <= max).then(|| {
+            let mut v: Vec<Member> = p
+                .members
+                .iter()
+                .map(|(&(shard, conn), (user, info))| Member {
+                    shard,
+                    conn,
+                    user: user.clone(),
+                    info: info.clone(),
+                })
+                .collect();
+            v.sort_unstable_by_key(|m| (m.shard, m.conn));
+            v
+        });
+        PresenceAnswer {
+            list,
+            clients,
+            users: p.users.len(),
         }
     }
 
@@ -679,5 +792,54 @@ mod tests {
             vec![7, 8]
         );
         assert_eq!(r.offset, 10);
+    }
+
+    fn member(shard: usize, conn: ConnKey, user: &str) -> Member {
+        Member {
+            shard,
+            conn,
+            user: user.into(),
+            info: (user == "bob").then(|| r#"{"name":"Bob"}"#.into()),
+        }
+    }
+
+    #[test]
+    fn presence_is_kept_per_channel_and_counts_distinct_users() {
+        let mut h = HomeShard::new(0, 2, 10, Duration::from_secs(60), 1);
+        let now = Instant::now();
+        for (shard, conn, user) in [(1, 7, "ann"), (0, 3, "ann"), (0, 4, "bob"), (1, 2, "")] {
+            h.subscribe("room", shard, None, now);
+            h.join("room", member(shard, conn, user));
+        }
+        let p = h.presence("room", true, 10);
+        assert_eq!((p.clients, p.users), (4, 3));
+        let list = p.list.unwrap();
+        let order: Vec<_> = list.iter().map(|m| (m.shard, m.conn)).collect();
+        assert_eq!(order, [(0, 3), (0, 4), (1, 2), (1, 7)]);
+        assert_eq!(list[1], member(0, 4, "bob"));
+        // Over the limit: counts without the list.
+        let p = h.presence("room", true, 3);
+        assert_eq!((p.list, p.clients, p.users), (None, 4, 3));
+        // Leaving gives back who left; the user stays while one is left.
+        assert_eq!(h.leave("room", 1, 7), Some(member(1, 7, "ann")));
+        assert_eq!(h.leave("room", 1, 7), None);
+        h.unsubscribe("room", 1);
+        assert_eq!(h.presence("room", false, 10).users, 3);
+        h.leave("room", 0, 3);
+        h.unsubscribe("room", 0);
+        assert_eq!(h.presence("room", false, 10).users, 2);
+        for (shard, conn) in [(0, 4), (1, 2)] {
+            h.leave("room", shard, conn);
+            h.unsubscribe("room", shard);
+        }
+        assert_eq!(
+            h.presence("room", true, 10),
+            PresenceAnswer {
+                list: Some(Vec::new()),
+                clients: 0,
+                users: 0
+            }
+        );
+        assert_eq!(h.channel_count(), 0, "nothing left to keep");
     }
 }

@@ -322,6 +322,10 @@ fn publish_error(e: PublishError) -> RpcError {
 /// A method's result as JSON bytes, for the one reply encoder.
 type MethodResult = Result<Vec<u8>, RpcError>;
 
+/// `presence` on a channel whose namespace keeps none.
+const NO_PRESENCE: &str =
+    "permission denied: presence is not kept here (set presence = true in the channel's namespace)";
+
 fn json_bytes(v: &serde_json::Value) -> Vec<u8> {
     v.to_string().into_bytes()
 }
@@ -511,7 +515,13 @@ async fn run_method(shard: &Rc<Shard>, method: BackendMethod) -> MethodResult {
             json!({"unsubscribed": per_user(shard, query).await})
         }
         BackendMethod::Presence { channel, stats } => {
-            return Ok(shard.presence_json(&channel, stats).await)
+            let rule = shard.node.access.namespaces.rule(&channel);
+            if !rule.presence && !rule.join_leave {
+                // Nothing is kept for it (the memory of a presence list is
+                // only spent where a namespace asks for it).
+                return Err(RpcError::new(rpc::PERMISSION_DENIED, NO_PRESENCE));
+            }
+            return Ok(shard.presence_json(&channel, stats).await);
         }
         BackendMethod::Info => info(shard).await,
     };

@@ -2,74 +2,111 @@
 //! open with) and its upgrade to WebSocket. Requests and answers are
 //! `protocol::socketio::polling`; this module moves bytes.
 //!
-//! A polling session is bridged onto an ordinary Socket.IO WebSocket
-//! connection: the handshake opens a WebSocket connection to this engine's
-//! own listener over loopback, and everything the Socket.IO adapter does
-//! (CONNECT and auth, LQDOJ's events, subscriptions, Engine.IO pings and
-//! the pong timeout, `max_connections`/`max_clients`) happens there
-//! unchanged. The bridge task (on the shard that served the handshake)
-//! queues what that connection sends in the session; a long GET takes the
-//! queue, a POST's packets are written to it. Sessions are found by sid in
-//! one process-wide table, so a request may land on any shard; its lock is
-//! held only to move packets. When the client upgrades, its WebSocket
-//! becomes the session's reader and writer in place of the GET and POST:
-//! one queue, one Socket.IO connection, so nothing is lost or sent twice
-//! across the switch.
+//! A polling session is a connection without a socket ([`Conn::socketless`])
+//! on the shard that served its handshake, with the Socket.IO adapter's
+//! state and its own task, as a WebSocket client's connection has:
+//! everything the adapter does (CONNECT and auth, LQDOJ's events,
+//! subscriptions and catch-up, Engine.IO pings and the pong timeout, the
+//! close after a malformed packet) is unchanged, and publications reach it
+//! as the same cached frames. Flushing such a connection moves its frames
+//! into the session's queue (their payloads, sliced, not copied). The
+//! session is found by sid in one process-wide table, so a GET, a POST or
+//! the upgrade may land on any shard: a GET takes the queue, a POST's
+//! packets go to the connection's inbox and wake its task. On the upgrade
+//! the client's WebSocket (a duplicate of its descriptor) is handed to the
+//! connection, which from then on is an ordinary WebSocket connection:
+//! what the queue still held goes out first, in order, then the rest.
 
 use std::collections::{HashMap, VecDeque};
-use std::future::poll_fn;
-use std::net::{Shutdown, SocketAddr};
+use std::future::{poll_fn, Future};
+use std::net::Shutdown;
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::pin;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use futures_channel::mpsc;
+use bytes::Bytes;
 use futures_util::future::{select, Either};
-use futures_util::StreamExt;
 use monoio::net::TcpStream;
 
 use crate::ops::metrics::ShardMetrics;
+use crate::protocol::adapter::{protocol, Exchange, ProtocolId, SessionState};
+use crate::protocol::codec::{decode_header, write_frame, OpCode};
+use crate::protocol::socketio::engineio;
 use crate::protocol::socketio::polling::{
-    self, action, error_response, frame, join_payload, parse, parse_frame, response, split_payload,
-    Action, EioError, Payload, PollRequest, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_TEXT,
+    self, action, error_response, join_payload, parse, response, split_payload, Action, EioError,
+    Payload, PollRequest,
 };
+use crate::protocol::websocket::{close_frame, WsProtocol};
 use crate::runtime::io::write_all;
-use crate::runtime::shard::Shard;
+use crate::runtime::shard::ws_session::{self, Step};
+use crate::runtime::shard::{Conn, Shard};
 use crate::runtime::sys;
 
 const TEXT_PLAIN: &str = "text/plain; charset=UTF-8";
 
-/// What a session's client sends toward the engine.
-enum Out {
-    Packet(Payload),
-    Close,
+/// One polling session, shared by the requests that serve it and by its
+/// connection (on its shard).
+pub(crate) struct Session {
+    sid: Box<str>,
+    /// Bytes the queue may hold (`limits.max_outbound_bytes`); past them
+    /// the client stopped polling and the session ends.
+    budget: usize,
+    inner: Mutex<Inner>,
 }
 
-/// One polling session, shared by the requests that serve it.
-pub(crate) struct Session {
-    sid: String,
-    inner: Mutex<Inner>,
-    to_engine: mpsc::UnboundedSender<Out>,
-}
+/// The client's WebSocket after `5`, for the connection to take: the
+/// socket and the bytes read after the `5`.
+type Handover = (std::net::TcpStream, Vec<u8>);
 
 #[derive(Default)]
 struct Inner {
+    /// Packets for the client, oldest first; a GET takes them all.
     queue: VecDeque<Payload>,
     queued_bytes: usize,
-    /// The engine side is gone; a close packet is queued last.
+    /// The connection is gone: a close packet is queued last.
     ended: bool,
-    /// The parked GET or, once upgraded, the WebSocket.
+    /// The parked GET.
     reader: Option<Waker>,
     get_busy: bool,
-    post_busy: bool,
+    /// Packets from POSTs for the connection, and its task's waker.
+    inbox: Vec<Payload>,
+    owner: Option<Waker>,
+    /// The client ended the session, broke engine.io's rules, or stopped
+    /// polling: the connection stops.
+    stop: bool,
+    /// `5` came on the client's WebSocket: GET and POST are over.
     upgraded: bool,
+    handover: Option<Handover>,
 }
 
-fn table() -> &'static Mutex<HashMap<String, Arc<Session>>> {
-    static TABLE: OnceLock<Mutex<HashMap<String, Arc<Session>>>> = OnceLock::new();
+impl Inner {
+    fn wake_reader(&mut self) {
+        if let Some(w) = self.reader.take() {
+            w.wake();
+        }
+    }
+
+    fn wake_owner(&mut self) {
+        if let Some(w) = self.owner.take() {
+            w.wake();
+        }
+    }
+
+    fn end(&mut self) {
+        if !self.ended {
+            self.ended = true;
+            self.queue
+                .push_back(Payload::Text(Bytes::from_static(b"1")));
+        }
+        self.wake_reader();
+    }
+}
+
+fn table() -> &'static Mutex<HashMap<Box<str>, Arc<Session>>> {
+    static TABLE: OnceLock<Mutex<HashMap<Box<str>, Arc<Session>>>> = OnceLock::new();
     TABLE.get_or_init(Default::default)
 }
 
@@ -82,9 +119,13 @@ pub(crate) fn lookup(sid: &str) -> Option<Arc<Session>> {
     locked(table()).get(sid).cloned()
 }
 
-/// Polling sessions open now.
+/// Polling sessions open now (upgraded ones included, until they end).
 pub fn session_count() -> usize {
     locked(table()).len()
+}
+
+fn forget(sid: &str) {
+    locked(table()).remove(sid);
 }
 
 impl Session {
@@ -92,40 +133,29 @@ impl Session {
         locked(&self.inner)
     }
 
-    /// Queues a packet from the engine for the client; over `budget`
-    /// bytes the session ends (a client that stopped polling).
-    fn push(&self, p: Payload, budget: usize) -> bool {
+    /// The flush of the session's connection: `take` hands over its
+    /// queued frames (whole WebSocket frames the engine built, several
+    /// in one buffer at times); their payloads join the queue. Returns
+    /// what `take` returns (the bytes taken).
+    pub(crate) fn push_frames(&self, take: impl FnOnce(&mut dyn FnMut(Bytes)) -> usize) -> usize {
         let mut i = self.inner();
-        let len = match &p {
-            Payload::Text(t) | Payload::Binary(t) => t.len(),
-        };
-        if i.queued_bytes + len > budget {
-            return false;
+        let n = take(&mut |frames| unframe(&frames, &mut i));
+        if i.queued_bytes > self.budget {
+            // A client that stopped polling: the session ends.
+            i.stop = true;
+            i.wake_owner();
         }
-        i.queued_bytes += len;
-        i.queue.push_back(p);
-        if let Some(w) = i.reader.take() {
-            w.wake();
-        }
-        true
-    }
-
-    /// The engine side is gone: a close packet goes last.
-    fn end(&self) {
-        let mut i = self.inner();
-        if !i.ended {
-            i.ended = true;
-            i.queue.push_back(Payload::Text(b"1".to_vec()));
-        }
-        if let Some(w) = i.reader.take() {
-            w.wake();
-        }
+        i.wake_reader();
+        n
     }
 
     /// Ends the session from the client's side (or for its fault).
     fn close(&self) {
-        let _ = self.to_engine.unbounded_send(Out::Close);
-        self.end();
+        let mut i = self.inner();
+        i.stop = true;
+        i.wake_owner();
+        i.end();
+        drop(i);
         forget(&self.sid);
     }
 
@@ -146,13 +176,49 @@ impl Session {
     }
 }
 
-fn forget(sid: &str) {
-    locked(table()).remove(sid);
+/// Queues the payloads of the server frames in `frames`: text and binary
+/// messages as packets, a close frame as the close packet; pings and
+/// pongs have no meaning here.
+fn unframe(frames: &Bytes, i: &mut Inner) {
+    let mut at = 0;
+    while at < frames.len() {
+        let Ok(Some((h, head))) = decode_header(&frames[at..]) else {
+            return;
+        };
+        let start = at + head;
+        let Some(end) = usize::try_from(h.payload_len)
+            .ok()
+            .and_then(|n| start.checked_add(n))
+            .filter(|end| *end <= frames.len())
+        else {
+            return;
+        };
+        let payload = frames.slice(start..end);
+        match h.opcode {
+            OpCode::Text => {
+                i.queued_bytes += payload.len();
+                i.queue.push_back(Payload::Text(payload));
+            }
+            OpCode::Binary => {
+                i.queued_bytes += payload.len();
+                i.queue.push_back(Payload::Binary(payload));
+            }
+            OpCode::Close => i.end(),
+            _ => {}
+        }
+        at = end;
+    }
 }
 
 /// Serves a connection whose first request (`buf`, read so far) is an
-/// Engine.IO polling request, and the requests after it (keep-alive).
-pub(crate) async fn serve_request(shard: &Rc<Shard>, stream: TcpStream, mut buf: Vec<u8>) {
+/// Engine.IO polling request of protocol `proto`, and the requests after
+/// it (keep-alive).
+pub(crate) async fn serve_request(
+    shard: &Rc<Shard>,
+    stream: TcpStream,
+    mut buf: Vec<u8>,
+    proto: ProtocolId,
+) {
     let _ = stream.set_nodelay(true);
     let cfg = shard.config();
     let idle = Duration::from_millis(
@@ -177,8 +243,15 @@ pub(crate) async fn serve_request(shard: &Rc<Shard>, stream: TcpStream, mut buf:
             }
         };
         buf.drain(..req.consumed);
+        if buf.is_empty() {
+            // A parked GET keeps no read buffer.
+            buf = Vec::new();
+        }
         ShardMetrics::inc(&shard.metrics.polling_requests);
-        let out = Box::pin(answer(shard, &stream, &req)).await;
+        let Some(out) = Box::pin(answer(shard, &stream, &mut buf, &req, proto)).await else {
+            // The client closed its parked GET.
+            return;
+        };
         if write_all(&stream, &out).await.is_err() || !req.keep_alive {
             sys::shutdown_socket(stream.as_raw_fd(), Shutdown::Write);
             return;
@@ -186,37 +259,48 @@ pub(crate) async fn serve_request(shard: &Rc<Shard>, stream: TcpStream, mut buf:
     }
 }
 
-async fn answer(shard: &Rc<Shard>, stream: &TcpStream, req: &PollRequest) -> Vec<u8> {
+/// The answer to `req`; `None` when the client closed the connection of
+/// its parked GET (which, as in engine.io, ends the session).
+async fn answer(
+    shard: &Rc<Shard>,
+    stream: &TcpStream,
+    buf: &mut Vec<u8>,
+    req: &PollRequest,
+    proto: ProtocolId,
+) -> Option<Vec<u8>> {
     let origin = req.origin.as_deref();
     let ka = req.keep_alive;
     let act = match action(req) {
         Ok(a) => a,
-        Err(e) => return error_response(e, ka, origin),
+        Err(e) => return Some(error_response(e, ka, origin)),
     };
-    match act {
+    Some(match act {
         Action::Preflight => response(204, TEXT_PLAIN, b"", ka, origin),
-        Action::Handshake => match stream.local_addr() {
-            Ok(local) => match open(shard, local, req).await {
-                Ok(packet) => response(200, TEXT_PLAIN, &packet, ka, origin),
-                Err((status, body)) => response(status, TEXT_PLAIN, &body, ka, origin),
-            },
-            Err(_) => response(503, TEXT_PLAIN, b"no local address", ka, origin),
+        Action::Handshake => match open(shard, proto) {
+            Some(packet) => response(200, TEXT_PLAIN, &packet, ka, origin),
+            None => response(
+                503,
+                TEXT_PLAIN,
+                b"no randomness for a session id",
+                ka,
+                origin,
+            ),
         },
         Action::Poll(sid) => {
             let Some(s) = lookup(&sid) else {
-                return error_response(EioError::SessionUnknown, ka, origin);
+                return Some(error_response(EioError::SessionUnknown, ka, origin));
             };
             {
                 let mut i = s.inner();
                 if i.upgraded {
                     drop(i);
-                    return error_response(EioError::BadRequest, ka, origin);
+                    return Some(error_response(EioError::BadRequest, ka, origin));
                 }
                 if i.get_busy {
                     // engine.io: overlapping polls close the session.
                     drop(i);
                     s.close();
-                    return response(400, TEXT_PLAIN, b"", ka, origin);
+                    return Some(response(400, TEXT_PLAIN, b"", ka, origin));
                 }
                 i.get_busy = true;
             }
@@ -224,9 +308,23 @@ async fn answer(shard: &Rc<Shard>, stream: &TcpStream, req: &PollRequest) -> Vec
             let wait = Duration::from_millis(
                 cfg.protocols.socketio.ping_interval + cfg.protocols.socketio.ping_timeout,
             );
-            let (packets, ended) = match monoio::time::timeout(wait, s.take()).await {
-                Ok(got) => got,
-                Err(_) => (vec![Payload::Text(b"6".to_vec())], false),
+            let taken = pin!(monoio::time::timeout(wait, s.take()));
+            let limit = shard
+                .config()
+                .limits
+                .max_message_size
+                .saturating_add(16 * 1024);
+            let gone = pin!(peer_gone(stream, buf, limit));
+            let (packets, ended) = match select(taken, gone).await {
+                Either::Left((Ok(got), _)) => got,
+                Either::Left((Err(_), _)) => (vec![Payload::Text(Bytes::from_static(b"6"))], false),
+                Either::Right(((), _)) => {
+                    // engine.io: a poll closed before its answer ends the
+                    // session (a closed tab, an aborted request).
+                    s.inner().get_busy = false;
+                    s.close();
+                    return None;
+                }
             };
             s.inner().get_busy = false;
             if ended {
@@ -236,329 +334,326 @@ async fn answer(shard: &Rc<Shard>, stream: &TcpStream, req: &PollRequest) -> Vec
         }
         Action::Send(sid) => {
             let Some(s) = lookup(&sid) else {
-                return error_response(EioError::SessionUnknown, ka, origin);
+                return Some(error_response(EioError::SessionUnknown, ka, origin));
             };
             let packets = match split_payload(&req.body) {
                 Ok(p) => p,
                 Err(_) => {
                     s.close();
-                    return error_response(EioError::BadRequest, ka, origin);
+                    return Some(error_response(EioError::BadRequest, ka, origin));
                 }
             };
-            {
-                let mut i = s.inner();
-                if i.post_busy || i.upgraded {
-                    drop(i);
-                    s.close();
-                    return error_response(EioError::BadRequest, ka, origin);
-                }
-                i.post_busy = true;
+            let mut i = s.inner();
+            if i.upgraded || i.stop {
+                drop(i);
+                s.close();
+                return Some(error_response(EioError::BadRequest, ka, origin));
             }
-            for p in packets {
-                let _ = s.to_engine.unbounded_send(Out::Packet(p));
-            }
-            s.inner().post_busy = false;
+            // The body is whole: the packets go to the connection at once.
+            i.inbox.extend(packets);
+            i.wake_owner();
+            drop(i);
             response(200, "text/html", b"ok", ka, origin)
         }
-    }
+    })
 }
 
-/// Opens the session's Socket.IO connection over loopback and answers the
-/// handshake with its open packet (upgrades: websocket).
-async fn open(
-    shard: &Rc<Shard>,
-    local: SocketAddr,
-    req: &PollRequest,
-) -> Result<Vec<u8>, (u16, Vec<u8>)> {
+/// Opens a polling session: its socket-less connection on this shard and
+/// the task that runs it; returns the open packet (upgrades: websocket).
+fn open(shard: &Rc<Shard>, proto: ProtocolId) -> Option<Vec<u8>> {
     let cfg = shard.config();
-    let unavailable = |m: &str| (503, m.as_bytes().to_vec());
-    let stream = TcpStream::connect(local)
-        .await
-        .map_err(|_| unavailable("cannot open the session"))?;
-    let _ = stream.set_nodelay(true);
-    let mut head = format!(
-        "GET {}?EIO=4&transport=websocket HTTP/1.1\r\nHost: {local}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: cmluZ2Nhc3QtcG9sbGluZw==\r\nSec-WebSocket-Version: 13\r\n",
-        req.path
+    let sid = engineio::new_sid()?;
+    let packet = engineio::open_packet(
+        &sid,
+        &["websocket"],
+        engineio::OpenParams {
+            ping_interval_ms: cfg.protocols.socketio.ping_interval,
+            ping_timeout_ms: cfg.protocols.socketio.ping_timeout,
+            max_payload: cfg.limits.max_message_size,
+        },
     );
-    if let Some(o) = req.origin.as_deref().filter(|o| !o.contains(['\r', '\n'])) {
-        head.push_str("Origin: ");
-        head.push_str(o);
-        head.push_str("\r\n");
-    }
-    head.push_str("\r\n");
-    write_all(&stream, head.as_bytes())
-        .await
-        .map_err(|_| unavailable("cannot open the session"))?;
-    let max = cfg.limits.max_message_size.max(4096);
-    let mut buf = Vec::new();
-    let read = async {
-        loop {
-            if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let status: u16 = std::str::from_utf8(&buf[..at])
-                    .ok()
-                    .and_then(|h| h.split(' ').nth(1))
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(502);
-                if status != 101 {
-                    // The refusal's body (its reason) follows the head.
-                    let _ = monoio::time::timeout(
-                        Duration::from_millis(200),
-                        read_more(&stream, &mut buf),
-                    )
-                    .await;
-                    return Err((status, buf[at + 4..].to_vec()));
-                }
-                buf.drain(..at + 4);
-                break;
-            }
-            if buf.len() > 16 * 1024 || !read_more(&stream, &mut buf).await {
-                return Err(unavailable("the session was refused"));
-            }
-        }
-        loop {
-            match parse_frame(&buf, max) {
-                Ok(Some(f)) if f.opcode == OP_TEXT => {
-                    buf.drain(..f.consumed);
-                    return Ok(f.payload);
-                }
-                Ok(Some(_)) | Err(_) => return Err(unavailable("the session was refused")),
-                Ok(None) => {}
-            }
-            if !read_more(&stream, &mut buf).await {
-                return Err(unavailable("the session was refused"));
-            }
-        }
-    };
-    let open = monoio::time::timeout(cfg.handshake_timeout(), read)
-        .await
-        .map_err(|_| unavailable("the session did not open in time"))??;
-    let mut json: serde_json::Value = open
-        .get(1..)
-        .and_then(|j| serde_json::from_slice(j).ok())
-        .ok_or_else(|| unavailable("bad open packet"))?;
-    let sid = json
-        .get("sid")
-        .and_then(|s| s.as_str())
-        .map(str::to_string)
-        .ok_or_else(|| unavailable("bad open packet"))?;
-    json["upgrades"] = serde_json::json!(["websocket"]);
-    let mut packet = b"0".to_vec();
-    packet.extend_from_slice(json.to_string().as_bytes());
-    let (tx, rx) = mpsc::unbounded();
     let session = Arc::new(Session {
-        sid: sid.clone(),
+        sid: sid.into(),
+        budget: cfg
+            .limits
+            .max_outbound_bytes
+            .max(cfg.limits.max_message_size),
         inner: Mutex::new(Inner::default()),
-        to_engine: tx,
     });
-    locked(table()).insert(sid, session.clone());
-    let budget = cfg.limits.max_outbound_bytes.max(max);
-    let linger = Duration::from_millis(cfg.protocols.socketio.ping_timeout);
-    monoio::spawn(bridge(session, stream, buf, rx, max, budget, linger));
-    Ok(packet)
+    locked(table()).insert(session.sid.clone(), session.clone());
+    let state = protocol(proto).open(cfg);
+    monoio::spawn(run(shard.clone(), session, state, proto));
+    Some(packet)
 }
 
-/// Carries the session between its queue and its Socket.IO connection
-/// until that connection ends; then leaves the close packet for a last
-/// GET for up to `linger`.
-async fn bridge(
-    s: Arc<Session>,
-    stream: TcpStream,
-    mut buf: Vec<u8>,
-    mut rx: mpsc::UnboundedReceiver<Out>,
-    max: usize,
-    budget: usize,
-    linger: Duration,
-) {
-    let mut partial: Option<(u8, Vec<u8>)> = None;
-    'run: loop {
-        loop {
-            let f = match parse_frame(&buf, max) {
-                Ok(Some(f)) => f,
-                Ok(None) => break,
-                Err(_) => break 'run,
-            };
-            buf.drain(..f.consumed);
-            let whole = match (f.opcode, partial.take()) {
-                (OP_CONT, Some((op, mut acc))) => {
-                    acc.extend_from_slice(&f.payload);
-                    Some((op, acc))
-                }
-                (OP_TEXT | OP_BINARY, None) => Some((f.opcode, f.payload)),
-                (OP_PING, p) => {
-                    partial = p;
-                    if write_all(&stream, &frame(10, &f.payload, true))
-                        .await
-                        .is_err()
-                    {
-                        break 'run;
-                    }
-                    None
-                }
-                (OP_CLOSE, _) => break 'run,
-                (_, p) => {
-                    partial = p;
-                    None
-                }
-            };
-            if let Some((op, data)) = whole {
-                if !f.fin {
-                    partial = Some((op, data));
-                    continue;
-                }
-                let p = if op == OP_TEXT {
-                    Payload::Text(data)
-                } else {
-                    Payload::Binary(data)
-                };
-                if !s.push(p, budget) {
-                    break 'run;
-                }
-            }
-        }
-        let readable = pin!(stream.readable(false));
-        let next = pin!(rx.next());
-        match select(readable, next).await {
-            Either::Left((Ok(_), _)) => {
-                if !read_some(stream.as_raw_fd(), &mut buf) {
-                    break;
-                }
-            }
-            Either::Left((Err(_), _)) => break,
-            Either::Right((Some(Out::Packet(p)), _)) => {
-                let f = match p {
-                    Payload::Text(t) => frame(OP_TEXT, &t, true),
-                    Payload::Binary(b) => frame(OP_BINARY, &b, true),
-                };
-                if write_all(&stream, &f).await.is_err() {
-                    break;
-                }
-            }
-            Either::Right((Some(Out::Close) | None, _)) => break,
+/// The session's connection, from the handshake to its end.
+async fn run(shard: Rc<Shard>, s: Arc<Session>, mut state: SessionState, proto: ProtocolId) {
+    shard.session_started();
+    let burst = shard.config().limits.rate_burst;
+    let (conn, cref) =
+        shard.add_conn(|key| Conn::socketless(key, s.clone(), proto, burst, Instant::now()));
+    ws_session::expect_connect(&shard, &conn);
+    ws_session::attach(&shard, proto, &mut state, cref);
+    let handed = Box::pin(polled(&shard, &conn, cref, &s, &mut state)).await;
+    if let Some((socket, mut pending)) = handed {
+        if take_socket(&shard, &conn, &s, socket) {
+            Box::pin(ws_session::read_loop(
+                &shard,
+                &conn,
+                cref,
+                &mut pending,
+                &mut state,
+            ))
+            .await;
         }
     }
-    let _ = write_all(&stream, &frame(OP_CLOSE, &1000u16.to_be_bytes(), true)).await;
-    sys::shutdown_socket(stream.as_raw_fd(), Shutdown::Both);
-    s.end();
-    drop(stream);
-    if !s.inner().upgraded {
-        monoio::time::sleep(linger).await;
+    drop(state);
+    conn.unpark_reader();
+    shard.remove_conn(&conn);
+    if conn.socket().is_some() {
+        Box::pin(ws_session::drain(&shard, &conn)).await;
+        forget(&s.sid);
+        shard.session_ended();
+        return;
     }
+    // What the adapter still had to say (its close packet) goes to the
+    // queue; a last GET may take it for up to pingTimeout.
+    let _ = shard.flush_now(&conn);
+    s.inner().end();
+    shard.session_ended();
+    let linger = Duration::from_millis(shard.config().protocols.socketio.ping_timeout);
+    monoio::time::sleep(linger).await;
     forget(&s.sid);
 }
 
-/// The client's WebSocket for polling session `s` (`?sid=` on the
-/// upgrade, already answered 101): the probe, then the session over it.
-pub(crate) async fn upgraded(stream: TcpStream, mut buf: Vec<u8>, s: Arc<Session>, max: usize) {
-    let mut partial: Option<(u8, Vec<u8>)> = None;
-    let mut upgraded = false;
-    'run: loop {
-        loop {
-            let f = match parse_frame(&buf, max) {
-                Ok(Some(f)) => f,
-                Ok(None) => break,
-                Err(_) => break 'run,
-            };
-            buf.drain(..f.consumed);
-            let whole = match (f.opcode, partial.take()) {
-                (OP_CONT, Some((op, mut acc))) => {
-                    acc.extend_from_slice(&f.payload);
-                    Some((op, acc))
+/// What woke a socket-less connection.
+enum Polled {
+    Input(Vec<Payload>),
+    Deadline,
+    Handover(Handover),
+    Stop,
+}
+
+/// Runs the connection while it is polled: the POSTs' packets through the
+/// adapter, its deadlines. Returns the client's WebSocket once it upgraded.
+async fn polled(
+    shard: &Rc<Shard>,
+    conn: &Rc<Conn>,
+    cref: crate::runtime::shard::ConnRef,
+    s: &Session,
+    state: &mut SessionState,
+) -> Option<Handover> {
+    let proto = protocol(conn.proto);
+    let mut msgs: Vec<Exchange> = Vec::new();
+    loop {
+        let timer = proto
+            .next_deadline(state)
+            .map(|at| monoio::time::sleep_until(at.into()));
+        match wait(conn, s, timer).await {
+            Polled::Stop => return None,
+            Polled::Handover(h) => return Some(h),
+            Polled::Deadline => {
+                if let Step::Stop = ws_session::on_deadline(shard, conn, state) {
+                    return None;
                 }
-                (OP_TEXT | OP_BINARY, None) => Some((f.opcode, f.payload)),
-                (OP_PING, p) => {
-                    partial = p;
-                    if write_all(&stream, &frame(10, &f.payload, false))
-                        .await
-                        .is_err()
-                    {
-                        break 'run;
-                    }
-                    None
-                }
-                (OP_CLOSE, _) => break 'run,
-                (_, p) => {
-                    partial = p;
-                    None
-                }
-            };
-            let Some((op, data)) = whole else { continue };
-            if !f.fin {
-                partial = Some((op, data));
-                continue;
             }
-            if !upgraded {
-                match &data[..] {
+            Polled::Input(packets) => {
+                let now = Instant::now();
+                conn.last_seen.set(now);
+                {
+                    let mut parser = shard.parser.borrow_mut();
+                    for p in &packets {
+                        let (Payload::Text(m) | Payload::Binary(m)) = p;
+                        ShardMetrics::inc(&shard.metrics.messages_in);
+                        msgs.push(proto.handle_message(state, m, &mut parser, now));
+                    }
+                }
+                ws_session::run_calls(shard, conn, cref, state, &mut msgs).await;
+                if !conn.is_open() {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// Waits for the next thing the connection must do.
+async fn wait(conn: &Conn, s: &Session, timer: Option<impl Future<Output = ()>>) -> Polled {
+    let mut timer = pin!(timer);
+    poll_fn(|cx| {
+        if !conn.is_open() {
+            return Poll::Ready(Polled::Stop);
+        }
+        if conn.take_woken() {
+            return Poll::Ready(Polled::Deadline);
+        }
+        if let Some(t) = timer.as_mut().as_pin_mut() {
+            if t.poll(cx).is_ready() {
+                return Poll::Ready(Polled::Deadline);
+            }
+        }
+        let mut i = s.inner();
+        if let Some(h) = i.handover.take() {
+            return Poll::Ready(Polled::Handover(h));
+        }
+        if i.stop {
+            return Poll::Ready(Polled::Stop);
+        }
+        if !i.inbox.is_empty() {
+            return Poll::Ready(Polled::Input(std::mem::take(&mut i.inbox)));
+        }
+        i.owner = Some(cx.waker().clone());
+        drop(i);
+        // A server-side close (shutdown, slow consumer) wakes it too.
+        conn.park_reader(cx.waker());
+        Poll::Pending
+    })
+    .await
+}
+
+/// The connection takes the client's WebSocket: the packets still queued
+/// (no GET took them) are framed and go out first, then what the
+/// connection has queued since, then the rest as for any WebSocket client.
+fn take_socket(
+    shard: &Rc<Shard>,
+    conn: &Rc<Conn>,
+    s: &Session,
+    socket: std::net::TcpStream,
+) -> bool {
+    let Ok(stream) = TcpStream::from_std(socket) else {
+        return false;
+    };
+    let older: Vec<Bytes> = {
+        let mut i = s.inner();
+        i.queued_bytes = 0;
+        i.queue
+            .drain(..)
+            .map(|p| {
+                let mut f = Vec::new();
+                match p {
+                    Payload::Text(t) => write_frame(&mut f, OpCode::Text, &t),
+                    Payload::Binary(b) => write_frame(&mut f, OpCode::Binary, &b),
+                }
+                Bytes::from(f)
+            })
+            .collect()
+    };
+    if !conn.attach_socket(stream, older) {
+        return false;
+    }
+    shard.mark_dirty(conn);
+    true
+}
+
+/// The client's WebSocket for polling session `s` (`?sid=` on the upgrade,
+/// already answered 101): `2probe` → `3probe` (and the noop `6` to a
+/// parked GET), then on `5` the socket goes to the session's connection.
+/// Anything else before `5` closes this WebSocket only.
+pub(crate) async fn upgrade(
+    shard: &Rc<Shard>,
+    stream: TcpStream,
+    mut buf: Vec<u8>,
+    s: Arc<Session>,
+) {
+    let _ = stream.set_nodelay(true);
+    let cfg = shard.config();
+    let max = cfg.limits.max_message_size;
+    let idle = Duration::from_millis(
+        cfg.protocols.socketio.ping_interval + cfg.protocols.socketio.ping_timeout,
+    );
+    let mut ws = WsProtocol::new();
+    let mut fault = "probe expected";
+    'run: loop {
+        // One frame at a time, so that nothing after `5` is taken here.
+        while let Ok(Some((h, head))) = decode_header(&buf) {
+            let Some(len) = usize::try_from(h.payload_len)
+                .ok()
+                .and_then(|n| n.checked_add(head))
+                .filter(|len| *len <= max.saturating_add(14))
+            else {
+                fault = "message too large";
+                break 'run;
+            };
+            if buf.len() < len {
+                break;
+            }
+            let mut msgs: Vec<Vec<u8>> = Vec::new();
+            let mut ctrl = Vec::new();
+            let got = ws.handle_input(
+                &mut buf[..len],
+                max,
+                &mut ctrl,
+                |_, m: &[u8]| msgs.push(m.to_vec()),
+                |_: &[u8]| {},
+            );
+            buf.drain(..len);
+            if !ctrl.is_empty() && write_all(&stream, &ctrl).await.is_err() {
+                return;
+            }
+            match got {
+                Ok(p) if p.closed => return,
+                Ok(_) => {}
+                Err(_) => {
+                    fault = "bad frame";
+                    break 'run;
+                }
+            }
+            for m in msgs {
+                match &m[..] {
                     b"2probe" => {
-                        if write_all(&stream, &frame(OP_TEXT, b"3probe", false))
-                            .await
-                            .is_err()
-                        {
-                            break 'run;
+                        let probe = crate::pubsub::publication::text_frame(b"3probe");
+                        if write_all(&stream, &probe).await.is_err() {
+                            return;
                         }
                         // The parked GET returns so the client can pause.
                         let mut i = s.inner();
                         if i.get_busy {
-                            i.queue.push_back(Payload::Text(b"6".to_vec()));
-                            if let Some(w) = i.reader.take() {
-                                w.wake();
-                            }
+                            i.queue.push_back(Payload::Text(Bytes::from_static(b"6")));
+                            i.wake_reader();
                         }
                     }
                     b"5" => {
+                        let Ok(socket) = sys::dup_stream(stream.as_raw_fd()) else {
+                            fault = "cannot hand the socket over";
+                            break 'run;
+                        };
                         let mut i = s.inner();
-                        if i.get_busy || i.upgraded {
+                        if i.get_busy || i.upgraded || i.stop {
                             // A GET still open: not the protocol's order.
-                            drop(i);
+                            fault = "upgrade while a GET is open";
                             break 'run;
                         }
                         i.upgraded = true;
-                        upgraded = true;
+                        i.handover = Some((socket, std::mem::take(&mut buf)));
+                        i.wake_owner();
+                        // This descriptor closes; the connection has its
+                        // duplicate.
+                        return;
                     }
                     _ => break 'run,
                 }
-                continue;
-            }
-            let p = if op == OP_TEXT {
-                Payload::Text(data)
-            } else {
-                Payload::Binary(data)
-            };
-            let _ = s.to_engine.unbounded_send(Out::Packet(p));
-        }
-        let readable = pin!(stream.readable(false));
-        if !upgraded {
-            match readable.await {
-                Ok(_) if read_some(stream.as_raw_fd(), &mut buf) => continue,
-                _ => break,
             }
         }
-        let queued = pin!(s.take());
-        match select(readable, queued).await {
-            Either::Left((Ok(_), _)) => {
-                if !read_some(stream.as_raw_fd(), &mut buf) {
-                    break;
-                }
-            }
-            Either::Left((Err(_), _)) => break,
-            Either::Right(((packets, ended), _)) => {
-                let mut out = Vec::new();
-                for p in &packets {
-                    match p {
-                        Payload::Text(t) if ended && t == b"1" => {}
-                        Payload::Text(t) => out.extend_from_slice(&frame(OP_TEXT, t, false)),
-                        Payload::Binary(b) => out.extend_from_slice(&frame(OP_BINARY, b, false)),
-                    }
-                }
-                if write_all(&stream, &out).await.is_err() || ended {
-                    break;
-                }
-            }
+        match monoio::time::timeout(idle, read_more(&stream, &mut buf)).await {
+            Ok(true) => {}
+            _ => return,
         }
     }
-    let _ = write_all(&stream, &frame(OP_CLOSE, &1000u16.to_be_bytes(), false)).await;
+    let _ = write_all(&stream, &close_frame(1000, fault)).await;
     sys::shutdown_socket(stream.as_raw_fd(), Shutdown::Write);
-    if upgraded {
-        s.close();
+}
+
+/// Returns when the client closed the connection of a parked GET (or sent
+/// more than `limit` bytes while it waits); a pipelined request is kept
+/// in `buf`.
+async fn peer_gone(stream: &TcpStream, buf: &mut Vec<u8>, limit: usize) {
+    loop {
+        if stream.readable(false).await.is_err() {
+            return;
+        }
+        if recv(stream.as_raw_fd(), buf) == Some(false) || buf.len() > limit {
+            return;
+        }
     }
 }
 
@@ -572,11 +667,6 @@ async fn read_more(stream: &TcpStream, buf: &mut Vec<u8>) -> bool {
             return r;
         }
     }
-}
-
-/// One readable wake-up: false when the peer is gone.
-fn read_some(fd: RawFd, buf: &mut Vec<u8>) -> bool {
-    recv(fd, buf).unwrap_or(true)
 }
 
 /// One non-blocking read appended to `buf`; `None` when nothing was there.
@@ -597,5 +687,47 @@ fn recv(fd: RawFd, buf: &mut Vec<u8>) -> Option<bool> {
             None
         }
         Err(_) => Some(false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::codec::write_close;
+
+    #[test]
+    fn server_frames_become_packets_sliced_from_the_shared_buffer() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, OpCode::Text, b"2");
+        write_frame(&mut buf, OpCode::Ping, b"");
+        let long = vec![b'x'; 300];
+        write_frame(&mut buf, OpCode::Text, &long);
+        write_frame(&mut buf, OpCode::Binary, &[1, 2]);
+        write_close(&mut buf, 1000, "bye");
+        let frames = Bytes::from(buf);
+        let mut i = Inner::default();
+        unframe(&frames, &mut i);
+        let got: Vec<Payload> = i.queue.iter().cloned().collect();
+        assert_eq!(
+            got,
+            vec![
+                Payload::Text(Bytes::from_static(b"2")),
+                Payload::Text(Bytes::from(long)),
+                Payload::Binary(Bytes::from_static(&[1, 2])),
+                Payload::Text(Bytes::from_static(b"1")),
+            ]
+        );
+        assert!(i.ended);
+        assert_eq!(i.queued_bytes, 1 + 300 + 2);
+        // The long text is a slice of the frames' buffer, not a copy.
+        let Payload::Text(t) = &i.queue[1] else {
+            panic!()
+        };
+        let inside = frames.as_ptr_range();
+        assert!(inside.contains(&t.as_ptr()));
+        // A truncated frame is not queued.
+        let mut j = Inner::default();
+        unframe(&frames.slice(..frames.len() - 1 - 300), &mut j);
+        assert_eq!(j.queue.len(), 1);
     }
 }

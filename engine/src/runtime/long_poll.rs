@@ -87,7 +87,7 @@ async fn run(shard: &Rc<Shard>, mut stream: TcpStream, mut buf: Vec<u8>, prefix:
                 if gone || !Box::pin(flushed(shard, &conn)).await {
                     return;
                 }
-                let Some(s) = Rc::try_unwrap(conn).ok().map(Conn::into_stream) else {
+                let Some(s) = Rc::try_unwrap(conn).ok().and_then(Conn::into_stream) else {
                     return;
                 };
                 if !keep_alive {
@@ -197,7 +197,10 @@ async fn follow(
 /// what an idle WebSocket connection does.
 async fn wait(shard: &Shard, conn: &Conn, buf: &mut Vec<u8>) -> bool {
     while conn.is_open() || buf.is_empty() {
-        if conn.stream.readable(false).await.is_err() {
+        let Some(stream) = conn.socket() else {
+            return true;
+        };
+        if stream.readable(false).await.is_err() {
             return true;
         }
         // The next request (after the answer) or a pipelined one is kept.
@@ -231,8 +234,11 @@ async fn flushed(shard: &Shard, conn: &Conn) -> bool {
             Ok((true, _)) => break,
             Ok((false, _)) => {
                 let left = deadline.saturating_duration_since(Instant::now());
+                let Some(stream) = conn.socket() else {
+                    return false;
+                };
                 if left.is_zero()
-                    || monoio::time::timeout(left, conn.stream.writable(false))
+                    || monoio::time::timeout(left, stream.writable(false))
                         .await
                         .is_err()
                 {

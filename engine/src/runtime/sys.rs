@@ -109,6 +109,17 @@ pub fn shutdown_socket(fd: RawFd, how: std::net::Shutdown) {
     }
 }
 
+/// A second descriptor of the socket `fd` (`F_DUPFD_CLOEXEC`), as a std
+/// stream another shard can take over; the caller keeps (and closes) its
+/// own. The two share the open file and its flags (non-blocking).
+pub fn dup_stream(fd: RawFd) -> io::Result<std::net::TcpStream> {
+    // SAFETY: the caller owns the open socket `fd` for the whole call; the
+    // borrow ends when this function returns, and only a duplicate of it
+    // (a new descriptor we own) leaves.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    Ok(std::net::TcpStream::from(borrowed.try_clone_to_owned()?))
+}
+
 /// The process's `RLIMIT_NOFILE` as (soft, hard).
 pub fn open_file_limit() -> io::Result<(u64, u64)> {
     let mut lim = libc::rlimit {

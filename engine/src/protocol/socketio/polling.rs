@@ -1,9 +1,10 @@
 //! Engine.IO v4 HTTP long-polling, sans IO: the requests (`GET`/`POST`/
 //! `OPTIONS` on the Socket.IO path), their checks and engine.io's exact
 //! error answers, the `\x1e`-separated payloads (binary as `b<base64>`),
-//! the HTTP responses (with CORS for browsers), and the few WebSocket frame
-//! shapes the polling bridge writes and reads. The I/O is
+//! and the HTTP responses (with CORS for browsers). The I/O is
 //! `runtime::engineio_poll`.
+
+use bytes::Bytes;
 
 /// The method of a polling request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,11 +185,11 @@ pub fn parse(buf: &[u8], max_body: usize) -> Result<Option<PollRequest>, HeadErr
     }))
 }
 
-/// One Engine.IO packet as the bridge carries it: text, or binary.
+/// One Engine.IO packet of a polling session: text, or binary.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Payload {
-    Text(Vec<u8>),
-    Binary(Vec<u8>),
+    Text(Bytes),
+    Binary(Bytes),
 }
 
 /// Splits a POST body into packets (`b` packets decoded from base64).
@@ -198,9 +199,11 @@ pub fn split_payload(body: &[u8]) -> Result<Vec<Payload>, &'static str> {
         match p.first() {
             None => return Err("empty packet in payload"),
             Some(b'b') => out.push(Payload::Binary(
-                base64_decode(&p[1..]).ok_or("bad base64 in binary packet")?,
+                base64_decode(&p[1..])
+                    .ok_or("bad base64 in binary packet")?
+                    .into(),
             )),
-            Some(_) => out.push(Payload::Text(p.to_vec())),
+            Some(_) => out.push(Payload::Text(Bytes::copy_from_slice(p))),
         }
     }
     Ok(out)
@@ -306,97 +309,6 @@ pub fn error_response(e: EioError, keep_alive: bool, origin: Option<&str>) -> Ve
     response(400, "application/json", &e.body(), keep_alive, origin)
 }
 
-/// WebSocket opcodes the bridge handles.
-pub const OP_CONT: u8 = 0;
-pub const OP_TEXT: u8 = 1;
-pub const OP_BINARY: u8 = 2;
-pub const OP_CLOSE: u8 = 8;
-pub const OP_PING: u8 = 9;
-pub const OP_PONG: u8 = 10;
-
-/// A frame, masked (`mask`: what a client sends, with a zero key: the
-/// bridge's own loopback connection) or not (what a server sends).
-pub fn frame(opcode: u8, payload: &[u8], mask: bool) -> Vec<u8> {
-    let mut out = Vec::with_capacity(payload.len() + 14);
-    out.push(0x80 | opcode);
-    let m = if mask { 0x80 } else { 0 };
-    match payload.len() {
-        n if n < 126 => out.push(m | n as u8),
-        n if n <= 0xffff => {
-            out.push(m | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(m | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    if mask {
-        out.extend_from_slice(&[0, 0, 0, 0]);
-    }
-    out.extend_from_slice(payload);
-    out
-}
-
-/// One parsed frame: fin, opcode, unmasked payload, bytes taken.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Frame {
-    pub fin: bool,
-    pub opcode: u8,
-    pub payload: Vec<u8>,
-    pub consumed: usize,
-}
-
-/// Parses the frame at the start of `buf`: `Ok(None)` while incomplete.
-pub fn parse_frame(buf: &[u8], max: usize) -> Result<Option<Frame>, &'static str> {
-    if buf.len() < 2 {
-        return Ok(None);
-    }
-    if buf[0] & 0x70 != 0 {
-        return Err("reserved bits set");
-    }
-    let masked = buf[1] & 0x80 != 0;
-    let (len, mut at) = match buf[1] & 0x7f {
-        126 if buf.len() >= 4 => (u64::from(u16::from_be_bytes([buf[2], buf[3]])), 4),
-        127 if buf.len() >= 10 => {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&buf[2..10]);
-            (u64::from_be_bytes(b), 10)
-        }
-        126 | 127 => return Ok(None),
-        n => (u64::from(n), 2),
-    };
-    if len > max as u64 {
-        return Err("frame too large");
-    }
-    let len = len as usize;
-    let key = if masked {
-        if buf.len() < at + 4 {
-            return Ok(None);
-        }
-        let k = [buf[at], buf[at + 1], buf[at + 2], buf[at + 3]];
-        at += 4;
-        Some(k)
-    } else {
-        None
-    };
-    if buf.len() < at + len {
-        return Ok(None);
-    }
-    let mut payload = buf[at..at + len].to_vec();
-    if let Some(k) = key {
-        for (i, b) in payload.iter_mut().enumerate() {
-            *b ^= k[i % 4];
-        }
-    }
-    Ok(Some(Frame {
-        fin: buf[0] & 0x80 != 0,
-        opcode: buf[0] & 0x0f,
-        payload,
-        consumed: at + len,
-    }))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -464,9 +376,9 @@ mod tests {
         assert_eq!(
             ps,
             vec![
-                Payload::Text(b"2".to_vec()),
-                Payload::Text(b"42[\"a\"]".to_vec()),
-                Payload::Binary(vec![1, 2, 3])
+                Payload::Text(Bytes::from_static(b"2")),
+                Payload::Text(Bytes::from_static(b"42[\"a\"]")),
+                Payload::Binary(Bytes::from_static(&[1, 2, 3]))
             ]
         );
         assert_eq!(join_payload(&ps), b"2\x1e42[\"a\"]\x1ebAQID");
@@ -479,30 +391,6 @@ mod tests {
         }
         assert_eq!(base64_decode(b"AQ=="), Some(vec![1]));
         assert_eq!(base64_decode(b"A=Q="), None);
-    }
-
-    #[test]
-    fn frames_round_trip() {
-        for n in [0, 5, 125, 126, 70_000] {
-            let p = vec![b'x'; n];
-            for mask in [false, true] {
-                let f = frame(OP_TEXT, &p, mask);
-                let got = parse_frame(&f, 1 << 20).unwrap().unwrap();
-                assert_eq!(
-                    (got.fin, got.opcode, got.consumed),
-                    (true, OP_TEXT, f.len())
-                );
-                assert_eq!(got.payload, p);
-                assert_eq!(parse_frame(&f[..f.len() - 1], 1 << 20), Ok(None));
-            }
-        }
-        // A client's frame with a real key.
-        let f = [0x81, 0x82, 1, 2, 3, 4, b'5' ^ 1, b'x' ^ 2];
-        assert_eq!(parse_frame(&f, 10).unwrap().unwrap().payload, b"5x");
-        assert_eq!(
-            parse_frame(&frame(1, &[0; 20], false), 10),
-            Err("frame too large")
-        );
     }
 
     #[test]

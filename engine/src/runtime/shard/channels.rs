@@ -91,9 +91,15 @@ impl Shard {
         let ts = unix_ms() / 1000;
         let mut id = 0;
         let mut home = self.home.borrow_mut();
-        if home
-            .interested(channel)
-            .any(|s| s != self.id && !node.mailboxes[s].has_room())
+        // A user's personal channel goes to every shard: the user's
+        // connections there receive it subscribed or not.
+        let targets: Vec<usize> = match self.personal_user(channel) {
+            Some(_) => (0..node.shards).collect(),
+            None => home.interested(channel).collect(),
+        };
+        if targets
+            .iter()
+            .any(|&s| s != self.id && !node.mailboxes[s].has_room())
         {
             ShardMetrics::inc(&self.metrics.publishes_overloaded);
             return Err(PublishError::Overloaded);
@@ -108,7 +114,7 @@ impl Shard {
         });
         ShardMetrics::inc(&self.metrics.publications);
         let p = &published.publication;
-        for shard in home.interested(channel) {
+        for shard in targets {
             let ex = exclude.filter(|&(s, _)| s == shard).map(|(_, k)| k);
             if shard == self.id {
                 self.deliver(p, ex);
@@ -170,11 +176,15 @@ impl Shard {
         since: Option<Since>,
     ) -> Result<SubscribeInfo, ShardGone> {
         let home = self.node.home_of(channel);
+        let member = self.member_of(conn, channel);
         if home == self.id {
             let outcome =
                 self.home
                     .borrow_mut()
                     .subscribe(channel, self.id, since.as_ref(), Instant::now());
+            if let Some(m) = member {
+                self.home_join(channel, m);
+            }
             self.fetch_kept(channel, &outcome);
             self.activate(conn, channel, &outcome);
             return Ok(SubscribeInfo::from(&outcome));
@@ -185,6 +195,7 @@ impl Shard {
             from: self.id,
             conn: cref,
             since,
+            member: member.map(Box::new),
             reply: tx,
         });
         rx.await.map_err(|_| ShardGone)
@@ -255,18 +266,16 @@ impl Shard {
     }
 
     pub(super) fn leave(&self, channel: &str, key: ConnKey) {
-        let conn = self.conns.borrow().get(key).cloned();
-        if let Some(conn) = conn {
-            self.join_leave("leave", &conn, channel);
-        }
-        if let Change::Changed { .. } = self.table.borrow_mut().unsubscribe(channel, key) {
+        let change = self.table.borrow_mut().unsubscribe(channel, key);
+        if let Change::Changed { .. } = change {
             let home = self.node.home_of(channel);
             if home == self.id {
-                self.home.borrow_mut().unsubscribe(channel, self.id);
+                self.home_leave(channel, self.id, key);
             } else {
                 self.node.mailboxes[home].push(ShardMsg::Unsubscribe {
                     channel: channel.into(),
                     from: self.id,
+                    conn: key,
                 });
             }
         }
@@ -298,6 +307,11 @@ impl Shard {
             HomeQuery::History { since, limit } => {
                 HomeAnswer::History(home.history(channel, since.as_ref(), limit, Instant::now()))
             }
+            HomeQuery::Presence { list } => HomeAnswer::Presence(home.presence(
+                channel,
+                list,
+                super::identity::PRESENCE_LIST_MAX,
+            )),
         }
     }
 
@@ -337,19 +351,11 @@ impl Shard {
         } else {
             0
         };
-        let (mut affected, mut presence, mut presence_users) = (0, Vec::new(), Vec::new());
+        let mut affected = 0;
         match query {
             Gather::DisconnectUser(user) => affected = self.disconnect_user(user),
             Gather::UnsubscribeUser { user, channel } => {
                 affected = self.unsubscribe_user(user, channel)
-            }
-            Gather::Presence { channel, list } => {
-                let max = if *list {
-                    super::identity::PRESENCE_LIST_MAX + 1
-                } else {
-                    0
-                };
-                (presence, affected, presence_users) = self.local_presence(channel, max);
             }
             Gather::Event { .. } => self.deliver_event(query),
             _ => {}
@@ -382,8 +388,6 @@ impl Shard {
             flushed,
             internals: self.internals(),
             affected,
-            presence,
-            presence_users,
         }
     }
 

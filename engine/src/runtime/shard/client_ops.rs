@@ -215,8 +215,6 @@ impl Shard {
         if conn.subs.borrow().len() >= max {
             return Err(OpError::TooManySubscriptions(max));
         }
-        let info = self.subscribe(conn, cref, channel, since).await?;
-        self.join_leave("join", conn, channel);
-        Ok(info)
+        Ok(self.subscribe(conn, cref, channel, since).await?)
     }
 }

@@ -8,11 +8,12 @@
 //! behind it is sent before it, which keeps a subscribe's reply ahead of the
 //! channel's first live publications.
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::Waker;
 use std::time::Instant;
 
@@ -22,6 +23,7 @@ use monoio::net::TcpStream;
 use crate::ops::config::SlowConsumerPolicy;
 use crate::protocol::adapter::ProtocolId;
 use crate::pubsub::channel_table::ConnKey;
+use crate::runtime::engineio_poll::Session as PollSession;
 use crate::runtime::sys;
 
 /// Frames are gathered into one send up to this many bytes.
@@ -116,6 +118,27 @@ impl Outbound {
                 self.items.remove(pos);
             }
         }
+    }
+
+    /// Takes the frames up to the first hold (a socket-less connection's
+    /// flush: they go to its polling session's queue).
+    fn take_frames(&mut self, mut each: impl FnMut(Bytes)) -> usize {
+        let mut n = 0;
+        while let Some(OutItem::Frame(_)) = self.items.front() {
+            if let Some(OutItem::Frame(f)) = self.items.pop_front() {
+                n += f.len();
+                each(f);
+            }
+        }
+        self.queued -= n.min(self.queued);
+        self.head_written = 0;
+        n
+    }
+
+    /// Puts a frame first (older than everything queued).
+    fn push_front(&mut self, frame: Bytes) {
+        self.queued += frame.len();
+        self.items.push_front(OutItem::Frame(frame));
     }
 
     /// Drops every frame not yet started (keeps a partly written head so
@@ -235,10 +258,14 @@ impl TokenBucket {
     }
 }
 
-/// One WebSocket connection as its shard sees it.
+/// One connection as its shard sees it: a WebSocket client, a parked
+/// HTTP request, or an Engine.IO polling session (no socket of its own
+/// until the client upgrades; its frames go to the session's queue).
 pub struct Conn {
     pub key: ConnKey,
-    pub stream: TcpStream,
+    stream: OnceCell<TcpStream>,
+    /// The Engine.IO polling session a socket-less connection serves.
+    polled: Option<Arc<PollSession>>,
     /// The wire protocol it speaks (`protocol::adapter::PROTOCOLS`).
     pub proto: ProtocolId,
     /// The permessage-deflate agreement, packed
@@ -277,9 +304,37 @@ impl Conn {
         burst: u32,
         now: Instant,
     ) -> Self {
+        let sock = OnceCell::new();
+        let _ = sock.set(stream);
+        Self::build(key, sock, None, proto, burst, now)
+    }
+
+    /// A connection without a socket for the Engine.IO polling session
+    /// `session`: what is queued for it goes to the session's queue (a
+    /// GET takes it), until [`Conn::attach_socket`] gives it the client's
+    /// WebSocket.
+    pub(crate) fn socketless(
+        key: ConnKey,
+        session: Arc<PollSession>,
+        proto: ProtocolId,
+        burst: u32,
+        now: Instant,
+    ) -> Self {
+        Self::build(key, OnceCell::new(), Some(session), proto, burst, now)
+    }
+
+    fn build(
+        key: ConnKey,
+        stream: OnceCell<TcpStream>,
+        polled: Option<Arc<PollSession>>,
+        proto: ProtocolId,
+        burst: u32,
+        now: Instant,
+    ) -> Self {
         Conn {
             key,
             stream,
+            polled,
             proto,
             deflate: 0,
             out: RefCell::new(Outbound::default()),
@@ -319,8 +374,34 @@ impl Conn {
         self
     }
 
+    /// Its socket; `None` for a polling session not upgraded.
+    pub fn socket(&self) -> Option<&TcpStream> {
+        self.stream.get()
+    }
+
+    /// The socket's descriptor, -1 without one (then a `shutdown` on it
+    /// fails harmlessly).
     pub fn fd(&self) -> RawFd {
-        self.stream.as_raw_fd()
+        self.socket().map_or(-1, AsRawFd::as_raw_fd)
+    }
+
+    /// A polling session's connection takes the client's WebSocket: what
+    /// the session's queue still held (`older`, already framed) goes out
+    /// first, then what is queued here. False if it had a socket already.
+    pub(crate) fn attach_socket(&self, stream: TcpStream, older: Vec<Bytes>) -> bool {
+        if self.stream.set(stream).is_err() {
+            return false;
+        }
+        let mut out = self.out.borrow_mut();
+        for f in older.into_iter().rev() {
+            out.push_front(f);
+        }
+        true
+    }
+
+    /// The polling session it serves (while it has no socket).
+    pub(crate) fn polled(&self) -> Option<&Arc<PollSession>> {
+        self.polled.as_ref().filter(|_| self.stream.get().is_none())
     }
 
     pub fn state(&self) -> ConnState {
@@ -476,8 +557,17 @@ impl Conn {
 
     /// Writes what the socket takes now, using `gather` (the shard's
     /// buffer) to join several frames. `Ok((drained, bytes))`.
+    /// A socket-less connection hands its frames to its polling session.
     pub fn flush(&self, gather: &mut Vec<u8>) -> io::Result<(bool, usize)> {
-        self.out.borrow_mut().write_to(self.fd(), gather)
+        match (self.socket(), self.polled()) {
+            (Some(s), _) => self.out.borrow_mut().write_to(s.as_raw_fd(), gather),
+            (None, Some(session)) => {
+                let mut out = self.out.borrow_mut();
+                let n = session.push_frames(|push| out.take_frames(push));
+                Ok((true, n))
+            }
+            (None, None) => Ok((true, 0)),
+        }
     }
 
     pub fn has_writable(&self) -> bool {
@@ -491,8 +581,8 @@ impl Conn {
 
     /// The socket back, once the connection is forgotten (a long-poll
     /// connection serves its next request with it).
-    pub fn into_stream(self) -> TcpStream {
-        self.stream
+    pub fn into_stream(self) -> Option<TcpStream> {
+        self.stream.into_inner()
     }
 }
 

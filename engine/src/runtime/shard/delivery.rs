@@ -143,18 +143,29 @@ impl Shard {
             return 0;
         };
         let table = self.table.borrow();
-        let Some(subs) = table.subscribers(channel) else {
-            return 0;
-        };
+        let subs = table.subscribers(channel);
         let conns = self.conns.borrow();
         let now = Instant::now();
         let mut n = 0;
-        for &key in subs {
+        for &key in subs.into_iter().flatten() {
             if Some(key) == exclude {
                 continue;
             }
             if let Some(conn) = conns.get(key) {
                 n += self.offer(conn, self.frame_for(conn, p), now) as usize;
+            }
+        }
+        // `user:{sub}`: also the user's connections that did not subscribe
+        // (each authenticated connection is in its own user channel).
+        if let Some(user) = self.personal_user(channel) {
+            let users = self.users.borrow();
+            for &key in users.conns(user) {
+                if Some(key) == exclude || subs.is_some_and(|s| s.contains(&key)) {
+                    continue;
+                }
+                if let Some(conn) = conns.get(key) {
+                    n += self.offer(conn, self.frame_for(conn, p), now) as usize;
+                }
             }
         }
         ShardMetrics::add(&self.metrics.deliveries, n as u64);
@@ -220,8 +231,8 @@ impl Shard {
 }
 
 async fn wait_writable(shard: Rc<Shard>, conn: Rc<Conn>) {
-    loop {
-        if conn.stream.writable(false).await.is_err() {
+    while let Some(stream) = conn.socket() {
+        if stream.writable(false).await.is_err() {
             break;
         }
         match shard.flush_now(&conn) {

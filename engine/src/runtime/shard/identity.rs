@@ -1,8 +1,8 @@
 //! Who a shard's connections are: the user index (user ids interned once
 //! per shard, each with its connections), connections waiting for
-//! `connect`, token expiry, and the per-user and presence questions every
-//! shard answers for the backend (`disconnect`, `unsubscribe`,
-//! `presence`).
+//! `connect`, token expiry, the per-user questions every shard answers
+//! for the backend (`disconnect`, `unsubscribe`), and presence, which a
+//! channel's home shard keeps (who is subscribed, its join/leave events).
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -12,16 +12,6 @@ use super::*;
 use crate::access::{self, Claims, Identity};
 use crate::protocol::adapter::protocol;
 use crate::pubsub::ops::OpError;
-
-/// One subscriber in a presence answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PresenceEntry {
-    /// `shard.key`: unique among the node's connections now.
-    pub client: String,
-    pub user: String,
-    /// `info` claim, compact JSON.
-    pub info: Option<String>,
-}
 
 /// Presence lists longer than this are answered with counts only.
 pub const PRESENCE_LIST_MAX: usize = 1000;
@@ -140,6 +130,18 @@ impl Shard {
         }
     }
 
+    /// The user whose personal channel `channel` is (`user:{sub}`), when
+    /// tokens are on: a publication there reaches every connection of that
+    /// user on every shard, whether it subscribed or not.
+    pub(crate) fn personal_user<'c>(&self, channel: &'c str) -> Option<&'c str> {
+        if !self.node.access.enabled() {
+            return None;
+        }
+        channel
+            .strip_prefix(access::PERSONAL_PREFIX)
+            .filter(|u| !u.is_empty())
+    }
+
     /// Open connections of `user` on this shard.
     fn user_conns(&self, user: &str) -> Vec<Rc<Conn>> {
         let conns = self.conns.borrow();
@@ -171,76 +173,79 @@ impl Shard {
             .count()
     }
 
-    /// This shard's subscribers of `channel` (at most `max`) and how many
-    /// there are, with their distinct users.
-    pub(super) fn local_presence(
-        &self,
-        channel: &str,
-        max: usize,
-    ) -> (Vec<PresenceEntry>, usize, Vec<String>) {
-        let table = self.table.borrow();
-        let conns = self.conns.borrow();
-        let Some(subs) = table.subscribers(channel) else {
-            return (Vec::new(), 0, Vec::new());
-        };
-        let mut list = Vec::new();
-        let mut users: Vec<String> = Vec::new();
-        for &key in subs {
-            let Some(c) = conns.get(key) else { continue };
-            let id = c.identity();
-            let user = id.as_ref().map_or("", |id| &*id.user);
-            if !users.iter().any(|u| u == user) {
-                users.push(user.to_owned());
-            }
-            if list.len() < max {
-                list.push(PresenceEntry {
-                    client: format!("{}.{}", self.id, key),
-                    user: user.to_owned(),
-                    info: id.as_ref().and_then(|id| id.info().map(str::to_owned)),
-                });
-            }
+    /// Who `conn` is for the presence of `channel`, when the channel's
+    /// namespace keeps presence or sends join/leave events (nothing, and no
+    /// allocation, for the others).
+    pub(super) fn member_of(&self, conn: &Conn, channel: &str) -> Option<Member> {
+        let rule = self.node.access.namespaces.rule(channel);
+        if !rule.presence && !rule.join_leave {
+            return None;
         }
-        (list, subs.len(), users)
+        let id = conn.identity();
+        Some(Member {
+            shard: self.id,
+            conn: conn.key,
+            user: id.as_ref().map_or("", |id| &*id.user).into(),
+            info: id.as_ref().and_then(|id| id.info()).map(Into::into),
+        })
     }
 
-    /// Presence of `channel` over every shard, as the JSON result of
-    /// `presence` (`stats`: `presence_stats`): `{"presence":{CLIENT:
-    /// {"client","user","info"?}}}`, or counts
-    /// `{"num_clients":n,"num_users":m}` for stats and for channels with
-    /// more than [`PRESENCE_LIST_MAX`] subscribers.
-    pub(crate) async fn presence_json(&self, channel: &str, stats: bool) -> Vec<u8> {
-        let query = Gather::Presence {
-            channel: channel.into(),
-            list: !stats,
+    /// At the channel's home shard: `m` subscribed; its `join` goes out.
+    pub(super) fn home_join(&self, channel: &str, m: Member) {
+        let event = self.presence_event("join", channel, &m);
+        self.home.borrow_mut().join(channel, m);
+        if let Some(event) = event {
+            self.send_event(event);
+        }
+    }
+
+    /// At the channel's home shard: connection `conn` of shard `from` left
+    /// the channel; its `leave` goes out if the channel keeps presence.
+    pub(super) fn home_leave(&self, channel: &str, from: usize, conn: ConnKey) {
+        let left = {
+            let mut home = self.home.borrow_mut();
+            let left = home.leave(channel, from, conn);
+            home.unsubscribe(channel, from);
+            left
         };
-        let reports = self.gather(query).await;
-        let clients: usize = reports.iter().map(|r| r.affected).sum();
-        let mut users: Vec<&str> = reports
-            .iter()
-            .flat_map(|r| r.presence_users.iter().map(|u| &**u))
-            .collect();
-        users.sort_unstable();
-        users.dedup();
-        if stats || clients > PRESENCE_LIST_MAX {
+        if let Some(event) = left.and_then(|m| self.presence_event("leave", channel, &m)) {
+            self.send_event(event);
+        }
+    }
+
+    /// Presence of `channel`, answered by its home shard alone, as the
+    /// JSON result of `presence` (`stats`: `presence_stats`):
+    /// `{"presence":{CLIENT:{"client","user","info"?}}}`, or counts
+    /// `{"num_clients":n,"num_users":m}` for stats and for channels with
+    /// more than [`PRESENCE_LIST_MAX`] subscribers (`"truncated":true`).
+    pub(crate) async fn presence_json(&self, channel: &str, stats: bool) -> Vec<u8> {
+        let answer = match self
+            .ask_home(channel, HomeQuery::Presence { list: !stats })
+            .await
+        {
+            Ok(HomeAnswer::Presence(p)) => p,
+            _ => PresenceAnswer::default(),
+        };
+        let Some(list) = answer.list else {
             let too_many = if stats { "" } else { r#","truncated":true"# };
             return format!(
-                r#"{{"num_clients":{clients},"num_users":{}{too_many}}}"#,
-                users.len()
+                r#"{{"num_clients":{},"num_users":{}{too_many}}}"#,
+                answer.clients, answer.users
             )
             .into_bytes();
-        }
+        };
         let mut out = br#"{"presence":{"#.to_vec();
-        let entries = reports.iter().flat_map(|r| r.presence.iter());
-        for (i, e) in entries.enumerate() {
+        for (i, m) in list.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
-            write_json_str(&mut out, &e.client);
+            let client = format!("{}.{}", m.shard, m.conn);
+            write_json_str(&mut out, &client);
             out.extend_from_slice(br#":{"client":"#);
-            write_json_str(&mut out, &e.client);
+            write_json_str(&mut out, &client);
             out.extend_from_slice(br#","user":"#);
-            write_json_str(&mut out, &e.user);
-            if let Some(info) = &e.info {
+            write_json_str(&mut out, &m.user);
+            if let Some(info) = &m.info {
                 out.extend_from_slice(br#","info":"#);
                 out.extend_from_slice(info.as_bytes());
             }
@@ -250,22 +255,20 @@ impl Shard {
         out
     }
 
-    /// A `join` or `leave` event for `conn` on `channel`, when the
-    /// channel's namespace has `join_leave`: to every native subscriber
-    /// of the channel on every shard (the connection itself excluded).
-    pub(super) fn join_leave(&self, kind: &str, conn: &Conn, channel: &str) {
+    /// A `join` or `leave` event of `m` on `channel`, when the channel's
+    /// namespace has `join_leave`, for every native subscriber but `m`.
+    fn presence_event(&self, kind: &str, channel: &str, m: &Member) -> Option<Gather> {
         if !self.node.access.namespaces.rule(channel).join_leave {
-            return;
+            return None;
         }
-        let id = conn.identity();
         let mut json =
             format!(r#"{{"jsonrpc":"2.0","method":"{kind}","params":{{"channel":"#).into_bytes();
         write_json_str(&mut json, channel);
         json.extend_from_slice(br#","client":"#);
-        write_json_str(&mut json, &format!("{}.{}", self.id, conn.key));
+        write_json_str(&mut json, &format!("{}.{}", m.shard, m.conn));
         json.extend_from_slice(br#","user":"#);
-        write_json_str(&mut json, id.as_ref().map_or("", |id| &id.user));
-        if let Some(info) = id.as_ref().and_then(|id| id.info()) {
+        write_json_str(&mut json, &m.user);
+        if let Some(info) = &m.info {
             json.extend_from_slice(br#","info":"#);
             json.extend_from_slice(info.as_bytes());
         }
@@ -276,23 +279,32 @@ impl Shard {
             crate::protocol::codec::OpCode::Text,
             &json,
         );
-        let query = Gather::Event {
+        Some(Gather::Event {
             channel: channel.into(),
             frame: bytes::Bytes::from(frame),
-            except: (self.id, conn.key),
+            except: (m.shard, m.conn),
+        })
+    }
+
+    /// From the home shard: a [`Gather::Event`] to the shards that have
+    /// subscribers of its channel (this one directly).
+    fn send_event(&self, event: Gather) {
+        let Gather::Event { channel, .. } = &event else {
+            return;
         };
-        for shard in 0..self.node.shards {
+        let shards: Vec<usize> = self.home.borrow().interested(channel).collect();
+        for shard in shards {
             if shard == self.id {
+                self.deliver_event(&event);
                 continue;
             }
             // Nobody waits for the answer.
             let (reply, _) = futures_channel::oneshot::channel();
             self.node.mailboxes[shard].push(ShardMsg::Gather {
-                query: query.clone(),
+                query: event.clone(),
                 reply,
             });
         }
-        self.deliver_event(&query);
     }
 
     /// Sends a [`Gather::Event`] to this shard's native subscribers.
@@ -390,5 +402,7 @@ impl Shard {
     }
 }
 
+use crate::pubsub::channel_table::ConnKey;
+use crate::pubsub::home_shard::{Member, PresenceAnswer};
 use crate::pubsub::ops::Outcome;
 use crate::pubsub::publication::write_json_str;

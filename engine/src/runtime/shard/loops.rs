@@ -63,6 +63,7 @@ impl Shard {
                 from,
                 conn,
                 since,
+                member,
                 reply,
             } => {
                 let outcome = self.home.borrow_mut().subscribe(
@@ -71,6 +72,9 @@ impl Shard {
                     since.as_ref(),
                     Instant::now(),
                 );
+                if let Some(m) = member {
+                    self.home_join(&channel, *m);
+                }
                 self.fetch_kept(&channel, &outcome);
                 self.node.mailboxes[from].push(ShardMsg::SubscribeAck {
                     channel,
@@ -95,12 +99,15 @@ impl Shard {
                     self.node.mailboxes[home].push(ShardMsg::Unsubscribe {
                         channel,
                         from: self.id,
+                        conn: conn.key,
                     });
                 }
             },
-            ShardMsg::Unsubscribe { channel, from } => {
-                self.home.borrow_mut().unsubscribe(&channel, from);
-            }
+            ShardMsg::Unsubscribe {
+                channel,
+                from,
+                conn,
+            } => self.home_leave(&channel, from, conn),
             ShardMsg::Home {
                 channel,
                 query,
@@ -195,6 +202,11 @@ impl Shard {
                         c.mark_closing(now);
                         self.send_control(c, proto.expired_answer());
                     }
+                    continue;
+                }
+                if c.socket().is_none() {
+                    // An Engine.IO polling session: its protocol's own
+                    // pings and pong deadline keep it (no WebSocket ping).
                     continue;
                 }
                 let clock = Liveness {

@@ -7,7 +7,7 @@ use futures_channel::oneshot;
 
 use crate::ops::metrics::{Gauges, MetricsSnapshot};
 use crate::pubsub::channel_table::ConnKey;
-use crate::pubsub::home_shard::{HistoryOutcome, Since, SubscribeOutcome};
+use crate::pubsub::home_shard::{HistoryOutcome, Member, PresenceAnswer, Since, SubscribeOutcome};
 use crate::pubsub::ops::{OpError, PublishResult, SubscribeInfo};
 use crate::pubsub::publication::Publication;
 
@@ -24,7 +24,14 @@ pub struct ConnRef {
 pub enum HomeQuery {
     Total,
     Last,
-    History { since: Option<Since>, limit: usize },
+    History {
+        since: Option<Since>,
+        limit: usize,
+    },
+    /// Who is subscribed (`list`) or only how many.
+    Presence {
+        list: bool,
+    },
 }
 
 #[derive(Debug)]
@@ -32,6 +39,7 @@ pub enum HomeAnswer {
     Total(usize),
     Last(u64, Arc<str>),
     History(HistoryOutcome),
+    Presence(PresenceAnswer),
 }
 
 /// A question every shard answers for itself. No answer grows with the
@@ -56,14 +64,7 @@ pub enum Gather {
         user: Arc<str>,
         channel: Arc<str>,
     },
-    /// A channel's local subscribers: `affected` counts them,
-    /// `presence_users` has their users and, with `list`, `presence` them
-    /// (bounded).
-    Presence {
-        channel: Arc<str>,
-        list: bool,
-    },
-    /// A `join`/`leave` frame for the channel's native subscribers but
+    /// From a channel's home shard: a `join`/`leave` frame for the channel's native subscribers but
     /// `except` (shard, connection); nobody waits for the answer.
     Event {
         channel: Arc<str>,
@@ -85,10 +86,8 @@ pub struct ShardReport {
     pub more_channels: bool,
     pub flushed: usize,
     pub internals: Internals,
-    /// Connections a per-user or presence query touched or found.
+    /// Connections a per-user query touched.
     pub affected: usize,
-    pub presence: Vec<super::identity::PresenceEntry>,
-    pub presence_users: Vec<String>,
 }
 
 /// Sizes of a shard's internal structures, to show they stay bounded
@@ -147,12 +146,14 @@ pub enum ShardMsg {
         publication: Arc<Publication>,
         reply: oneshot::Sender<usize>,
     },
-    /// To the home shard: one more subscriber on shard `from`.
+    /// To the home shard: one more subscriber on shard `from`, with who it
+    /// is when the channel keeps presence.
     Subscribe {
         channel: Box<str>,
         from: usize,
         conn: ConnRef,
         since: Option<Since>,
+        member: Option<Box<Member>>,
         reply: oneshot::Sender<SubscribeInfo>,
     },
     /// From the home shard, in order with its `Deliver`s: the subscription
@@ -163,8 +164,12 @@ pub enum ShardMsg {
         outcome: SubscribeOutcome,
         reply: oneshot::Sender<SubscribeInfo>,
     },
-    /// To the home shard: one subscriber on shard `from` left.
-    Unsubscribe { channel: Box<str>, from: usize },
+    /// To the home shard: subscriber `conn` on shard `from` left.
+    Unsubscribe {
+        channel: Box<str>,
+        from: usize,
+        conn: ConnKey,
+    },
     Home {
         channel: Box<str>,
         query: HomeQuery,

@@ -68,13 +68,12 @@ async fn session(shard: &Rc<Shard>, stream: TcpStream, fixed: Option<ProtocolId>
             ),
             Some(Handshake::Poll(stream, request, p)) => {
                 if protocol(p).name() == "socketio" {
-                    return Box::pin(engineio_poll::serve_request(shard, stream, request)).await;
+                    return Box::pin(engineio_poll::serve_request(shard, stream, request, p)).await;
                 }
                 return Box::pin(long_poll::serve_request(shard, stream, request)).await;
             }
             Some(Handshake::PollUpgrade(stream, pending, session)) => {
-                let max = shard.config().limits.max_message_size.max(4096);
-                return Box::pin(engineio_poll::upgraded(stream, pending, session, max)).await;
+                return Box::pin(engineio_poll::upgrade(shard, stream, pending, session)).await;
             }
             None => return,
         };
@@ -88,13 +87,7 @@ async fn session(shard: &Rc<Shard>, stream: TcpStream, fixed: Option<ProtocolId>
         None if shard.needs_connect(&conn) => shard.await_connect(&conn, Instant::now()),
         None => {}
     }
-    protocol(proto).attach(&mut state, &|| {
-        Arc::new(ShardWaker {
-            node: Arc::downgrade(&shard.node),
-            shard: shard.id,
-            conn: cref,
-        })
-    });
+    attach(shard, proto, &mut state, cref);
     if let Some(first) = first {
         Box::pin(run_calls(shard, &conn, cref, &mut state, &mut vec![*first])).await;
     }
@@ -105,6 +98,30 @@ async fn session(shard: &Rc<Shard>, stream: TcpStream, fixed: Option<ProtocolId>
     conn.unpark_reader();
     shard.remove_conn(&conn);
     Box::pin(drain(shard, &conn)).await;
+}
+
+/// A connection without a token waits for `connect` when the node asks
+/// for one (as an upgrade without a token does).
+pub(crate) fn expect_connect(shard: &Shard, conn: &Rc<Conn>) {
+    if shard.needs_connect(conn) {
+        shard.await_connect(conn, Instant::now());
+    }
+}
+
+/// Gives the protocol's state of connection `cref` its waker.
+pub(crate) fn attach(
+    shard: &Rc<Shard>,
+    proto: ProtocolId,
+    state: &mut SessionState,
+    cref: ConnRef,
+) {
+    protocol(proto).attach(state, &|| {
+        Arc::new(ShardWaker {
+            node: Arc::downgrade(&shard.node),
+            shard: shard.id,
+            conn: cref,
+        })
+    });
 }
 
 /// Wakes one session from any thread: a message to its shard's mailbox,
@@ -214,7 +231,7 @@ async fn handshake(
             return None;
         }
     };
-    let opened = match protocol(proto).accept(cfg, &upgrade, Instant::now()) {
+    let opened = match protocol(proto).accept_as(cfg, &upgrade, claims.as_deref(), Instant::now()) {
         Ok(opened) => opened,
         Err(refused) => {
             ShardMetrics::inc(&shard.metrics.handshakes_rejected);
@@ -307,12 +324,12 @@ async fn read_upgrade(
     }
 }
 
-enum Step {
+pub(crate) enum Step {
     Continue,
     Stop,
 }
 
-async fn read_loop(
+pub(crate) async fn read_loop(
     shard: &Rc<Shard>,
     conn: &Rc<Conn>,
     cref: ConnRef,
@@ -329,7 +346,10 @@ async fn read_loop(
             return;
         }
     }
-    let fd = conn.fd();
+    let Some(stream) = conn.socket() else {
+        return;
+    };
+    let fd = stream.as_raw_fd();
     let budget = shard.config().limits.max_outbound_bytes;
     loop {
         // A connection with a deadline waits in a boxed future of its own,
@@ -337,9 +357,9 @@ async fn read_loop(
         let wake = match protocol(conn.proto).next_deadline(state) {
             Some(deadline) => {
                 let timer = monoio::time::sleep_until(deadline.into());
-                Box::pin(wait_input(conn, budget, Some(timer))).await
+                Box::pin(wait_input(conn, stream, budget, Some(timer))).await
             }
-            None => wait_input(conn, budget, None::<std::future::Pending<()>>).await,
+            None => wait_input(conn, stream, budget, None::<std::future::Pending<()>>).await,
         };
         match wake {
             Wake::Stop => return,
@@ -392,8 +412,13 @@ enum Wake {
 
 /// Waits until the socket has input and the connection's queue is under
 /// `budget`, or until `timer` (a sleep on the shard's timer wheel) ends.
-async fn wait_input(conn: &Conn, budget: usize, timer: Option<impl Future<Output = ()>>) -> Wake {
-    let mut readable = pin!(conn.stream.readable(false));
+async fn wait_input(
+    conn: &Conn,
+    stream: &TcpStream,
+    budget: usize,
+    timer: Option<impl Future<Output = ()>>,
+) -> Wake {
+    let mut readable = pin!(stream.readable(false));
     let mut timer = pin!(timer);
     poll_fn(|cx| {
         if !conn.is_open() {
@@ -427,7 +452,7 @@ async fn wait_input(conn: &Conn, budget: usize, timer: Option<impl Future<Output
 
 /// The protocol's deadline passed: sends what fell due, and closes the
 /// connection if the protocol says so.
-fn on_deadline(shard: &Rc<Shard>, conn: &Rc<Conn>, state: &mut SessionState) -> Step {
+pub(crate) fn on_deadline(shard: &Rc<Shard>, conn: &Rc<Conn>, state: &mut SessionState) -> Step {
     let now = Instant::now();
     let mut reply = crate::protocol::rpc::ReplyWriter::new(false);
     let close = protocol(conn.proto).on_deadline(state, now, &mut reply);
@@ -514,7 +539,7 @@ fn ingest(
 }
 
 /// Runs [`execute`] boxed, and only when there is something to run.
-async fn run_calls(
+pub(crate) async fn run_calls(
     shard: &Rc<Shard>,
     conn: &Rc<Conn>,
     cref: ConnRef,
@@ -540,9 +565,9 @@ async fn execute(
 ) {
     let proto = protocol(conn.proto);
     let peer = || {
-        conn.stream
-            .peer_addr()
-            .map_or_else(|_| "unknown".into(), |a| a.to_string())
+        conn.socket()
+            .and_then(|s| s.peer_addr().ok())
+            .map_or_else(|| "unknown".into(), |a| a.to_string())
     };
     let rate_limited = native::rpc_error(&OpError::RateLimited);
     let budget = shard.config().limits.max_outbound_bytes;
@@ -602,7 +627,7 @@ pub fn linger_bytes(max_message_size: usize) -> usize {
 
 /// After the reader stopped: give queued frames (a close frame above all)
 /// a bounded time to leave, shut down writing, then linger.
-async fn drain(shard: &Rc<Shard>, conn: &Rc<Conn>) {
+pub(crate) async fn drain(shard: &Rc<Shard>, conn: &Rc<Conn>) {
     // On shutdown queued frames get the whole shutdown_timeout to leave.
     let budget = if shard.shutdown.is_raised() {
         shard.config().shutdown_timeout()
@@ -619,7 +644,8 @@ async fn drain(shard: &Rc<Shard>, conn: &Rc<Conn>) {
             Ok((false, n)) => {
                 ShardMetrics::add(&shard.metrics.bytes_out, n as u64);
                 let left = deadline.saturating_duration_since(Instant::now());
-                if monoio::time::timeout(left, conn.stream.writable(false))
+                let Some(stream) = conn.socket() else { break };
+                if monoio::time::timeout(left, stream.writable(false))
                     .await
                     .is_err()
                 {
@@ -639,14 +665,17 @@ async fn drain(shard: &Rc<Shard>, conn: &Rc<Conn>) {
 /// makes the client's kernel drop the close frame it has not read yet.
 async fn linger(shard: &Shard, conn: &Conn, until: Instant) {
     let limit = linger_bytes(shard.config().limits.max_message_size);
-    let fd = conn.fd();
+    let Some(stream) = conn.socket() else {
+        return;
+    };
+    let fd = stream.as_raw_fd();
     let mut discarded = 0usize;
     loop {
         let left = until.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return;
         }
-        match monoio::time::timeout(left, conn.stream.readable(false)).await {
+        match monoio::time::timeout(left, stream.readable(false)).await {
             Ok(Ok(())) => {}
             _ => return,
         }
