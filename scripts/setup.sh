@@ -12,7 +12,11 @@ cd "$(dirname "$0")/.."
 # (engine/tests/browser.rs; chromedriver comes with it for WebDriver
 # clients), make and cc build AFL++ for the fuzz smoke, redis-server and
 # postgresql give the message-source tests (engine/tests/sources_*.rs) their
-# throwaway servers. Tests skip, with a message, what they cannot find, so a failed
+# throwaway servers, and so does rabbitmq-server (sources_amqp.rs runs
+# /usr/lib/rabbitmq/bin/rabbitmq-server as the test's user on free ports with
+# its own epmd port; the package's own service, if the init system starts it,
+# listens on 5672/25672/4369 and is never used, so it may run or not).
+# Tests skip, with a message, what they cannot find, so a failed
 # install does not stop the build; under CI=true they fail instead.
 declare -A wanted=(
   [script]=util-linux [taskset]=util-linux [tmux]=tmux
@@ -26,6 +30,9 @@ for cmd in "${!wanted[@]}"; do
 done
 # PostgreSQL's server binaries (initdb, postgres) are not on PATH.
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
+# RabbitMQ's real start script is not on PATH (/usr/sbin's wrapper su's to
+# the rabbitmq user).
+[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || missing+=(rabbitmq-server)
 if [ ${#missing[@]} -gt 0 ]; then
   mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -310,8 +310,49 @@ config_section! {
     pub struct SourcesConfig {
         /// Redis pub/sub, as ws4redis uses it.
         pub redis: RedisSourceConfig = RedisSourceConfig::default(),
+        /// An AMQP 0-9-1 broker (RabbitMQ), as DMOJ's AMQP event server
+        /// uses it.
+        pub amqp: AmqpSourceConfig = AmqpSourceConfig::default(),
         /// PostgreSQL LISTEN/NOTIFY.
         pub postgres: PostgresSourceConfig = PostgresSourceConfig::default(),
+    }
+}
+
+config_section! {
+    /// `[sources.amqp]`: publish what an AMQP exchange carries (DMOJ's
+    /// and LQDOJ's `event_poster_amqp.py`, RocketWS's old source).
+    pub struct AmqpSourceConfig {
+        /// Take publications from the broker. Default false.
+        pub enabled: bool = false,
+        /// Broker URL: `amqp://user:pass@host:port/vhost` (vhost
+        /// URL-encoded: `%2f` is `/`), or `amqps://` for TLS with the
+        /// system's roots. DMOJ's `EVENT_DAEMON_AMQP`. Default
+        /// `amqp://127.0.0.1:5672/%2f`.
+        pub url: String = "amqp://127.0.0.1:5672/%2f".into(),
+        /// Exchange to bind to (DMOJ's `EVENT_DAEMON_AMQP_EXCHANGE`).
+        /// Default `dmoj-events`.
+        pub exchange: String = "dmoj-events".into(),
+        /// Type the exchange is declared with when it does not exist yet
+        /// (`topic`, `fanout`, `direct`, `headers`); empty = do not declare
+        /// it, it must exist. Default `topic`.
+        pub exchange_type: String = "topic".into(),
+        /// Binding key. Default `#` (every routing key, `''` included).
+        pub binding_key: String = "#".into(),
+        /// A named durable queue to consume; empty = an exclusive,
+        /// auto-deleted queue per node, as DMOJ's event server binds.
+        /// Default empty.
+        pub queue: String = String::new(),
+        /// Deliveries in flight, unacknowledged (basic.qos). 1..=65535.
+        /// Default 256.
+        pub prefetch: u32 = 256,
+        /// Exchange rejected bodies are dead-lettered to (the queue's
+        /// `x-dead-letter-exchange`); empty = rejected bodies are dropped.
+        /// Default empty.
+        pub dead_letter_exchange: String = String::new(),
+        /// Publish each body as is on this one channel (RocketWS's old
+        /// source) instead of reading DMOJ's
+        /// `{"id":N,"channel":C,"message":M}`. Default empty.
+        pub channel: String = String::new(),
     }
 }
 
@@ -716,6 +757,43 @@ impl SourcesConfig {
                     r.url
                 ),
             ));
+        }
+        let a = &self.amqp;
+        if a.enabled {
+            if !["amqp://", "amqps://"].iter().any(|s| a.url.starts_with(s)) {
+                return Err(ConfigError::invalid(
+                    "sources.amqp.url",
+                    format!("must be an amqp:// or amqps:// URL (got {:?})", a.url),
+                ));
+            }
+            if a.exchange.is_empty() {
+                return Err(ConfigError::invalid(
+                    "sources.amqp.exchange",
+                    "must name the exchange the poster publishes to (got \"\")",
+                ));
+            }
+            let types = ["", "topic", "fanout", "direct", "headers"];
+            if !types.contains(&a.exchange_type.as_str()) {
+                return Err(ConfigError::invalid(
+                    "sources.amqp.exchange_type",
+                    format!(
+                        "must be topic, fanout, direct, headers or empty (got {:?})",
+                        a.exchange_type
+                    ),
+                ));
+            }
+            if a.prefetch == 0 || a.prefetch > u32::from(u16::MAX) {
+                return Err(ConfigError::invalid(
+                    "sources.amqp.prefetch",
+                    format!("must be 1 to 65535 (got {})", a.prefetch),
+                ));
+            }
+            if !a.channel.is_empty() && !crate::protocol::rpc::valid_channel(&a.channel) {
+                return Err(ConfigError::invalid(
+                    "sources.amqp.channel",
+                    format!("is not a valid channel name (got {:?})", a.channel),
+                ));
+            }
         }
         Ok(())
     }
@@ -1219,6 +1297,13 @@ impl Config {
         if !c.protocols.dmoj.key.is_empty() {
             c.protocols.dmoj.key = "<redacted>".into();
         }
+        for url in [&mut c.sources.redis.url, &mut c.sources.amqp.url] {
+            if let Some((scheme, rest)) = url.split_once("://") {
+                if let Some((_, host)) = rest.split_once('@') {
+                    *url = format!("{scheme}://<redacted>@{host}");
+                }
+            }
+        }
         let pg = &c.sources.postgres.url;
         let url_password = pg
             .split_once("://")
@@ -1226,12 +1311,6 @@ impl Config {
             .is_some_and(|(user, _)| user.contains(':'));
         if pg.contains("password") || url_password {
             c.sources.postgres.url = "<redacted>".into();
-        }
-        let url = &mut c.sources.redis.url;
-        if let Some((scheme, rest)) = url.split_once("://") {
-            if let Some((_, host)) = rest.split_once('@') {
-                *url = format!("{scheme}://<redacted>@{host}");
-            }
         }
         c
     }
@@ -1836,6 +1915,15 @@ mod tests {
             "RINGCAST_SOURCES_REDIS_ENABLED",
             "RINGCAST_SOURCES_REDIS_URL",
             "RINGCAST_SOURCES_REDIS_PATTERNS",
+            "RINGCAST_SOURCES_AMQP_ENABLED",
+            "RINGCAST_SOURCES_AMQP_URL",
+            "RINGCAST_SOURCES_AMQP_EXCHANGE",
+            "RINGCAST_SOURCES_AMQP_EXCHANGE_TYPE",
+            "RINGCAST_SOURCES_AMQP_BINDING_KEY",
+            "RINGCAST_SOURCES_AMQP_QUEUE",
+            "RINGCAST_SOURCES_AMQP_PREFETCH",
+            "RINGCAST_SOURCES_AMQP_DEAD_LETTER_EXCHANGE",
+            "RINGCAST_SOURCES_AMQP_CHANNEL",
             "RINGCAST_SOURCES_POSTGRES_ENABLED",
             "RINGCAST_SOURCES_POSTGRES_URL",
             "RINGCAST_SOURCES_POSTGRES_LISTEN",
@@ -1852,7 +1940,7 @@ mod tests {
         ] {
             assert!(keys.iter().any(|(v, _, _)| v == var), "{var}");
         }
-        assert_eq!(keys.len(), 73);
+        assert_eq!(keys.len(), 82);
     }
 
     #[test]

@@ -774,9 +774,70 @@ pub fn render(config: &Config, facts: &HostFacts, checks: &[Check]) -> String {
 /// stdout and returns the process exit code (0 or 1).
 pub fn run(config: &Config) -> i32 {
     let facts = gather_facts();
-    let list = checks(config, &facts);
+    let mut list = checks(config, &facts);
+    let a = &config.sources.amqp;
+    if a.enabled {
+        let reached = amqp_addr(&a.url)
+            .ok_or_else(|| "no host in the URL".to_owned())
+            .and_then(|addr| reach(&addr));
+        list.push(check_amqp_source(config, &reached));
+    }
     print!("{}", render(config, &facts, &list));
     exit_code(&list)
+}
+
+/// `host:port` of an `amqp://` or `amqps://` URL (credentials and vhost
+/// dropped; port 5672, or 5671 for amqps, when not given).
+pub fn amqp_addr(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let default = if scheme == "amqps" { 5671 } else { 5672 };
+    let authority = rest.split(['/', '?']).next()?;
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if host.is_empty() {
+        return None;
+    }
+    let has_port = match host.rsplit_once(':') {
+        Some((h, p)) => !h.ends_with(':') && !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()),
+        None => false,
+    };
+    Some(match has_port {
+        true => host.to_owned(),
+        false => format!("{host}:{default}"),
+    })
+}
+
+/// The AMQP source (`[sources.amqp]`): whether the broker's address
+/// answered (`reached`). A broker down only warns: the source retries.
+pub fn check_amqp_source(config: &Config, reached: &Result<(), String>) -> Check {
+    const NAME: &str = "amqp source";
+    let a = &config.sources.amqp;
+    let shown = config.redacted().sources.amqp.url;
+    let need = format!("broker reachable, exchange {:?}", a.exchange);
+    match reached {
+        Ok(()) => Check::ok(NAME, format!("{shown} answers"), need),
+        Err(e) => Check::warn(
+            NAME,
+            format!("{shown}: {e}"),
+            need,
+            "start the broker or fix sources.amqp.url; ringcast keeps retrying (100 ms to 5 s)",
+        ),
+    }
+}
+
+/// A TCP connection to `addr` within 2 seconds.
+fn reach(addr: &str) -> Result<(), String> {
+    use std::net::ToSocketAddrs;
+    let addrs = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {addr}: {e}"))?;
+    let mut last = format!("{addr} resolves to nothing");
+    for a in addrs {
+        match std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(2)) {
+            Ok(_) => return Ok(()),
+            Err(e) => last = format!("cannot connect to {a}: {e}"),
+        }
+    }
+    Err(last)
 }
 
 // ---------------------------------------------------------------------------
@@ -1213,5 +1274,29 @@ mod tests {
         assert_eq!(parse_numbers::<3>("1 2"), None);
         assert_eq!(parse_numbers::<2>("1 2 3"), None);
         assert_eq!(parse_seccomp("Name:\tx\nSeccomp:\t2\n"), Some(2));
+    }
+
+    #[test]
+    fn amqp_source_check_reads_the_url_and_warns_when_down() {
+        assert_eq!(
+            amqp_addr("amqp://u:p@mq.local/%2f").as_deref(),
+            Some("mq.local:5672")
+        );
+        assert_eq!(amqp_addr("amqps://mq:5000").as_deref(), Some("mq:5000"));
+        assert_eq!(
+            amqp_addr("amqp://127.0.0.1:5673/vh?heartbeat=5").as_deref(),
+            Some("127.0.0.1:5673")
+        );
+        assert_eq!(amqp_addr("amqp:///"), None);
+        let mut c = Config::default();
+        c.sources.amqp.enabled = true;
+        c.sources.amqp.url = "amqp://guest:secret@mq:5672/%2f".into();
+        let ok = check_amqp_source(&c, &Ok(()));
+        assert_eq!(ok.status, Status::Ok);
+        assert_eq!(ok.found, "amqp://<redacted>@mq:5672/%2f answers");
+        let down = check_amqp_source(&c, &Err("cannot connect to 1.2.3.4:5672: refused".into()));
+        assert_eq!(down.status, Status::Warn);
+        assert!(!down.found.contains("secret"));
+        assert!(down.fix.contains("sources.amqp.url"));
     }
 }

@@ -217,6 +217,9 @@ pub fn run(config: Config) -> Result<RunningNode, StartError> {
     if let Some(redis) = &node.sources.redis {
         crate::sources::redis::start(node.clone(), redis.clone())?;
     }
+    if let Some(amqp) = &node.sources.amqp {
+        crate::sources::amqp::start(node.clone(), amqp.clone())?;
+    }
     if let Some(pg) = &node.sources.postgres {
         crate::sources::postgres::start(node.clone(), pg.clone())?;
     }

@@ -14,7 +14,6 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -50,22 +49,7 @@ pub fn route(payload: &str, raw_channel: &str) -> Option<(String, Bytes)> {
 
 /// Starts the bridge thread.
 pub fn start(node: Arc<Node>, state: Arc<SourceState>) -> std::io::Result<()> {
-    std::thread::Builder::new()
-        .name("source-postgres".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::error!("postgres source: no runtime: {e}");
-                    return;
-                }
-            };
-            rt.block_on(run(node, state));
-        })?;
-    Ok(())
+    super::spawn_bridge("postgres", move || run(node, state))
 }
 
 /// A LISTEN statement for `channel` (quoted as an identifier).
@@ -75,16 +59,16 @@ fn listen_sql(channel: &str) -> String {
 
 async fn run(node: Arc<Node>, state: Arc<SourceState>) {
     let cfg = &node.config.sources.postgres;
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = super::Backoff::default();
     let mut first = true;
     loop {
         let (client, mut connection) =
             match tokio_postgres::connect(&cfg.url, tokio_postgres::NoTls).await {
                 Ok(c) => c,
                 Err(e) => {
-                    tracing::warn!("postgres source: cannot connect: {e}; retry in {backoff:?}");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    let delay = backoff.delay();
+                    tracing::warn!("postgres source: cannot connect: {e}; retry in {delay:?}");
+                    backoff.wait().await;
                     continue;
                 }
             };
@@ -105,16 +89,16 @@ async fn run(node: Arc<Node>, state: Arc<SourceState>) {
             }
         };
         if let Err(e) = listened {
-            tracing::warn!("postgres source: LISTEN failed: {e}; retry in {backoff:?}");
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+            let delay = backoff.delay();
+            tracing::warn!("postgres source: LISTEN failed: {e}; retry in {delay:?}");
+            backoff.wait().await;
             continue;
         }
         if !first {
             state.reconnects.fetch_add(1, Ordering::Relaxed);
         }
         first = false;
-        backoff = Duration::from_millis(100);
+        backoff.reset();
         state.set_connected(true);
         tracing::info!("postgres source: listening on {:?}", cfg.listen);
         while let Some(m) = messages.next().await {

@@ -227,23 +227,7 @@ fn hand_over(node: &Node, f: Fetched) {
 pub fn start(node: Arc<Node>, source: Arc<RedisSource>) -> std::io::Result<()> {
     let rx = source.rx.lock().ok().and_then(|mut r| r.take());
     let Some(rx) = rx else { return Ok(()) };
-    std::thread::Builder::new()
-        .name("source-redis".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_time()
-                .enable_io()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::error!("redis source: no runtime: {e}");
-                    return;
-                }
-            };
-            rt.block_on(run(node, source, rx));
-        })?;
-    Ok(())
+    super::spawn_bridge("redis", move || run(node, source, rx))
 }
 
 async fn run(node: Arc<Node>, source: Arc<RedisSource>, mut rx: mpsc::UnboundedReceiver<Request>) {
@@ -260,7 +244,7 @@ async fn run(node: Arc<Node>, source: Arc<RedisSource>, mut rx: mpsc::UnboundedR
     let heartbeat = cfg.protocols.ws4redis.heartbeat.as_bytes().to_vec();
     let state = &source.state;
     let mut echoes = Echoes::default();
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = super::Backoff::default();
     let mut first = true;
     // This source's own barrier channel (see the module docs).
     let barrier = format!(
@@ -285,9 +269,9 @@ async fn run(node: Arc<Node>, source: Arc<RedisSource>, mut rx: mpsc::UnboundedR
         let (mut pubsub, mut writer) = match conn {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!("redis source: cannot connect to {url}: {e}; retry in {backoff:?}");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                let delay = backoff.delay();
+                tracing::warn!("redis source: cannot connect to {url}: {e}; retry in {delay:?}");
+                backoff.wait().await;
                 continue;
             }
         };
@@ -295,7 +279,7 @@ async fn run(node: Arc<Node>, source: Arc<RedisSource>, mut rx: mpsc::UnboundedR
             state.reconnects.fetch_add(1, Ordering::Relaxed);
         }
         first = false;
-        backoff = Duration::from_millis(100);
+        backoff.reset();
         echoes.clear();
         state.set_connected(true);
         tracing::info!("redis source: connected to {url}, psubscribed to {patterns:?}");

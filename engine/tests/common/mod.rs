@@ -13,6 +13,7 @@ use tungstenite::protocol::Message;
 use tungstenite::WebSocket;
 
 pub mod postgres_server;
+pub mod rabbitmq;
 pub mod redis_server;
 
 pub type Ws = WebSocket<TcpStream>;
@@ -415,4 +416,84 @@ pub fn deaf_client(server: &Server) -> TcpStream {
     let head = String::from_utf8_lossy(&head);
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     s
+}
+
+/// Checks a Prometheus text exposition as strictly as the reference
+/// parser (`expfmt`, what `promtool check metrics` uses): each family's
+/// `# HELP` and `# TYPE` at most once, `# TYPE` before the family's first
+/// sample, the family's samples together (not split by another family),
+/// every sample `name[{labels}] value` with a number. Returns the
+/// families in order.
+pub fn check_exposition(text: &str) -> Result<Vec<String>, String> {
+    let mut helps = std::collections::HashSet::new();
+    let mut typed: Vec<String> = Vec::new();
+    let mut closed = std::collections::HashSet::new();
+    let mut current: Option<String> = None;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let name = rest.split(' ').next().unwrap_or_default().to_owned();
+            if !helps.insert(name.clone()) {
+                return Err(format!("second HELP line for {name}"));
+            }
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut it = rest.split(' ');
+            let name = it.next().unwrap_or_default().to_owned();
+            let kind = it.next().unwrap_or_default();
+            if !["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind) {
+                return Err(format!("bad TYPE line: {line}"));
+            }
+            if typed.contains(&name) {
+                return Err(format!("second TYPE line for {name}"));
+            }
+            if let Some(prev) = current.replace(name.clone()) {
+                closed.insert(prev);
+            }
+            typed.push(name);
+            continue;
+        }
+        if line.starts_with('#') {
+            continue;
+        }
+        let name_end = line.find(['{', ' ']).ok_or(format!("bad sample: {line}"))?;
+        let name = &line[..name_end];
+        let value = line
+            .rsplit(' ')
+            .next()
+            .ok_or(format!("bad sample: {line}"))?;
+        if value.parse::<f64>().is_err() {
+            return Err(format!("bad value in: {line}"));
+        }
+        let family = typed
+            .iter()
+            .rev()
+            .find(|f| {
+                name == f.as_str()
+                    || ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .any(|s| name.strip_suffix(s) == Some(f.as_str()))
+            })
+            .cloned();
+        match family {
+            Some(f) if closed.contains(&f) => {
+                return Err(format!("samples of {f} split by another family: {line}"))
+            }
+            Some(f) if current.as_deref() != Some(f.as_str()) => {
+                return Err(format!("sample of {f} outside its family: {line}"))
+            }
+            Some(_) => {}
+            None => {
+                // An untyped sample: its own family, once.
+                if typed.iter().any(|t| t == name) || closed.contains(name) {
+                    return Err(format!("untyped sample of a declared family: {line}"));
+                }
+                if let Some(prev) = current.replace(name.to_owned()) {
+                    closed.insert(prev);
+                }
+                typed.push(name.to_owned());
+            }
+        }
+    }
+    Ok(typed)
 }

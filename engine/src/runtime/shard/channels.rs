@@ -73,6 +73,20 @@ impl Shard {
         exclude: Option<(usize, ConnKey)>,
         keep: Option<Duration>,
     ) -> Result<PublishResult, PublishError> {
+        self.publish_at_home_with_id(channel, data, exclude, keep, None)
+    }
+
+    /// [`publish_at_home`](Self::publish_at_home) with the id a source
+    /// supplies (`want`), kept when it is ahead of the node's ids, else
+    /// replaced by the next one ([`Node::take_id`]).
+    pub(super) fn publish_at_home_with_id(
+        &self,
+        channel: &str,
+        data: Bytes,
+        exclude: Option<(usize, ConnKey)>,
+        keep: Option<Duration>,
+        want: Option<u64>,
+    ) -> Result<PublishResult, PublishError> {
         let node = &self.node;
         let ts = unix_ms() / 1000;
         let mut id = 0;
@@ -95,7 +109,7 @@ impl Shard {
             home.keep(channel, data.clone(), now + keep);
         }
         let published = home.publish(channel, now, |name, offset| {
-            id = node.next_id();
+            id = node.take_id(want);
             Publication::message(name, offset, id, ts, data)
         });
         ShardMetrics::inc(&self.metrics.publications);

@@ -32,6 +32,15 @@ impl Shard {
                 let r = self.publish_at_home(&channel, data, exclude, keep);
                 let _ = reply.send(r);
             }
+            ShardMsg::SourcePublish {
+                channel,
+                data,
+                id,
+                reply,
+            } => {
+                let r = self.publish_at_home_with_id(&channel, data, None, None, id);
+                let _ = reply.send(r);
+            }
             ShardMsg::Kept {
                 channel,
                 data,

@@ -118,6 +118,15 @@ pub enum ShardMsg {
         keep: Option<std::time::Duration>,
         reply: oneshot::Sender<Result<PublishResult, PublishError>>,
     },
+    /// To the home shard, from a message source: publish `data` on
+    /// `channel`, with the id the source's poster gave it when that id is
+    /// still ahead of the node's ids ([`Node::take_id`]).
+    SourcePublish {
+        channel: Box<str>,
+        data: Bytes,
+        id: Option<u64>,
+        reply: oneshot::Sender<Result<PublishResult, PublishError>>,
+    },
     /// To the home shard, from a message source: the channel's persisted
     /// last message (ws4redis's SETEX'd key) and its time to live, for a
     /// first subscriber who joined at offset `joined`.

@@ -78,6 +78,11 @@ impl Node {
                 .redis
                 .enabled
                 .then(|| Arc::new(crate::sources::redis::RedisSource::new())),
+            amqp: config
+                .sources
+                .amqp
+                .enabled
+                .then(|| Arc::new(crate::sources::amqp::AmqpSource::default())),
             postgres: config
                 .sources
                 .postgres
@@ -115,6 +120,29 @@ impl Node {
 
     pub fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// `want` as the next id when it is greater than every id given so
+    /// far (a source's poster-assigned id, DMOJ's microseconds), else
+    /// [`next_id`](Self::next_id): ids stay strictly increasing node-wide,
+    /// so per channel too, whatever the poster sends.
+    pub fn take_id(&self, want: Option<u64>) -> u64 {
+        let Some(want) = want else {
+            return self.next_id();
+        };
+        let mut cur = self.next_id.load(Ordering::Relaxed);
+        while want > cur {
+            match self.next_id.compare_exchange_weak(
+                cur,
+                want,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return want,
+                Err(now) => cur = now,
+            }
+        }
+        self.next_id()
     }
 
     pub fn last_id(&self) -> u64 {
@@ -172,6 +200,22 @@ pub fn unix_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sources_id_is_kept_only_when_ahead() {
+        let node = Node::new(Config::default(), 1);
+        let start = node.last_id();
+        assert_eq!(node.take_id(None), start + 1);
+        // A poster's microseconds are far ahead of the ms seed: kept.
+        let us = start * 1000;
+        assert_eq!(node.take_id(Some(us)), us);
+        assert_eq!(node.last_id(), us);
+        // Equal or behind: the next id instead, still increasing.
+        assert_eq!(node.take_id(Some(us)), us + 1);
+        assert_eq!(node.take_id(Some(5)), us + 2);
+        assert_eq!(node.take_id(Some(us + 10)), us + 10);
+        assert_eq!(node.next_id(), us + 11);
+    }
 
     #[test]
     fn capacity_keeps_descriptors_for_the_backend() {
