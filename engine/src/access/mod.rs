@@ -24,6 +24,15 @@ pub const CLOSE_UNAUTHORIZED: u16 = 4001;
 pub const CLOSE_TOKEN_EXPIRED: u16 = 4003;
 pub const CLOSE_DISCONNECTED: u16 = 4004;
 
+/// Compares a presented secret (API token, DMOJ/LQDOJ sender key,
+/// dashboard token) with the configured one in constant time (`subtle`:
+/// no early exit and no data-dependent branch over the bytes, kept so by
+/// its optimisation barrier). Only the length is compared plainly.
+pub fn ct_eq(given: &[u8], want: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    given.ct_eq(want).into()
+}
+
 /// A user's personal channel is this prefix and the `sub`: every
 /// authenticated connection of the user is in it, subscribed or not.
 pub const PERSONAL_PREFIX: &str = "user:";
@@ -160,6 +169,14 @@ pub fn upgrade_token(path: &str, head: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn constant_time_compare() {
+        assert!(ct_eq(b"secret", b"secret"));
+        assert!(!ct_eq(b"secret", b"secreT"));
+        assert!(!ct_eq(b"secret", b"secret2"));
+        assert!(!ct_eq(b"", b"secret"));
+    }
 
     #[test]
     fn token_from_query_or_bearer_header() {

@@ -356,7 +356,11 @@ impl Protocol for DmojSender {
         match parse_command(msg, Role::Sender) {
             Err(e) => only_reply(&e.to_json()),
             Ok(Command::Auth(key)) => match &state.key {
-                Some(want) if !key.as_deref().is_some_and(|k| same_key(k, want)) => {
+                Some(want)
+                    if !key
+                        .as_deref()
+                        .is_some_and(|k| crate::access::ct_eq(k.as_bytes(), want.as_bytes())) =>
+                {
                     only_reply(&error_json("bad-key", None))
                 }
                 _ => {
@@ -394,16 +398,6 @@ impl Protocol for DmojSender {
         };
         reply.raw(&json);
     }
-}
-
-/// Compares keys without stopping at the first difference.
-fn same_key(given: &str, want: &str) -> bool {
-    given.len() == want.len()
-        && given
-            .bytes()
-            .zip(want.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
 }
 
 impl Protocol for DmojPoll {

@@ -185,7 +185,7 @@ fn refused_head(config: &Config, buf: &[u8]) -> bool {
 
 fn token_ok(config: &Config, given: Option<&str>) -> bool {
     let token = config.backend.api_token.as_bytes();
-    token.is_empty() || given.is_some_and(|g| dashboard::ct_eq(g.as_bytes(), token))
+    token.is_empty() || given.is_some_and(|g| crate::access::ct_eq(g.as_bytes(), token))
 }
 
 /// Closes a connection whose request was refused with its body unread:

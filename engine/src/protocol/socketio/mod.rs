@@ -252,7 +252,9 @@ impl SocketIo {
         if auth.get("role").and_then(|r| r.as_str()) == Some("sender") {
             let given = auth.get("token").and_then(|t| t.as_str());
             let ok = match (&s.token, given) {
-                (Some(want), Some(given)) => same_key(given, want),
+                (Some(want), Some(given)) => {
+                    crate::access::ct_eq(given.as_bytes(), want.as_bytes())
+                }
                 _ => false,
             };
             if !ok {
@@ -311,16 +313,6 @@ impl SocketIo {
             Command::Ignore => nothing(),
         }
     }
-}
-
-/// Compares keys without stopping at the first difference.
-fn same_key(given: &str, want: &str) -> bool {
-    given.len() == want.len()
-        && given
-            .bytes()
-            .zip(want.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
 }
 
 impl Protocol for SocketIo {
