@@ -916,7 +916,7 @@ fn polling_session_expires_without_gets_and_upgrades_by_probe() {
     let idle = poll_open(a);
     assert_eq!(poll_post(a, &idle, "40").body, "ok");
     // No GET: no pong can come, so after pingInterval + pingTimeout the
-    // session is gone (its close packet waited pingTimeout for a GET).
+    // session is gone (nothing to deliver: its sid is forgotten at once).
     std::thread::sleep(Duration::from_millis(1500));
     let r = poll_get(a, &idle);
     assert_eq!(r.status, 400, "{}", r.body);
@@ -1152,5 +1152,139 @@ fn closing_a_parked_get_ends_its_session_only() {
     assert_eq!(
         poll_packets(a, &other, 1),
         vec![r#"42["status",{"status":"success"}]"#]
+    );
+}
+
+/// How a polling session ends, as engine.io's reference server does it (the
+/// official Engine.IO protocol suite checks each): a sid is forgotten as
+/// soon as its session ends with nothing to deliver, the client's close
+/// packet answers a parked GET with the noop, a GET during the upgrade gets
+/// the noop at once, an upgraded sid refuses polling and a second
+/// WebSocket; a server-side disconnect still reaches a polling client.
+#[test]
+fn polling_sessions_end_and_upgrade_as_engine_io_does() {
+    let l = start(&[
+        ("RINGCAST_PROTOCOLS_SOCKETIO_PING_INTERVAL", "300"),
+        ("RINGCAST_PROTOCOLS_SOCKETIO_PING_TIMEOUT", "1000"),
+        ("RINGCAST_PROTOCOLS_SOCKETIO_MAX_CLIENTS", "1"),
+    ]);
+    let a = l.server.ws;
+    let json_of = |r: &Response| serde_json::from_str::<Value>(&r.body).unwrap_or(Value::Null);
+    let unknown = eio_error(1, "Session ID unknown");
+
+    // An unknown packet type is engine.io's parse error: 400, and the sid
+    // is unknown at once.
+    let sid = poll_open(a);
+    let r = poll_post(a, &sid, "abc");
+    assert_eq!((r.status, json_of(&r)), (400, eio_error(3, "Bad request")));
+    assert_eq!(json_of(&poll_get(a, &sid)), unknown);
+
+    // A ping timeout: the ping comes at 300 ms, no pong, the session ends
+    // at 1.3 s and its sid is unknown from then on (it used to linger
+    // pingTimeout more for a last GET).
+    let sid = poll_open(a);
+    std::thread::sleep(Duration::from_millis(1800));
+    let r = poll_get(a, &sid);
+    assert_eq!(
+        (r.status, json_of(&r)),
+        (400, unknown.clone()),
+        "{}",
+        r.body
+    );
+
+    // The client's close packet while a GET is parked: the GET gets the
+    // noop, the POST `ok`, then the sid is unknown.
+    let sid = poll_open(a);
+    let parked = {
+        let sid = sid.clone();
+        std::thread::spawn(move || poll_get(a, &sid))
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let r = poll_post(l.listen, &sid, "1");
+    assert_eq!((r.status, r.body.as_str()), (200, "ok"));
+    let r = parked.join().unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "6"));
+    assert_eq!(json_of(&poll_get(a, &sid)), unknown);
+
+    // The upgrade with no GET parked at the probe: the next GET gets the
+    // noop at once (not the next ping).
+    let sid = poll_open(a);
+    let upgrade_ws = |sid: &str| {
+        let stream = TcpStream::connect(l.listen).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let url = format!(
+            "ws://{}/socket.io/?EIO=4&transport=websocket&sid={sid}",
+            l.listen
+        );
+        tungstenite::client(url.as_str(), stream)
+            .expect("upgrade")
+            .0
+    };
+    let mut ws = upgrade_ws(&sid);
+    send_text(&mut ws, "2probe");
+    assert_eq!(text(&mut ws), "3probe");
+    let t0 = Instant::now();
+    let r = poll_get(a, &sid);
+    assert_eq!((r.status, r.body.as_str()), (200, "6"));
+    assert!(
+        t0.elapsed() < Duration::from_millis(250),
+        "{:?}",
+        t0.elapsed()
+    );
+    send_text(&mut ws, "5");
+    send_text(&mut ws, "40");
+    assert!(text(&mut ws).starts_with("40{\"sid\":"));
+    // After `5`: polling is refused, a second WebSocket is closed ...
+    let r = poll_get(a, &sid);
+    assert_eq!((r.status, json_of(&r)), (400, eio_error(3, "Bad request")));
+    let mut again = upgrade_ws(&sid);
+    assert_eq!(
+        close_of(&mut again),
+        (1000, "session already upgraded".to_owned())
+    );
+    // ... and the upgraded session goes on (it holds the one place of
+    // max_clients).
+    send_text(&mut ws, r#"42["set-filter",{"filter":["eio_by"]}]"#);
+    let mut got = text(&mut ws);
+    while got == "2" {
+        send_text(&mut ws, "3");
+        got = text(&mut ws);
+    }
+    assert_eq!(got, r#"42["status",{"status":"success"}]"#);
+
+    // A server-side disconnect of a polling client (over capacity, after
+    // its CONNECT) still reaches it: the next GET gets the event, `41` and
+    // the close packet, then the sid is unknown.
+    let sid = poll_open(a);
+    assert_eq!(poll_post(a, &sid, "40").body, "ok");
+    std::thread::sleep(Duration::from_millis(200));
+    let r = poll_get(a, &sid);
+    let packets: Vec<&str> = r.body.split('\x1e').filter(|p| *p != "2").collect();
+    assert!(packets[0].starts_with("40{\"sid\":"), "{}", r.body);
+    assert_eq!(
+        &packets[1..],
+        [
+            r#"42["error",{"status":"error","code":"server-capacity","message":"Server at capacity"}]"#,
+            "41",
+            "1"
+        ],
+        "{}",
+        r.body
+    );
+    assert_eq!(json_of(&poll_get(a, &sid)), unknown);
+
+    // The upgraded client was never disturbed.
+    let mut s = sender(a);
+    let id = post(&mut s, 1, "eio_by", json!(1));
+    let mut got = text(&mut ws);
+    while got == "2" {
+        send_text(&mut ws, "3");
+        got = text(&mut ws);
+    }
+    assert_eq!(
+        got,
+        format!(r#"42["message",{{"id":{id},"channel":"eio_by","message":1}}]"#)
     );
 }

@@ -159,6 +159,23 @@ impl Session {
         forget(&self.sid);
     }
 
+    /// The client's close packet `1`: engine.io discards what was queued,
+    /// answers a parked GET with the noop `6` and forgets the sid at once.
+    fn client_closed(&self) {
+        let mut i = self.inner();
+        i.stop = true;
+        i.wake_owner();
+        if !i.ended {
+            i.ended = true;
+            i.queue.clear();
+            i.queued_bytes = 0;
+            i.queue.push_back(Payload::Text(Bytes::from_static(b"6")));
+        }
+        i.wake_reader();
+        drop(i);
+        forget(&self.sid);
+    }
+
     /// Waits until something is queued (or the session ended), then takes
     /// it all.
     async fn take(&self) -> (Vec<Payload>, bool) {
@@ -349,10 +366,21 @@ async fn answer(
                 s.close();
                 return Some(error_response(EioError::BadRequest, ka, origin));
             }
-            // The body is whole: the packets go to the connection at once.
+            // The body is whole: the packets go to the connection at once,
+            // up to the client's close packet, if any.
+            let close_at = packets
+                .iter()
+                .position(|p| matches!(p, Payload::Text(t) if &t[..] == b"1"));
+            let mut packets = packets;
+            if let Some(at) = close_at {
+                packets.truncate(at);
+            }
             i.inbox.extend(packets);
             i.wake_owner();
             drop(i);
+            if close_at.is_some() {
+                s.client_closed();
+            }
             response(200, "text/html", b"ok", ka, origin)
         }
     })
@@ -416,14 +444,30 @@ async fn run(shard: Rc<Shard>, s: Arc<Session>, mut state: SessionState, proto: 
         shard.session_ended();
         return;
     }
-    // What the adapter still had to say (its close packet) goes to the
-    // queue; a last GET may take it for up to pingTimeout.
+    // What the adapter still had to say goes to the queue, then the close
+    // packet: a parked GET takes it. As engine.io does, a session with
+    // something to deliver (an event before a server-side disconnect)
+    // waits up to pingTimeout for a last GET to drain it; one with
+    // nothing but pings (a ping timeout, a malformed packet) is forgotten
+    // at once, so the next request gets 400 "Session ID unknown".
     let _ = shard.flush_now(&conn);
-    s.inner().end();
+    let deliver = {
+        let mut i = s.inner();
+        i.end();
+        i.get_busy || i.queue.iter().any(|p| !is_ping_or_close(p))
+    };
     shard.session_ended();
-    let linger = Duration::from_millis(shard.config().protocols.socketio.ping_timeout);
-    monoio::time::sleep(linger).await;
+    if deliver {
+        let linger = Duration::from_millis(shard.config().protocols.socketio.ping_timeout);
+        monoio::time::sleep(linger).await;
+    }
     forget(&s.sid);
+}
+
+/// Engine.IO's ping `2`, noop `6` and close `1`: nothing a client needs
+/// once its session is over.
+fn is_ping_or_close(p: &Payload) -> bool {
+    matches!(p, Payload::Text(t) if matches!(&t[..], b"1" | b"2" | b"6"))
 }
 
 /// What woke a socket-less connection.
@@ -496,11 +540,12 @@ async fn wait(conn: &Conn, s: &Session, timer: Option<impl Future<Output = ()>>)
         if let Some(h) = i.handover.take() {
             return Poll::Ready(Polled::Handover(h));
         }
-        if i.stop {
-            return Poll::Ready(Polled::Stop);
-        }
+        // Packets a POST delivered before the client's close run first.
         if !i.inbox.is_empty() {
             return Poll::Ready(Polled::Input(std::mem::take(&mut i.inbox)));
+        }
+        if i.stop {
+            return Poll::Ready(Polled::Stop);
         }
         i.owner = Some(cx.waker().clone());
         drop(i);
@@ -528,6 +573,7 @@ fn take_socket(
         i.queued_bytes = 0;
         i.queue
             .drain(..)
+            .filter(|p| !matches!(p, Payload::Text(t) if &t[..] == b"6"))
             .map(|p| {
                 let mut f = Vec::new();
                 match p {
@@ -563,6 +609,17 @@ pub(crate) async fn upgrade(
     );
     let mut ws = WsProtocol::new();
     let mut fault = "probe expected";
+    let over = {
+        let i = s.inner();
+        i.upgraded || i.stop
+    };
+    if over {
+        // engine.io closes a second WebSocket for an upgraded (or ended)
+        // session at once.
+        let _ = write_all(&stream, &close_frame(1000, "session already upgraded")).await;
+        sys::shutdown_socket(stream.as_raw_fd(), Shutdown::Write);
+        return;
+    }
     'run: loop {
         // One frame at a time, so that nothing after `5` is taken here.
         while let Ok(Some((h, head))) = decode_header(&buf) {
@@ -605,12 +662,18 @@ pub(crate) async fn upgrade(
                         if write_all(&stream, &probe).await.is_err() {
                             return;
                         }
-                        // The parked GET returns so the client can pause.
+                        // The parked GET, or else the next one, returns
+                        // the noop at once so the client can pause
+                        // (engine.io sends it while the upgrade runs).
                         let mut i = s.inner();
-                        if i.get_busy {
+                        if !i
+                            .queue
+                            .iter()
+                            .any(|p| matches!(p, Payload::Text(t) if &t[..] == b"6"))
+                        {
                             i.queue.push_back(Payload::Text(Bytes::from_static(b"6")));
-                            i.wake_reader();
                         }
+                        i.wake_reader();
                     }
                     b"5" => {
                         let Ok(socket) = sys::dup_stream(stream.as_raw_fd()) else {

@@ -203,7 +203,10 @@ pub fn split_payload(body: &[u8]) -> Result<Vec<Payload>, &'static str> {
                     .ok_or("bad base64 in binary packet")?
                     .into(),
             )),
-            Some(_) => out.push(Payload::Text(Bytes::copy_from_slice(p))),
+            // engine.io's packet types are `0` to `6`; anything else is
+            // its parse error, which ends the session.
+            Some(b'0'..=b'6') => out.push(Payload::Text(Bytes::copy_from_slice(p))),
+            Some(_) => return Err("unknown packet type"),
         }
     }
     Ok(out)
@@ -384,6 +387,9 @@ mod tests {
         assert_eq!(join_payload(&ps), b"2\x1e42[\"a\"]\x1ebAQID");
         assert!(split_payload(b"2\x1e").is_err());
         assert!(split_payload(b"b!!").is_err());
+        assert_eq!(split_payload(b"abc"), Err("unknown packet type"));
+        assert_eq!(split_payload(b"4a\x1e7"), Err("unknown packet type"));
+        assert_eq!(split_payload(b"6\x1e1").map(|p| p.len()), Ok(2));
         for data in [&b""[..], b"a", b"ab", b"abc", b"abcd", &[0xff, 0, 0x80]] {
             let mut e = Vec::new();
             base64_encode(data, &mut e);
