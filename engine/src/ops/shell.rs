@@ -1050,6 +1050,16 @@ mod tests {
             }
             reader.get_mut().write_all(out.as_bytes()).unwrap();
         }
+        if per_conn != usize::MAX {
+            // Closed after its `per_conn` requests: say so (empty head) once
+            // the FIN is on its way, so a test can wait for it.
+            drop(reader);
+            let _ = tx.send(Seen {
+                head: String::new(),
+                body: Value::Null,
+                connection,
+            });
+        }
     }
 
     fn echo_result(body: &Value) -> (u16, String) {
@@ -1101,12 +1111,17 @@ mod tests {
     fn reconnects_when_the_server_closed_the_connection() {
         let (url, seen) = fake_server(1, echo_result);
         let mut shell = shell_for(&url, None);
-        for _ in 0..3 {
+        for i in 0..3 {
             let step = shell.execute_line("info");
             assert!(matches!(step, Step::Output(_)), "{step:?}");
+            // The request, on a new connection each time, then the
+            // server's close of it before the next command (a command
+            // racing the FIN would be a different test).
+            let request = seen.recv().unwrap();
+            assert_eq!((request.connection, request.head.is_empty()), (i, false));
+            let closed = seen.recv().unwrap();
+            assert_eq!((closed.connection, closed.head.is_empty()), (i, true));
         }
-        let connections: Vec<usize> = seen.iter().take(3).map(|s| s.connection).collect();
-        assert_eq!(connections, vec![0, 1, 2]);
     }
 
     #[test]
