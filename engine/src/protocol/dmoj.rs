@@ -82,7 +82,7 @@ pub fn error_json(code: &str, message: Option<&str>) -> Vec<u8> {
     out
 }
 
-fn success_json(id: Option<u64>) -> Vec<u8> {
+pub(crate) fn success_json(id: Option<u64>) -> Vec<u8> {
     match id {
         Some(id) => format!(r#"{{"status":"success","id":{id}}}"#).into_bytes(),
         None => br#"{"status":"success"}"#.to_vec(),
@@ -231,7 +231,8 @@ fn only_reply(json: &[u8]) -> Exchange {
 }
 
 /// An engine error in DMOJ's words.
-fn op_error_json(e: &OpError) -> Vec<u8> {
+/// An engine error in DMOJ's (and LQDOJ's) error-object words.
+pub(crate) fn op_error_json(e: &OpError) -> Vec<u8> {
     let code = match e {
         OpError::TooManySubscriptions(_) => "too-many-subscriptions",
         OpError::RateLimited => "rate-limited",

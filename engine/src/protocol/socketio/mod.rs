@@ -24,12 +24,12 @@ use bytes::Bytes;
 
 use self::lqdoj::{Command, Role};
 use self::packet::Kind;
-use super::adapter::{Answer, Call, Close, Exchange, Opened, Protocol, SessionState};
-use super::dmoj::{error_json, publication_json};
+use super::adapter::{Answer, Close, Exchange, Opened, Protocol, SessionState};
+use super::dmoj::{error_json, op_error_json, publication_json, success_json};
 use super::handshake::{Refused, Upgrade};
 use super::rpc::{ReplyWriter, RpcParser};
 use crate::ops::config::Config;
-use crate::pubsub::ops::{Op, OpError, Outcome};
+use crate::pubsub::ops::{Op, Outcome};
 use crate::pubsub::publication::{text_frame, Publication};
 
 /// The Socket.IO protocol (`socketio`).
@@ -122,45 +122,14 @@ fn packets(list: &[&[u8]]) -> Exchange {
     for p in list {
         reply.text_frame(p);
     }
-    Exchange {
-        calls: Vec::new(),
-        reply,
-    }
+    Exchange::reply(reply)
 }
 
-fn nothing() -> Exchange {
-    packets(&[])
-}
-
+/// One operation, answered through the ack `ack` if the client asked.
 fn one_call(op: Op, ack: Option<u64>) -> Exchange {
-    Exchange {
-        calls: vec![Call {
-            id: ack.map(|a| itoa::Buffer::new().format(a).as_bytes().into()),
-            op: Ok(op),
-        }],
-        reply: ReplyWriter::new(false),
-    }
-}
-
-fn success_json(id: Option<u64>) -> Vec<u8> {
-    match id {
-        Some(id) => format!(r#"{{"status":"success","id":{id}}}"#).into_bytes(),
-        None => br#"{"status":"success"}"#.to_vec(),
-    }
-}
-
-/// An engine error in LQDOJ's error-object words.
-fn op_error_json(e: &OpError) -> Vec<u8> {
-    let code = match e {
-        OpError::TooManySubscriptions(_) => "too-many-subscriptions",
-        OpError::RateLimited => "rate-limited",
-        OpError::Overloaded => "overloaded",
-        OpError::PublishDenied | OpError::Unauthorized(_) => "unauthorized",
-        OpError::Denied(_) => "permission-denied",
-        OpError::NotSubscribed(_) => "not-subscribed",
-        OpError::Internal(_) => "internal-error",
-    };
-    error_json(code, Some(&e.to_string()))
+    let mut ex = Exchange::call(op);
+    ex.calls[0].id = ack.map(|a| itoa::Buffer::new().format(a).as_bytes().into());
+    ex
 }
 
 /// The answer `json` through the ack `ack`, or as the event `event`.
@@ -182,7 +151,7 @@ impl SocketIo {
                     PROTOCOL_ERROR
                 };
                 s.close(now, code, e.0);
-                return nothing();
+                return Exchange::none();
             }
         };
         match p.kind {
@@ -195,12 +164,12 @@ impl SocketIo {
             Kind::Connect => self.on_connect(s, p.data, now),
             Kind::Disconnect if p.nsp == "/" => {
                 s.close(now, NORMAL, "client disconnected");
-                nothing()
+                Exchange::none()
             }
-            Kind::Disconnect | Kind::Ack => nothing(),
+            Kind::Disconnect | Kind::Ack => Exchange::none(),
             Kind::Event if p.nsp != "/" || s.role.is_none() => {
                 s.close(now, PROTOCOL_ERROR, "Socket.IO event before CONNECT");
-                nothing()
+                Exchange::none()
             }
             Kind::Event => {
                 let role = s.role.unwrap_or(Role::Client);
@@ -208,7 +177,7 @@ impl SocketIo {
                     Ok(cmd) => self.on_command(s, role, cmd, p.ack),
                     Err(e) => {
                         s.close(now, PROTOCOL_ERROR, e.0);
-                        nothing()
+                        Exchange::none()
                     }
                 }
             }
@@ -218,7 +187,7 @@ impl SocketIo {
                     PROTOCOL_ERROR,
                     "invalid Socket.IO packet from a client",
                 );
-                nothing()
+                Exchange::none()
             }
         }
     }
@@ -235,13 +204,13 @@ impl SocketIo {
                         PROTOCOL_ERROR,
                         "invalid Socket.IO CONNECT: auth must be an object",
                     );
-                    return nothing();
+                    return Exchange::none();
                 }
             }
         };
         let Some(sid) = engineio::new_sid() else {
             s.close(now, 1011, "no randomness for a session id");
-            return nothing();
+            return Exchange::none();
         };
         let connected = packet::encode(
             Kind::Connect,
@@ -306,11 +275,11 @@ impl SocketIo {
                 None,
             ),
             Command::Error(json) => {
-                let mut ex = nothing();
+                let mut ex = Exchange::none();
                 answer(&mut ex.reply, ack, "error", &json);
                 ex
             }
-            Command::Ignore => nothing(),
+            Command::Ignore => Exchange::none(),
         }
     }
 }
@@ -396,19 +365,19 @@ impl Protocol for SocketIo {
         now: Instant,
     ) -> Exchange {
         let Some(s) = state.get_mut::<SioState>() else {
-            return nothing();
+            return Exchange::none();
         };
         if s.closing.is_some() {
-            return nothing();
+            return Exchange::none();
         }
         match engineio::decode(msg) {
             Err(e) => {
                 s.close(now, PROTOCOL_ERROR, e.0);
-                nothing()
+                Exchange::none()
             }
             Ok(engineio::Packet::Close) => {
                 s.close(now, NORMAL, "client closed");
-                nothing()
+                Exchange::none()
             }
             Ok(engineio::Packet::Ping(_)) => {
                 s.close(
@@ -416,14 +385,14 @@ impl Protocol for SocketIo {
                     PROTOCOL_ERROR,
                     "invalid heartbeat direction: the server pings in Engine.IO v4",
                 );
-                nothing()
+                Exchange::none()
             }
             Ok(engineio::Packet::Pong(_)) => {
                 s.pong_due = None;
                 s.next_ping = now + s.ping_interval;
-                nothing()
+                Exchange::none()
             }
-            Ok(engineio::Packet::Upgrade | engineio::Packet::Noop) => nothing(),
+            Ok(engineio::Packet::Upgrade | engineio::Packet::Noop) => Exchange::none(),
             Ok(engineio::Packet::Message(m)) => self.on_packet(s, m, now),
         }
     }
