@@ -29,6 +29,10 @@ use crate::runtime::sys;
 /// Frames are gathered into one send up to this many bytes.
 pub const GATHER_MAX: usize = 64 * 1024;
 
+/// Room (queue slots) an empty queue keeps at the shard's once-a-second
+/// tick; a backlog's larger room is given back then ([`Outbound::release_room`]).
+const KEEP_ROOM: usize = 4;
+
 enum OutItem {
     Frame(Bytes),
     Hold(u64),
@@ -92,8 +96,9 @@ impl Outbound {
 
     /// The first item gets room for exactly one: a mostly idle connection
     /// never queues more than a reply or a ping at a time. Busier ones grow
-    /// by doubling and keep their capacity, so steady fan-out allocates
-    /// nothing per delivery.
+    /// by doubling and keep their capacity while they are busy, so steady
+    /// fan-out allocates nothing per delivery; the room a backlog grew is
+    /// given back once a second at most ([`Outbound::release_room`]).
     fn push_item(&mut self, item: OutItem) {
         if self.items.capacity() == 0 {
             self.items.reserve_exact(1);
@@ -118,6 +123,19 @@ impl Outbound {
                 self.items.remove(pos);
             }
         }
+    }
+
+    /// Gives back the room a backlog grew once the queue has drained
+    /// (called by the shard's once-a-second tick, so a connection that
+    /// bursts and drains reallocates at most once a second). Without it a
+    /// moment when the shard fell behind would leave every subscriber's
+    /// queue at its high-water capacity for the life of the connection.
+    fn release_room(&mut self) -> bool {
+        if self.items.is_empty() && self.items.capacity() > KEEP_ROOM {
+            self.items = VecDeque::new();
+            return true;
+        }
+        false
     }
 
     /// Takes the frames up to the first hold (a socket-less connection's
@@ -461,6 +479,12 @@ impl Conn {
         Enqueued::Queued
     }
 
+    /// Gives back the queue room a drained backlog left (see
+    /// [`Outbound::release_room`]); true if it did.
+    pub fn release_room(&self) -> bool {
+        self.out.borrow_mut().release_room()
+    }
+
     /// Bytes queued and not yet written.
     pub fn queued(&self) -> usize {
         self.out.borrow().queued
@@ -604,6 +628,24 @@ mod tests {
         assert_eq!(o.queued, 3);
         o.advance(3);
         assert!(o.is_empty());
+    }
+
+    #[test]
+    fn drained_backlog_gives_its_room_back_and_busy_queues_keep_it() {
+        let mut o = Outbound::default();
+        for _ in 0..100 {
+            o.push(Bytes::from_static(b"x"));
+        }
+        assert!(o.items.capacity() >= 100);
+        assert!(!o.release_room(), "a queue with frames keeps its room");
+        o.advance(100);
+        assert!(o.is_empty());
+        assert!(o.release_room());
+        assert_eq!(o.items.capacity(), 0);
+        o.push(Bytes::from_static(b"y"));
+        o.advance(1);
+        assert!(!o.release_room(), "the room of a quiet connection is kept");
+        assert_eq!(o.items.capacity(), 1);
     }
 
     #[test]

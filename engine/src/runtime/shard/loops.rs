@@ -181,7 +181,8 @@ impl Shard {
         BackendConnGuard(self.clone())
     }
 
-    /// Pings, pong deadlines, stuck closes and history expiry, once a second.
+    /// Pings, pong deadlines, stuck closes, history expiry and the queue
+    /// room of drained backlogs, once a second.
     pub async fn run_timer(self: Rc<Self>) {
         let cfg = &self.node.config;
         let (interval, pong_timeout) = (cfg.ping_interval(), cfg.pong_timeout());
@@ -192,6 +193,7 @@ impl Shard {
             let now = Instant::now();
             let conns: Vec<Rc<Conn>> = self.conns.borrow().iter().cloned().collect();
             for c in &conns {
+                c.release_room();
                 let proto = protocol(c.proto);
                 if !proto.websocket() {
                     // A parked HTTP request: answered when it waited too long.
