@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-time setup for a fresh machine: the system tools the tests and
-# benches use (installed with apt where missing), then a build of every
-# crate and test target, debug and release.
+# benches use (installed with apt where missing), then the build of every
+# test target and of the release server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -78,5 +78,10 @@ if cargo afl --version >/dev/null 2>&1; then
   fi
 fi
 
-cargo build --workspace --all-targets
-cargo build --workspace --release --bins
+# What `cargo test --workspace` runs, built as it builds it (the test
+# profile, opt-level 1: a plain `cargo build --all-targets` would be a
+# second debug build of every crate that the test step cannot reuse), and
+# the server as `cargo run --release` builds it. The bench scripts build
+# their own release binaries (`cargo build --release -p ... `).
+cargo test --workspace --no-run
+cargo build --release
