@@ -513,3 +513,95 @@ fn token_is_required_when_the_server_has_one() {
         "the unauthorized emit published nothing"
     );
 }
+
+impl Engine {
+    /// `ringcast_backend_idle_closed_total`: backend connections the engine
+    /// closed after `backend.idle_timeout` without input (read on a
+    /// connection of its own, closed by the engine after the answer).
+    fn idle_closed(&self) -> u64 {
+        let mut s = TcpStream::connect(("127.0.0.1", self.backend_port)).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("ringcast_backend_idle_closed_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no idle-closed counter in /metrics:\n{text}"))
+    }
+}
+
+/// One scripted session against the real engine: its commands share one
+/// keep-alive connection (the engine closes it once, after its idle
+/// timeout), the next command after that close reconnects, `exit` ends the
+/// script before the lines after it, and the bad JSON line made the script
+/// fail without sending anything.
+#[test]
+fn a_session_keeps_one_connection_and_reconnects_after_the_server_closed_it() {
+    let config = scratch("keepalive").join("ringcast.toml");
+    std::fs::write(&config, "[backend]\nidle_timeout = 1\n").unwrap();
+    let engine = Engine::start("keepalive", &["--config", config.to_str().unwrap()]);
+    let mut ws = engine.subscribe("news");
+    let mut child = Command::new(BIN)
+        .args(["shell", "--url", &engine.url()])
+        .env("HOME", scratch("home"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ringcast shell");
+    let mut stdin = child.stdin.take().unwrap();
+    let stdout = drain(child.stdout.take().unwrap());
+    let stderr = drain(child.stderr.take().unwrap());
+
+    stdin
+        .write_all(b"ping\ninfo\nemit news {\"n\": 1}\n")
+        .unwrap();
+    expect_message(&mut ws, "news", &json!({"n": 1}));
+    wait_for_text(&stdout, "\"ping\": \"ok\"");
+    // Three commands, one connection: the engine idle-closes exactly one,
+    // and no other after another idle timeout.
+    let start = Instant::now();
+    while engine.idle_closed() == 0 {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the shell's connection never went idle"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        engine.idle_closed(),
+        1,
+        "the three commands used one connection"
+    );
+
+    // The pooled connection is closed: the next command reconnects.
+    stdin.write_all(b"emit news {\"n\": 2}\n").unwrap();
+    let frame = expect_message(&mut ws, "news", &json!({"n": 2}));
+    assert_eq!(frame["params"]["offset"], 2, "{frame}");
+
+    stdin
+        .write_all(b"emit news {bad\nexit\nemit news {\"n\": 3}\n")
+        .unwrap();
+    drop(stdin);
+    let status = wait_deadline(&mut child);
+    let err = String::from_utf8_lossy(&stderr.lock().unwrap()).into_owned();
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "a failed line fails the script: {err}"
+    );
+    let errors: Vec<&str> = err.lines().collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with("error: invalid JSON for data: "),
+        "{errors:?}"
+    );
+    // Nothing after `exit` was sent: the next publication is offset 3.
+    let probe = shell_piped(&["--url", &engine.url()], "emit news {\"n\": 4}\n");
+    assert!(probe.status.success(), "{}", probe.stderr);
+    let frame = next_json(&mut ws, |v| v["method"] == "message");
+    assert_eq!(frame["params"]["data"], json!({"n": 4}), "{frame}");
+    assert_eq!(frame["params"]["offset"], 3, "{frame}");
+}

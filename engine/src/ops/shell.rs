@@ -593,14 +593,7 @@ impl Client {
         let (status, body) = self
             .post(&request.to_string())
             .map_err(|e| self.call_error(e))?;
-        match status {
-            200 => parse_rpc_response(&body),
-            401 => Err(CallError::Unauthorized),
-            status => Err(CallError::Http {
-                status,
-                body: shown_body(&body),
-            }),
-        }
+        answer(status, &body)
     }
 
     /// POSTs `body`; returns the status and the response body.
@@ -680,6 +673,19 @@ fn shown_body(body: &[u8]) -> String {
     }
 }
 
+/// What an HTTP answer of the backend port means: the call's result, or
+/// the error to show.
+fn answer(status: u16, body: &[u8]) -> Result<Value, CallError> {
+    match status {
+        200 => parse_rpc_response(body),
+        401 => Err(CallError::Unauthorized),
+        status => Err(CallError::Http {
+            status,
+            body: shown_body(body),
+        }),
+    }
+}
+
 /// Extracts `result` from a JSON-RPC response body, or its error.
 fn parse_rpc_response(body: &[u8]) -> Result<Value, CallError> {
     let value: Value = serde_json::from_slice(body)
@@ -720,10 +726,8 @@ fn parse_rpc_response(body: &[u8]) -> Result<Value, CallError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{BufReader, Cursor, Read};
+    use std::io::Cursor;
     use std::net::TcpListener;
-    use std::sync::mpsc;
-    use std::thread;
 
     fn parse(line: &str) -> Command {
         parse_line(line).expect("parses").expect("a command")
@@ -971,100 +975,29 @@ mod tests {
         assert_eq!(shown_body(&[b'a'; 600]).chars().count(), MAX_SHOWN_BODY + 1);
     }
 
-    /// What a fake backend saw: the raw request (head and body).
-    struct Seen {
-        head: String,
-        body: Value,
-        connection: usize,
-    }
-
-    /// A fake backend port: answers each request with `reply(body)`;
-    /// closes the connection after `per_conn` requests.
-    fn fake_server(
-        per_conn: usize,
-        reply: fn(&Value) -> (u16, String),
-    ) -> (String, mpsc::Receiver<Seen>) {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            for (connection, stream) in listener.incoming().enumerate() {
-                let Ok(stream) = stream else { return };
-                let tx = tx.clone();
-                thread::spawn(move || serve_connection(stream, connection, per_conn, reply, tx));
-            }
-        });
-        (url, rx)
-    }
-
-    fn serve_connection(
-        stream: std::net::TcpStream,
-        connection: usize,
-        per_conn: usize,
-        reply: fn(&Value) -> (u16, String),
-        tx: mpsc::Sender<Seen>,
-    ) {
-        let mut reader = BufReader::new(stream);
-        for _ in 0..per_conn {
-            let mut head = String::new();
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                    break;
-                }
-                head.push_str(&line);
-                if line == "\r\n" {
-                    break;
-                }
-            }
-            if head.is_empty() {
-                break;
-            }
-            let len = head
-                .lines()
-                .find_map(|l| {
-                    l.split_once(':')
-                        .filter(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-                })
-                .and_then(|(_, v)| v.trim().parse::<usize>().ok())
-                .unwrap_or(0);
-            let mut body = vec![0; len];
-            reader.read_exact(&mut body).unwrap();
-            let body: Value = serde_json::from_slice(&body).unwrap();
-            let (status, answer) = reply(&body);
-            let out = format!(
-                        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{answer}",
-                        answer.len()
-                    );
-            // Recorded before answering, so a test sees it as soon
-            // as its call returns.
-            if tx
-                .send(Seen {
-                    head,
-                    body,
-                    connection,
-                })
-                .is_err()
-            {
-                return;
-            }
-            reader.get_mut().write_all(out.as_bytes()).unwrap();
-        }
-        if per_conn != usize::MAX {
-            // Closed after its `per_conn` requests: say so (empty head) once
-            // the FIN is on its way, so a test can wait for it.
-            drop(reader);
-            let _ = tx.send(Seen {
-                head: String::new(),
-                body: Value::Null,
-                connection,
-            });
-        }
-    }
-
-    fn echo_result(body: &Value) -> (u16, String) {
-        let answer = json!({"jsonrpc": "2.0", "id": body["id"], "result": {"method": body["method"], "params": body.get("params")}});
-        (200, answer.to_string())
+    #[test]
+    fn http_answers_are_clear() {
+        assert_eq!(
+            answer(200, br#"{"jsonrpc":"2.0","id":1,"result":{"ping":"ok"}}"#).unwrap(),
+            json!({"ping": "ok"})
+        );
+        let shown = |status, body: &[u8]| answer(status, body).unwrap_err().to_string();
+        assert_eq!(
+            shown(401, br#"{"error":"unauthorized"}"#),
+            "error: unauthorized: the server needs --token (or the token is wrong)"
+        );
+        assert_eq!(
+            shown(404, br#"{"error": "not found"}"#),
+            r#"error: HTTP 404: {"error":"not found"}"#
+        );
+        assert_eq!(
+            shown(
+                200,
+                br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32601,"message":"method not found"}}"#
+            ),
+            "error: -32601 method not found"
+        );
+        assert_eq!(shown(503, b""), "error: HTTP 503: (empty body)");
     }
 
     fn shell_for(url: &str, token: Option<&str>) -> Shell {
@@ -1072,84 +1005,6 @@ mod tests {
             Endpoint::parse(url).unwrap(),
             token.map(str::to_owned),
         ))
-    }
-
-    #[test]
-    fn sends_json_rpc_over_one_keep_alive_connection() {
-        let (url, seen) = fake_server(usize::MAX, echo_result);
-        let mut shell = shell_for(&url, Some("s3cret"));
-        let step = shell.execute_line(r#"emit news {"a": 1}"#);
-        let Step::Output(text) = step else {
-            panic!("{step:?}")
-        };
-        assert_eq!(
-            serde_json::from_str::<Value>(&text).unwrap(),
-            json!({"method": "emit", "params": {"channel": "news", "data": {"a": 1}}})
-        );
-        assert!(text.contains("\n  "), "pretty-printed: {text}");
-        let first = seen.recv().unwrap();
-        assert!(
-            first.head.starts_with("POST / HTTP/1.1\r\n"),
-            "{}",
-            first.head
-        );
-        // Header names are case-insensitive; ureq sends them lower-case.
-        let head = first.head.to_ascii_lowercase();
-        assert!(head.contains("\r\ncontent-type: application/json\r\n"));
-        assert!(head.contains("\r\nauthorization: bearer s3cret\r\n"));
-        assert_eq!(first.body["jsonrpc"], "2.0");
-        assert_eq!(first.body["method"], "emit");
-
-        assert!(matches!(shell.execute_line("ping"), Step::Output(_)));
-        let second = seen.recv().unwrap();
-        assert_eq!(second.connection, first.connection, "connection reused");
-        assert!(second.body.get("params").is_none());
-        assert_ne!(second.body["id"], first.body["id"]);
-    }
-
-    #[test]
-    fn reconnects_when_the_server_closed_the_connection() {
-        let (url, seen) = fake_server(1, echo_result);
-        let mut shell = shell_for(&url, None);
-        for i in 0..3 {
-            let step = shell.execute_line("info");
-            assert!(matches!(step, Step::Output(_)), "{step:?}");
-            // The request, on a new connection each time, then the
-            // server's close of it before the next command (a command
-            // racing the FIN would be a different test).
-            let request = seen.recv().unwrap();
-            assert_eq!((request.connection, request.head.is_empty()), (i, false));
-            let closed = seen.recv().unwrap();
-            assert_eq!((closed.connection, closed.head.is_empty()), (i, true));
-        }
-    }
-
-    #[test]
-    fn http_errors_are_clear() {
-        let (url, _seen) = fake_server(usize::MAX, |body| match body["method"].as_str() {
-            Some("ping") => (401, r#"{"error":"unauthorized"}"#.into()),
-            Some("info") => (404, r#"{"error":"not found"}"#.into()),
-            _ => (
-                200,
-                r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32601,"message":"method not found"}}"#
-                    .into(),
-            ),
-        });
-        let mut shell = shell_for(&url, None);
-        assert_eq!(
-            shell.execute_line("ping"),
-            Step::Failed(
-                "error: unauthorized: the server needs --token (or the token is wrong)".into()
-            )
-        );
-        assert_eq!(
-            shell.execute_line("info"),
-            Step::Failed(r#"error: HTTP 404: {"error":"not found"}"#.into())
-        );
-        assert_eq!(
-            shell.execute_line("available_channels"),
-            Step::Failed("error: -32601 method not found".into())
-        );
     }
 
     fn free_port() -> u16 {
@@ -1176,27 +1031,5 @@ mod tests {
         assert!(String::from_utf8(out)
             .unwrap()
             .contains("emit CHANNEL JSON"));
-    }
-
-    #[test]
-    fn script_stops_at_exit_and_sends_nothing_for_bad_json() {
-        let (url, seen) = fake_server(usize::MAX, echo_result);
-        let mut shell = shell_for(&url, None);
-        let input = Cursor::new("emit news {bad\nping\nexit\nping\n");
-        let (mut out, mut err) = (Vec::new(), Vec::new());
-        assert_eq!(run_script(&mut shell, input, &mut out, &mut err), 1);
-        let err = String::from_utf8(err).unwrap();
-        assert!(err.starts_with("error: invalid JSON for data: "), "{err}");
-        assert_eq!(err.lines().count(), 1);
-        let methods: Vec<Value> = seen.try_iter().map(|s| s.body["method"].clone()).collect();
-        assert_eq!(methods, vec![json!("ping")]);
-
-        let mut shell = shell_for(&url, None);
-        let (mut out, mut err) = (Vec::new(), Vec::new());
-        assert_eq!(
-            run_script(&mut shell, Cursor::new("ping\nquit\n"), &mut out, &mut err),
-            0
-        );
-        assert!(err.is_empty());
     }
 }
