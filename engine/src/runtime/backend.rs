@@ -246,8 +246,13 @@ async fn handle(shard: &Rc<Shard>, req: OwnedRequest, out: &mut Vec<u8>) {
     let authorized = token_ok(shard.config(), req.auth_token.as_deref());
     match (req.method, req.path.as_str()) {
         (Method::Get, "/health") => {
-            let body = format!("ok{}", shard.node.sources.health());
-            http::write_response_with(out, 200, http::CONTENT_TYPE_TEXT, body.as_bytes(), ka)
+            let (status, head, bus) = match &shard.node.bus {
+                Some(bus) if !bus.is_up() => (503, "degraded", format!("\n{}", bus.health_line())),
+                Some(bus) => (200, "ok", format!("\n{}", bus.health_line())),
+                None => (200, "ok", String::new()),
+            };
+            let body = format!("{head}{bus}{}", shard.node.sources.health());
+            http::write_response_with(out, status, http::CONTENT_TYPE_TEXT, body.as_bytes(), ka)
         }
         (_, "/health") => http::write_json_error(out, 405, "method not allowed: use GET", ka),
         _ if !authorized => http::write_json_error(out, 401, UNAUTHORIZED, ka),
@@ -261,7 +266,14 @@ async fn handle(shard: &Rc<Shard>, req: OwnedRequest, out: &mut Vec<u8>) {
                 out,
                 200,
                 http::CONTENT_TYPE_PROMETHEUS,
-                (render_prometheus(&rows) + &shard.node.sources.prometheus()).as_bytes(),
+                (render_prometheus(&rows)
+                    + &shard.node.sources.prometheus()
+                    + &shard
+                        .node
+                        .bus
+                        .as_ref()
+                        .map_or(String::new(), |b| b.prometheus()))
+                    .as_bytes(),
                 ka,
             );
         }
@@ -314,7 +326,9 @@ fn internal(e: impl std::fmt::Display) -> RpcError {
 /// A refused publish: -32005 when a mailbox was full, else internal.
 fn publish_error(e: PublishError) -> RpcError {
     match e {
-        PublishError::Overloaded => RpcError::new(rpc::OVERLOADED, e.to_string()),
+        PublishError::Overloaded | PublishError::BusUnavailable => {
+            RpcError::new(rpc::OVERLOADED, e.to_string())
+        }
         PublishError::Gone => internal(e),
     }
 }
