@@ -1,9 +1,12 @@
 //! The bus bridge: one thread (`source-cluster`) with a current-thread
 //! tokio runtime that runs every Redis command of the node's cluster mode
-//! (docs/CLUSTER.md). It holds one pub/sub connection (the channels this
-//! node has subscribers for, plus the broadcast channel) and one
-//! multiplexed command connection (publish scripts pipelined in order,
-//! position reads, stream ranges).
+//! (docs/CLUSTER.md). On a standalone Redis it holds one pub/sub
+//! connection (the channels this node has subscribers for, plus the
+//! broadcast channel) and one multiplexed command connection (publish
+//! scripts pipelined in order, position reads, stream ranges). On a Redis
+//! Cluster it holds one cluster connection (RESP3) for both: commands go
+//! to the master of the channel's slot, subscriptions are sharded
+//! (`SSUBSCRIBE`, `SPUBLISH`) and arrive as pushes ([`Link`]).
 //!
 //! Publications arriving on the subscription go through each channel's
 //! [`ChannelSync`] (duplicates dropped, gaps filled from the stream) to
@@ -20,11 +23,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use redis::aio::{MultiplexedConnection, PubSubSink};
-use redis::Value;
+use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::{FromRedisValue, PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 
-use super::wire::{self, BusEntry, ChannelSync, Keys};
+use super::wire::{self, BusEntry, ChannelSync, Keys, Target};
 use super::{Bus, BusRequest};
 use crate::pubsub::ops::PublishResult;
 use crate::pubsub::publication::Publication;
@@ -34,6 +39,10 @@ const PUBLISH_LUA: &str = include_str!("lua/publish.lua");
 const POSITION_LUA: &str = include_str!("lua/position.lua");
 const RANGE_LUA: &str = include_str!("lua/range.lua");
 const BROADCAST_LUA: &str = include_str!("lua/broadcast.lua");
+
+/// Cluster mode: the pause before subscribing everything again after a
+/// node connection of the Redis Cluster closed, and between attempts.
+const RESYNC_DELAY: Duration = Duration::from_millis(250);
 
 /// Starts the bridge thread of `node`'s bus.
 pub fn start(node: Arc<Node>, bus: Arc<Bus>) -> std::io::Result<()> {
@@ -83,24 +92,212 @@ impl Lua {
         }
     }
 
-    async fn load(&mut self, conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
-        let sha: String = redis::cmd("SCRIPT")
-            .arg("LOAD")
-            .arg(self.src)
-            .query_async(conn)
+    async fn load(&mut self, conn: &mut Cmds) -> redis::RedisResult<()> {
+        let sha: String = conn
+            .query(redis::cmd("SCRIPT").arg("LOAD").arg(self.src))
             .await?;
         self.sha = Arc::from(sha);
         Ok(())
     }
 
-    /// `EVALSHA` with `keys`; arguments follow.
-    fn call(&self, keys: &[&str]) -> redis::Cmd {
-        let mut c = redis::cmd("EVALSHA");
-        c.arg(&*self.sha).arg(keys.len());
-        for k in keys {
-            c.arg(*k);
+    /// `EVALSHA` with `keys` and `args`; `EVAL` with the source when the
+    /// server does not know the script (a replica promoted since it was
+    /// loaded).
+    async fn run<T: FromRedisValue>(
+        &self,
+        conn: &mut Cmds,
+        keys: &[&str],
+        args: &[&[u8]],
+    ) -> redis::RedisResult<T> {
+        let build = |name: &str, script: &str| {
+            let mut c = redis::cmd(name);
+            c.arg(script).arg(keys.len());
+            for k in keys {
+                c.arg(*k);
+            }
+            for a in args {
+                c.arg(*a);
+            }
+            c
+        };
+        match conn.query(&build("EVALSHA", &self.sha)).await {
+            Err(e) if e.code() == Some("NOSCRIPT") => conn.query(&build("EVAL", self.src)).await,
+            other => other,
         }
-        c
+    }
+}
+
+/// The command side of a connection to the bus (cheap to clone: the
+/// clones share the connection, pipelining what they send).
+#[derive(Clone)]
+enum Cmds {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl Cmds {
+    async fn query<T: FromRedisValue>(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
+        match self {
+            Cmds::Single(c) => cmd.query_async(c).await,
+            Cmds::Cluster(c) => cmd.query_async(c).await,
+        }
+    }
+
+    /// `WAIT n timeout` on the connection that wrote `key` (on a Redis
+    /// Cluster, the master of its slot): how many replicas have every
+    /// write made before it.
+    async fn wait_replicas(
+        &mut self,
+        key: &str,
+        n: u32,
+        timeout_ms: u64,
+    ) -> redis::RedisResult<u32> {
+        let mut cmd = redis::cmd("WAIT");
+        cmd.arg(n).arg(timeout_ms);
+        match self {
+            Cmds::Single(c) => cmd.query_async(c).await,
+            Cmds::Cluster(c) => {
+                let route = Route::with_key(key.as_bytes(), SlotAddr::Master);
+                let v = c
+                    .route_command(
+                        cmd,
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+                    )
+                    .await?;
+                u32::from_redis_value(v).map_err(Into::into)
+            }
+        }
+    }
+}
+
+/// What a connection's subscription side reports.
+enum Event {
+    Message(String, Vec<u8>),
+    Disconnected,
+}
+
+/// A connection to the bus: subscriptions and commands.
+enum Link {
+    /// Standalone Redis: a pub/sub connection and a command connection.
+    Single {
+        sink: PubSubSink,
+        stream: PubSubStream,
+        cmd: MultiplexedConnection,
+    },
+    /// Redis Cluster: one cluster connection (RESP3); messages arrive as
+    /// pushes.
+    Cluster {
+        conn: ClusterConnection,
+        pushes: mpsc::UnboundedReceiver<PushInfo>,
+    },
+}
+
+impl Link {
+    async fn open(target: &Target) -> redis::RedisResult<Link> {
+        let timeout = Duration::from_secs(2);
+        match target {
+            Target::Single(url) => {
+                let client = redis::Client::open(url.as_str())?;
+                let config = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(Duration::from_secs(1)))
+                    .set_response_timeout(Some(timeout));
+                let pubsub = client.get_async_pubsub().await?;
+                let cmd = client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?;
+                let (sink, stream) = pubsub.split();
+                Ok(Link::Single { sink, stream, cmd })
+            }
+            Target::Cluster(nodes) => {
+                let (tx, pushes) = mpsc::unbounded_channel();
+                let client = redis::cluster::ClusterClientBuilder::new(nodes.clone())
+                    .use_protocol(redis::ProtocolVersion::RESP3)
+                    .push_sender(tx)
+                    .connection_timeout(Duration::from_secs(1))
+                    .response_timeout(timeout)
+                    .build()?;
+                let conn = client.get_async_connection().await?;
+                Ok(Link::Cluster { conn, pushes })
+            }
+        }
+    }
+
+    fn cmds(&self) -> Cmds {
+        match self {
+            Link::Single { cmd, .. } => Cmds::Single(cmd.clone()),
+            Link::Cluster { conn, .. } => Cmds::Cluster(conn.clone()),
+        }
+    }
+
+    /// The command that publishes on a channel's pub/sub channel.
+    fn publish_command(&self) -> &'static str {
+        match self {
+            Link::Single { .. } => "PUBLISH",
+            Link::Cluster { .. } => "SPUBLISH",
+        }
+    }
+
+    /// Standalone: one id clock for every channel.
+    fn id_key(&self) -> Option<&'static str> {
+        match self {
+            Link::Single { .. } => Some(wire::ID_KEY),
+            Link::Cluster { .. } => None,
+        }
+    }
+
+    async fn subscribe_broadcasts(&mut self) -> redis::RedisResult<()> {
+        match self {
+            Link::Single { sink, .. } => sink.subscribe(wire::BROADCAST_CHANNEL).await,
+            Link::Cluster { conn, .. } => conn.subscribe(wire::BROADCAST_CHANNEL).await,
+        }
+    }
+
+    async fn subscribe(&mut self, pubsub: &str) -> redis::RedisResult<()> {
+        match self {
+            Link::Single { sink, .. } => sink.subscribe(pubsub).await,
+            Link::Cluster { conn, .. } => conn.ssubscribe(pubsub).await,
+        }
+    }
+
+    async fn unsubscribe(&mut self, pubsub: &str) -> redis::RedisResult<()> {
+        match self {
+            Link::Single { sink, .. } => sink.unsubscribe(pubsub).await,
+            Link::Cluster { conn, .. } => conn.sunsubscribe(pubsub).await,
+        }
+    }
+
+    /// The next message: (pub/sub channel, payload), or `Disconnected`
+    /// when one of a Redis Cluster's node connections closed; `None` when
+    /// the connection is gone.
+    async fn next(&mut self) -> Option<Event> {
+        match self {
+            Link::Single { stream, .. } => {
+                let m = stream.next().await?;
+                Some(Event::Message(
+                    m.get_channel_name().to_owned(),
+                    m.get_payload_bytes().to_vec(),
+                ))
+            }
+            Link::Cluster { pushes, .. } => loop {
+                let p = pushes.recv().await?;
+                if p.kind == PushKind::Disconnection {
+                    return Some(Event::Disconnected);
+                }
+                if !matches!(p.kind, PushKind::Message | PushKind::SMessage) {
+                    continue;
+                }
+                let mut data = p.data.into_iter();
+                let (Some(Value::BulkString(ch)), Some(Value::BulkString(payload))) =
+                    (data.next(), data.next())
+                else {
+                    continue;
+                };
+                let Ok(ch) = String::from_utf8(ch) else {
+                    continue;
+                };
+                return Some(Event::Message(ch, payload));
+            },
+        }
     }
 }
 
@@ -109,10 +306,10 @@ type Lost = redis::RedisError;
 
 async fn run(node: Arc<Node>, bus: Arc<Bus>, mut rx: mpsc::UnboundedReceiver<BusRequest>) {
     let url = node.config.cluster.redis.clone();
-    let client = match redis::Client::open(url.as_str()) {
-        Ok(c) => c,
+    let target = match Target::parse(&url) {
+        Ok(t) => t,
         Err(e) => {
-            tracing::error!("cluster bus: bad url: {e}");
+            tracing::error!("cluster bus: {e}");
             return;
         }
     };
@@ -130,19 +327,8 @@ async fn run(node: Arc<Node>, bus: Arc<Bus>, mut rx: mpsc::UnboundedReceiver<Bus
     let mut backoff = crate::sources::Backoff::default();
     let mut first = true;
     loop {
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(Duration::from_secs(2)));
-        let conn = async {
-            let pubsub = client.get_async_pubsub().await?;
-            let cmd = client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await?;
-            Ok::<_, redis::RedisError>((pubsub, cmd))
-        }
-        .await;
-        let (pubsub, cmd) = match conn {
-            Ok(c) => c,
+        let link = match Link::open(&target).await {
+            Ok(l) => l,
             Err(e) => {
                 let delay = backoff.delay();
                 tracing::warn!("cluster bus: cannot connect to {url}: {e}; retry in {delay:?}");
@@ -157,8 +343,7 @@ async fn run(node: Arc<Node>, bus: Arc<Bus>, mut rx: mpsc::UnboundedReceiver<Bus
         }
         first = false;
         backoff.reset();
-        let (sink, stream) = pubsub.split();
-        match bridge.serve(sink, stream, cmd, &mut rx).await {
+        match bridge.serve(link, &mut rx).await {
             Ok(()) => return,
             Err(e) => tracing::warn!("cluster bus: connection to {url} lost: {e}; reconnecting"),
         }
@@ -170,10 +355,9 @@ impl Bridge {
     /// The bus went down: publications are refused from now on, and every
     /// shard releases the subscribers it parked waiting for Redis.
     fn lost(&mut self) {
+        // Each channel's sync is kept: on reconnection what was published
+        // meanwhile is read from the stream (see `attach`).
         self.bus.set_up(false);
-        for a in self.channels.values_mut() {
-            a.sync = None;
-        }
         for mb in &self.node.mailboxes {
             mb.push(ShardMsg::BusLost);
         }
@@ -239,11 +423,10 @@ impl Bridge {
     /// Serves one connection until it breaks (`Err`) or the node is gone.
     async fn serve(
         &mut self,
-        mut sink: PubSubSink,
-        mut stream: redis::aio::PubSubStream,
-        mut cmd: MultiplexedConnection,
+        mut link: Link,
         rx: &mut mpsc::UnboundedReceiver<BusRequest>,
     ) -> Result<(), Lost> {
+        let mut cmd = link.cmds();
         for s in [
             &mut self.scripts.publish,
             &mut self.scripts.position,
@@ -252,10 +435,10 @@ impl Bridge {
         ] {
             s.load(&mut cmd).await?;
         }
-        sink.subscribe(wire::BROADCAST_CHANNEL).await?;
+        link.subscribe_broadcasts().await?;
         let channels: Vec<Box<str>> = self.channels.keys().cloned().collect();
         for channel in channels {
-            self.attach(&mut sink, &mut cmd, &channel).await?;
+            self.attach(&mut link, &mut cmd, &channel).await?;
         }
         self.bus.set_up(true);
         tracing::info!(
@@ -263,18 +446,38 @@ impl Bridge {
             self.bus.node_id,
             self.channels.len()
         );
+        // Cluster mode: when to subscribe everything again after a node
+        // connection closed.
+        let mut resync_at: Option<tokio::time::Instant> = None;
         loop {
+            let resync = async {
+                match resync_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
-                msg = stream.next() => {
-                    let Some(msg) = msg else {
+                msg = link.next() => match msg {
+                    None => {
                         return Err(redis::RedisError::from((redis::ErrorKind::Io, "subscription closed")));
+                    }
+                    Some(Event::Disconnected) => {
+                        resync_at = Some(tokio::time::Instant::now() + RESYNC_DELAY);
+                    }
+                    Some(Event::Message(channel, payload)) => {
+                        self.on_message(&mut cmd, &channel, &payload).await?;
+                    }
+                },
+                _ = resync => {
+                    resync_at = match self.resync(&mut link, &mut cmd).await {
+                        true => None,
+                        false => Some(tokio::time::Instant::now() + RESYNC_DELAY),
                     };
-                    self.on_message(&mut cmd, msg.get_channel_name(), msg.get_payload_bytes()).await?;
                 }
                 req = rx.recv() => {
                     let Some(req) = req else { return Ok(()) };
-                    self.on_request(&mut sink, &mut cmd, req).await?;
+                    self.on_request(&mut link, &mut cmd, req).await?;
                 }
             }
         }
@@ -282,8 +485,8 @@ impl Bridge {
 
     async fn on_request(
         &mut self,
-        sink: &mut PubSubSink,
-        cmd: &mut MultiplexedConnection,
+        link: &mut Link,
+        cmd: &mut Cmds,
         req: BusRequest,
     ) -> Result<(), Lost> {
         match req {
@@ -304,10 +507,21 @@ impl Bridge {
                     ttl_ms: cfg.history.ttl.saturating_mul(1000),
                     channel_ttl: cfg.cluster.channel_ttl,
                     origin: self.bus.node_id.clone(),
+                    command: link.publish_command(),
+                    id_key: link.id_key(),
+                    replicas: cfg.cluster.replicas_ack,
                 };
                 let bus = self.bus.clone();
                 tokio::spawn(async move {
                     let r = publish(conn, &script, &channel, &data, exclude, &args).await;
+                    let r = r.and_then(|r| {
+                        r.ok_or_else(|| {
+                            redis::RedisError::from((
+                                redis::ErrorKind::Io,
+                                "not acknowledged by enough replicas",
+                            ))
+                        })
+                    });
                     let r = match r {
                         Ok(r) => {
                             bus.published.fetch_add(1, Ordering::Relaxed);
@@ -327,10 +541,11 @@ impl Bridge {
                 let script = self.scripts.broadcast.clone();
                 tokio::spawn(async move {
                     let r: redis::RedisResult<u64> = script
-                        .call(&[wire::ID_KEY])
-                        .arg(&data[..])
-                        .arg(wire::BROADCAST_CHANNEL)
-                        .query_async(&mut conn)
+                        .run(
+                            &mut conn,
+                            &[wire::ID_KEY],
+                            &[&data[..], wire::BROADCAST_CHANNEL.as_bytes()],
+                        )
                         .await;
                     let _ = reply.send(r.map_err(|e| {
                         tracing::warn!("cluster bus: broadcast failed: {e}");
@@ -347,11 +562,11 @@ impl Bridge {
                         sync: None,
                     },
                 );
-                self.attach(sink, cmd, &channel).await?;
+                self.attach(link, cmd, &channel).await?;
             }
             BusRequest::Detach { channel } => {
                 if self.channels.remove(&channel).is_some() {
-                    sink.unsubscribe(wire::pubsub_channel(&channel)).await?;
+                    link.unsubscribe(&wire::pubsub_channel(&channel)).await?;
                 }
             }
             BusRequest::Recover {
@@ -385,38 +600,99 @@ impl Bridge {
 
     /// Subscribes to `channel` and, once Redis confirmed, reads its
     /// position: everything later arrives on the subscription.
-    async fn attach(
-        &mut self,
-        sink: &mut PubSubSink,
-        cmd: &mut MultiplexedConnection,
-        channel: &str,
-    ) -> Result<(), Lost> {
+    async fn attach(&mut self, link: &mut Link, cmd: &mut Cmds, channel: &str) -> Result<(), Lost> {
         let keys = Keys::of(channel);
-        sink.subscribe(&keys.pubsub).await?;
+        link.subscribe(&keys.pubsub).await?;
+        let ttl = self.node.config.cluster.channel_ttl.to_string();
         let (offset, epoch): (u64, String) = self
             .scripts
             .position
-            .call(&[&keys.meta, &keys.stream])
-            .arg(self.node.config.cluster.channel_ttl)
-            .query_async(cmd)
+            .run(cmd, &[&keys.meta, &keys.stream], &[ttl.as_bytes()])
             .await?;
         let epoch: Arc<str> = Arc::from(epoch);
-        if let Some(a) = self.channels.get_mut(channel) {
-            a.sync = Some(ChannelSync::new(offset, epoch.clone()));
-            self.node.mailboxes[a.home].push(ShardMsg::BusAttached {
+        let Some(a) = self.channels.get_mut(channel) else {
+            return Ok(());
+        };
+        let home = a.home;
+        // Attached before (a reconnection, or subscribing again after a
+        // failover) in the same epoch: the node resumes where it was and
+        // what it missed comes from the stream. Else it starts here.
+        let fill = match &mut a.sync {
+            Some(sync) if sync.epoch == epoch && offset >= sync.last => {
+                let from = sync.last + 1;
+                self.node.mailboxes[home].push(ShardMsg::BusAttached {
+                    channel: channel.into(),
+                    gen: a.gen,
+                    offset: sync.last,
+                    epoch: epoch.clone(),
+                });
+                sync.last = offset;
+                (from <= offset).then_some((from, offset))
+            }
+            _ => {
+                a.sync = Some(ChannelSync::new(offset, epoch.clone()));
+                self.node.mailboxes[home].push(ShardMsg::BusAttached {
+                    channel: channel.into(),
+                    gen: a.gen,
+                    offset,
+                    epoch: epoch.clone(),
+                });
+                None
+            }
+        };
+        if let Some((from, to)) = fill {
+            self.fill(cmd, channel, home, &epoch, from, to).await?;
+        }
+        Ok(())
+    }
+
+    /// Hands the stream's publications `from..=to` of `epoch` to the
+    /// channel's home shard (what it no longer holds is skipped; the home
+    /// shard sees the jump).
+    async fn fill(
+        &self,
+        cmd: &mut Cmds,
+        channel: &str,
+        home: usize,
+        epoch: &Arc<str>,
+        from: u64,
+        to: u64,
+    ) -> Result<(), Lost> {
+        let missing = self
+            .range(cmd, channel, from, to, usize::MAX)
+            .await?
+            .filter(|(e, _)| e == epoch)
+            .map(|(_, v)| v)
+            .unwrap_or_default();
+        for e in missing {
+            self.node.mailboxes[home].push(ShardMsg::BusDeliver {
                 channel: channel.into(),
-                gen: a.gen,
-                offset,
-                epoch,
+                entry: e,
             });
         }
         Ok(())
     }
 
+    /// Cluster mode: a node connection of the Redis Cluster closed (a
+    /// master died, say): every channel is subscribed again (on the new
+    /// master) and what was missed is read from the stream. False while
+    /// that fails (the slots are still moving); tried again later.
+    async fn resync(&mut self, link: &mut Link, cmd: &mut Cmds) -> bool {
+        let channels: Vec<Box<str>> = self.channels.keys().cloned().collect();
+        let mut ok = true;
+        for channel in channels {
+            if let Err(e) = self.attach(link, cmd, &channel).await {
+                tracing::debug!("cluster bus: resubscribing {channel}: {e}");
+                ok = false;
+            }
+        }
+        ok
+    }
+
     /// A message on the subscription.
     async fn on_message(
         &mut self,
-        cmd: &mut MultiplexedConnection,
+        cmd: &mut Cmds,
         pubsub: &str,
         payload: &[u8],
     ) -> Result<(), Lost> {
@@ -447,18 +723,7 @@ impl Bridge {
         let step = sync.handle(entry.offset, &entry.epoch);
         if let Some((from, to)) = step.fill {
             let epoch = entry.epoch.clone();
-            let missing = self
-                .range(cmd, channel, from, to, usize::MAX)
-                .await?
-                .filter(|(e, _)| *e == epoch)
-                .map(|(_, v)| v)
-                .unwrap_or_default();
-            for e in missing {
-                self.node.mailboxes[home].push(ShardMsg::BusDeliver {
-                    channel: channel.into(),
-                    entry: e,
-                });
-            }
+            self.fill(cmd, channel, home, &epoch, from, to).await?;
         }
         if step.deliver {
             self.node.mailboxes[home].push(ShardMsg::BusDeliver {
@@ -488,7 +753,7 @@ impl Bridge {
     /// older than `history.ttl` are left out.
     async fn range(
         &self,
-        cmd: &mut MultiplexedConnection,
+        cmd: &mut Cmds,
         channel: &str,
         from: u64,
         to: u64,
@@ -499,11 +764,15 @@ impl Bridge {
         let (epoch, raw): (String, Vec<RawEntry>) = self
             .scripts
             .range
-            .call(&[&keys.meta, &keys.stream])
-            .arg(from)
-            .arg(to)
-            .arg(limit)
-            .query_async(cmd)
+            .run(
+                cmd,
+                &[&keys.meta, &keys.stream],
+                &[
+                    from.to_string().as_bytes(),
+                    to.to_string().as_bytes(),
+                    limit.to_string().as_bytes(),
+                ],
+            )
             .await?;
         if epoch.is_empty() {
             return Ok(None);
@@ -560,32 +829,55 @@ struct PublishArgs {
     ttl_ms: u64,
     channel_ttl: u64,
     origin: String,
+    /// `PUBLISH`, or `SPUBLISH` on a Redis Cluster.
+    command: &'static str,
+    /// Standalone: the one id clock of every channel.
+    id_key: Option<&'static str>,
+    /// `cluster.replicas_ack`.
+    replicas: u32,
 }
 
+/// Runs the publish script; `Ok(None)` when fewer replicas than asked
+/// for acknowledged it in time.
 async fn publish(
-    mut conn: MultiplexedConnection,
+    mut conn: Cmds,
     script: &Lua,
     channel: &str,
     data: &Bytes,
     exclude: Option<(usize, crate::pubsub::channel_table::ConnKey)>,
     a: &PublishArgs,
-) -> redis::RedisResult<PublishResult> {
+) -> redis::RedisResult<Option<PublishResult>> {
     let keys = Keys::of(channel);
+    let mut key_list = vec![keys.meta.as_str(), keys.stream.as_str()];
+    key_list.extend(a.id_key);
+    let nums = [
+        a.size.to_string(),
+        a.ttl_ms.to_string(),
+        a.channel_ttl.to_string(),
+    ];
+    let exclude = wire::encode_exclude(exclude);
     let (offset, id, _epoch, _ts): (u64, u64, String, u64) = script
-        .call(&[&keys.meta, &keys.stream, wire::ID_KEY])
-        .arg(&data[..])
-        .arg(a.size)
-        .arg(a.ttl_ms)
-        .arg(a.channel_ttl)
-        .arg(&keys.pubsub)
-        .arg(&a.origin)
-        .arg(wire::encode_exclude(exclude))
-        .arg("PUBLISH")
-        .query_async(&mut conn)
+        .run(
+            &mut conn,
+            &key_list,
+            &[
+                &data[..],
+                nums[0].as_bytes(),
+                nums[1].as_bytes(),
+                nums[2].as_bytes(),
+                keys.pubsub.as_bytes(),
+                a.origin.as_bytes(),
+                exclude.as_bytes(),
+                a.command.as_bytes(),
+            ],
+        )
         .await?;
-    Ok(PublishResult {
+    if a.replicas > 0 && conn.wait_replicas(&keys.meta, a.replicas, 1000).await? < a.replicas {
+        return Ok(None);
+    }
+    Ok(Some(PublishResult {
         offset,
         id,
         subscribers: 0,
-    })
+    }))
 }

@@ -49,6 +49,45 @@ pub fn channel_of(pubsub: &str) -> Option<&str> {
     pubsub.strip_prefix("rc:{")?.strip_suffix('}')
 }
 
+/// Where the bus is: one Redis (standalone, or a Sentinel-managed
+/// master's address), or a Redis Cluster given by some of its nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Single(String),
+    /// `redis+cluster://h1:p1,h2:p2` as `redis://h1:p1`, `redis://h2:p2`.
+    Cluster(Vec<String>),
+}
+
+impl Target {
+    /// Reads `cluster.redis`.
+    pub fn parse(url: &str) -> Result<Target, String> {
+        if let Some(rest) = url.strip_prefix("redis+cluster://") {
+            let (auth, hosts) = match rest.rsplit_once('@') {
+                Some((a, h)) => (format!("{a}@"), h),
+                None => (String::new(), rest),
+            };
+            let hosts = hosts.trim_end_matches('/');
+            let nodes: Vec<String> = hosts
+                .split(',')
+                .filter(|h| !h.is_empty())
+                .map(|h| format!("redis://{auth}{h}"))
+                .collect();
+            if nodes.is_empty() || hosts.contains('/') {
+                return Err(format!(
+                    "redis+cluster:// needs host:port[,host:port...] (got {url:?})"
+                ));
+            }
+            return Ok(Target::Cluster(nodes));
+        }
+        if ["redis://", "rediss://"].iter().any(|s| url.starts_with(s)) {
+            return Ok(Target::Single(url.to_owned()));
+        }
+        Err(format!(
+            "must be a redis://, rediss:// or redis+cluster:// URL (got {url:?})"
+        ))
+    }
+}
+
 /// One publication as the bus carries it (and the stream keeps it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BusEntry {
@@ -197,6 +236,23 @@ mod tests {
         assert_eq!(channel_of(&k.pubsub), Some("chat:1"));
         assert_eq!(channel_of("rc:bcast"), None);
         assert_eq!(channel_of("other"), None);
+    }
+
+    #[test]
+    fn targets_are_read_from_the_url() {
+        assert_eq!(
+            Target::parse("redis://127.0.0.1:6379/0"),
+            Ok(Target::Single("redis://127.0.0.1:6379/0".into()))
+        );
+        assert_eq!(
+            Target::parse("redis+cluster://:pw@a:7000,b:7001/"),
+            Ok(Target::Cluster(vec![
+                "redis://:pw@a:7000".into(),
+                "redis://:pw@b:7001".into()
+            ]))
+        );
+        assert!(Target::parse("redis+cluster://").is_err());
+        assert!(Target::parse("http://x").is_err());
     }
 
     #[test]

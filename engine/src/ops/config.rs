@@ -254,10 +254,15 @@ config_section! {
 config_section! {
     /// `[cluster]`: channels shared by several nodes through Redis 7.
     pub struct ClusterConfig {
-        /// Redis URL of the bus: `redis://[:password@]host:port/db`;
-        /// empty = cluster mode off (nothing changes, no Redis needed).
-        /// Default empty.
+        /// Redis URL of the bus: `redis://[:password@]host:port/db`, or
+        /// `redis+cluster://host:port,host:port,...` for a Redis Cluster
+        /// (sharded pub/sub); empty = cluster mode off (nothing changes,
+        /// no Redis needed). Default empty.
         pub redis: String = String::new(),
+        /// Replicas that must hold each publication before it is
+        /// acknowledged (`WAIT n` after the publish script, on the
+        /// channel's master); 0 = do not wait. Default 0.
+        pub replicas_ack: u32 = 0,
         /// While Redis is unreachable: `refuse` publications (-32005 bus
         /// unavailable) or deliver them `local`ly only. Default refuse.
         pub on_bus_loss: BusLoss = BusLoss::Refuse,
@@ -278,15 +283,8 @@ impl ClusterConfig {
         if !self.enabled() {
             return Ok(());
         }
-        if !["redis://", "rediss://"]
-            .iter()
-            .any(|s| self.redis.starts_with(s))
-        {
-            return Err(ConfigError::invalid(
-                "cluster.redis",
-                format!("must be a redis:// or rediss:// URL (got {:?})", self.redis),
-            ));
-        }
+        crate::cluster::wire::Target::parse(&self.redis)
+            .map_err(|e| ConfigError::invalid("cluster.redis", e))?;
         if self.channel_ttl < history_ttl.max(1) {
             return Err(ConfigError::invalid(
                 "cluster.channel_ttl",
@@ -2007,10 +2005,11 @@ mod tests {
             "RINGCAST_CLUSTER_REDIS",
             "RINGCAST_CLUSTER_ON_BUS_LOSS",
             "RINGCAST_CLUSTER_CHANNEL_TTL",
+            "RINGCAST_CLUSTER_REPLICAS_ACK",
         ] {
             assert!(keys.iter().any(|(v, _, _)| v == var), "{var}");
         }
-        assert_eq!(keys.len(), 85);
+        assert_eq!(keys.len(), 86);
     }
 
     #[test]
