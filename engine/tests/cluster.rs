@@ -399,3 +399,60 @@ fn redis_cluster_sharded_pubsub_and_a_master_failover_lose_no_acknowledged_publi
         expect_run(ws, 11, 1);
     }
 }
+
+/// Polls `f` until it returns true (at most 15 s).
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !f() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn counts_cover_every_node_and_a_dead_nodes_share_expires() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let env = [("RINGCAST_CLUSTER_NODE_TTL", "3")];
+    let mut cluster = nodes(&redis, 3, &env);
+    let mut clients = Vec::new();
+    for (i, s) in cluster.iter().enumerate() {
+        for _ in 0..=i {
+            let mut ws = s.ws("/");
+            subscribe(&mut ws, "shared");
+            subscribe(&mut ws, &format!("only-{i}"));
+            clients.push(ws);
+        }
+    }
+    // 1 + 2 + 3 subscribers of "shared"; each node answers for all.
+    for s in &cluster {
+        wait_until("cluster-wide total", || {
+            s.call("total_subscribers", json!({"channel": "shared"}))["total"] == 6
+        });
+    }
+    assert_eq!(cluster[0].call("total_subscribers", json!({}))["total"], 12);
+    let list = cluster[1].call("available_channels", json!({}));
+    assert_eq!(
+        list["channels"],
+        json!([
+            {"channel": "only-0", "subscribers": 1},
+            {"channel": "only-1", "subscribers": 2},
+            {"channel": "only-2", "subscribers": 3},
+            {"channel": "shared", "subscribers": 6},
+        ]),
+        "{list}"
+    );
+    let info = cluster[2].call("info", json!({}));
+    assert_eq!(info["cluster"]["nodes"], 3, "{info}");
+    assert_eq!(info["cluster"]["connections"], 6, "{info}");
+    assert_eq!(info["connections"], 3, "this node's own: {info}");
+    // A node killed: its share disappears within node_ttl.
+    cluster[2].child.kill().unwrap();
+    cluster[2].child.wait().unwrap();
+    wait_until("dead node's share gone", || {
+        cluster[0].call("total_subscribers", json!({"channel": "shared"}))["total"] == 3
+    });
+    let info = cluster[0].call("info", json!({}));
+    assert_eq!(info["cluster"]["nodes"], 2, "{info}");
+}

@@ -39,6 +39,7 @@ const PUBLISH_LUA: &str = include_str!("lua/publish.lua");
 const POSITION_LUA: &str = include_str!("lua/position.lua");
 const RANGE_LUA: &str = include_str!("lua/range.lua");
 const BROADCAST_LUA: &str = include_str!("lua/broadcast.lua");
+const HEARTBEAT_LUA: &str = include_str!("lua/heartbeat.lua");
 
 /// Cluster mode: the pause before subscribing everything again after a
 /// node connection of the Redis Cluster closed, and between attempts.
@@ -75,6 +76,7 @@ struct Scripts {
     position: Lua,
     range: Lua,
     broadcast: Lua,
+    heartbeat: Lua,
 }
 
 /// A script's source and, once loaded, the SHA1 Redis gave it.
@@ -322,6 +324,7 @@ async fn run(node: Arc<Node>, bus: Arc<Bus>, mut rx: mpsc::UnboundedReceiver<Bus
             position: Lua::new(POSITION_LUA),
             range: Lua::new(RANGE_LUA),
             broadcast: Lua::new(BROADCAST_LUA),
+            heartbeat: Lua::new(HEARTBEAT_LUA),
         },
     };
     let mut backoff = crate::sources::Backoff::default();
@@ -394,6 +397,9 @@ impl Bridge {
             BusRequest::Broadcast { reply, .. } => {
                 let _ = reply.send(Err(PublishError::BusUnavailable));
             }
+            BusRequest::Counts { reply } => {
+                let _ = reply.send(None);
+            }
             BusRequest::Attach { channel, home, gen } => {
                 self.channels.insert(
                     channel,
@@ -432,6 +438,7 @@ impl Bridge {
             &mut self.scripts.position,
             &mut self.scripts.range,
             &mut self.scripts.broadcast,
+            &mut self.scripts.heartbeat,
         ] {
             s.load(&mut cmd).await?;
         }
@@ -449,6 +456,9 @@ impl Bridge {
         // Cluster mode: when to subscribe everything again after a node
         // connection closed.
         let mut resync_at: Option<tokio::time::Instant> = None;
+        let node_ttl = Duration::from_secs(self.node.config.cluster.node_ttl);
+        let mut heartbeat = tokio::time::interval(node_ttl / 3);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let resync = async {
                 match resync_at {
@@ -469,6 +479,7 @@ impl Bridge {
                         self.on_message(&mut cmd, &channel, &payload).await?;
                     }
                 },
+                _ = heartbeat.tick() => self.heartbeat(&mut cmd, node_ttl).await?,
                 _ = resync => {
                     resync_at = match self.resync(&mut link, &mut cmd).await {
                         true => None,
@@ -551,6 +562,12 @@ impl Bridge {
                         tracing::warn!("cluster bus: broadcast failed: {e}");
                         PublishError::BusUnavailable
                     }));
+                });
+            }
+            BusRequest::Counts { reply } => {
+                let mut conn = cmd.clone();
+                tokio::spawn(async move {
+                    let _ = reply.send(read_counts(&mut conn).await.ok());
                 });
             }
             BusRequest::Attach { channel, home, gen } => {
@@ -689,6 +706,60 @@ impl Bridge {
         ok
     }
 
+    /// Writes this node's counts (from every shard's report) as its
+    /// heartbeat, live for `ttl`.
+    async fn heartbeat(&mut self, cmd: &mut Cmds, ttl: Duration) -> Result<(), Lost> {
+        let mut waits = Vec::with_capacity(self.node.shards);
+        for mb in &self.node.mailboxes {
+            let (reply, rx) = futures_channel::oneshot::channel();
+            mb.push(ShardMsg::Gather {
+                query: crate::runtime::shard::Gather::ChannelPage {
+                    after: None,
+                    limit: usize::MAX,
+                },
+                reply,
+            });
+            waits.push(rx);
+        }
+        let (mut conns, mut subs, mut channels) = (0, 0, Vec::new());
+        for rx in waits {
+            let Ok(r) = rx.await else { return Ok(()) };
+            conns += r.gauges.connections;
+            subs += r.gauges.subscriptions;
+            channels.extend(r.channels);
+        }
+        let fields =
+            wire::heartbeat_fields(conns, subs, channels.iter().map(|(c, n)| (c.as_str(), *n)));
+        let ttl_ms = ttl.as_millis() as u64;
+        let mut args: Vec<&[u8]> = Vec::with_capacity(1 + 2 * fields.len());
+        let ttl_arg = ttl_ms.to_string();
+        args.push(ttl_arg.as_bytes());
+        for (k, v) in &fields {
+            args.push(k.as_bytes());
+            args.push(v.as_bytes());
+        }
+        let key = wire::node_key(&self.bus.node_id);
+        let _: i64 = self.scripts.heartbeat.run(cmd, &[&key], &args).await?;
+        let now = crate::runtime::shard::unix_ms();
+        let _: () = cmd
+            .query(
+                redis::cmd("ZADD")
+                    .arg(wire::NODES_KEY)
+                    .arg(now + ttl_ms)
+                    .arg(&self.bus.node_id),
+            )
+            .await?;
+        let _: () = cmd
+            .query(
+                redis::cmd("ZREMRANGEBYSCORE")
+                    .arg(wire::NODES_KEY)
+                    .arg("-inf")
+                    .arg(now),
+            )
+            .await?;
+        Ok(())
+    }
+
     /// A message on the subscription.
     async fn on_message(
         &mut self,
@@ -821,6 +892,27 @@ fn stream_entry(
         },
         ms,
     ))
+}
+
+/// Cluster-wide counts: every live node's heartbeat, summed.
+async fn read_counts(conn: &mut Cmds) -> redis::RedisResult<wire::ClusterCounts> {
+    let now = crate::runtime::shard::unix_ms();
+    let nodes: Vec<String> = conn
+        .query(
+            redis::cmd("ZRANGEBYSCORE")
+                .arg(wire::NODES_KEY)
+                .arg(now)
+                .arg("+inf"),
+        )
+        .await?;
+    let mut counts = wire::ClusterCounts::default();
+    for node in nodes {
+        let fields: HashMap<String, String> = conn
+            .query(redis::cmd("HGETALL").arg(wire::node_key(&node)))
+            .await?;
+        counts.add_node(fields.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    }
+    Ok(counts)
 }
 
 /// What every publish script call shares.

@@ -52,6 +52,11 @@ pub enum BusRequest {
     },
     /// Unsubscribe this node (its last local subscriber left).
     Detach { channel: Box<str> },
+    /// Cluster-wide counts from every live node's heartbeat; `None` when
+    /// Redis could not be read.
+    Counts {
+        reply: oneshot::Sender<Option<wire::ClusterCounts>>,
+    },
     /// The stream's publications after offset `after` (at most `limit`),
     /// to shard `home` as `ShardMsg::BusRecovered` with `token`.
     Recover {

@@ -223,6 +223,78 @@ impl ChannelSync {
     }
 }
 
+/// The sorted set of live nodes: member node id, score the Unix ms its
+/// heartbeat expires at.
+pub const NODES_KEY: &str = "rc:nodes";
+
+/// A node's heartbeat hash (its own slot: hash-tagged by the node id).
+pub fn node_key(node: &str) -> String {
+    format!("rc:n:{{{node}}}")
+}
+
+/// A node's counts as its heartbeat hash holds them: `_conns`, `_subs`,
+/// and `c:CHANNEL` → subscribers on the node.
+pub fn heartbeat_fields<'a>(
+    connections: u64,
+    subscriptions: u64,
+    channels: impl Iterator<Item = (&'a str, usize)>,
+) -> Vec<(String, String)> {
+    let mut f = vec![
+        ("_conns".to_owned(), connections.to_string()),
+        ("_subs".to_owned(), subscriptions.to_string()),
+    ];
+    f.extend(channels.map(|(c, n)| (format!("c:{c}"), n.to_string())));
+    f
+}
+
+/// Cluster-wide counts: the sum of every live node's heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterCounts {
+    pub nodes: usize,
+    pub connections: u64,
+    pub subscriptions: u64,
+    /// Channel → subscribers over all nodes, in name order.
+    pub channels: std::collections::BTreeMap<String, u64>,
+}
+
+impl ClusterCounts {
+    /// Adds one node's heartbeat hash (an empty one, expired, is skipped).
+    pub fn add_node<'a>(&mut self, fields: impl IntoIterator<Item = (&'a str, &'a str)>) {
+        let mut any = false;
+        for (k, v) in fields {
+            let Ok(n) = v.parse::<u64>() else { continue };
+            any = true;
+            match k {
+                "_conns" => self.connections += n,
+                "_subs" => self.subscriptions += n,
+                _ => {
+                    if let Some(c) = k.strip_prefix("c:") {
+                        *self.channels.entry(c.to_owned()).or_default() += n;
+                    }
+                }
+            }
+        }
+        self.nodes += usize::from(any);
+    }
+
+    /// A page of channels after `after` (name order), at most `limit`,
+    /// and whether more follow.
+    pub fn page(&self, after: Option<&str>, limit: usize) -> (Vec<(String, usize)>, bool) {
+        use std::ops::Bound;
+        let start = match after {
+            Some(a) => Bound::Excluded(a.to_owned()),
+            None => Bound::Unbounded,
+        };
+        let mut it = self.channels.range((start, Bound::Unbounded));
+        let page: Vec<(String, usize)> = it
+            .by_ref()
+            .take(limit)
+            .map(|(c, &n)| (c.clone(), n as usize))
+            .collect();
+        (page, it.next().is_some())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,6 +308,22 @@ mod tests {
         assert_eq!(channel_of(&k.pubsub), Some("chat:1"));
         assert_eq!(channel_of("rc:bcast"), None);
         assert_eq!(channel_of("other"), None);
+    }
+
+    #[test]
+    fn heartbeats_sum_over_nodes_and_page_by_name() {
+        let a = heartbeat_fields(3, 4, [("news", 2), ("chat", 2)].into_iter());
+        let b = heartbeat_fields(1, 1, [("news", 1)].into_iter());
+        let mut c = ClusterCounts::default();
+        for f in [&a, &b] {
+            c.add_node(f.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        }
+        c.add_node(std::iter::empty());
+        assert_eq!((c.nodes, c.connections, c.subscriptions), (2, 4, 5));
+        assert_eq!(c.channels.get("news"), Some(&3));
+        assert_eq!(c.page(None, 1), (vec![("chat".into(), 2)], true));
+        assert_eq!(c.page(Some("chat"), 5), (vec![("news".into(), 3)], false));
+        assert_eq!(node_key("ab"), "rc:n:{ab}");
     }
 
     #[test]

@@ -270,6 +270,11 @@ config_section! {
         /// last publication or subscriber; at least `history.ttl`.
         /// Default 86400.
         pub channel_ttl: u64 = 86400,
+        /// Seconds a node's share of the cluster-wide counts
+        /// (`total_subscribers`, `available_channels`, `info`) outlives
+        /// its last heartbeat; heartbeats go every third of it. At least
+        /// 3. Default 6.
+        pub node_ttl: u64 = 6,
     }
 }
 
@@ -285,6 +290,12 @@ impl ClusterConfig {
         }
         crate::cluster::wire::Target::parse(&self.redis)
             .map_err(|e| ConfigError::invalid("cluster.redis", e))?;
+        if self.node_ttl < 3 {
+            return Err(ConfigError::invalid(
+                "cluster.node_ttl",
+                format!("must be at least 3 s (got {})", self.node_ttl),
+            ));
+        }
         if self.channel_ttl < history_ttl.max(1) {
             return Err(ConfigError::invalid(
                 "cluster.channel_ttl",
@@ -2006,10 +2017,11 @@ mod tests {
             "RINGCAST_CLUSTER_ON_BUS_LOSS",
             "RINGCAST_CLUSTER_CHANNEL_TTL",
             "RINGCAST_CLUSTER_REPLICAS_ACK",
+            "RINGCAST_CLUSTER_NODE_TTL",
         ] {
             assert!(keys.iter().any(|(v, _, _)| v == var), "{var}");
         }
-        assert_eq!(keys.len(), 86);
+        assert_eq!(keys.len(), 87);
     }
 
     #[test]

@@ -333,6 +333,30 @@ fn publish_error(e: PublishError) -> RpcError {
     }
 }
 
+/// `total_subscribers` on this node alone.
+async fn local_total(
+    shard: &Rc<Shard>,
+    channel: Option<Box<str>>,
+) -> Result<serde_json::Value, RpcError> {
+    let total = match channel {
+        Some(c) => match shard
+            .ask_home(&c, HomeQuery::Total)
+            .await
+            .map_err(internal)?
+        {
+            HomeAnswer::Total(n) => n as u64,
+            _ => return Err(internal("unexpected answer")),
+        },
+        None => shard
+            .gather(Gather::Stats)
+            .await
+            .iter()
+            .map(|r| r.gauges.subscriptions)
+            .sum(),
+    };
+    Ok(json!({"total": total}))
+}
+
 /// A method's result as JSON bytes, for the one reply encoder.
 type MethodResult = Result<Vec<u8>, RpcError>;
 
@@ -402,6 +426,17 @@ async fn channel_page(
     cursor: Option<Box<str>>,
     limit: usize,
 ) -> (Vec<(String, usize)>, Option<String>) {
+    // Cluster mode: every live node's channels (this node's alone while
+    // the bus is down).
+    if let Some(counts) = shard.cluster_counts().await {
+        let (page, more) = counts.page(cursor.as_deref(), limit);
+        let next = if more {
+            page.last().map(|(c, _)| c.clone())
+        } else {
+            None
+        };
+        return (page, next);
+    }
     let reports = shard
         .gather(Gather::ChannelPage {
             after: cursor.map(Into::into),
@@ -458,6 +493,19 @@ async fn run_method(shard: &Rc<Shard>, method: BackendMethod) -> MethodResult {
         BackendMethod::NotifyAll { data } => {
             let (id, connections) = shard.broadcast(data).await.map_err(publish_error)?;
             json!({"id": id, "connections": connections})
+        }
+        BackendMethod::TotalSubscribers { channel } if shard.node.bus.is_some() => {
+            match shard.cluster_counts().await {
+                Some(counts) => {
+                    let total = match &channel {
+                        Some(c) => counts.channels.get(&**c).copied().unwrap_or(0),
+                        None => counts.subscriptions,
+                    };
+                    json!({"total": total})
+                }
+                // The bus is down: this node's own count.
+                None => local_total(shard, channel).await?,
+            }
         }
         BackendMethod::TotalSubscribers { channel: Some(c) } => match shard
             .ask_home(&c, HomeQuery::Total)
@@ -578,7 +626,7 @@ async fn info(shard: &Rc<Shard>) -> serde_json::Value {
     }
     let heap = crate::ops::alloc_count::snapshot()
         .map(|(live, allocs)| json!({"live_bytes": live, "allocations": allocs}));
-    json!({
+    let mut v = json!({
         "version": env!("CARGO_PKG_VERSION"),
         "heap": heap,
         "shards": shards,
@@ -587,5 +635,17 @@ async fn info(shard: &Rc<Shard>) -> serde_json::Value {
         "channels": chans,
         "last_id": shard.node.last_id(),
         "counters": counters,
-    })
+    });
+    // Cluster mode: the whole cluster's counts beside this node's.
+    if let Some(bus) = &shard.node.bus {
+        let mut c = json!({"node": bus.node_id, "bus": if bus.is_up() { "up" } else { "down" }});
+        if let Some(counts) = shard.cluster_counts().await {
+            c["nodes"] = json!(counts.nodes);
+            c["connections"] = json!(counts.connections);
+            c["subscriptions"] = json!(counts.subscriptions);
+            c["channels"] = json!(counts.channels.len());
+        }
+        v["cluster"] = c;
+    }
+    v
 }

@@ -112,6 +112,16 @@ impl Shard {
         Ok((id, self.node.connection_count()))
     }
 
+    /// Cluster mode with the bus up: the counts of every live node
+    /// (heartbeats, `cluster.node_ttl`); `None` on a single node, while
+    /// the bus is down or when Redis could not be read.
+    pub(crate) async fn cluster_counts(&self) -> Option<crate::cluster::wire::ClusterCounts> {
+        let bus = self.node.bus.as_ref().filter(|b| b.is_up())?;
+        let (reply, rx) = oneshot::channel();
+        bus.send(BusRequest::Counts { reply });
+        rx.await.ok().flatten()
+    }
+
     fn next_seq(&self) -> u64 {
         let mut p = self.parked.borrow_mut();
         p.seq += 1;
