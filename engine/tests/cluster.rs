@@ -169,6 +169,26 @@ fn a_client_reconnecting_to_another_node_recovers_from_the_stream() {
     for n in 6..=12 {
         cluster[1].emit("room", json!({"n": n}));
     }
+    // `history` and `last` on a node with no subscriber of "room" come
+    // from Redis: cluster-wide.
+    let h = cluster[2].call(
+        "history",
+        json!({"channel": "room", "since": {"offset": 5, "epoch": &epoch}, "limit": 3}),
+    );
+    let offs: Vec<u64> = h["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        (offs, h["offset"].clone()),
+        (vec![6, 7, 8], json!(12)),
+        "{h}"
+    );
+    assert_eq!(h["publications"][0]["data"]["n"], 6, "{h}");
+    let last = cluster[2].call("last", json!({"channel": "room"}));
+    assert_eq!(last, json!({"offset": 12, "epoch": &epoch}));
     // Node C never had a subscriber of "room": it attaches, then reads
     // the stream.
     let mut c = cluster[2].ws("/");

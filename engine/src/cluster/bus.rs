@@ -40,6 +40,7 @@ const POSITION_LUA: &str = include_str!("lua/position.lua");
 const RANGE_LUA: &str = include_str!("lua/range.lua");
 const BROADCAST_LUA: &str = include_str!("lua/broadcast.lua");
 const HEARTBEAT_LUA: &str = include_str!("lua/heartbeat.lua");
+const READ_LUA: &str = include_str!("lua/read.lua");
 
 /// Cluster mode: the pause before subscribing everything again after a
 /// node connection of the Redis Cluster closed, and between attempts.
@@ -77,6 +78,7 @@ struct Scripts {
     range: Lua,
     broadcast: Lua,
     heartbeat: Lua,
+    read: Lua,
 }
 
 /// A script's source and, once loaded, the SHA1 Redis gave it.
@@ -325,6 +327,7 @@ async fn run(node: Arc<Node>, bus: Arc<Bus>, mut rx: mpsc::UnboundedReceiver<Bus
             range: Lua::new(RANGE_LUA),
             broadcast: Lua::new(BROADCAST_LUA),
             heartbeat: Lua::new(HEARTBEAT_LUA),
+            read: Lua::new(READ_LUA),
         },
     };
     let mut backoff = crate::sources::Backoff::default();
@@ -400,6 +403,9 @@ impl Bridge {
             BusRequest::Counts { reply } => {
                 let _ = reply.send(None);
             }
+            BusRequest::Read { reply, .. } => {
+                let _ = reply.send(None);
+            }
             BusRequest::Attach { channel, home, gen } => {
                 self.channels.insert(
                     channel,
@@ -439,6 +445,7 @@ impl Bridge {
             &mut self.scripts.range,
             &mut self.scripts.broadcast,
             &mut self.scripts.heartbeat,
+            &mut self.scripts.read,
         ] {
             s.load(&mut cmd).await?;
         }
@@ -562,6 +569,20 @@ impl Bridge {
                         tracing::warn!("cluster bus: broadcast failed: {e}");
                         PublishError::BusUnavailable
                     }));
+                });
+            }
+            BusRequest::Read {
+                channel,
+                since,
+                limit,
+                reply,
+            } => {
+                let mut conn = cmd.clone();
+                let script = self.scripts.read.clone();
+                let ttl = self.node.config.history.ttl;
+                tokio::spawn(async move {
+                    let r = read(&mut conn, &script, &channel, since, limit, ttl).await;
+                    let _ = reply.send(r.ok().flatten());
                 });
             }
             BusRequest::Counts { reply } => {
@@ -892,6 +913,56 @@ fn stream_entry(
         },
         ms,
     ))
+}
+
+/// `history` from the channel's stream (see `lua/read.lua`); entries
+/// older than `ttl_secs` are left out.
+async fn read(
+    conn: &mut Cmds,
+    script: &Lua,
+    channel: &str,
+    since: Option<crate::pubsub::home_shard::Since>,
+    limit: usize,
+    ttl_secs: u64,
+) -> redis::RedisResult<Option<crate::pubsub::home_shard::HistoryOutcome>> {
+    let keys = Keys::of(channel);
+    let (offset, epoch) = since.map_or((0, String::new()), |s| (s.offset, s.epoch));
+    let (epoch, last, raw): (String, u64, Vec<RawEntry>) = script
+        .run(
+            conn,
+            &[&keys.meta, &keys.stream],
+            &[
+                offset.to_string().as_bytes(),
+                epoch.as_bytes(),
+                limit.to_string().as_bytes(),
+            ],
+        )
+        .await?;
+    if epoch.is_empty() {
+        return Ok(None);
+    }
+    let epoch: Arc<str> = Arc::from(epoch);
+    let oldest_ms = crate::runtime::shard::unix_ms().saturating_sub(ttl_secs.saturating_mul(1000));
+    let name: Arc<str> = Arc::from(channel);
+    let publications = raw
+        .into_iter()
+        .filter_map(|(sid, fields)| stream_entry(&sid, &fields, &epoch))
+        .filter(|(_, ms)| *ms >= oldest_ms)
+        .map(|(e, _)| {
+            Arc::new(Publication::message(
+                name.clone(),
+                e.offset,
+                e.id,
+                e.ts_secs,
+                e.data,
+            ))
+        })
+        .collect();
+    Ok(Some(crate::pubsub::home_shard::HistoryOutcome {
+        offset: last,
+        epoch,
+        publications,
+    }))
 }
 
 /// Cluster-wide counts: every live node's heartbeat, summed.

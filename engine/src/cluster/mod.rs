@@ -52,6 +52,16 @@ pub enum BusRequest {
     },
     /// Unsubscribe this node (its last local subscriber left).
     Detach { channel: Box<str> },
+    /// A channel's history from its stream (`history`, `last`): at most
+    /// `limit` publications after `since` (from the start in another
+    /// epoch); `None` when Redis could not be read or does not know the
+    /// channel.
+    Read {
+        channel: Box<str>,
+        since: Option<crate::pubsub::home_shard::Since>,
+        limit: usize,
+        reply: oneshot::Sender<Option<crate::pubsub::home_shard::HistoryOutcome>>,
+    },
     /// Cluster-wide counts from every live node's heartbeat; `None` when
     /// Redis could not be read.
     Counts {

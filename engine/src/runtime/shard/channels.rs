@@ -330,6 +330,9 @@ impl Shard {
 
     /// Asks the home shard of `channel`.
     pub async fn ask_home(&self, channel: &str, query: HomeQuery) -> Result<HomeAnswer, ShardGone> {
+        if let Some(answer) = self.ask_bus(channel, &query).await {
+            return Ok(answer);
+        }
         let home = self.node.home_of(channel);
         if home == self.id {
             return Ok(self.answer_home(channel, query));

@@ -122,6 +122,31 @@ impl Shard {
         rx.await.ok().flatten()
     }
 
+    /// Cluster mode with the bus up: `history` and `last` answered from
+    /// the channel's Redis stream and offset (cluster-wide), `None` for
+    /// other questions, while the bus is down, or for a channel Redis does
+    /// not know (the home shard answers then).
+    pub(super) async fn ask_bus(&self, channel: &str, query: &HomeQuery) -> Option<HomeAnswer> {
+        let bus = self.node.bus.as_ref().filter(|b| b.is_up())?;
+        let (since, limit) = match query {
+            HomeQuery::History { since, limit } => (since.clone(), *limit),
+            HomeQuery::Last => (None, 0),
+            _ => return None,
+        };
+        let (reply, rx) = oneshot::channel();
+        bus.send(BusRequest::Read {
+            channel: channel.into(),
+            since,
+            limit,
+            reply,
+        });
+        let h = rx.await.ok().flatten()?;
+        Some(match query {
+            HomeQuery::Last => HomeAnswer::Last(h.offset, h.epoch),
+            _ => HomeAnswer::History(h),
+        })
+    }
+
     fn next_seq(&self) -> u64 {
         let mut p = self.parked.borrow_mut();
         p.seq += 1;
