@@ -255,6 +255,11 @@ impl Shard {
         let Some(redis) = &self.node.sources.redis else {
             return;
         };
+        // Cluster mode: offsets are Redis's; a fetched message published
+        // here alone would take one (docs/CLUSTER.md, limits).
+        if self.node.bus.is_some() {
+            return;
+        }
         let w = &self.config().protocols.ws4redis;
         if outcome.first && outcome.kept.is_none() && w.expire > 0 {
             let prefix = crate::protocol::ws4redis::broadcast_channel(&w.prefix, "");
