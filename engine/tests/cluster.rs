@@ -476,3 +476,62 @@ fn counts_cover_every_node_and_a_dead_nodes_share_expires() {
     let info = cluster[0].call("info", json!({}));
     assert_eq!(info["cluster"]["nodes"], 2, "{info}");
 }
+
+/// The next text frame on `ws` as JSON, whatever it is.
+fn next_json(ws: &mut Ws) -> Value {
+    recv(ws)
+}
+
+#[test]
+fn compatibility_protocols_work_across_nodes() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    // DMOJ receivers on the public port's /event/ path only.
+    let env = [
+        ("RINGCAST_CLUSTER_NODE_TTL", "3"),
+        ("RINGCAST_PROTOCOLS_DMOJ_ENABLED", "true"),
+        ("RINGCAST_PROTOCOLS_DMOJ_RECEIVERS", ""),
+        ("RINGCAST_PROTOCOLS_DMOJ_SENDERS", ""),
+        ("RINGCAST_PROTOCOLS_DMOJ_LONG_POLL", ""),
+    ];
+    let cluster = nodes(&redis, 3, &env);
+    let mut rocket_a = cluster[0].ws("/?dialect=rocketws");
+    let r = rpc(&mut rocket_a, 1, "subscribe", json!({"channel": "contest"}));
+    assert_eq!(r["result"], "subscribed", "{r}");
+    let mut dmoj_a = cluster[0].ws("/event/");
+    send_text(
+        &mut dmoj_a,
+        &json!({"command": "set-filter", "filter": ["contest"]}).to_string(),
+    );
+    let mut rocket_b = cluster[1].ws("/?dialect=rocketws");
+    let r = rpc(&mut rocket_b, 1, "subscribe", json!({"channel": "contest"}));
+    assert_eq!(r["result"], "subscribed", "{r}");
+    wait_until("three subscribers counted", || {
+        cluster[2].call("total_subscribers", json!({"channel": "contest"}))["total"] == 3
+    });
+    let mut ids = Vec::new();
+    for n in 1..=2 {
+        ids.push(
+            cluster[2].emit("contest", json!({"n": n}))["id"]
+                .as_u64()
+                .unwrap(),
+        );
+    }
+    assert!(ids[1] > ids[0]);
+    for (i, id) in ids.iter().enumerate() {
+        let d = next_json(&mut dmoj_a);
+        assert_eq!(
+            d,
+            json!({"id": id, "channel": "contest", "message": {"n": i + 1}})
+        );
+        for ws in [&mut rocket_a, &mut rocket_b] {
+            let m = next_json(ws);
+            assert_eq!(
+                (m["n"].clone(), m["__type"].clone()),
+                (json!(i + 1), json!("message")),
+                "{m}"
+            );
+        }
+    }
+}
