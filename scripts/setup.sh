@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 # node/npm run the uWebSockets.js and ws peers of bench/compare.sh, curl and
 # taskset are used by the bench scripts, chromium runs the browser tests
 # (engine/tests/browser.rs; chromedriver comes with it for WebDriver
-# clients), make and cc build AFL++ for the fuzz smoke, redis-server and
+# clients), make and cc build AFL++ for the fuzz smoke, redis-server (and
+# redis-cli, which makes engine/tests/cluster.rs's Redis Cluster) and
 # postgresql give the message-source tests (engine/tests/sources_*.rs) their
 # throwaway servers, and so does rabbitmq-server (sources_amqp.rs runs
 # /usr/lib/rabbitmq/bin/rabbitmq-server as the test's user on free ports with
@@ -22,6 +23,7 @@ declare -A wanted=(
   [script]=util-linux [taskset]=util-linux [tmux]=tmux
   [systemd-analyze]=systemd [node]=nodejs [npm]=npm [ps]=procps [curl]=curl
   [chromium]=chromium [chromedriver]=chromium-driver [redis-server]=redis-server
+  [redis-cli]=redis-tools
   [make]=make [cc]=gcc
 )
 missing=()

@@ -39,8 +39,13 @@
 //! - [`ops`]: what operators touch: [`ops::config`], [`ops::cli`],
 //!   [`ops::metrics`], [`ops::doctor`], [`ops::shell`],
 //!   [`ops::alloc_count`].
+//! - [`cluster`]: cluster mode, several nodes sharing channels through
+//!   Redis: [`cluster::wire`] (keys, bus messages, the per-channel
+//!   sequencer; sans-IO) and [`cluster::bus`] (the bridge thread talking
+//!   to Redis), see docs/CLUSTER.md.
 
 pub mod access;
+pub mod cluster;
 pub mod ops;
 pub mod protocol;
 pub mod pubsub;

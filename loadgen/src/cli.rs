@@ -65,7 +65,9 @@ pub enum ClientProtocol {
 
 #[derive(Debug, clap::Args, Clone)]
 pub struct Opts {
-    /// WebSocket server HOST:PORT.
+    /// WebSocket server HOST:PORT; several, comma-separated (the nodes
+    /// of a ringcast cluster), spread the connections over them, thread
+    /// by thread (give at least as many --threads).
     #[arg(
         short = 's',
         long = "server",
@@ -213,8 +215,11 @@ pub struct Opts {
 pub struct Settings {
     pub scenario: Scenario,
     pub thor: bool,
+    /// The first of `servers`.
     pub server: SocketAddr,
     pub host_header: String,
+    /// Every `--server` address, with its Host header.
+    pub servers: Vec<(SocketAddr, String)>,
     pub backend: SocketAddr,
     pub opts: Opts,
     pub channels: u64,
@@ -312,7 +317,12 @@ pub fn validate(cli: Cli) -> Result<Settings, String> {
             o.path
         ));
     }
-    let server = resolve("--server", &o.server)?;
+    let servers = o
+        .server
+        .split(',')
+        .map(|a| Ok((resolve("--server", a)?, a.to_owned())))
+        .collect::<Result<Vec<_>, String>>()?;
+    let server = servers[0].0;
     let backend = resolve("--backend", &o.backend)?;
     let redis = o
         .redis
@@ -322,7 +332,7 @@ pub fn validate(cli: Cli) -> Result<Settings, String> {
     let src_ips: Vec<IpAddr> = (1..=o.src_ips)
         .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i as u8)))
         .collect();
-    if !src_ips.is_empty() && !server.ip().is_loopback() {
+    if !src_ips.is_empty() && servers.iter().any(|(a, _)| !a.ip().is_loopback()) {
         return Err("--src-ips needs a loopback --server (127.0.0.0/8)".into());
     }
     let channels = match o.channels {
@@ -338,7 +348,8 @@ pub fn validate(cli: Cli) -> Result<Settings, String> {
         scenario,
         thor,
         server,
-        host_header: o.server.clone(),
+        host_header: servers[0].1.clone(),
+        servers,
         backend,
         opts: o,
         channels,
@@ -366,6 +377,16 @@ mod tests {
         assert_eq!(s.opts.messages, Some(1));
         assert_eq!(s.channels, 10000);
         assert_eq!(s.server, "127.0.0.1:9000".parse().unwrap());
+    }
+
+    #[test]
+    fn several_servers_for_a_cluster() {
+        let s = parse(&["-a", "9", "-n", "1", "-s", "127.0.0.1:9000,127.0.0.1:9001"]).unwrap();
+        let addrs: Vec<String> = s.servers.iter().map(|(a, _)| a.to_string()).collect();
+        assert_eq!(addrs, ["127.0.0.1:9000", "127.0.0.1:9001"]);
+        assert_eq!(s.servers[1].1, "127.0.0.1:9001");
+        assert_eq!(s.server, "127.0.0.1:9000".parse().unwrap());
+        assert!(parse(&["-a", "9", "-n", "1", "-s", "127.0.0.1:9000,nope"]).is_err());
     }
 
     #[test]

@@ -92,8 +92,9 @@ impl LocalPool {
             .map(|t| ThreadPlan {
                 index: t,
                 core: (!s.opts.no_pin).then_some(s.opts.first_core + t),
-                server: s.server,
-                host_header: s.host_header.clone(),
+                // Several servers (cluster nodes): thread by thread.
+                server: s.servers[t % s.servers.len()].0,
+                host_header: s.servers[t % s.servers.len()].1.clone(),
                 path: s.opts.path.clone(),
                 protocol: s.opts.protocol,
                 src_ips: s.src_ips.clone(),

@@ -66,6 +66,19 @@ pub enum SlowConsumerPolicy {
     Drop,
 }
 
+/// What a node does with publications while the cluster bus (Redis) is
+/// unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BusLoss {
+    /// Refuse them: `-32005 bus unavailable` (HTTP 503 where a protocol
+    /// answers in HTTP).
+    Refuse,
+    /// Deliver them on this node only; offsets continue locally and
+    /// clients recovering later are told of the gap.
+    Local,
+}
+
 /// Client dialect spoken on the WebSocket port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -182,6 +195,7 @@ impl<T> ConfigValue for Vec<T> {}
 impl<T> ConfigValue for Option<T> {}
 impl ConfigValue for DriverKind {}
 impl ConfigValue for SlowConsumerPolicy {}
+impl ConfigValue for BusLoss {}
 impl ConfigValue for Dialect {}
 impl ConfigValue for LogFormat {}
 impl ConfigValue for Compression {}
@@ -231,6 +245,67 @@ config_section! {
         pub auth: AuthConfig = AuthConfig::default(),
         /// Message sources besides the backend port (Redis, ...).
         pub sources: SourcesConfig = SourcesConfig::default(),
+        /// Cluster mode: several nodes sharing channels through Redis
+        /// (docs/CLUSTER.md). Off unless `cluster.redis` is set.
+        pub cluster: ClusterConfig = ClusterConfig::default(),
+    }
+}
+
+config_section! {
+    /// `[cluster]`: channels shared by several nodes through Redis 7.
+    pub struct ClusterConfig {
+        /// Redis URL of the bus: `redis://[:password@]host:port/db`, or
+        /// `redis+cluster://host:port,host:port,...` for a Redis Cluster
+        /// (sharded pub/sub); empty = cluster mode off (nothing changes,
+        /// no Redis needed). Default empty.
+        pub redis: String = String::new(),
+        /// Replicas that must hold each publication before it is
+        /// acknowledged (`WAIT n` after the publish script, on the
+        /// channel's master); 0 = do not wait. Default 0.
+        pub replicas_ack: u32 = 0,
+        /// While Redis is unreachable: `refuse` publications (-32005 bus
+        /// unavailable) or deliver them `local`ly only. Default refuse.
+        pub on_bus_loss: BusLoss = BusLoss::Refuse,
+        /// Seconds a channel's offset and epoch stay in Redis after its
+        /// last publication or subscriber; at least `history.ttl`.
+        /// Default 86400.
+        pub channel_ttl: u64 = 86400,
+        /// Seconds a node's share of the cluster-wide counts
+        /// (`total_subscribers`, `available_channels`, `info`) outlives
+        /// its last heartbeat; heartbeats go every third of it. At least
+        /// 3. Default 6.
+        pub node_ttl: u64 = 6,
+    }
+}
+
+impl ClusterConfig {
+    /// Whether cluster mode is on.
+    pub fn enabled(&self) -> bool {
+        !self.redis.is_empty()
+    }
+
+    fn validate(&self, history_ttl: u64) -> Result<(), ConfigError> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        crate::cluster::wire::Target::parse(&self.redis)
+            .map_err(|e| ConfigError::invalid("cluster.redis", e))?;
+        if self.node_ttl < 3 {
+            return Err(ConfigError::invalid(
+                "cluster.node_ttl",
+                format!("must be at least 3 s (got {})", self.node_ttl),
+            ));
+        }
+        if self.channel_ttl < history_ttl.max(1) {
+            return Err(ConfigError::invalid(
+                "cluster.channel_ttl",
+                format!(
+                    "must be at least history.ttl ({history_ttl}) (got {})",
+                    self.channel_ttl
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -1204,6 +1279,7 @@ impl Config {
         at_least("backend.idle_timeout", b.idle_timeout, 1, " s")?;
         self.protocols.validate()?;
         self.sources.validate()?;
+        self.cluster.validate(self.history.ttl)?;
 
         let l = &self.limits;
         at_least(
@@ -1937,10 +2013,15 @@ mod tests {
             "RINGCAST_PROTOCOLS_SOCKETIO_CONNECT_TIMEOUT",
             "RINGCAST_PROTOCOLS_SOCKETIO_MAX_CLIENTS",
             "RINGCAST_PROTOCOLS_SOCKETIO_MAX_SUBSCRIPTIONS",
+            "RINGCAST_CLUSTER_REDIS",
+            "RINGCAST_CLUSTER_ON_BUS_LOSS",
+            "RINGCAST_CLUSTER_CHANNEL_TTL",
+            "RINGCAST_CLUSTER_REPLICAS_ACK",
+            "RINGCAST_CLUSTER_NODE_TTL",
         ] {
             assert!(keys.iter().any(|(v, _, _)| v == var), "{var}");
         }
-        assert_eq!(keys.len(), 82);
+        assert_eq!(keys.len(), 87);
     }
 
     #[test]

@@ -237,6 +237,7 @@ pub(crate) fn op_error_json(e: &OpError) -> Vec<u8> {
         OpError::TooManySubscriptions(_) => "too-many-subscriptions",
         OpError::RateLimited => "rate-limited",
         OpError::Overloaded => "overloaded",
+        OpError::BusUnavailable => "bus-unavailable",
         OpError::PublishDenied | OpError::Unauthorized(_) => "unauthorized",
         OpError::Denied(_) => "permission-denied",
         OpError::NotSubscribed(_) => "not-subscribed",

@@ -95,7 +95,7 @@ pub fn rpc_error(e: &OpError) -> RpcError {
         OpError::PublishDenied | OpError::Denied(_) => rpc::PERMISSION_DENIED,
         OpError::Unauthorized(_) => rpc::UNAUTHORIZED,
         OpError::RateLimited => rpc::RATE_LIMITED,
-        OpError::Overloaded => rpc::OVERLOADED,
+        OpError::Overloaded | OpError::BusUnavailable => rpc::OVERLOADED,
         OpError::TooManySubscriptions(_) => {
             return RpcError::limit("max_subscriptions_per_connection", e.to_string())
         }

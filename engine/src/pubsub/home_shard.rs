@@ -101,6 +101,21 @@ struct HomeChannel {
     /// Who is subscribed, for channels whose namespace has presence or
     /// join/leave events (none, and no room, for the others).
     presence: Option<Box<Presence>>,
+    /// Cluster mode: whether this node is subscribed on the bus.
+    bus: BusLink,
+}
+
+/// Cluster mode: a channel's subscription on the bus (docs/CLUSTER.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BusLink {
+    /// Not subscribed: the node's offset and ring are stale.
+    #[default]
+    Detached,
+    /// Subscribing (attach number `gen`); subscribers wait for the
+    /// position.
+    Attaching(u64),
+    /// Subscribed: publications arrive in offset order.
+    Attached,
 }
 
 /// One subscriber as a channel's presence knows it.
@@ -233,6 +248,7 @@ impl HomeShard {
                 history: VecDeque::new(),
                 kept: None,
                 presence: None,
+                bus: BusLink::Detached,
             };
             self.channels.insert(name, ch);
         }
@@ -316,10 +332,26 @@ impl HomeShard {
         since: Option<&Since>,
         now: Instant,
     ) -> SubscribeOutcome {
-        let ttl = self.history_ttl;
         let ch = self.channel(channel);
         let first = ch.total() == 0;
         ch.counts[shard] += 1;
+        let mut out = self.position(channel, since, now);
+        out.first = first;
+        out
+    }
+
+    /// Where a subscriber joining now starts, and what it missed since
+    /// `since` that history holds (as [`subscribe`](Self::subscribe),
+    /// without counting it).
+    pub fn position(
+        &mut self,
+        channel: &str,
+        since: Option<&Since>,
+        now: Instant,
+    ) -> SubscribeOutcome {
+        let ttl = self.history_ttl;
+        let ch = self.channel(channel);
+        let first = false;
         ch.expire(now, ttl);
         let mut out = SubscribeOutcome {
             offset: ch.last_offset,
@@ -346,13 +378,144 @@ impl HomeShard {
         out
     }
 
+    /// Cluster mode: the channel's subscription on the bus.
+    pub fn bus_link(&self, channel: &str) -> BusLink {
+        self.channels
+            .get(channel)
+            .map_or(BusLink::Detached, |c| c.bus)
+    }
+
+    /// Cluster mode: sets the channel's bus subscription state; detached,
+    /// its ring no longer follows the channel and is dropped.
+    pub fn set_bus_link(&mut self, channel: &str, link: BusLink) {
+        let ch = self.channel(channel);
+        ch.bus = link;
+        if link == BusLink::Detached {
+            ch.history.clear();
+        }
+    }
+
+    /// Cluster mode: every attached channel's subscription is gone (the
+    /// bus was lost); they are attaching again.
+    pub fn bus_lost(&mut self) -> Vec<Arc<str>> {
+        let mut out = Vec::new();
+        for ch in self.channels.values_mut() {
+            if ch.bus == BusLink::Attached {
+                ch.bus = BusLink::Attaching(0);
+                out.push(ch.name.clone());
+            }
+        }
+        out
+    }
+
+    /// Cluster mode: the bus says the channel is at `offset` in `epoch`
+    /// (attached, or attached again). The ring is kept only if it still
+    /// ends there.
+    pub fn sync(&mut self, channel: &str, offset: u64, epoch: Arc<str>) {
+        let ch = self.channel(channel);
+        if ch.last_offset != offset || ch.epoch != epoch {
+            ch.history.clear();
+        }
+        ch.last_offset = offset;
+        ch.epoch = epoch;
+    }
+
+    /// Cluster mode: the next publication from the bus, with the offset
+    /// and epoch Redis assigned; `None` for one already applied. A jump
+    /// in offsets (what the stream no longer held) or a new epoch starts
+    /// the ring over, so the ring is always gap-free.
+    pub fn apply(
+        &mut self,
+        channel: &str,
+        offset: u64,
+        epoch: &Arc<str>,
+        now: Instant,
+        build: impl FnOnce(Arc<str>, u64) -> Publication,
+    ) -> Option<Published> {
+        let (size, ttl) = (self.history_size, self.history_ttl);
+        let ch = self.channel(channel);
+        if ch.epoch == *epoch && offset <= ch.last_offset {
+            return None;
+        }
+        if ch.epoch != *epoch || offset != ch.last_offset + 1 {
+            ch.history.clear();
+            ch.epoch = epoch.clone();
+        }
+        ch.last_offset = offset;
+        let publication = Arc::new(build(ch.name.clone(), offset));
+        if size > 0 {
+            ch.expire(now, ttl);
+            if ch.history.len() == size {
+                ch.history.pop_front();
+            }
+            ch.history.push_back((publication.clone(), now));
+        }
+        Some(Published {
+            publication,
+            subscribers: ch.total(),
+        })
+    }
+
+    /// Cluster mode: a subscriber's position when the ring alone could not
+    /// recover it and the stream was read: `stream` is the channel's epoch
+    /// in Redis and the stream's publications after `since` (`None` when
+    /// Redis could not be read). The replay is the stream's publications
+    /// then the ring's later ones (those that arrived meanwhile), gap-free
+    /// from `since`; what neither holds is the missed range.
+    pub fn recovered(
+        &mut self,
+        channel: &str,
+        since: &Since,
+        stream: Option<(Arc<str>, Vec<Arc<Publication>>)>,
+        now: Instant,
+    ) -> SubscribeOutcome {
+        let mut out = self.position(channel, Some(since), now);
+        let Some((epoch, pubs)) = stream else {
+            return out;
+        };
+        if epoch != out.epoch {
+            return out;
+        }
+        let same_epoch = *since.epoch == *out.epoch;
+        let after = if same_epoch {
+            since.offset.min(out.offset)
+        } else {
+            0
+        };
+        let mut replay: Vec<Arc<Publication>> = Vec::new();
+        let mut next = after + 1;
+        let mut missed = None;
+        let ring = std::mem::take(&mut out.replay);
+        for p in pubs.into_iter().chain(ring) {
+            if p.offset < next || p.offset > out.offset {
+                continue;
+            }
+            if p.offset > next && missed.is_none() {
+                missed = Some((next, p.offset - 1));
+            }
+            next = p.offset + 1;
+            replay.push(p);
+        }
+        if next <= out.offset && missed.is_none() {
+            missed = Some((next, out.offset));
+        }
+        out.replay = replay;
+        out.recovered = Some(same_epoch && missed.is_none());
+        out.missed = missed;
+        out
+    }
+
     /// One subscriber on `shard` left `channel`. A channel left with no
     /// subscribers and nothing ever published is forgotten at once (as
     /// [`HomeShard::prune`] would: it has no history to keep).
     pub fn unsubscribe(&mut self, channel: &str, shard: usize) {
         if let Some(ch) = self.channels.get_mut(channel) {
             ch.counts[shard] = ch.counts[shard].saturating_sub(1);
-            if ch.last_offset == 0 && ch.total() == 0 && ch.kept.is_none() {
+            if ch.last_offset == 0
+                && ch.total() == 0
+                && ch.kept.is_none()
+                && ch.bus == BusLink::Detached
+            {
                 self.channels.remove(channel);
                 shrink_map(&mut self.channels);
             }
@@ -792,6 +955,98 @@ mod tests {
             vec![7, 8]
         );
         assert_eq!(r.offset, 10);
+    }
+
+    fn msg(ch: &str, off: u64) -> Arc<Publication> {
+        Arc::new(Publication::message(
+            Arc::from(ch),
+            off,
+            off,
+            0,
+            Bytes::from_static(b"1"),
+        ))
+    }
+
+    fn apply(h: &mut HomeShard, off: u64, epoch: &Arc<str>, now: Instant) -> Option<u64> {
+        h.apply("a", off, epoch, now, |name, o| {
+            Publication::message(name, o, o, 0, Bytes::from_static(b"1"))
+        })
+        .map(|p| p.publication.offset)
+    }
+
+    #[test]
+    fn bus_publications_apply_once_and_a_jump_restarts_the_ring() {
+        let now = Instant::now();
+        let mut h = home(8);
+        let e: Arc<str> = Arc::from("e1");
+        h.sync("a", 4, e.clone());
+        assert_eq!(h.last("a"), (4, e.clone()));
+        assert_eq!(apply(&mut h, 4, &e, now), None, "already counted");
+        assert_eq!(apply(&mut h, 5, &e, now), Some(5));
+        assert_eq!(apply(&mut h, 6, &e, now), Some(6));
+        let since = |o: u64, e: &str| Since {
+            offset: o,
+            epoch: e.into(),
+        };
+        let p = h.position("a", Some(&since(4, "e1")), now);
+        assert_eq!(p.recovered, Some(true));
+        assert_eq!(p.replay.len(), 2);
+        // The stream lost 7..=8: the ring starts over at 9.
+        assert_eq!(apply(&mut h, 9, &e, now), Some(9));
+        let p = h.position("a", Some(&since(6, "e1")), now);
+        assert_eq!((p.recovered, p.missed), (Some(false), Some((7, 8))));
+        // A new epoch starts over too.
+        let f: Arc<str> = Arc::from("e2");
+        assert_eq!(apply(&mut h, 1, &f, now), Some(1));
+        assert_eq!(h.last("a"), (1, f));
+    }
+
+    #[test]
+    fn recovery_joins_the_stream_and_the_ring_and_names_what_neither_has() {
+        let now = Instant::now();
+        let mut h = home(8);
+        let e: Arc<str> = Arc::from("e1");
+        h.sync("a", 10, e.clone());
+        for off in 11..=12 {
+            apply(&mut h, off, &e, now);
+        }
+        let since = Since {
+            offset: 3,
+            epoch: "e1".into(),
+        };
+        // The stream holds 4..=11 (read while 12 arrived).
+        let stream: Vec<_> = (4..=11).map(|o| msg("a", o)).collect();
+        let o = h.recovered("a", &since, Some((e.clone(), stream)), now);
+        assert_eq!((o.recovered, o.missed, o.offset), (Some(true), None, 12));
+        let offs: Vec<u64> = o.replay.iter().map(|p| p.offset).collect();
+        assert_eq!(offs, (4..=12).collect::<Vec<_>>());
+        // The stream only reaches back to 8: 4..=7 are missed.
+        let stream: Vec<_> = (8..=10).map(|o| msg("a", o)).collect();
+        let o = h.recovered("a", &since, Some((e.clone(), stream)), now);
+        assert_eq!((o.recovered, o.missed), (Some(false), Some((4, 7))));
+        assert_eq!(o.replay.first().map(|p| p.offset), Some(8));
+        assert_eq!(o.replay.last().map(|p| p.offset), Some(12));
+        // Redis unreadable, or in another epoch: the ring alone.
+        let o = h.recovered("a", &since, None, now);
+        assert_eq!((o.recovered, o.missed), (Some(false), Some((4, 10))));
+        let o = h.recovered("a", &since, Some((Arc::from("x"), vec![msg("a", 4)])), now);
+        assert_eq!(o.missed, Some((4, 10)));
+    }
+
+    #[test]
+    fn an_attached_channel_is_kept_until_detached() {
+        let now = Instant::now();
+        let mut h = home(8);
+        h.subscribe("a", 0, None, now);
+        h.set_bus_link("a", BusLink::Attaching(1));
+        h.unsubscribe("a", 0);
+        assert_eq!(h.bus_link("a"), BusLink::Attaching(1));
+        h.set_bus_link("a", BusLink::Attached);
+        assert_eq!(h.bus_lost(), vec![Arc::<str>::from("a")]);
+        assert_eq!(h.bus_link("a"), BusLink::Attaching(0));
+        h.set_bus_link("a", BusLink::Detached);
+        h.prune(now);
+        assert_eq!(h.channel_count(), 0);
     }
 
     fn member(shard: usize, conn: ConnKey, user: &str) -> Member {

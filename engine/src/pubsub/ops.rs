@@ -119,6 +119,10 @@ pub enum OpError {
     /// was done.
     #[error("overloaded: try again")]
     Overloaded,
+    /// Cluster mode and the bus (Redis) is unreachable; nothing was
+    /// published.
+    #[error("bus unavailable")]
+    BusUnavailable,
     /// No valid connection token (`auth.required`), or a bad token in
     /// `connect` / `refresh` / a subscription token.
     #[error("unauthorized: {0}")]

@@ -246,8 +246,13 @@ async fn handle(shard: &Rc<Shard>, req: OwnedRequest, out: &mut Vec<u8>) {
     let authorized = token_ok(shard.config(), req.auth_token.as_deref());
     match (req.method, req.path.as_str()) {
         (Method::Get, "/health") => {
-            let body = format!("ok{}", shard.node.sources.health());
-            http::write_response_with(out, 200, http::CONTENT_TYPE_TEXT, body.as_bytes(), ka)
+            let (status, head, bus) = match &shard.node.bus {
+                Some(bus) if !bus.is_up() => (503, "degraded", format!("\n{}", bus.health_line())),
+                Some(bus) => (200, "ok", format!("\n{}", bus.health_line())),
+                None => (200, "ok", String::new()),
+            };
+            let body = format!("{head}{bus}{}", shard.node.sources.health());
+            http::write_response_with(out, status, http::CONTENT_TYPE_TEXT, body.as_bytes(), ka)
         }
         (_, "/health") => http::write_json_error(out, 405, "method not allowed: use GET", ka),
         _ if !authorized => http::write_json_error(out, 401, UNAUTHORIZED, ka),
@@ -261,7 +266,14 @@ async fn handle(shard: &Rc<Shard>, req: OwnedRequest, out: &mut Vec<u8>) {
                 out,
                 200,
                 http::CONTENT_TYPE_PROMETHEUS,
-                (render_prometheus(&rows) + &shard.node.sources.prometheus()).as_bytes(),
+                (render_prometheus(&rows)
+                    + &shard.node.sources.prometheus()
+                    + &shard
+                        .node
+                        .bus
+                        .as_ref()
+                        .map_or(String::new(), |b| b.prometheus()))
+                    .as_bytes(),
                 ka,
             );
         }
@@ -314,9 +326,35 @@ fn internal(e: impl std::fmt::Display) -> RpcError {
 /// A refused publish: -32005 when a mailbox was full, else internal.
 fn publish_error(e: PublishError) -> RpcError {
     match e {
-        PublishError::Overloaded => RpcError::new(rpc::OVERLOADED, e.to_string()),
+        PublishError::Overloaded | PublishError::BusUnavailable => {
+            RpcError::new(rpc::OVERLOADED, e.to_string())
+        }
         PublishError::Gone => internal(e),
     }
+}
+
+/// `total_subscribers` on this node alone.
+async fn local_total(
+    shard: &Rc<Shard>,
+    channel: Option<Box<str>>,
+) -> Result<serde_json::Value, RpcError> {
+    let total = match channel {
+        Some(c) => match shard
+            .ask_home(&c, HomeQuery::Total)
+            .await
+            .map_err(internal)?
+        {
+            HomeAnswer::Total(n) => n as u64,
+            _ => return Err(internal("unexpected answer")),
+        },
+        None => shard
+            .gather(Gather::Stats)
+            .await
+            .iter()
+            .map(|r| r.gauges.subscriptions)
+            .sum(),
+    };
+    Ok(json!({"total": total}))
 }
 
 /// A method's result as JSON bytes, for the one reply encoder.
@@ -388,6 +426,17 @@ async fn channel_page(
     cursor: Option<Box<str>>,
     limit: usize,
 ) -> (Vec<(String, usize)>, Option<String>) {
+    // Cluster mode: every live node's channels (this node's alone while
+    // the bus is down).
+    if let Some(counts) = shard.cluster_counts().await {
+        let (page, more) = counts.page(cursor.as_deref(), limit);
+        let next = if more {
+            page.last().map(|(c, _)| c.clone())
+        } else {
+            None
+        };
+        return (page, next);
+    }
     let reports = shard
         .gather(Gather::ChannelPage {
             after: cursor.map(Into::into),
@@ -444,6 +493,19 @@ async fn run_method(shard: &Rc<Shard>, method: BackendMethod) -> MethodResult {
         BackendMethod::NotifyAll { data } => {
             let (id, connections) = shard.broadcast(data).await.map_err(publish_error)?;
             json!({"id": id, "connections": connections})
+        }
+        BackendMethod::TotalSubscribers { channel } if shard.node.bus.is_some() => {
+            match shard.cluster_counts().await {
+                Some(counts) => {
+                    let total = match &channel {
+                        Some(c) => counts.channels.get(&**c).copied().unwrap_or(0),
+                        None => counts.subscriptions,
+                    };
+                    json!({"total": total})
+                }
+                // The bus is down: this node's own count.
+                None => local_total(shard, channel).await?,
+            }
         }
         BackendMethod::TotalSubscribers { channel: Some(c) } => match shard
             .ask_home(&c, HomeQuery::Total)
@@ -564,7 +626,7 @@ async fn info(shard: &Rc<Shard>) -> serde_json::Value {
     }
     let heap = crate::ops::alloc_count::snapshot()
         .map(|(live, allocs)| json!({"live_bytes": live, "allocations": allocs}));
-    json!({
+    let mut v = json!({
         "version": env!("CARGO_PKG_VERSION"),
         "heap": heap,
         "shards": shards,
@@ -573,5 +635,17 @@ async fn info(shard: &Rc<Shard>) -> serde_json::Value {
         "channels": chans,
         "last_id": shard.node.last_id(),
         "counters": counters,
-    })
+    });
+    // Cluster mode: the whole cluster's counts beside this node's.
+    if let Some(bus) = &shard.node.bus {
+        let mut c = json!({"node": bus.node_id, "bus": if bus.is_up() { "up" } else { "down" }});
+        if let Some(counts) = shard.cluster_counts().await {
+            c["nodes"] = json!(counts.nodes);
+            c["connections"] = json!(counts.connections);
+            c["subscriptions"] = json!(counts.subscriptions);
+            c["channels"] = json!(counts.channels.len());
+        }
+        v["cluster"] = c;
+    }
+    v
 }

@@ -214,6 +214,9 @@ pub fn run(config: Config) -> Result<RunningNode, StartError> {
         "descriptors: WebSocket clients get at most ws_capacity; the rest stay for the backend port"
     );
     let node = Node::with_capacity(config, shards, capacity);
+    if let Some(bus) = &node.bus {
+        crate::cluster::bus::start(node.clone(), bus.clone())?;
+    }
     if let Some(redis) = &node.sources.redis {
         crate::sources::redis::start(node.clone(), redis.clone())?;
     }

@@ -409,7 +409,7 @@ async fn publish(node: &Node, ev: &Event) -> Option<PublishResult> {
         }
         match answer.await {
             Ok(Ok(r)) => return Some(r),
-            Ok(Err(PublishError::Overloaded)) => {
+            Ok(Err(PublishError::Overloaded | PublishError::BusUnavailable)) => {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
             Ok(Err(PublishError::Gone)) | Err(_) => return None,

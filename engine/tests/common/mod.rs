@@ -14,6 +14,7 @@ use tungstenite::WebSocket;
 
 pub mod postgres_server;
 pub mod rabbitmq;
+pub mod redis_cluster;
 pub mod redis_server;
 
 pub type Ws = WebSocket<TcpStream>;

@@ -42,6 +42,9 @@ impl Shard {
         exclude: Option<(usize, ConnKey)>,
         keep: Option<Duration>,
     ) -> Result<PublishResult, PublishError> {
+        if let Some(bus) = self.via_bus() {
+            return self.publish_on_bus(bus, channel, data, exclude).await;
+        }
         let home = self.node.home_of(channel);
         if home == self.id {
             return self.publish_at_home(channel, data, exclude, keep);
@@ -114,17 +117,7 @@ impl Shard {
         });
         ShardMetrics::inc(&self.metrics.publications);
         let p = &published.publication;
-        for shard in targets {
-            let ex = exclude.filter(|&(s, _)| s == shard).map(|(_, k)| k);
-            if shard == self.id {
-                self.deliver(p, ex);
-            } else {
-                node.mailboxes[shard].push(ShardMsg::Deliver {
-                    publication: p.clone(),
-                    exclude: ex,
-                });
-            }
-        }
+        self.fan_out_to(targets, p, exclude);
         Ok(PublishResult {
             offset: p.offset,
             id,
@@ -133,11 +126,49 @@ impl Shard {
         })
     }
 
+    /// At the home shard: hands publication `p` of `channel` to every
+    /// shard with subscribers of it (every shard for a user's personal
+    /// channel), this one included, skipping `exclude`.
+    pub(super) fn fan_out(
+        &self,
+        channel: &str,
+        p: &Arc<Publication>,
+        exclude: Option<(usize, ConnKey)>,
+    ) {
+        let targets: Vec<usize> = match self.personal_user(channel) {
+            Some(_) => (0..self.node.shards).collect(),
+            None => self.home.borrow().interested(channel).collect(),
+        };
+        self.fan_out_to(targets, p, exclude);
+    }
+
+    fn fan_out_to(
+        &self,
+        targets: Vec<usize>,
+        p: &Arc<Publication>,
+        exclude: Option<(usize, ConnKey)>,
+    ) {
+        for shard in targets {
+            let ex = exclude.filter(|&(s, _)| s == shard).map(|(_, k)| k);
+            if shard == self.id {
+                self.deliver(p, ex);
+            } else {
+                self.node.mailboxes[shard].push(ShardMsg::Deliver {
+                    publication: p.clone(),
+                    exclude: ex,
+                });
+            }
+        }
+    }
+
     /// `notify_all`: one broadcast frame, delivered once per connection on
     /// every shard. Returns (id, connections reached), or
     /// [`PublishError::Overloaded`] (nothing sent) when a shard's mailbox
     /// is full.
     pub async fn broadcast(&self, data: Bytes) -> Result<(u64, usize), PublishError> {
+        if let Some(bus) = self.via_bus() {
+            return self.broadcast_on_bus(bus, data).await;
+        }
         let others = (0..self.node.shards).filter(|&s| s != self.id);
         if others.clone().any(|s| !self.node.mailboxes[s].has_room()) {
             ShardMetrics::inc(&self.metrics.publishes_overloaded);
@@ -177,6 +208,22 @@ impl Shard {
     ) -> Result<SubscribeInfo, ShardGone> {
         let home = self.node.home_of(channel);
         let member = self.member_of(conn, channel);
+        if let Some(bus) = &self.node.bus {
+            let (tx, rx) = oneshot::channel();
+            if home == self.id {
+                self.home_subscribe_cluster(bus, channel.into(), self.id, cref, since, member, tx);
+            } else {
+                self.node.mailboxes[home].push(ShardMsg::Subscribe {
+                    channel: channel.into(),
+                    from: self.id,
+                    conn: cref,
+                    since,
+                    member: member.map(Box::new),
+                    reply: tx,
+                });
+            }
+            return rx.await.map_err(|_| ShardGone);
+        }
         if home == self.id {
             let outcome =
                 self.home
@@ -208,6 +255,11 @@ impl Shard {
         let Some(redis) = &self.node.sources.redis else {
             return;
         };
+        // Cluster mode: offsets are Redis's; a fetched message published
+        // here alone would take one (docs/CLUSTER.md, limits).
+        if self.node.bus.is_some() {
+            return;
+        }
         let w = &self.config().protocols.ws4redis;
         if outcome.first && outcome.kept.is_none() && w.expire > 0 {
             let prefix = crate::protocol::ws4redis::broadcast_channel(&w.prefix, "");
@@ -283,6 +335,9 @@ impl Shard {
 
     /// Asks the home shard of `channel`.
     pub async fn ask_home(&self, channel: &str, query: HomeQuery) -> Result<HomeAnswer, ShardGone> {
+        if let Some(answer) = self.ask_bus(channel, &query).await {
+            return Ok(answer);
+        }
         let home = self.node.home_of(channel);
         if home == self.id {
             return Ok(self.answer_home(channel, query));

@@ -211,6 +211,7 @@ impl Shard {
         if let Some(event) = left.and_then(|m| self.presence_event("leave", channel, &m)) {
             self.send_event(event);
         }
+        self.detach_if_unwatched(channel);
     }
 
     /// Presence of `channel`, answered by its home shard alone, as the

@@ -29,6 +29,9 @@ impl Shard {
                 keep,
                 reply,
             } => {
+                if let Some(bus) = self.via_bus() {
+                    return self.forward_to_bus(bus, channel, data, exclude, reply);
+                }
                 let r = self.publish_at_home(&channel, data, exclude, keep);
                 let _ = reply.send(r);
             }
@@ -38,6 +41,9 @@ impl Shard {
                 id,
                 reply,
             } => {
+                if let Some(bus) = self.via_bus() {
+                    return self.forward_to_bus(bus, channel, data, None, reply);
+                }
                 let r = self.publish_at_home_with_id(&channel, data, None, None, id);
                 let _ = reply.send(r);
             }
@@ -66,6 +72,17 @@ impl Shard {
                 member,
                 reply,
             } => {
+                if let Some(bus) = self.node.bus.clone() {
+                    return self.home_subscribe_cluster(
+                        &bus,
+                        channel,
+                        from,
+                        conn,
+                        since,
+                        member.map(|m| *m),
+                        reply,
+                    );
+                }
                 let outcome = self.home.borrow_mut().subscribe(
                     &channel,
                     from,
@@ -123,6 +140,19 @@ impl Shard {
                     conn.wake_session();
                 }
             }
+            ShardMsg::BusDeliver { channel, entry } => self.on_bus_deliver(&channel, entry),
+            ShardMsg::BusAttached {
+                channel,
+                gen,
+                offset,
+                epoch,
+            } => self.on_bus_attached(channel, gen, offset, epoch),
+            ShardMsg::BusRecovered {
+                channel,
+                token,
+                entries,
+            } => self.on_bus_recovered(channel, token, entries),
+            ShardMsg::BusLost => self.on_bus_lost(),
             ShardMsg::Shutdown => self.begin_shutdown(),
             ShardMsg::PublishersDone => {
                 self.quiet_shards.set(self.quiet_shards.get() + 1);

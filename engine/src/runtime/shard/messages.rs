@@ -184,6 +184,31 @@ pub enum ShardMsg {
     /// as a consequence (never refused): one per kill, and kills are
     /// rate-limited client requests.
     WakeSession(ConnRef),
+    /// From the cluster bus, to the channel's home shard: the next
+    /// publication of a channel this node is attached to, in offset order.
+    BusDeliver {
+        channel: Box<str>,
+        entry: crate::cluster::wire::BusEntry,
+    },
+    /// From the cluster bus: this node is subscribed to the channel and
+    /// every publication after `offset` will follow (attach number `gen`).
+    BusAttached {
+        channel: Box<str>,
+        gen: u64,
+        offset: u64,
+        epoch: Arc<str>,
+    },
+    /// From the cluster bus: the stream's answer to a recovery (`token`):
+    /// the channel's epoch and its publications, `None` when Redis could
+    /// not be read.
+    BusRecovered {
+        channel: Box<str>,
+        token: u64,
+        entries: Option<Option<(Arc<str>, Vec<crate::cluster::wire::BusEntry>)>>,
+    },
+    /// From the cluster bus: Redis is unreachable; answer every parked
+    /// subscriber from what this node knows.
+    BusLost,
     /// Stop accepting; backend connections answer what they received.
     Shutdown,
     /// To every shard (the sender too), once during shutdown, after the
@@ -208,6 +233,10 @@ pub enum PublishError {
     /// was published.
     #[error("overloaded: try again")]
     Overloaded,
+    /// Cluster mode and Redis is unreachable (`cluster.on_bus_loss =
+    /// "refuse"`); nothing was published.
+    #[error("bus unavailable")]
+    BusUnavailable,
 }
 
 impl From<ShardGone> for PublishError {
@@ -221,6 +250,7 @@ impl From<PublishError> for OpError {
         match e {
             PublishError::Gone => OpError::Internal("shard is shutting down"),
             PublishError::Overloaded => OpError::Overloaded,
+            PublishError::BusUnavailable => OpError::BusUnavailable,
         }
     }
 }

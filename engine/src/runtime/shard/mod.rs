@@ -11,6 +11,7 @@
 
 mod channels;
 mod client_ops;
+mod cluster;
 pub mod conn;
 mod delivery;
 pub mod identity;
@@ -88,6 +89,8 @@ pub struct Shard {
     pub(super) users: RefCell<identity::UserIndex>,
     /// Connections that must `connect` by the deadline (`auth.required`).
     pub(super) pending_auth: RefCell<Vec<(Rc<Conn>, std::time::Instant)>>,
+    /// Cluster mode: subscribers of home channels waiting for the bus.
+    pub(super) parked: RefCell<cluster::Parked>,
 }
 
 impl Shard {
@@ -126,6 +129,7 @@ impl Shard {
             ping: Bytes::from(ping_frame(b"")),
             users: RefCell::default(),
             pending_auth: RefCell::default(),
+            parked: RefCell::default(),
             node,
         })
     }

@@ -37,6 +37,8 @@ pub struct Node {
     pub access: crate::access::Access,
     /// Message sources (`[sources]`) and their state.
     pub sources: crate::sources::Sources,
+    /// Cluster mode's bus (`[cluster]`), `None` on a single node.
+    pub bus: Option<Arc<crate::cluster::Bus>>,
 }
 
 /// Descriptors WebSocket clients can never take: the backend port's
@@ -91,6 +93,10 @@ impl Node {
         };
         Arc::new(Node {
             sources,
+            bus: config
+                .cluster
+                .enabled()
+                .then(|| Arc::new(crate::cluster::Bus::new())),
             router: Router::new(&config),
             access: crate::access::Access::new(&config.auth),
             mailboxes: (0..shards)
