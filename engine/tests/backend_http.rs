@@ -432,6 +432,45 @@ fn pipelined_requests_are_answered_in_order() {
     }
 }
 
+/// Pipelined publications run at once (none waits for the one before it
+/// to come back from its channel's home shard) yet take their offsets and
+/// reach subscribers in the order they were sent, on every shard.
+#[test]
+fn pipelined_publications_to_many_channels_keep_their_order() {
+    let server = Server::start(&["--shards", "2"]);
+    let channels: Vec<String> = (0..8).map(|c| format!("pipe{c}")).collect();
+    let mut subscribers: Vec<_> = channels
+        .iter()
+        .map(|c| {
+            let mut ws = server.ws("/");
+            common::subscribe(&mut ws, c);
+            ws
+        })
+        .collect();
+    let s = connect(&server);
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    let mut all = String::new();
+    for i in 0..200u64 {
+        let channel = &channels[(i % 8) as usize];
+        let body = rpc_body(i, "emit", json!({"channel": channel, "data": i}));
+        all.push_str(&request("POST", "/", &body, &[], false));
+    }
+    w.write_all(all.as_bytes()).unwrap();
+    for i in 0..200u64 {
+        let v = read_http_response(&mut r).json();
+        assert_eq!(v["id"], i, "answers in order: {v}");
+        assert_eq!(v["result"]["offset"], i / 8 + 1, "offsets in order: {v}");
+    }
+    for (c, ws) in subscribers.iter_mut().enumerate() {
+        for k in 0..25u64 {
+            let m = common::recv(ws);
+            assert_eq!(m["params"]["data"], k * 8 + c as u64, "{m}");
+            assert_eq!(m["params"]["offset"], k + 1, "{m}");
+        }
+    }
+}
+
 #[test]
 fn health_and_metrics() {
     let server = Server::start(&[]);

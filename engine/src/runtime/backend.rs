@@ -6,6 +6,7 @@
 //! the shard that accepted it, which routes publishes to each channel's
 //! home shard and gathers node-wide answers from every shard.
 
+use std::future::Future;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 
@@ -41,6 +42,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let idle = shard.config().backend_idle_timeout();
     // Shutdown began and the input it found was read: answer and close.
     let mut last_read = false;
+    // Complete requests read together (pipelining), answered at once.
+    let mut batch: Vec<OwnedRequest> = Vec::new();
     loop {
         // Serve every complete request already buffered (pipelining).
         let mut close = false;
@@ -50,6 +53,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                 Ok(Some((req, consumed))) => {
                     let keep_alive = req.keep_alive;
                     if dashboard::owns(req.path) {
+                        // Earlier requests' answers go first.
+                        answer_batch(&shard, &mut batch, &mut out).await;
                         // The operator's page and its live feed (runtime::dashboard).
                         ShardMetrics::inc(&shard.metrics.backend_requests);
                         let route =
@@ -69,16 +74,16 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                         }
                         continue;
                     }
-                    let owned = OwnedRequest::from(&req);
+                    batch.push(OwnedRequest::from(&req));
                     buf.drain(..consumed);
                     continued = false;
-                    handle(&shard, owned, &mut out).await;
                     if !keep_alive {
                         close = true;
                         break;
                     }
                 }
                 Ok(None) => {
+                    answer_batch(&shard, &mut batch, &mut out).await;
                     if let Some(head) = http::pending_head(&buf) {
                         if !head_authorized(shard.config(), &head, &buf) {
                             // Refused before its body is read or asked for:
@@ -101,12 +106,14 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                     break;
                 }
                 Err(e) => {
+                    answer_batch(&shard, &mut batch, &mut out).await;
                     http::write_error(&mut out, &e);
                     close = true;
                     break;
                 }
             }
         }
+        answer_batch(&shard, &mut batch, &mut out).await;
         if !out.is_empty() {
             if write_all(&stream, &out).await.is_err() {
                 return;
@@ -237,6 +244,54 @@ impl From<&Request<'_>> for OwnedRequest {
             auth_token: r.auth_token.map(str::to_owned),
             body: r.body.to_vec(),
         }
+    }
+}
+
+/// Answers the requests read together, in the order they came. They run
+/// at once rather than one after another: each is started in turn and runs
+/// until it first waits, which for a publication is after its offset was
+/// taken at the home shard or its script handed to the cluster bus, so
+/// publications keep the order they were sent in while a pipelining
+/// client does not wait for each one's round trip to another shard or to
+/// Redis before the next one starts.
+async fn answer_batch(shard: &Rc<Shard>, batch: &mut Vec<OwnedRequest>, out: &mut Vec<u8>) {
+    if batch.len() <= 1 {
+        if let Some(req) = batch.pop() {
+            handle(shard, req, out).await;
+        }
+        return;
+    }
+    let mut running: Vec<_> = batch
+        .drain(..)
+        .map(|req| {
+            Box::pin(async move {
+                let mut answer = Vec::new();
+                handle(shard, req, &mut answer).await;
+                answer
+            })
+        })
+        .collect();
+    let mut answers: Vec<Option<Vec<u8>>> = running.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut waiting = false;
+        // In index order, so the first poll starts them in arrival order.
+        for (fut, answer) in running.iter_mut().zip(answers.iter_mut()) {
+            if answer.is_none() {
+                match fut.as_mut().poll(cx) {
+                    std::task::Poll::Ready(a) => *answer = Some(a),
+                    std::task::Poll::Pending => waiting = true,
+                }
+            }
+        }
+        if waiting {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    for answer in answers.into_iter().flatten() {
+        out.extend_from_slice(&answer);
     }
 }
 
