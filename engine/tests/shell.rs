@@ -179,7 +179,10 @@ struct Finished {
 }
 
 /// Runs `ringcast shell ARGS` with `input` on a pipe as stdin.
-fn shell_piped(args: &[&str], input: &str) -> Finished {
+/// `ringcast shell ARGS` on pipes: the child, its stdin, and its stdout and
+/// stderr as they arrive.
+type Output = Arc<Mutex<Vec<u8>>>;
+fn spawn_shell(args: &[&str]) -> (Child, ChildStdin, Output, Output) {
     let mut child = Command::new(BIN)
         .arg("shell")
         .args(args)
@@ -189,14 +192,16 @@ fn shell_piped(args: &[&str], input: &str) -> Finished {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start ringcast shell");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
+    let stdin = child.stdin.take().unwrap();
     let stdout = drain(child.stdout.take().unwrap());
     let stderr = drain(child.stderr.take().unwrap());
+    (child, stdin, stdout, stderr)
+}
+
+fn shell_piped(args: &[&str], input: &str) -> Finished {
+    let (mut child, mut stdin, stdout, stderr) = spawn_shell(args);
+    stdin.write_all(input.as_bytes()).unwrap();
+    drop(stdin);
     let status = wait_deadline(&mut child);
     let text = |b: &Arc<Mutex<Vec<u8>>>| String::from_utf8_lossy(&b.lock().unwrap()).into_owned();
     Finished {
@@ -542,17 +547,7 @@ fn a_session_keeps_one_connection_and_reconnects_after_the_server_closed_it() {
     std::fs::write(&config, "[backend]\nidle_timeout = 1\n").unwrap();
     let engine = Engine::start("keepalive", &["--config", config.to_str().unwrap()]);
     let mut ws = engine.subscribe("news");
-    let mut child = Command::new(BIN)
-        .args(["shell", "--url", &engine.url()])
-        .env("HOME", scratch("home"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start ringcast shell");
-    let mut stdin = child.stdin.take().unwrap();
-    let stdout = drain(child.stdout.take().unwrap());
-    let stderr = drain(child.stderr.take().unwrap());
+    let (mut child, mut stdin, stdout, stderr) = spawn_shell(&["--url", &engine.url()]);
 
     stdin
         .write_all(b"ping\ninfo\nemit news {\"n\": 1}\n")
