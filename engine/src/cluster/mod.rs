@@ -67,6 +67,23 @@ pub enum BusRequest {
     Counts {
         reply: oneshot::Sender<Option<wire::ClusterCounts>>,
     },
+    /// A subscriber joined a channel whose namespace keeps presence:
+    /// `HSET` its member field (one round trip, not waited for).
+    Join {
+        channel: Box<str>,
+        field: String,
+        value: String,
+    },
+    /// A subscriber left it: `HDEL` its member field.
+    Leave { channel: Box<str>, field: String },
+    /// The channel's presence over every live node (at most `max` in the
+    /// list, with `list`); `None` when Redis could not be read.
+    Presence {
+        channel: Box<str>,
+        list: bool,
+        max: usize,
+        reply: oneshot::Sender<Option<wire::ClusterPresence>>,
+    },
     /// The stream's publications after offset `after` (at most `limit`),
     /// to shard `home` as `ShardMsg::BusRecovered` with `token`.
     Recover {
