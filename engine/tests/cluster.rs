@@ -516,7 +516,7 @@ fn presence_covers_every_node_and_a_dead_nodes_members_expire() {
         &config,
         format!(
             "[auth]\nhmac_secret = \"{SECRET}\"\n\n\
-             [[auth.namespaces]]\nprefix = \"room:\"\npresence = true\n"
+             [[auth.namespaces]]\nprefix = \"room:\"\npresence = true\njoin_leave = true\n"
         ),
     )
     .unwrap();
@@ -530,7 +530,7 @@ fn presence_covers_every_node_and_a_dead_nodes_members_expire() {
         subscribe(&mut ws, "room:lobby");
         ws
     };
-    let _ann_a = join(&cluster[0], "ann", json!({"n": 0}));
+    let mut ann_a = join(&cluster[0], "ann", json!({"n": 0}));
     let _bob_b = join(&cluster[1], "bob", json!({"name": "Bob"}));
     let mut ann_b = join(&cluster[1], "ann", json!({"n": 1}));
     // The third node has no subscriber of the channel and counts all.
@@ -563,6 +563,29 @@ fn presence_covers_every_node_and_a_dead_nodes_members_expire() {
             ("bob".to_owned(), json!({"name": "Bob"})),
         ]
     );
+    // join/leave events cross nodes: the first node's member sees the
+    // second node's joins, with their cluster-wide client ids.
+    let client_of = |info: Value| {
+        entries
+            .iter()
+            .find(|(_, e)| e["info"] == info)
+            .map(|(c, _)| c.clone())
+            .unwrap()
+    };
+    let (bob_client, ann_b_client) = (
+        client_of(json!({"name": "Bob"})),
+        client_of(json!({"n": 1})),
+    );
+    for (client, user, info) in [
+        (&bob_client, "bob", json!({"name": "Bob"})),
+        (&ann_b_client, "ann", json!({"n": 1})),
+    ] {
+        assert_eq!(
+            recv(&mut ann_a),
+            json!({"jsonrpc": "2.0", "method": "join", "params": {
+                "channel": "room:lobby", "client": client, "user": user, "info": info}})
+        );
+    }
     // A client on a node asks too and gets the same.
     let r = rpc(
         &mut ann_b,
@@ -586,6 +609,11 @@ fn presence_covers_every_node_and_a_dead_nodes_members_expire() {
     wait_until("a leave seen on another node", || {
         stats(&cluster[2]) == json!({"num_clients": 2, "num_users": 2})
     });
+    assert_eq!(
+        recv(&mut ann_a),
+        json!({"jsonrpc": "2.0", "method": "leave", "params": {
+            "channel": "room:lobby", "client": ann_b_client, "user": "ann", "info": {"n": 1}}})
+    );
     // The first node SIGKILLed: its member is gone within node_ttl (3 s).
     cluster[0].child.kill().unwrap();
     cluster[0].child.wait().unwrap();

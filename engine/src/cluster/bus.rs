@@ -411,7 +411,7 @@ impl Bridge {
             }
             // Lost with Redis's copy of the hash (a restarted Redis starts
             // without it; docs/CLUSTER.md).
-            BusRequest::Join { .. } | BusRequest::Leave { .. } => {}
+            BusRequest::Join { .. } | BusRequest::Leave { .. } | BusRequest::Event { .. } => {}
             BusRequest::Attach { channel, home, gen } => {
                 self.channels.insert(
                     channel,
@@ -616,6 +616,17 @@ impl Bridge {
                 tokio::spawn(async move {
                     if let Err(e) = conn.query::<()>(&c).await {
                         tracing::warn!("cluster bus: presence join on {channel} failed: {e}");
+                    }
+                });
+            }
+            BusRequest::Event { channel, json } => {
+                let mut conn = cmd.clone();
+                let mut c = redis::cmd(link.publish_command());
+                c.arg(wire::pubsub_channel(&channel))
+                    .arg(wire::encode_event(&self.bus.node_id, &json));
+                tokio::spawn(async move {
+                    if let Err(e) = conn.query::<()>(&c).await {
+                        tracing::warn!("cluster bus: presence event on {channel} failed: {e}");
                     }
                 });
             }
@@ -850,6 +861,12 @@ impl Bridge {
         let Some(channel) = wire::channel_of(pubsub) else {
             return Ok(());
         };
+        if let Some(event) = wire::parse_event(payload, &self.bus.node_id) {
+            if let Some(json) = event {
+                self.event_here(channel, json);
+            }
+            return Ok(());
+        }
         let entry = match wire::parse_message(payload, &self.bus.node_id) {
             Ok(e) => e,
             Err(e) => {
@@ -876,6 +893,25 @@ impl Bridge {
             });
         }
         Ok(())
+    }
+
+    /// Another node's `join`/`leave` event: to this node's native
+    /// subscribers of the channel, on every shard (the frame built once).
+    fn event_here(&self, channel: &str, json: &[u8]) {
+        let channel: Arc<str> = Arc::from(channel);
+        let frame = crate::runtime::shard::identity::event_frame(json);
+        for mb in &self.node.mailboxes {
+            // Nobody waits for the answer.
+            let (reply, _) = futures_channel::oneshot::channel();
+            mb.push(ShardMsg::Gather {
+                query: crate::runtime::shard::Gather::Event {
+                    channel: channel.clone(),
+                    frame: frame.clone(),
+                    except: (usize::MAX, 0),
+                },
+                reply,
+            });
+        }
     }
 
     /// A broadcast from the bus, to every local connection once.

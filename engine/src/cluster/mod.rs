@@ -74,6 +74,10 @@ pub enum BusRequest {
         field: String,
         value: String,
     },
+    /// A `join`/`leave` event (its JSON-RPC notification) for the
+    /// channel's subscribers on the other nodes: published on the
+    /// channel's bus channel, marked as an event ([`wire::encode_event`]).
+    Event { channel: Box<str>, json: Bytes },
     /// A subscriber left it: `HDEL` its member field.
     Leave { channel: Box<str>, field: String },
     /// The channel's presence over every live node (at most `max` in the

@@ -298,6 +298,27 @@ impl ClusterCounts {
     }
 }
 
+/// A `join`/`leave` event as the channel's bus message: `E ORIGIN\n`
+/// then the event's JSON (a publication starts with its offset, a digit).
+pub fn encode_event(origin: &str, json: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(json.len() + origin.len() + 3);
+    m.extend_from_slice(b"E ");
+    m.extend_from_slice(origin.as_bytes());
+    m.push(b'\n');
+    m.extend_from_slice(json);
+    m
+}
+
+/// An event's JSON, when `msg` is an event from another node than `node`:
+/// `Some(None)` for an event of this node's own (already delivered here),
+/// `None` when `msg` is no event.
+pub fn parse_event<'a>(msg: &'a [u8], node: &str) -> Option<Option<&'a [u8]>> {
+    let rest = msg.strip_prefix(b"E ")?;
+    let nl = rest.iter().position(|&b| b == b'\n')?;
+    let (origin, json) = (&rest[..nl], &rest[nl + 1..]);
+    Some((origin != node.as_bytes()).then_some(json))
+}
+
 /// A subscriber's field in its channel's presence hash, also its client
 /// id in cluster mode: `NODE.SHARD.CONN` (node ids are hex, no dot).
 pub fn member_field(node: &str, shard: usize, conn: ConnKey) -> String {
@@ -379,6 +400,20 @@ fn parse_member_value(v: &str) -> Option<(&str, Option<&str>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_round_trip_and_are_skipped_on_their_origin() {
+        let m = encode_event("aa", br#"{"method":"join"}"#);
+        assert_eq!(
+            parse_event(&m, "bb"),
+            Some(Some(&br#"{"method":"join"}"#[..]))
+        );
+        assert_eq!(parse_event(&m, "aa"), Some(None));
+        let publication = b"1 2 3 e aa -\ndata";
+        assert_eq!(parse_event(publication, "bb"), None);
+        assert!(parse_message(publication, "bb").is_ok());
+        assert!(parse_message(&m, "bb").is_err());
+    }
 
     #[test]
     fn presence_keeps_live_nodes_members_and_counts_distinct_users() {

@@ -311,15 +311,18 @@ impl Shard {
             json.extend_from_slice(info.as_bytes());
         }
         json.extend_from_slice(b"}}");
-        let mut frame = Vec::with_capacity(json.len() + 4);
-        crate::protocol::codec::write_frame(
-            &mut frame,
-            crate::protocol::codec::OpCode::Text,
-            &json,
-        );
+        let frame = event_frame(&json);
+        if let Some(bus) = self.node.bus.as_ref().filter(|b| b.is_up()) {
+            // Subscribers on the other nodes get it through the channel's
+            // bus subscription.
+            bus.send(BusRequest::Event {
+                channel: channel.into(),
+                json: bytes::Bytes::from(json),
+            });
+        }
         Some(Gather::Event {
             channel: channel.into(),
-            frame: bytes::Bytes::from(frame),
+            frame,
             except: (m.shard, m.conn),
         })
     }
@@ -477,4 +480,11 @@ fn presence_answer_json(
     }
     out.extend_from_slice(b"}}");
     out
+}
+
+/// A `join`/`leave` event's WebSocket text frame.
+pub(crate) fn event_frame(json: &[u8]) -> bytes::Bytes {
+    let mut frame = Vec::with_capacity(json.len() + 4);
+    crate::protocol::codec::write_frame(&mut frame, crate::protocol::codec::OpCode::Text, json);
+    bytes::Bytes::from(frame)
 }
