@@ -586,6 +586,18 @@ fn presence_covers_every_node_and_a_dead_nodes_members_expire() {
                 "channel": "room:lobby", "client": client, "user": user, "info": info}})
         );
     }
+    // The hash expires unless the nodes with members refresh it.
+    let mut redis_conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    wait_until("presence hash has a TTL", || {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg("rc:{room:lobby}:p")
+            .query(&mut redis_conn)
+            .unwrap();
+        ttl > 0 && ttl <= 3000
+    });
     // A client on a node asks too and gets the same.
     let r = rpc(
         &mut ann_b,

@@ -67,6 +67,12 @@ struct Bridge {
     node: Arc<Node>,
     bus: Arc<Bus>,
     channels: HashMap<Box<str>, Attached>,
+    /// This node's members of channels keeping presence (channel → field
+    /// → value), written again after a reconnection and their hashes'
+    /// TTL refreshed with each heartbeat.
+    presence: HashMap<Box<str>, HashMap<String, String>>,
+    /// Members that left while the bus was down, deleted on reconnection.
+    presence_gone: Vec<(Box<str>, String)>,
     scripts: Scripts,
 }
 
@@ -321,6 +327,8 @@ async fn run(node: Arc<Node>, bus: Arc<Bus>, mut rx: mpsc::UnboundedReceiver<Bus
         node,
         bus,
         channels: HashMap::new(),
+        presence: HashMap::new(),
+        presence_gone: Vec::new(),
         scripts: Scripts {
             publish: Lua::new(PUBLISH_LUA),
             position: Lua::new(POSITION_LUA),
@@ -411,7 +419,23 @@ impl Bridge {
             }
             // Lost with Redis's copy of the hash (a restarted Redis starts
             // without it; docs/CLUSTER.md).
-            BusRequest::Join { .. } | BusRequest::Leave { .. } | BusRequest::Event { .. } => {}
+            BusRequest::Join {
+                channel,
+                field,
+                value,
+            } => {
+                self.presence
+                    .entry(channel)
+                    .or_default()
+                    .insert(field, value);
+            }
+            BusRequest::Leave { channel, field } => {
+                self.forget_member(&channel, &field);
+                self.presence_gone.push((channel, field));
+            }
+            // Nodes attached meanwhile did not see it; their presence
+            // answers do once the bus is back.
+            BusRequest::Event { .. } => {}
             BusRequest::Attach { channel, home, gen } => {
                 self.channels.insert(
                     channel,
@@ -456,6 +480,7 @@ impl Bridge {
             s.load(&mut cmd).await?;
         }
         link.subscribe_broadcasts().await?;
+        self.rewrite_presence(&mut cmd).await?;
         let channels: Vec<Box<str>> = self.channels.keys().cloned().collect();
         for channel in channels {
             self.attach(&mut link, &mut cmd, &channel).await?;
@@ -611,7 +636,11 @@ impl Bridge {
                 let mut conn = cmd.clone();
                 let key = Keys::of(&channel).presence;
                 let mut c = redis::cmd("HSET");
-                c.arg(&key).arg(field).arg(value);
+                c.arg(&key).arg(&field).arg(&value);
+                self.presence
+                    .entry(channel.clone())
+                    .or_default()
+                    .insert(field, value);
                 // Spawned like a publish: sent in order on the connection.
                 tokio::spawn(async move {
                     if let Err(e) = conn.query::<()>(&c).await {
@@ -634,7 +663,8 @@ impl Bridge {
                 let mut conn = cmd.clone();
                 let key = Keys::of(&channel).presence;
                 let mut c = redis::cmd("HDEL");
-                c.arg(&key).arg(field);
+                c.arg(&key).arg(&field);
+                self.forget_member(&channel, &field);
                 tokio::spawn(async move {
                     if let Err(e) = conn.query::<()>(&c).await {
                         tracing::warn!("cluster bus: presence leave on {channel} failed: {e}");
@@ -790,8 +820,44 @@ impl Bridge {
         ok
     }
 
+    /// Takes a member out of this node's presence record.
+    fn forget_member(&mut self, channel: &str, field: &str) {
+        if let Some(members) = self.presence.get_mut(channel) {
+            members.remove(field);
+            if members.is_empty() {
+                self.presence.remove(channel);
+            }
+        }
+    }
+
+    /// On (re)connection: deletes the members that left while the bus was
+    /// down and writes this node's members again (a restarted Redis lost
+    /// them).
+    async fn rewrite_presence(&mut self, cmd: &mut Cmds) -> redis::RedisResult<()> {
+        for (channel, field) in std::mem::take(&mut self.presence_gone) {
+            let _: () = cmd
+                .query(
+                    redis::cmd("HDEL")
+                        .arg(Keys::of(&channel).presence)
+                        .arg(field),
+                )
+                .await?;
+        }
+        for (channel, members) in &self.presence {
+            let mut c = redis::cmd("HSET");
+            c.arg(Keys::of(channel).presence);
+            for (field, value) in members {
+                c.arg(field).arg(value);
+            }
+            let _: () = cmd.query(&c).await?;
+        }
+        Ok(())
+    }
+
     /// Writes this node's counts (from every shard's report) as its
-    /// heartbeat, live for `ttl`.
+    /// heartbeat, live for `ttl`, and keeps the presence hashes of the
+    /// channels it has members of alive for `ttl` (those of channels
+    /// whose every node died expire with them).
     async fn heartbeat(&mut self, cmd: &mut Cmds, ttl: Duration) -> Result<(), Lost> {
         let mut waits = Vec::with_capacity(self.node.shards);
         for mb in &self.node.mailboxes {
@@ -841,6 +907,17 @@ impl Bridge {
                     .arg(now),
             )
             .await?;
+        let refreshes = self.presence.keys().map(|channel| {
+            let mut conn = cmd.clone();
+            let c = redis::cmd("PEXPIRE")
+                .arg(Keys::of(channel).presence)
+                .arg(ttl_ms)
+                .clone();
+            async move { conn.query::<()>(&c).await }
+        });
+        for r in futures_util::future::join_all(refreshes).await {
+            r?;
+        }
         Ok(())
     }
 
