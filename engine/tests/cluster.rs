@@ -502,7 +502,7 @@ fn token(sub: &str, info: Value) -> String {
 
 #[test]
 fn presence_covers_every_node_and_a_dead_nodes_members_expire() {
-    let Some(redis) = RedisServer::start() else {
+    let Some(mut redis) = RedisServer::start() else {
         return;
     };
     let dir = std::env::temp_dir().join(format!(
@@ -531,7 +531,7 @@ fn presence_covers_every_node_and_a_dead_nodes_members_expire() {
         ws
     };
     let mut ann_a = join(&cluster[0], "ann", json!({"n": 0}));
-    let _bob_b = join(&cluster[1], "bob", json!({"name": "Bob"}));
+    let bob_b = join(&cluster[1], "bob", json!({"name": "Bob"}));
     let mut ann_b = join(&cluster[1], "ann", json!({"n": 1}));
     // The third node has no subscriber of the channel and counts all.
     let stats = |s: &Server| s.call("presence_stats", json!({"channel": "room:lobby"}));
@@ -642,6 +642,22 @@ fn presence_covers_every_node_and_a_dead_nodes_members_expire() {
     let entries = p["presence"].as_object().unwrap();
     assert_eq!(entries.len(), 1, "{p}");
     assert!(entries.values().all(|e| e["user"] == "bob"), "{p}");
+    // Redis restarted empty: the nodes write their members again, without
+    // the one that left while it was down.
+    redis.kill();
+    wait_health(&cluster[1], 503, "cluster: degraded (bus down)");
+    let cy = join(&cluster[1], "cy", json!(null));
+    drop(bob_b);
+    redis.restart();
+    wait_health(&cluster[1], 200, "cluster: ok (node");
+    wait_health(&cluster[2], 200, "cluster: ok (node");
+    wait_until("members written again after Redis restarted", || {
+        let p = cluster[2].call("presence", json!({"channel": "room:lobby"}));
+        p["presence"]
+            .as_object()
+            .is_some_and(|e| e.len() == 1 && e.values().all(|e| e["user"] == "cy"))
+    });
+    drop(cy);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
