@@ -30,9 +30,14 @@ fn node(redis: &RedisServer, env: &[(&str, &str)]) -> Server {
 
 /// A node whose bus is `url`.
 fn node_on(url: &str, env: &[(&str, &str)]) -> Server {
+    node_with(url, &[], env)
+}
+
+/// A node whose bus is `url`, started with `args` and `env` added.
+fn node_with(url: &str, args: &[&str], env: &[(&str, &str)]) -> Server {
     let mut all = vec![("RINGCAST_CLUSTER_REDIS", url)];
     all.extend_from_slice(env);
-    let s = Server::start_with(&[], &all);
+    let s = Server::start_with(args, &all);
     wait_health(&s, 200, "cluster: ok");
     s
 }
@@ -477,6 +482,185 @@ fn counts_cover_every_node_and_a_dead_nodes_share_expires() {
     assert_eq!(info["cluster"]["nodes"], 2, "{info}");
 }
 
+const SECRET: &str = "cluster-test-secret-32-bytes-long";
+
+/// A token for user `sub` with the `info` claim `info`, signed with
+/// [`SECRET`].
+fn token(sub: &str, info: Value) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": sub, "info": info, "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+#[test]
+fn presence_covers_every_node_and_a_dead_nodes_members_expire() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!(
+        "ringcast-cluster-presence-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("ringcast.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[auth]\nhmac_secret = \"{SECRET}\"\n\n\
+             [[auth.namespaces]]\nprefix = \"room:\"\npresence = true\njoin_leave = true\n"
+        ),
+    )
+    .unwrap();
+    let args = ["--config", config.to_str().unwrap()];
+    let env = [("RINGCAST_CLUSTER_NODE_TTL", "3")];
+    let mut cluster: Vec<Server> = (0..3)
+        .map(|_| node_with(&redis.url(), &args, &env))
+        .collect();
+    let join = |s: &Server, sub: &str, info: Value| {
+        let mut ws = s.ws(&format!("/?token={}", token(sub, info)));
+        subscribe(&mut ws, "room:lobby");
+        ws
+    };
+    let mut ann_a = join(&cluster[0], "ann", json!({"n": 0}));
+    let bob_b = join(&cluster[1], "bob", json!({"name": "Bob"}));
+    let mut ann_b = join(&cluster[1], "ann", json!({"n": 1}));
+    // The third node has no subscriber of the channel and counts all.
+    let stats = |s: &Server| s.call("presence_stats", json!({"channel": "room:lobby"}));
+    // Each join is written to Redis by its node's bus, not waited for.
+    wait_until("members of two nodes counted on a third", || {
+        stats(&cluster[2]) == json!({"num_clients": 3, "num_users": 2})
+    });
+    let p = cluster[2].call("presence", json!({"channel": "room:lobby"}));
+    let entries = p["presence"].as_object().unwrap();
+    assert_eq!(entries.len(), 3, "{p}");
+    let nodes: std::collections::HashSet<&str> = entries
+        .keys()
+        .map(|k| k.split('.').next().unwrap())
+        .collect();
+    assert_eq!(nodes.len(), 2, "members of two nodes: {p}");
+    for (client, e) in entries {
+        assert_eq!(e["client"], json!(client), "{p}");
+    }
+    let mut seen: Vec<(String, Value)> = entries
+        .values()
+        .map(|e| (e["user"].as_str().unwrap().to_owned(), e["info"].clone()))
+        .collect();
+    seen.sort_by_key(|(u, i)| (u.clone(), i.to_string()));
+    assert_eq!(
+        seen,
+        vec![
+            ("ann".to_owned(), json!({"n": 0})),
+            ("ann".to_owned(), json!({"n": 1})),
+            ("bob".to_owned(), json!({"name": "Bob"})),
+        ]
+    );
+    // join/leave events cross nodes: the first node's member sees the
+    // second node's joins, with their cluster-wide client ids.
+    let client_of = |info: Value| {
+        entries
+            .iter()
+            .find(|(_, e)| e["info"] == info)
+            .map(|(c, _)| c.clone())
+            .unwrap()
+    };
+    let (bob_client, ann_b_client) = (
+        client_of(json!({"name": "Bob"})),
+        client_of(json!({"n": 1})),
+    );
+    for (client, user, info) in [
+        (&bob_client, "bob", json!({"name": "Bob"})),
+        (&ann_b_client, "ann", json!({"n": 1})),
+    ] {
+        assert_eq!(
+            recv(&mut ann_a),
+            json!({"jsonrpc": "2.0", "method": "join", "params": {
+                "channel": "room:lobby", "client": client, "user": user, "info": info}})
+        );
+    }
+    // The hash expires unless the nodes with members refresh it.
+    let mut redis_conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    wait_until("presence hash has a TTL", || {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg("rc:{room:lobby}:p")
+            .query(&mut redis_conn)
+            .unwrap();
+        ttl > 0 && ttl <= 3000
+    });
+    // A client on a node asks too and gets the same.
+    let r = rpc(
+        &mut ann_b,
+        9,
+        "presence_stats",
+        json!({"channel": "room:lobby"}),
+    );
+    assert_eq!(
+        r["result"],
+        json!({"num_clients": 3, "num_users": 2}),
+        "{r}"
+    );
+    // A leave on one node is seen by the others.
+    let r = rpc(
+        &mut ann_b,
+        10,
+        "unsubscribe",
+        json!({"channel": "room:lobby"}),
+    );
+    assert!(r.get("result").is_some(), "{r}");
+    wait_until("a leave seen on another node", || {
+        stats(&cluster[2]) == json!({"num_clients": 2, "num_users": 2})
+    });
+    assert_eq!(
+        recv(&mut ann_a),
+        json!({"jsonrpc": "2.0", "method": "leave", "params": {
+            "channel": "room:lobby", "client": ann_b_client, "user": "ann", "info": {"n": 1}}})
+    );
+    // The first node SIGKILLed: its member is gone within node_ttl (3 s).
+    cluster[0].child.kill().unwrap();
+    cluster[0].child.wait().unwrap();
+    let killed = Instant::now();
+    wait_until("dead node's members gone", || {
+        stats(&cluster[2]) == json!({"num_clients": 1, "num_users": 1})
+    });
+    assert!(
+        killed.elapsed() < Duration::from_millis(4500),
+        "gone after {:?}",
+        killed.elapsed()
+    );
+    let p = cluster[1].call("presence", json!({"channel": "room:lobby"}));
+    let entries = p["presence"].as_object().unwrap();
+    assert_eq!(entries.len(), 1, "{p}");
+    assert!(entries.values().all(|e| e["user"] == "bob"), "{p}");
+    // Redis restarted empty: the nodes write their members again, without
+    // the one that left while it was down.
+    redis.kill();
+    wait_health(&cluster[1], 503, "cluster: degraded (bus down)");
+    let cy = join(&cluster[1], "cy", json!(null));
+    drop(bob_b);
+    redis.restart();
+    wait_health(&cluster[1], 200, "cluster: ok (node");
+    wait_health(&cluster[2], 200, "cluster: ok (node");
+    wait_until("members written again after Redis restarted", || {
+        let p = cluster[2].call("presence", json!({"channel": "room:lobby"}));
+        p["presence"]
+            .as_object()
+            .is_some_and(|e| e.len() == 1 && e.values().all(|e| e["user"] == "cy"))
+    });
+    drop(cy);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The next text frame on `ws` as JSON, whatever it is.
 fn next_json(ws: &mut Ws) -> Value {
     recv(ws)
@@ -534,4 +718,43 @@ fn compatibility_protocols_work_across_nodes() {
             );
         }
     }
+    // The DMOJ page goes away; three publications later it comes back
+    // on the node without any subscriber of the channel (nothing in its
+    // memory) with last=ID and gets exactly what it missed, from the
+    // stream, then the live ones.
+    drop(dmoj_a);
+    let missed: Vec<u64> = (3..=5)
+        .map(|n| {
+            cluster[0].emit("contest", json!({"n": n}))["id"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    let mut dmoj_c = cluster[2].ws("/event/");
+    send_text(
+        &mut dmoj_c,
+        &json!({"command": "start-msg", "start": ids[1]}).to_string(),
+    );
+    send_text(
+        &mut dmoj_c,
+        &json!({"command": "set-filter", "filter": ["contest"]}).to_string(),
+    );
+    for (id, n) in missed.iter().zip(3..) {
+        let d = next_json(&mut dmoj_c);
+        assert_eq!(
+            d,
+            json!({"id": id, "channel": "contest", "message": {"n": n}})
+        );
+    }
+    wait_until("the returning page counted", || {
+        cluster[0].call("total_subscribers", json!({"channel": "contest"}))["total"] == 3
+    });
+    let live = cluster[1].emit("contest", json!({"n": 6}))["id"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        next_json(&mut dmoj_c),
+        json!({"id": live, "channel": "contest", "message": {"n": 6}})
+    );
+    assert_silent(&mut dmoj_c, Duration::from_millis(300));
 }

@@ -67,6 +67,27 @@ pub enum BusRequest {
     Counts {
         reply: oneshot::Sender<Option<wire::ClusterCounts>>,
     },
+    /// A subscriber joined a channel whose namespace keeps presence:
+    /// `HSET` its member field (one round trip, not waited for).
+    Join {
+        channel: Box<str>,
+        field: String,
+        value: String,
+    },
+    /// A `join`/`leave` event (its JSON-RPC notification) for the
+    /// channel's subscribers on the other nodes: published on the
+    /// channel's bus channel, marked as an event ([`wire::encode_event`]).
+    Event { channel: Box<str>, json: Bytes },
+    /// A subscriber left it: `HDEL` its member field.
+    Leave { channel: Box<str>, field: String },
+    /// The channel's presence over every live node (at most `max` in the
+    /// list, with `list`); `None` when Redis could not be read.
+    Presence {
+        channel: Box<str>,
+        list: bool,
+        max: usize,
+        reply: oneshot::Sender<Option<wire::ClusterPresence>>,
+    },
     /// The stream's publications after offset `after` (at most `limit`),
     /// to shard `home` as `ShardMsg::BusRecovered` with `token`.
     Recover {

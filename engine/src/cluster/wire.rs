@@ -27,6 +27,8 @@ pub struct Keys {
     pub stream: String,
     /// Pub/sub channel of the live publications.
     pub pubsub: String,
+    /// Hash: the channel's presence, [`member_field`] → [`member_value`].
+    pub presence: String,
 }
 
 impl Keys {
@@ -35,6 +37,7 @@ impl Keys {
             meta: format!("rc:{{{channel}}}:m"),
             stream: format!("rc:{{{channel}}}:s"),
             pubsub: pubsub_channel(channel),
+            presence: format!("rc:{{{channel}}}:p"),
         }
     }
 }
@@ -295,9 +298,165 @@ impl ClusterCounts {
     }
 }
 
+/// A `join`/`leave` event as the channel's bus message: `E ORIGIN\n`
+/// then the event's JSON (a publication starts with its offset, a digit).
+pub fn encode_event(origin: &str, json: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(json.len() + origin.len() + 3);
+    m.extend_from_slice(b"E ");
+    m.extend_from_slice(origin.as_bytes());
+    m.push(b'\n');
+    m.extend_from_slice(json);
+    m
+}
+
+/// An event's JSON, when `msg` is an event from another node than `node`:
+/// `Some(None)` for an event of this node's own (already delivered here),
+/// `None` when `msg` is no event.
+pub fn parse_event<'a>(msg: &'a [u8], node: &str) -> Option<Option<&'a [u8]>> {
+    let rest = msg.strip_prefix(b"E ")?;
+    let nl = rest.iter().position(|&b| b == b'\n')?;
+    let (origin, json) = (&rest[..nl], &rest[nl + 1..]);
+    Some((origin != node.as_bytes()).then_some(json))
+}
+
+/// A subscriber's field in its channel's presence hash, also its client
+/// id in cluster mode: `NODE.SHARD.CONN` (node ids are hex, no dot).
+pub fn member_field(node: &str, shard: usize, conn: ConnKey) -> String {
+    format!("{node}.{shard}.{conn}")
+}
+
+/// A subscriber's value in the presence hash: the user id's length in
+/// bytes, a space, the user id, then the `info` JSON (empty for none).
+pub fn member_value(user: &str, info: Option<&str>) -> String {
+    format!("{} {user}{}", user.len(), info.unwrap_or(""))
+}
+
+/// One member of a channel's cluster-wide presence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceEntry {
+    /// `NODE.SHARD.CONN`.
+    pub client: String,
+    pub user: String,
+    pub info: Option<String>,
+}
+
+/// A channel's presence over every live node, from its presence hash.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterPresence {
+    /// By client id; `None` for counts only (or more than the limit).
+    pub list: Option<Vec<PresenceEntry>>,
+    pub clients: usize,
+    pub users: usize,
+    /// Fields of nodes that are not live (to delete from the hash).
+    pub dead: Vec<String>,
+}
+
+impl ClusterPresence {
+    /// Reads the hash's `fields`, keeping the members of `live` nodes;
+    /// the list only with `list` and at most `max` members. Malformed
+    /// fields count as dead.
+    pub fn from_fields<'a>(
+        fields: impl IntoIterator<Item = (&'a str, &'a str)>,
+        live: &std::collections::HashSet<&str>,
+        list: bool,
+        max: usize,
+    ) -> ClusterPresence {
+        let mut out = ClusterPresence::default();
+        let mut members = Vec::new();
+        let mut users = std::collections::HashSet::new();
+        for (field, value) in fields {
+            let node = field.split('.').next().unwrap_or("");
+            let parsed = parse_member_value(value);
+            let Some((user, info)) = parsed.filter(|_| live.contains(node)) else {
+                out.dead.push(field.to_owned());
+                continue;
+            };
+            users.insert(user);
+            members.push(PresenceEntry {
+                client: field.to_owned(),
+                user: user.to_owned(),
+                info: info.map(str::to_owned),
+            });
+        }
+        out.clients = members.len();
+        out.users = users.len();
+        if list && members.len() <= max {
+            members.sort_unstable_by(|a, b| a.client.cmp(&b.client));
+            out.list = Some(members);
+        }
+        out
+    }
+}
+
+/// The user id and `info` of a [`member_value`].
+fn parse_member_value(v: &str) -> Option<(&str, Option<&str>)> {
+    let (len, rest) = v.split_once(' ')?;
+    let len: usize = len.parse().ok()?;
+    let user = rest.get(..len)?;
+    let info = &rest[len..];
+    Some((user, (!info.is_empty()).then_some(info)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_round_trip_and_are_skipped_on_their_origin() {
+        let m = encode_event("aa", br#"{"method":"join"}"#);
+        assert_eq!(
+            parse_event(&m, "bb"),
+            Some(Some(&br#"{"method":"join"}"#[..]))
+        );
+        assert_eq!(parse_event(&m, "aa"), Some(None));
+        let publication = b"1 2 3 e aa -\ndata";
+        assert_eq!(parse_event(publication, "bb"), None);
+        assert!(parse_message(publication, "bb").is_ok());
+        assert!(parse_message(&m, "bb").is_err());
+    }
+
+    #[test]
+    fn presence_keeps_live_nodes_members_and_counts_distinct_users() {
+        let a = member_field("aa", 0, 3);
+        let b = member_field("aa", 1, 4);
+        let c = member_field("bb", 0, 3);
+        let dead = member_field("cc", 0, 1);
+        let fields = [
+            (a.clone(), member_value("ann", None)),
+            (b.clone(), member_value("ann 2", Some(r#"{"x":1}"#))),
+            (c.clone(), member_value("ann", None)),
+            (dead.clone(), member_value("bob", None)),
+            ("aa.9.9".to_owned(), "garbage".to_owned()),
+        ];
+        let live: std::collections::HashSet<&str> = ["aa", "bb"].into_iter().collect();
+        let it = || fields.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        let p = ClusterPresence::from_fields(it(), &live, true, 10);
+        assert_eq!((p.clients, p.users), (3, 2));
+        assert_eq!(p.dead, vec![dead.clone(), "aa.9.9".to_owned()]);
+        let list = p.list.unwrap();
+        assert_eq!(list.len(), 3);
+        assert_eq!(
+            list[1],
+            PresenceEntry {
+                client: "aa.1.4".into(),
+                user: "ann 2".into(),
+                info: Some(r#"{"x":1}"#.into()),
+            }
+        );
+        assert_eq!(list[2].client, "bb.0.3");
+        // Over the limit, or counts only: no list.
+        assert_eq!(
+            ClusterPresence::from_fields(it(), &live, true, 2).list,
+            None
+        );
+        assert_eq!(
+            ClusterPresence::from_fields(it(), &live, false, 10).list,
+            None
+        );
+        // Nobody live.
+        let none = ClusterPresence::from_fields(it(), &Default::default(), false, 10);
+        assert_eq!((none.clients, none.users, none.dead.len()), (0, 0, 5));
+    }
 
     #[test]
     fn keys_share_the_channel_hash_tag() {

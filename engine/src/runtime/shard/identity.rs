@@ -193,6 +193,13 @@ impl Shard {
     /// At the channel's home shard: `m` subscribed; its `join` goes out.
     pub(super) fn home_join(&self, channel: &str, m: Member) {
         let event = self.presence_event("join", channel, &m);
+        if let Some(bus) = self.presence_bus(channel) {
+            bus.send(BusRequest::Join {
+                channel: channel.into(),
+                field: wire::member_field(&bus.node_id, m.shard, m.conn),
+                value: wire::member_value(&m.user, m.info.as_deref()),
+            });
+        }
         self.home.borrow_mut().join(channel, m);
         if let Some(event) = event {
             self.send_event(event);
@@ -208,18 +215,55 @@ impl Shard {
             home.unsubscribe(channel, from);
             left
         };
+        if let (Some(bus), Some(m)) = (self.presence_bus(channel), &left) {
+            bus.send(BusRequest::Leave {
+                channel: channel.into(),
+                field: wire::member_field(&bus.node_id, m.shard, m.conn),
+            });
+        }
         if let Some(event) = left.and_then(|m| self.presence_event("leave", channel, &m)) {
             self.send_event(event);
         }
         self.detach_if_unwatched(channel);
     }
 
-    /// Presence of `channel`, answered by its home shard alone, as the
-    /// JSON result of `presence` (`stats`: `presence_stats`):
-    /// `{"presence":{CLIENT:{"client","user","info"?}}}`, or counts
-    /// `{"num_clients":n,"num_users":m}` for stats and for channels with
-    /// more than [`PRESENCE_LIST_MAX`] subscribers (`"truncated":true`).
+    /// Cluster mode, for a channel whose namespace keeps presence: the
+    /// bus that holds its cluster-wide presence hash.
+    fn presence_bus(&self, channel: &str) -> Option<&std::sync::Arc<crate::cluster::Bus>> {
+        let bus = self.node.bus.as_ref()?;
+        self.node
+            .access
+            .namespaces
+            .rule(channel)
+            .presence
+            .then_some(bus)
+    }
+
+    /// A member's client id: `SHARD.CONN`, `NODE.SHARD.CONN` in cluster
+    /// mode (as the cluster-wide presence lists it).
+    fn client_id(&self, m: &Member) -> String {
+        match &self.node.bus {
+            Some(bus) => wire::member_field(&bus.node_id, m.shard, m.conn),
+            None => format!("{}.{}", m.shard, m.conn),
+        }
+    }
+
+    /// Presence of `channel` as the JSON result of `presence` (`stats`:
+    /// `presence_stats`): `{"presence":{CLIENT:{"client","user","info"?}}}`,
+    /// or counts `{"num_clients":n,"num_users":m}` for stats and for
+    /// channels with more than [`PRESENCE_LIST_MAX`] subscribers
+    /// (`"truncated":true`). Answered over every live node from the
+    /// channel's presence hash in cluster mode with the bus up, by the
+    /// channel's home shard otherwise.
     pub(crate) async fn presence_json(&self, channel: &str, stats: bool) -> Vec<u8> {
+        if let Some(p) = self.cluster_presence(channel, !stats).await {
+            let list = p.list.as_ref().map(|l| {
+                l.iter()
+                    .map(|e| (e.client.clone(), e.user.as_str(), e.info.as_deref()))
+                    .collect::<Vec<_>>()
+            });
+            return presence_answer_json(list.as_deref(), p.clients, p.users, stats);
+        }
         let answer = match self
             .ask_home(channel, HomeQuery::Presence { list: !stats })
             .await
@@ -227,33 +271,26 @@ impl Shard {
             Ok(HomeAnswer::Presence(p)) => p,
             _ => PresenceAnswer::default(),
         };
-        let Some(list) = answer.list else {
-            let too_many = if stats { "" } else { r#","truncated":true"# };
-            return format!(
-                r#"{{"num_clients":{},"num_users":{}{too_many}}}"#,
-                answer.clients, answer.users
-            )
-            .into_bytes();
-        };
-        let mut out = br#"{"presence":{"#.to_vec();
-        for (i, m) in list.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            let client = format!("{}.{}", m.shard, m.conn);
-            write_json_str(&mut out, &client);
-            out.extend_from_slice(br#":{"client":"#);
-            write_json_str(&mut out, &client);
-            out.extend_from_slice(br#","user":"#);
-            write_json_str(&mut out, &m.user);
-            if let Some(info) = &m.info {
-                out.extend_from_slice(br#","info":"#);
-                out.extend_from_slice(info.as_bytes());
-            }
-            out.push(b'}');
-        }
-        out.extend_from_slice(b"}}");
-        out
+        let list = answer.list.as_ref().map(|l| {
+            l.iter()
+                .map(|m| (self.client_id(m), &*m.user, m.info.as_deref()))
+                .collect::<Vec<_>>()
+        });
+        presence_answer_json(list.as_deref(), answer.clients, answer.users, stats)
+    }
+
+    /// Cluster mode with the bus up: the channel's presence over every
+    /// live node; `None` otherwise or when Redis could not be read.
+    async fn cluster_presence(&self, channel: &str, list: bool) -> Option<wire::ClusterPresence> {
+        let bus = self.presence_bus(channel).filter(|b| b.is_up())?;
+        let (reply, rx) = futures_channel::oneshot::channel();
+        bus.send(BusRequest::Presence {
+            channel: channel.into(),
+            list,
+            max: PRESENCE_LIST_MAX,
+            reply,
+        });
+        rx.await.ok().flatten()
     }
 
     /// A `join` or `leave` event of `m` on `channel`, when the channel's
@@ -266,7 +303,7 @@ impl Shard {
             format!(r#"{{"jsonrpc":"2.0","method":"{kind}","params":{{"channel":"#).into_bytes();
         write_json_str(&mut json, channel);
         json.extend_from_slice(br#","client":"#);
-        write_json_str(&mut json, &format!("{}.{}", m.shard, m.conn));
+        write_json_str(&mut json, &self.client_id(m));
         json.extend_from_slice(br#","user":"#);
         write_json_str(&mut json, &m.user);
         if let Some(info) = &m.info {
@@ -274,15 +311,18 @@ impl Shard {
             json.extend_from_slice(info.as_bytes());
         }
         json.extend_from_slice(b"}}");
-        let mut frame = Vec::with_capacity(json.len() + 4);
-        crate::protocol::codec::write_frame(
-            &mut frame,
-            crate::protocol::codec::OpCode::Text,
-            &json,
-        );
+        let frame = event_frame(&json);
+        if let Some(bus) = self.node.bus.as_ref().filter(|b| b.is_up()) {
+            // Subscribers on the other nodes get it through the channel's
+            // bus subscription.
+            bus.send(BusRequest::Event {
+                channel: channel.into(),
+                json: bytes::Bytes::from(json),
+            });
+        }
         Some(Gather::Event {
             channel: channel.into(),
-            frame: bytes::Bytes::from(frame),
+            frame,
             except: (m.shard, m.conn),
         })
     }
@@ -403,7 +443,48 @@ impl Shard {
     }
 }
 
+use crate::cluster::{wire, BusRequest};
 use crate::pubsub::channel_table::ConnKey;
 use crate::pubsub::home_shard::{Member, PresenceAnswer};
 use crate::pubsub::ops::Outcome;
 use crate::pubsub::publication::write_json_str;
+
+/// The JSON of a presence answer: the list (client id, user, info) when
+/// there is one, else the counts (`"truncated":true` unless `stats`).
+fn presence_answer_json(
+    list: Option<&[(String, &str, Option<&str>)]>,
+    clients: usize,
+    users: usize,
+    stats: bool,
+) -> Vec<u8> {
+    let Some(list) = list else {
+        let too_many = if stats { "" } else { r#","truncated":true"# };
+        return format!(r#"{{"num_clients":{clients},"num_users":{users}{too_many}}}"#)
+            .into_bytes();
+    };
+    let mut out = br#"{"presence":{"#.to_vec();
+    for (i, (client, user, info)) in list.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_json_str(&mut out, client);
+        out.extend_from_slice(br#":{"client":"#);
+        write_json_str(&mut out, client);
+        out.extend_from_slice(br#","user":"#);
+        write_json_str(&mut out, user);
+        if let Some(info) = info {
+            out.extend_from_slice(br#","info":"#);
+            out.extend_from_slice(info.as_bytes());
+        }
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"}}");
+    out
+}
+
+/// A `join`/`leave` event's WebSocket text frame.
+pub(crate) fn event_frame(json: &[u8]) -> bytes::Bytes {
+    let mut frame = Vec::with_capacity(json.len() + 4);
+    crate::protocol::codec::write_frame(&mut frame, crate::protocol::codec::OpCode::Text, json);
+    bytes::Bytes::from(frame)
+}
