@@ -208,20 +208,9 @@ impl Shard {
     ) -> Result<SubscribeInfo, ShardGone> {
         let home = self.node.home_of(channel);
         let member = self.member_of(conn, channel);
-        if let Some(bus) = &self.node.bus {
+        if let (Some(bus), true) = (&self.node.bus, home == self.id) {
             let (tx, rx) = oneshot::channel();
-            if home == self.id {
-                self.home_subscribe_cluster(bus, channel.into(), self.id, cref, since, member, tx);
-            } else {
-                self.node.mailboxes[home].push(ShardMsg::Subscribe {
-                    channel: channel.into(),
-                    from: self.id,
-                    conn: cref,
-                    since,
-                    member: member.map(Box::new),
-                    reply: tx,
-                });
-            }
+            self.home_subscribe_cluster(bus, channel.into(), self.id, cref, since, member, tx);
             return rx.await.map_err(|_| ShardGone);
         }
         if home == self.id {
