@@ -61,6 +61,13 @@ impl Shard {
     pub fn send_reply(&self, conn: &Rc<Conn>, hold: u64, frame: Option<Bytes>) {
         let Some(frame) = frame else {
             conn.fill_hold(hold, None);
+            // Frames queued behind the hold (a publication that arrived
+            // while the call ran, the caller's own echo among them) were
+            // skipped by a flush that met the hold first: they are writable
+            // only now.
+            if conn.has_writable() {
+                self.mark_dirty(conn);
+            }
             return;
         };
         let cfg = &self.node.config.limits;
@@ -252,5 +259,51 @@ async fn wait_writable(shard: Rc<Shard>, conn: Rc<Conn>) {
     conn.write_blocked.set(false);
     if conn.has_writable() {
         shard.mark_dirty(&conn);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::config::Config;
+    use std::io::Read;
+
+    /// A publication queued behind an unanswered call's hold, a flush
+    /// meanwhile (it stops at the hold), then the call ends with no reply:
+    /// the publication still goes out. (It stayed queued until the next
+    /// write to that connection: a ws4redis `echo` lost under load.)
+    #[test]
+    fn frames_behind_a_reply_less_hold_are_flushed() {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let mut peer = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            let (s, _) = l.accept().unwrap();
+            s.set_nonblocking(true).unwrap();
+            let stream = monoio::net::TcpStream::from_std(s).unwrap();
+            let shard = Shard::new(0, Node::new(Config::default(), 1), "epoll");
+            let (conn, _) = shard.add_conn(|key| Conn::new(key, stream, 0, 1, Instant::now()));
+            let hold = conn.push_hold();
+            assert!(shard.offer(&conn, &Bytes::from_static(b"echo"), Instant::now()));
+            // The flusher's turn: nothing is writable ahead of the hold.
+            conn.dirty.set(false);
+            shard.flush_conn(&conn);
+            assert!(!conn.has_writable(), "the hold is first");
+            shard.send_reply(&conn, hold, None);
+            assert!(
+                conn.dirty.get(),
+                "the frame behind the hold waits for no flush"
+            );
+            conn.dirty.set(false);
+            shard.flush_conn(&conn);
+            let mut got = [0u8; 4];
+            peer.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+            peer.read_exact(&mut got).unwrap();
+            assert_eq!(&got, b"echo");
+        });
     }
 }
