@@ -469,7 +469,12 @@ fn rocketws_ws_conn_and_ms_conn_flags() {
             .stderr(Stdio::null())
             .spawn()
             .expect("start ringcast");
-        let mut server = Server { child, ws, backend };
+        let mut server = Server {
+            child,
+            ws,
+            backend,
+            log: None,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut ready = false;
         while Instant::now() < deadline {

@@ -63,6 +63,10 @@ pub struct Server {
     pub child: Child,
     pub ws: SocketAddr,
     pub backend: SocketAddr,
+    /// The file the engine's stderr (its log) goes to, if any: a pipe
+    /// nobody reads would stop a server that logs more than it holds.
+    /// Printed when the test fails, removed on drop.
+    pub log: Option<std::path::PathBuf>,
 }
 
 pub fn free_port() -> u16 {
@@ -120,15 +124,26 @@ impl Server {
                     c
                 }
             };
+            let log = std::env::temp_dir().join(format!(
+                "ringcast-test-{}-{}.log",
+                std::process::id(),
+                ws.port()
+            ));
+            let log_file = std::fs::File::create(&log).expect("create the server's log file");
             cmd.args(&args)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(Stdio::piped());
+                .stderr(Stdio::from(log_file));
             for (k, v) in env {
                 cmd.env(k, v);
             }
             let child = cmd.spawn().expect("start ringcast");
-            let mut server = Server { child, ws, backend };
+            let mut server = Server {
+                child,
+                ws,
+                backend,
+                log: Some(log),
+            };
             if server.wait_ready() {
                 return server;
             }
@@ -227,7 +242,7 @@ impl Server {
             .collect()
     }
 
-    /// Server stderr so far (after the process ended).
+    /// Waits up to `timeout` for the server to exit; its status.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
@@ -244,6 +259,22 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let Some(log) = self.log.take() else {
+            return;
+        };
+        if std::thread::panicking() {
+            // The test failed: what the engine said is part of the report.
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(60)..];
+            eprintln!(
+                "--- ringcast on {} logged (last {} lines) ---\n{}\n---",
+                self.ws,
+                tail.len(),
+                tail.join("\n")
+            );
+        }
+        let _ = std::fs::remove_file(&log);
     }
 }
 
