@@ -335,10 +335,13 @@ async fn session(
         cfg.exchange,
         cfg.binding_key
     );
-    while let Some(delivery) = consumer.next().await {
-        let delivery = match delivery {
-            Ok(d) => d,
-            Err(e) => return lost("consumer", e),
+    let status = conn.status();
+    loop {
+        let delivery = match until_lost(status, consumer.next()).await {
+            Ok(Some(Ok(d))) => d,
+            Ok(Some(Err(e))) => return lost("consumer", e),
+            Ok(None) => return End::Lost("the consumer ended (connection closed)".into()),
+            Err(gone) => return gone,
         };
         let event = match parse_body(&delivery.data, &cfg.channel) {
             Ok(ev) => ev,
@@ -357,8 +360,10 @@ async fn session(
                     requeue: false,
                     multiple: false,
                 };
-                if let Err(e) = delivery.acker.nack(nack).await {
-                    return lost("basic.nack", e);
+                match until_lost(status, delivery.acker.nack(nack)).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return lost("basic.nack", e),
+                    Err(gone) => return gone,
                 }
                 continue;
             }
@@ -378,11 +383,40 @@ async fn session(
             }
             state.messages.fetch_add(1, Ordering::Relaxed);
         }
-        if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
-            return lost("basic.ack", e);
+        match until_lost(status, delivery.acker.ack(BasicAckOptions::default())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return lost("basic.ack", e),
+            Err(gone) => return gone,
         }
     }
-    End::Lost("the consumer ended (connection closed)".into())
+}
+
+/// How often a wait on the broker checks that the connection is still up.
+const LIVENESS_CHECK: Duration = Duration::from_millis(250);
+
+/// Waits for `step` (the next delivery, an ack), or ends the session when
+/// the connection is no longer up. lapin marks the connection failed when
+/// its socket is reset, but an acknowledgement queued in that moment can
+/// wait forever, and the session with it: seen under load, a source that
+/// never reconnected after the broker restarted. Giving up on an ack is
+/// safe: the delivery comes back redelivered and [`Seen`] recognises it.
+async fn until_lost<T>(
+    status: &lapin::ConnectionStatus,
+    step: impl std::future::Future<Output = T>,
+) -> Result<T, End> {
+    let watch = async {
+        loop {
+            tokio::time::sleep(LIVENESS_CHECK).await;
+            if !status.connected() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        biased;
+        out = step => Ok(out),
+        () = watch => Err(End::Lost("the connection is down".into())),
+    }
 }
 
 /// Publishes at the channel's home shard and waits until it accepted.
