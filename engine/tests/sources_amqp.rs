@@ -305,6 +305,20 @@ fn long_poll(at: SocketAddr, path: &str) -> Response {
     read_http_response(&mut BufReader::new(s))
 }
 
+/// The metrics once counter `name` reads `want` (or after 5 s): the
+/// source counts a publication after its home shard accepted it, which
+/// can be after a client already received it.
+fn metrics_when(server: &Server, name: &str, want: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = metrics(server);
+        if counter(&m, name) == want || Instant::now() > deadline {
+            return m;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn counter(metrics: &str, name: &str) -> u64 {
     metrics
         .lines()
@@ -382,7 +396,11 @@ fn dmoj_and_lqdoj_poster_bodies_reach_every_client_with_the_posters_ids() {
     let v: Value = serde_json::from_str(&text(&mut rx)).unwrap();
     assert_eq!(v["message"], "old clock");
     assert_eq!(v["id"], json!(lqdoj + 1));
-    let m = metrics(&n.server);
+    let m = metrics_when(
+        &n.server,
+        "ringcast_source_messages_total{source=\"amqp\"}",
+        4,
+    );
     assert_eq!(counter(&m, "ringcast_amqp_ids_replaced_total"), 1, "{m}");
     assert_eq!(
         counter(&m, "ringcast_source_messages_total{source=\"amqp\"}"),
@@ -483,7 +501,11 @@ fn bad_bodies_are_rejected_counted_dead_lettered_and_disturb_no_one() {
         assert_eq!(recv(&mut other)["params"]["data"], "after");
         assert_eq!(rpc(&mut other, 9, "ping", json!({}))["id"], 9);
 
-        let m = metrics(&n.server);
+        let m = metrics_when(
+            &n.server,
+            "ringcast_source_messages_total{source=\"amqp\"}",
+            2,
+        );
         assert_eq!(
             counter(&m, "ringcast_amqp_rejected_total"),
             bad.len() as u64,
