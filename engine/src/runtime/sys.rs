@@ -3,7 +3,9 @@
 //! The data path talks to sockets directly in two places: a non-blocking
 //! `recv` into the shard's shared scratch buffer (so an idle connection owns
 //! no read buffer) and a non-blocking `send` of a connection's queued frames
-//! (one frame from its shared buffer, or several joined into one buffer).
+//! (one frame from its shared buffer, or several joined into one buffer);
+//! with the io_uring driver, the flusher's sends of one loop turn go to
+//! the kernel together through a [`SendRing`].
 //! Listeners are plain `socket2` sockets with `SO_REUSEPORT`.
 
 use std::io;
@@ -71,6 +73,96 @@ pub fn send_nonblocking(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
         Err(io::Error::last_os_error())
     } else {
         Ok(n as usize)
+    }
+}
+
+/// Many non-blocking sends in one kernel entry: a small io_uring of the
+/// shard's own, used by the io_uring driver's flusher. Each send is queued
+/// as a `SEND` entry with `MSG_DONTWAIT` (so the kernel completes it at
+/// once, with `EAGAIN` when the socket is full, instead of waiting for
+/// room), and [`SendRing::send_all`] enters the kernel once for all of
+/// them and returns only when every one has completed.
+pub struct SendRing {
+    ring: io_uring::IoUring,
+}
+
+impl SendRing {
+    /// A ring for up to `entries` sends per call (a power of two).
+    pub fn new(entries: u32) -> io::Result<Self> {
+        Ok(SendRing {
+            ring: io_uring::IoUring::new(entries)?,
+        })
+    }
+
+    /// How many sends one [`SendRing::send_all`] takes at most.
+    pub fn capacity(&self) -> usize {
+        self.ring.params().sq_entries() as usize
+    }
+
+    /// Sends `buf[range]` on each `fd` of `sends` (at most
+    /// [`capacity`](Self::capacity) of them); `results[i]` gets what the
+    /// `i`th send did: the bytes the kernel took (possibly fewer than
+    /// offered), or its error (`WouldBlock` when the socket is full). One
+    /// `io_uring_enter` for the lot unless a signal interrupts it. Never
+    /// raises SIGPIPE.
+    pub fn send_all(
+        &mut self,
+        buf: &[u8],
+        sends: &[(RawFd, std::ops::Range<usize>)],
+        results: &mut Vec<io::Result<usize>>,
+    ) -> io::Result<()> {
+        results.clear();
+        if sends.is_empty() {
+            return Ok(());
+        }
+        if sends.len() > self.capacity() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "more sends than the ring has entries",
+            ));
+        }
+        {
+            let mut sq = self.ring.submission();
+            for (i, (fd, range)) in sends.iter().enumerate() {
+                let part = &buf[range.clone()];
+                let len = u32::try_from(part.len()).unwrap_or(u32::MAX);
+                let entry =
+                    io_uring::opcode::Send::new(io_uring::types::Fd(*fd), part.as_ptr(), len)
+                        .flags(libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+                        .build()
+                        .user_data(i as u64);
+                // SAFETY: the entry points into `buf`, which is borrowed for
+                // this whole call, and this call does not return before the
+                // kernel completed every entry it queued (the wait below):
+                // the kernel only reads the region while `buf` is alive.
+                // There is room: the ring is empty between calls and
+                // `sends` fits in it (checked above).
+                if unsafe { sq.push(&entry) }.is_err() {
+                    return Err(io::Error::other("send ring full"));
+                }
+            }
+        }
+        results.resize_with(sends.len(), || Ok(0));
+        let mut done = 0;
+        while done < sends.len() {
+            match self.ring.submit_and_wait(sends.len() - done) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+                Err(e) => return Err(e),
+            }
+            for cqe in self.ring.completion() {
+                let Some(slot) = results.get_mut(cqe.user_data() as usize) else {
+                    continue;
+                };
+                *slot = match cqe.result() {
+                    r if r >= 0 => Ok(r as usize),
+                    r => Err(io::Error::from_raw_os_error(-r)),
+                };
+                done += 1;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -251,6 +343,62 @@ mod tests {
         drop(client);
         std::thread::sleep(std::time::Duration::from_millis(20));
         assert_eq!(recv_nonblocking(server.as_raw_fd(), &mut buf).unwrap(), 0);
+    }
+
+    /// Three sockets in one kernel entry; one whose peer stopped reading
+    /// reports `WouldBlock` (the call does not wait for room) and the
+    /// others are unaffected.
+    #[test]
+    fn a_send_ring_sends_to_many_sockets_at_once() {
+        let listener = reuseport_listener("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        listener.set_nonblocking(false).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut pairs = Vec::new();
+        for _ in 0..3 {
+            let client = std::net::TcpStream::connect(addr).unwrap();
+            let (server, _) = listener.accept().unwrap();
+            pairs.push((client, server));
+        }
+        // Fill the third socket: its peer never reads.
+        let full = pairs[2].1.as_raw_fd();
+        set_send_buffer(full, 4096).unwrap();
+        let junk = vec![0u8; 1 << 16];
+        while send_nonblocking(full, &junk).is_ok() {}
+
+        let mut ring = SendRing::new(8).unwrap();
+        assert_eq!(ring.capacity(), 8);
+        let buf = b"helloworld!";
+        let sends = [
+            (pairs[0].1.as_raw_fd(), 0..5),
+            (pairs[1].1.as_raw_fd(), 5..11),
+            (full, 0..5),
+        ];
+        let mut results = Vec::new();
+        ring.send_all(buf, &sends, &mut results).unwrap();
+        assert_eq!(results[0].as_ref().unwrap(), &5);
+        assert_eq!(results[1].as_ref().unwrap(), &6);
+        let e = results[2].as_ref().unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        let mut got = [0u8; 5];
+        pairs[0].0.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"hello");
+        let mut got = [0u8; 6];
+        pairs[1].0.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"world!");
+
+        // Reused: a closed peer is an error of its own.
+        let (client, server) = pairs.remove(0);
+        drop(client);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let gone = server.as_raw_fd();
+        let mut failed = false;
+        for _ in 0..3 {
+            ring.send_all(buf, &[(gone, 0..11)], &mut results).unwrap();
+            failed |= results[0].is_err();
+        }
+        assert!(failed, "a send to a reset peer fails");
+        let too_many: Vec<_> = (0..9).map(|_| (gone, 0..1)).collect();
+        assert!(ring.send_all(buf, &too_many, &mut results).is_err());
     }
 
     #[test]

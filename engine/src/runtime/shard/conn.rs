@@ -220,6 +220,28 @@ impl Outbound {
         }
     }
 
+    /// Appends to `arena` what one send would write now: the writable
+    /// frames from the head, at most `max` bytes. Returns how many bytes
+    /// it appended (0 when nothing is writable, or the head frame's rest
+    /// alone is over `max`). Nothing counts as written until
+    /// [`advance`](Self::advance).
+    fn gather_into(&self, arena: &mut Vec<u8>, max: usize) -> usize {
+        let start = arena.len();
+        for (i, item) in self.items.iter().enumerate() {
+            let OutItem::Frame(f) = item else { break };
+            let part = if i == 0 {
+                &f[self.head_written..]
+            } else {
+                &f[..]
+            };
+            if arena.len() - start + part.len() > max {
+                break;
+            }
+            arena.extend_from_slice(part);
+        }
+        arena.len() - start
+    }
+
     fn advance(&mut self, mut n: usize) {
         self.queued -= n;
         while n > 0 {
@@ -598,6 +620,21 @@ impl Conn {
         self.out.borrow().has_writable()
     }
 
+    /// Copies what one send would write now, up to `max` bytes, to the end
+    /// of `arena` (see [`Outbound::gather_into`]); a socket-less
+    /// connection has nothing to send (0).
+    pub(crate) fn gather_into(&self, arena: &mut Vec<u8>, max: usize) -> usize {
+        match self.socket() {
+            Some(_) => self.out.borrow().gather_into(arena, max),
+            None => 0,
+        }
+    }
+
+    /// The kernel took `n` bytes of what [`Conn::gather_into`] gathered.
+    pub(crate) fn sent(&self, n: usize) {
+        self.out.borrow_mut().advance(n);
+    }
+
     /// Frames queued and not completely written.
     pub fn unsent_frames(&self) -> usize {
         self.out.borrow().frames()
@@ -655,6 +692,34 @@ mod tests {
         o.push(Bytes::from_static(b"x"));
         o.fill_hold(h, None);
         assert!(o.has_writable());
+    }
+
+    #[test]
+    fn a_gathered_send_takes_frames_up_to_a_hold_and_the_limit() {
+        let mut o = Outbound::default();
+        o.push(Bytes::from_static(b"hello"));
+        o.push(Bytes::from_static(b"world"));
+        o.advance(2);
+        let mut arena = b"other connection's|".to_vec();
+        // From inside the head frame, whole frames after it, up to `max`.
+        assert_eq!(o.gather_into(&mut arena, 8), 8);
+        assert_eq!(&arena[19..], b"lloworld");
+        let mut arena = Vec::new();
+        assert_eq!(o.gather_into(&mut arena, 7), 3, "only what fits whole");
+        assert_eq!(o.gather_into(&mut arena, 2), 0, "the head alone is over");
+        // Gathering writes nothing: the kernel's count does.
+        assert_eq!(o.queued, 8);
+        o.advance(5);
+        assert_eq!((o.items.len(), o.head_written, o.queued), (1, 2, 3));
+        // Nothing behind a hold goes.
+        let h = o.push_hold();
+        o.push(Bytes::from_static(b"later"));
+        let mut arena = Vec::new();
+        assert_eq!(o.gather_into(&mut arena, 64), 3);
+        o.advance(3);
+        assert_eq!(o.gather_into(&mut arena, 64), 0);
+        o.fill_hold(h, None);
+        assert_eq!(o.gather_into(&mut arena, 64), 5);
     }
 
     #[test]

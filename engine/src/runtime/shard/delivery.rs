@@ -4,6 +4,7 @@
 //! loop turn.
 
 use std::net::Shutdown;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -18,6 +19,44 @@ use crate::protocol::websocket::close_frame;
 use crate::pubsub::channel_table::ConnKey;
 use crate::pubsub::publication::Publication;
 use crate::runtime::sys;
+
+/// Sends per kernel entry of the io_uring driver's flusher.
+const SEND_RING: u32 = 256;
+
+/// The flusher sends what it gathered once this many bytes are waiting,
+/// even if the ring has room: the arena stays small.
+const ARENA_SOFT_MAX: usize = 256 * 1024;
+
+/// The io_uring driver's flusher state: the ring and the buffers one
+/// batch of sends uses, kept from turn to turn (no allocation per flush).
+pub(crate) struct SendBatch {
+    ring: sys::SendRing,
+    /// The gathered bytes of every connection in the batch.
+    arena: Vec<u8>,
+    conns: Vec<Rc<Conn>>,
+    sends: Vec<(std::os::fd::RawFd, std::ops::Range<usize>)>,
+    results: Vec<std::io::Result<usize>>,
+}
+
+impl SendBatch {
+    /// `None` when the kernel refuses another ring: the flusher then sends
+    /// with one syscall per connection.
+    pub(crate) fn new() -> Option<Self> {
+        match sys::SendRing::new(SEND_RING) {
+            Ok(ring) => Some(SendBatch {
+                ring,
+                arena: Vec::new(),
+                conns: Vec::new(),
+                sends: Vec::new(),
+                results: Vec::new(),
+            }),
+            Err(e) => {
+                tracing::warn!("no send ring ({e}): one send syscall per connection");
+                None
+            }
+        }
+    }
+}
 
 impl Shard {
     pub(super) fn offer(&self, conn: &Rc<Conn>, frame: &Bytes, now: Instant) -> bool {
@@ -196,15 +235,103 @@ impl Shard {
             self.flush_signal.wait().await;
             let mut batch = std::mem::take(&mut *self.spare_dirty.borrow_mut());
             std::mem::swap(&mut batch, &mut *self.dirty.borrow_mut());
-            for key in batch.drain(..) {
-                let conn = self.conns.borrow().get(key).cloned();
-                if let Some(conn) = conn {
-                    conn.dirty.set(false);
-                    self.flush_conn(&conn);
+            match &self.send_batch {
+                Some(sb) => self.flush_batched(&mut sb.borrow_mut(), &mut batch),
+                None => {
+                    for key in batch.drain(..) {
+                        let conn = self.conns.borrow().get(key).cloned();
+                        if let Some(conn) = conn {
+                            conn.dirty.set(false);
+                            self.flush_conn(&conn);
+                        }
+                    }
                 }
             }
             *self.spare_dirty.borrow_mut() = batch;
         }
+    }
+
+    /// The io_uring driver's flush of the dirty connections: each one's
+    /// writable frames (up to [`GATHER_MAX`](conn::GATHER_MAX) bytes) are
+    /// copied into one arena and sent with one kernel entry per
+    /// [`SEND_RING`] connections. A connection whose head frame alone is
+    /// larger, or that has no socket, is flushed on its own as before.
+    fn flush_batched(self: &Rc<Self>, sb: &mut SendBatch, keys: &mut Vec<ConnKey>) {
+        for key in keys.drain(..) {
+            let Some(conn) = self.conns.borrow().get(key).cloned() else {
+                continue;
+            };
+            conn.dirty.set(false);
+            if conn.write_blocked.get() {
+                continue;
+            }
+            let start = sb.arena.len();
+            let n = conn.gather_into(&mut sb.arena, conn::GATHER_MAX);
+            if n == 0 {
+                // Nothing to send, a frame too large to copy, or no socket.
+                self.flush_conn(&conn);
+                continue;
+            }
+            if let Some(s) = conn.socket() {
+                sb.sends.push((s.as_raw_fd(), start..start + n));
+                sb.conns.push(conn);
+            }
+            if sb.sends.len() == sb.ring.capacity() || sb.arena.len() >= ARENA_SOFT_MAX {
+                self.send_gathered(sb);
+            }
+        }
+        self.send_gathered(sb);
+    }
+
+    /// Sends what [`flush_batched`](Self::flush_batched) gathered, then
+    /// settles each connection as [`flush_conn`](Self::flush_conn) does.
+    fn send_gathered(self: &Rc<Self>, sb: &mut SendBatch) {
+        if sb.sends.is_empty() {
+            return;
+        }
+        let SendBatch {
+            ring,
+            arena,
+            conns,
+            sends,
+            results,
+        } = sb;
+        let budget = self.node.config.limits.max_outbound_bytes;
+        if ring.send_all(arena, sends, results).is_err() {
+            // The ring itself failed (not a socket): each on its own.
+            results.clear();
+        }
+        for (i, conn) in conns.drain(..).enumerate() {
+            let offered = sends[i].1.len();
+            match results.get(i) {
+                Some(Ok(n)) => {
+                    ShardMetrics::add(&self.metrics.bytes_out, *n as u64);
+                    conn.sent(*n);
+                    conn.release_reader(budget);
+                    if *n < offered {
+                        conn.write_blocked.set(true);
+                        monoio::spawn(wait_writable(self.clone(), conn));
+                    } else if conn.has_writable() {
+                        // More than one send's worth was queued.
+                        self.flush_conn(&conn);
+                    }
+                }
+                Some(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    conn.release_reader(budget);
+                    conn.write_blocked.set(true);
+                    monoio::spawn(wait_writable(self.clone(), conn));
+                }
+                Some(Err(e)) if e.kind() != std::io::ErrorKind::Interrupted => {
+                    // The peer is gone: stop the reader, which cleans up.
+                    conn.mark_closing(Instant::now());
+                    conn.wake_reader();
+                }
+                _ => self.flush_conn(&conn),
+            }
+        }
+        arena.clear();
+        sends.clear();
+        results.clear();
     }
 
     /// Writes what `conn`'s socket takes now, through the shard's gather

@@ -91,6 +91,9 @@ pub struct Shard {
     pub(super) pending_auth: RefCell<Vec<(Rc<Conn>, std::time::Instant)>>,
     /// Cluster mode: subscribers of home channels waiting for the bus.
     pub(super) parked: RefCell<cluster::Parked>,
+    /// The io_uring driver's flusher: a loop turn's sends in one kernel
+    /// entry (`None` on epoll, or if the kernel refused the ring).
+    pub(super) send_batch: Option<RefCell<delivery::SendBatch>>,
 }
 
 impl Shard {
@@ -130,6 +133,10 @@ impl Shard {
             users: RefCell::default(),
             pending_auth: RefCell::default(),
             parked: RefCell::default(),
+            send_batch: (driver == "io_uring")
+                .then(delivery::SendBatch::new)
+                .flatten()
+                .map(RefCell::new),
             node,
         })
     }
