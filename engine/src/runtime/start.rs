@@ -401,16 +401,26 @@ async fn accept_loop(shard: Rc<Shard>, listener: monoio::net::TcpListener, port:
                     match shard.node.open_ws_socket() {
                         Some(counted) => {
                             let shard = shard.clone();
-                            monoio::spawn(async move {
-                                match port {
-                                    Port::Fixed(p) => {
-                                        ws_session::serve_as(shard, stream, Some(p)).await
-                                    }
-                                    Port::LongPoll => long_poll::serve(shard, stream).await,
-                                    _ => ws_session::serve(shard, stream).await,
+                            // Each session's future is built before its task:
+                            // the task holds it and the count, not the
+                            // stream a second time.
+                            match port {
+                                Port::LongPoll => monoio::spawn(async move {
+                                    long_poll::serve(shard, stream).await;
+                                    drop(counted);
+                                }),
+                                _ => {
+                                    let fixed = match port {
+                                        Port::Fixed(p) => Some(p),
+                                        _ => None,
+                                    };
+                                    let session = ws_session::serve_as(shard, stream, fixed);
+                                    monoio::spawn(async move {
+                                        session.await;
+                                        drop(counted);
+                                    })
                                 }
-                                drop(counted);
-                            });
+                            };
                         }
                         None => {
                             ShardMetrics::inc(&shard.metrics.connections_refused);
