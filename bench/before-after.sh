@@ -10,11 +10,13 @@
 #                  (cd /tmp/before && cargo build --release -p ringcast)
 #   AFTER_BINARY   default target/release/ringcast (built first)
 #
-# Each round runs, for before then after: 10,000 subscribers x 50
+# Each round runs, for before then after and for each driver of DRIVERS
+# ("uring"; e.g. DRIVERS="uring epoll"): 10,000 idle connections held 5 s
+# (the server's RSS per connection), 10,000 subscribers x 50
 # publications/s for 10 s, then saturation (10,000 subscribers, 256
-# publications in flight) for 10 s; io_uring, one shard pinned to
-# SERVER_CPU (0), the load generator on LOADGEN_CPU (1). Only processes this
-# script starts are stopped.
+# publications in flight) for 10 s; one shard pinned to SERVER_CPU (0), the
+# load generator on LOADGEN_CPU (1). Only processes this script starts are
+# stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,8 +40,11 @@ source bench/lib.sh
 for round in $(seq "$ROUNDS"); do
   for which in before after; do
     RINGCAST="$BEFORE"; [ "$which" = after ] && RINGCAST="$AFTER"
-    echo "## round $round, $which ($RINGCAST)"
-    start --driver uring; loadgen fanout -a 10000 --rate 50 -d 10; stop
-    start --driver uring; loadgen saturate -a 10000 -d 10; stop
+    for driver in ${DRIVERS:-uring}; do
+      echo "## round $round, $which ($RINGCAST), $driver"
+      start --driver "$driver"; loadgen idle -a 10000 -d 5; stop
+      start --driver "$driver"; loadgen fanout -a 10000 --rate 50 -d 10; stop
+      start --driver "$driver"; loadgen saturate -a 10000 -d 10; stop
+    done
   done
 done
