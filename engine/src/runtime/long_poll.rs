@@ -27,7 +27,7 @@ use crate::protocol::adapter::{by_name, Protocol, ProtocolId};
 use crate::protocol::dmoj::{self, DmojPoll, Poll, PollRequest};
 use crate::pubsub::ops::{Op, OpError, Outcome};
 use crate::runtime::io::write_all;
-use crate::runtime::shard::{Conn, Shard};
+use crate::runtime::shard::{Conn, Shard, WsSocket};
 use crate::runtime::sys;
 
 /// DMOJ's long-poll path on its own listener.
@@ -36,16 +36,23 @@ const LISTENER_PREFIX: &str = "/channels/";
 /// Serves one connection accepted on the long-poll listener. A plain
 /// function around [`run`], so that the stream is not kept twice in the
 /// task (an async function keeps its arguments for as long as it runs).
-pub fn serve(shard: Rc<Shard>, stream: TcpStream) -> impl std::future::Future<Output = ()> {
+/// `counted`: the descriptor's place in the node's count, given back when
+/// the task ends. Spawn the returned future as it is (an `async` block
+/// around it would hold it twice).
+pub fn serve(
+    shard: Rc<Shard>,
+    stream: TcpStream,
+    counted: WsSocket,
+) -> impl std::future::Future<Output = ()> {
     shard.session_started();
-    run(shard, stream, Vec::new(), LISTENER_PREFIX, true)
+    run(shard, stream, Vec::new(), LISTENER_PREFIX, Some(counted))
 }
 
 /// Serves a connection of the public port whose first request (`buf`, read
 /// so far) is a long-poll.
 pub(crate) async fn serve_request(shard: &Rc<Shard>, stream: TcpStream, buf: Vec<u8>) {
     let prefix = shard.config().protocols.dmoj.poll_path.clone();
-    run(shard.clone(), stream, buf, &prefix, false).await;
+    run(shard.clone(), stream, buf, &prefix, None).await;
 }
 
 /// Ends a session's count when its task ends, however it ends.
@@ -58,15 +65,16 @@ impl Drop for SessionEnd<'_> {
 }
 
 /// Serves requests on `stream` until it closes; `counted`: this task owns
-/// a session count ([`Shard::session_started`]) to give back.
+/// a session count ([`Shard::session_started`]) and the descriptor's
+/// place in the node's count, both given back when it ends.
 async fn run(
     shard: Rc<Shard>,
     mut stream: TcpStream,
     mut buf: Vec<u8>,
     prefix: &str,
-    counted: bool,
+    counted: Option<WsSocket>,
 ) {
-    let _end = counted.then(|| SessionEnd(&shard));
+    let _end = counted.map(|c| (SessionEnd(&shard), c));
     let shard = &shard;
     let _ = stream.set_nodelay(true);
     let timeout = Duration::from_secs(shard.config().protocols.dmoj.long_poll_timeout);
@@ -287,8 +295,8 @@ mod tests {
     }
 
     /// A parked request's state is its task's (no box beside it), and that
-    /// task stays small: 552 B when this bound was set, beside an idle
-    /// WebSocket session's 496 B (it was no larger than the WebSocket
+    /// task stays small: 560 B when this bound was set, beside an idle
+    /// WebSocket session's 512 B (it was no larger than the WebSocket
     /// session's 896 B until those lost the stream they kept twice and
     /// their handshake's state; a parked request still keeps the slot of
     /// the stream it hands to its connection while parked).
@@ -303,10 +311,12 @@ mod tests {
             let mut buf = Vec::new();
             let (conn, _) = shard.add_conn(|key| Conn::new(key, socket(), 0, 1, Instant::now()));
             let wait_size = std::mem::size_of_val(&wait(&shard, &conn, &mut buf));
-            let poll = std::mem::size_of_val(&serve(shard.clone(), socket()));
+            let counted = shard.node.open_ws_socket().expect("a descriptor place");
+            let poll = std::mem::size_of_val(&serve(shard.clone(), socket(), counted));
             let ws = std::mem::size_of_val(&crate::runtime::shard::ws_session::serve_as(
                 shard.clone(),
                 socket(),
+                None,
                 None,
             ));
             eprintln!(

@@ -401,24 +401,23 @@ async fn accept_loop(shard: Rc<Shard>, listener: monoio::net::TcpListener, port:
                     match shard.node.open_ws_socket() {
                         Some(counted) => {
                             let shard = shard.clone();
-                            // Each session's future is built before its task:
-                            // the task holds it and the count, not the
-                            // stream a second time.
+                            // The session's future is the task: it owns the
+                            // count, and holds the stream only until upgraded.
                             match port {
-                                Port::LongPoll => monoio::spawn(async move {
-                                    long_poll::serve(shard, stream).await;
-                                    drop(counted);
-                                }),
+                                Port::LongPoll => {
+                                    monoio::spawn(long_poll::serve(shard, stream, counted))
+                                }
                                 _ => {
                                     let fixed = match port {
                                         Port::Fixed(p) => Some(p),
                                         _ => None,
                                     };
-                                    let session = ws_session::serve_as(shard, stream, fixed);
-                                    monoio::spawn(async move {
-                                        session.await;
-                                        drop(counted);
-                                    })
+                                    monoio::spawn(ws_session::serve_as(
+                                        shard,
+                                        stream,
+                                        fixed,
+                                        Some(counted),
+                                    ))
                                 }
                             };
                         }
