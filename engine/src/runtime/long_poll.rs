@@ -286,12 +286,9 @@ mod tests {
     use crate::runtime::shard::Node;
 
     fn socket() -> TcpStream {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let (s, _) = l.accept().unwrap();
-        s.set_nonblocking(true).unwrap();
-        std::mem::forget(c);
-        TcpStream::from_std(s).unwrap()
+        let (peer, stream) = crate::runtime::shard::loopback_pair();
+        std::mem::forget(peer);
+        stream
     }
 
     /// A parked request's state is its task's (no box beside it), and that

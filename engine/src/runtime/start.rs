@@ -403,23 +403,16 @@ async fn accept_loop(shard: Rc<Shard>, listener: monoio::net::TcpListener, port:
                             let shard = shard.clone();
                             // The session's future is the task: it owns the
                             // count, and holds the stream only until upgraded.
-                            match port {
-                                Port::LongPoll => {
-                                    monoio::spawn(long_poll::serve(shard, stream, counted))
-                                }
-                                _ => {
-                                    let fixed = match port {
-                                        Port::Fixed(p) => Some(p),
-                                        _ => None,
-                                    };
-                                    monoio::spawn(ws_session::serve_as(
-                                        shard,
-                                        stream,
-                                        fixed,
-                                        Some(counted),
-                                    ))
-                                }
+                            let fixed = match port {
+                                Port::Fixed(p) => Some(p),
+                                _ => None,
                             };
+                            if let Port::LongPoll = port {
+                                monoio::spawn(long_poll::serve(shard, stream, counted));
+                            } else {
+                                let counted = Some(counted);
+                                monoio::spawn(ws_session::serve_as(shard, stream, fixed, counted));
+                            }
                         }
                         None => {
                             ShardMetrics::inc(&shard.metrics.connections_refused);

@@ -194,15 +194,9 @@ impl Outbound {
             let out: &[u8] = if alone {
                 head
             } else {
+                // The head is under GATHER_MAX here, so it goes first.
                 gather.clear();
-                for (i, item) in self.items.iter().enumerate() {
-                    let OutItem::Frame(f) = item else { break };
-                    let part = if i == 0 { head } else { &f[..] };
-                    if i > 0 && gather.len() + part.len() > GATHER_MAX {
-                        break;
-                    }
-                    gather.extend_from_slice(part);
-                }
+                self.gather_into(gather, GATHER_MAX);
                 gather
             };
             let offered = out.len();
@@ -621,13 +615,9 @@ impl Conn {
     }
 
     /// Copies what one send would write now, up to `max` bytes, to the end
-    /// of `arena` (see [`Outbound::gather_into`]); a socket-less
-    /// connection has nothing to send (0).
+    /// of `arena` (see [`Outbound::gather_into`]).
     pub(crate) fn gather_into(&self, arena: &mut Vec<u8>, max: usize) -> usize {
-        match self.socket() {
-            Some(_) => self.out.borrow().gather_into(arena, max),
-            None => 0,
-        }
+        self.out.borrow().gather_into(arena, max)
     }
 
     /// The kernel took `n` bytes of what [`Conn::gather_into`] gathered.

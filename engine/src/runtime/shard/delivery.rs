@@ -265,17 +265,20 @@ impl Shard {
             if conn.write_blocked.get() {
                 continue;
             }
+            let Some(fd) = conn.socket().map(|s| s.as_raw_fd()) else {
+                // A polling session's connection: its frames go to its queue.
+                self.flush_conn(&conn);
+                continue;
+            };
             let start = sb.arena.len();
             let n = conn.gather_into(&mut sb.arena, conn::GATHER_MAX);
             if n == 0 {
-                // Nothing to send, a frame too large to copy, or no socket.
+                // Nothing to send, or a head frame too large to copy.
                 self.flush_conn(&conn);
                 continue;
             }
-            if let Some(s) = conn.socket() {
-                sb.sends.push((s.as_raw_fd(), start..start + n));
-                sb.conns.push(conn);
-            }
+            sb.sends.push((fd, start..start + n));
+            sb.conns.push(conn);
             if sb.sends.len() == sb.ring.capacity() || sb.arena.len() >= ARENA_SOFT_MAX {
                 self.send_gathered(sb);
             }
@@ -302,31 +305,25 @@ impl Shard {
             results.clear();
         }
         for (i, conn) in conns.drain(..).enumerate() {
-            let offered = sends[i].1.len();
-            match results.get(i) {
+            // As `flush_now` reports it: (everything offered went, bytes).
+            let attempt = match results.get(i) {
                 Some(Ok(n)) => {
-                    ShardMetrics::add(&self.metrics.bytes_out, *n as u64);
                     conn.sent(*n);
-                    conn.release_reader(budget);
-                    if *n < offered {
-                        conn.write_blocked.set(true);
-                        monoio::spawn(wait_writable(self.clone(), conn));
-                    } else if conn.has_writable() {
-                        // More than one send's worth was queued.
-                        self.flush_conn(&conn);
-                    }
+                    Some((*n == sends[i].1.len(), *n))
                 }
-                Some(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    conn.release_reader(budget);
-                    conn.write_blocked.set(true);
-                    monoio::spawn(wait_writable(self.clone(), conn));
+                Some(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => Some((false, 0)),
+                Some(Err(e)) if e.kind() != std::io::ErrorKind::Interrupted => None,
+                // Interrupted, or the ring failed: on its own.
+                _ => {
+                    self.flush_conn(&conn);
+                    continue;
                 }
-                Some(Err(e)) if e.kind() != std::io::ErrorKind::Interrupted => {
-                    // The peer is gone: stop the reader, which cleans up.
-                    conn.mark_closing(Instant::now());
-                    conn.wake_reader();
-                }
-                _ => self.flush_conn(&conn),
+            };
+            conn.release_reader(budget);
+            self.settle(&conn, attempt);
+            if attempt.is_some_and(|(all, _)| all) && conn.has_writable() {
+                // More than one send's worth was queued.
+                self.flush_conn(&conn);
             }
         }
         arena.clear();
@@ -347,16 +344,23 @@ impl Shard {
         if conn.write_blocked.get() {
             return;
         }
-        match self.flush_now(conn) {
-            Ok((drained, n)) => {
+        let attempt = self.flush_now(conn).ok();
+        self.settle(conn, attempt);
+    }
+
+    /// After a write attempt (`Some((drained, bytes))`, `None`: the peer
+    /// is gone): counts what left, starts a writer task if the socket was
+    /// full, or stops the reader, which cleans up.
+    fn settle(self: &Rc<Self>, conn: &Rc<Conn>, attempt: Option<(bool, usize)>) {
+        match attempt {
+            Some((drained, n)) => {
                 ShardMetrics::add(&self.metrics.bytes_out, n as u64);
                 if !drained {
                     conn.write_blocked.set(true);
                     monoio::spawn(wait_writable(self.clone(), conn.clone()));
                 }
             }
-            Err(_) => {
-                // The peer is gone: stop the reader, which cleans up.
+            None => {
                 conn.mark_closing(Instant::now());
                 conn.wake_reader();
             }
@@ -406,11 +410,7 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let mut peer = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
-            let (s, _) = l.accept().unwrap();
-            s.set_nonblocking(true).unwrap();
-            let stream = monoio::net::TcpStream::from_std(s).unwrap();
+            let (mut peer, stream) = super::super::loopback_pair();
             let shard = Shard::new(0, Node::new(Config::default(), 1), "epoll");
             let (conn, _) = shard.add_conn(|key| Conn::new(key, stream, 0, 1, Instant::now()));
             let hold = conn.push_hold();

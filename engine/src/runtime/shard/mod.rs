@@ -145,3 +145,14 @@ impl Shard {
         &self.node.config
     }
 }
+
+/// For unit tests: a connected loopback pair, the peer's plain socket and
+/// the server side as the shard's stream (call inside a monoio runtime).
+#[cfg(test)]
+pub(crate) fn loopback_pair() -> (std::net::TcpStream, monoio::net::TcpStream) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let peer = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (s, _) = l.accept().unwrap();
+    s.set_nonblocking(true).unwrap();
+    (peer, monoio::net::TcpStream::from_std(s).unwrap())
+}

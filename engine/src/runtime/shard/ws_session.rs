@@ -409,7 +409,10 @@ pub(crate) async fn read_loop(
         // A connection with a deadline waits in a boxed future of its own,
         // so that the others' (idle) session tasks do not carry a timer.
         let wake = match protocol(conn.proto).next_deadline(state) {
-            Some(deadline) => wait_until(conn, stream, budget, deadline).await,
+            Some(deadline) => {
+                let timer = monoio::time::sleep_until(deadline.into());
+                Box::pin(wait_input(conn, stream, budget, Some(timer))).await
+            }
             None => wait_input(conn, stream, budget, None::<std::future::Pending<()>>).await,
         };
         match wake {
@@ -459,19 +462,6 @@ enum Wake {
     /// The reader should stop: the socket failed, or a server-side close
     /// woke it (see [`Conn::wake_reader`]).
     Stop,
-}
-
-/// [`wait_input`] with a timer, boxed: built outside the read loop's
-/// state machine, so that neither the timer nor the larger future take
-/// room in the session task of a connection without a deadline.
-fn wait_until<'a>(
-    conn: &'a Conn,
-    stream: &'a TcpStream,
-    budget: usize,
-    deadline: Instant,
-) -> Pin<Box<dyn Future<Output = Wake> + 'a>> {
-    let timer = monoio::time::sleep_until(deadline.into());
-    Box::pin(wait_input(conn, stream, budget, Some(timer)))
 }
 
 /// Waits until the socket has input and the connection's queue is under
@@ -777,11 +767,7 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let _c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
-            let (s, _) = l.accept().unwrap();
-            s.set_nonblocking(true).unwrap();
-            let stream = TcpStream::from_std(s).unwrap();
+            let (_peer, stream) = crate::runtime::shard::loopback_pair();
             let shard = Shard::new(0, Node::new(Config::default(), 1), "epoll");
             let fut = serve_as(shard, stream, None, None);
             let (fut_bytes, conn_bytes) =
