@@ -642,6 +642,26 @@ fn presence_covers_every_node_and_a_dead_nodes_members_expire() {
     let entries = p["presence"].as_object().unwrap();
     assert_eq!(entries.len(), 1, "{p}");
     assert!(entries.values().all(|e| e["user"] == "bob"), "{p}");
+    // A live node taken for dead (its heartbeat gone from the set, as after
+    // a stall longer than node_ttl): the third node's read deletes its
+    // member; its next heartbeat (every node_ttl / 3) writes it again.
+    let bob_node = entries.keys().next().unwrap().split('.').next().unwrap();
+    let mut swept = false;
+    for _ in 0..20 {
+        let _: () = redis::cmd("ZREM")
+            .arg("rc:nodes")
+            .arg(bob_node)
+            .query(&mut redis_conn)
+            .unwrap();
+        if stats(&cluster[2]) == json!({"num_clients": 0, "num_users": 0}) {
+            swept = true;
+            break;
+        }
+    }
+    assert!(swept, "the third node never read the second one as dead");
+    wait_until("a node taken for dead writes its members again", || {
+        stats(&cluster[2]) == json!({"num_clients": 1, "num_users": 1})
+    });
     // Redis restarted empty: the nodes write their members again, without
     // the one that left while it was down.
     redis.kill();

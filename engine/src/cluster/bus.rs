@@ -480,6 +480,11 @@ impl Bridge {
             s.load(&mut cmd).await?;
         }
         link.subscribe_broadcasts().await?;
+        // Live before its members are written: another node reading the
+        // presence hash in between would take them for a dead node's and
+        // delete them (a restarted Redis has no heartbeat of this node).
+        let node_ttl = Duration::from_secs(self.node.config.cluster.node_ttl);
+        self.heartbeat(&mut cmd, node_ttl).await?;
         self.rewrite_presence(&mut cmd).await?;
         let channels: Vec<Box<str>> = self.channels.keys().cloned().collect();
         for channel in channels {
@@ -494,8 +499,8 @@ impl Bridge {
         // Cluster mode: when to subscribe everything again after a node
         // connection closed.
         let mut resync_at: Option<tokio::time::Instant> = None;
-        let node_ttl = Duration::from_secs(self.node.config.cluster.node_ttl);
-        let mut heartbeat = tokio::time::interval(node_ttl / 3);
+        let mut heartbeat =
+            tokio::time::interval_at(tokio::time::Instant::now() + node_ttl / 3, node_ttl / 3);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let resync = async {
@@ -520,8 +525,14 @@ impl Bridge {
                 _ = heartbeat.tick() => {
                     // Not fatal: a lost connection shows on the
                     // subscription; a moving slot is written next time.
-                    if let Err(e) = self.heartbeat(&mut cmd, node_ttl).await {
-                        tracing::warn!("cluster bus: heartbeat not written: {e}");
+                    match self.heartbeat(&mut cmd, node_ttl).await {
+                        // Its heartbeat had expired (a stall longer than
+                        // the TTL): another node may have deleted its
+                        // members as a dead node's. Written again, now
+                        // that it is live.
+                        Ok(true) => self.rewrite_presence(&mut cmd).await?,
+                        Ok(false) => {}
+                        Err(e) => tracing::warn!("cluster bus: heartbeat not written: {e}"),
                     }
                 }
                 _ = resync => {
@@ -857,8 +868,9 @@ impl Bridge {
     /// Writes this node's counts (from every shard's report) as its
     /// heartbeat, live for `ttl`, and keeps the presence hashes of the
     /// channels it has members of alive for `ttl` (those of channels
-    /// whose every node died expire with them).
-    async fn heartbeat(&mut self, cmd: &mut Cmds, ttl: Duration) -> Result<(), Lost> {
+    /// whose every node died expire with them). True when this node was
+    /// not in the set of live nodes before.
+    async fn heartbeat(&mut self, cmd: &mut Cmds, ttl: Duration) -> Result<bool, Lost> {
         let mut waits = Vec::with_capacity(self.node.shards);
         for mb in &self.node.mailboxes {
             let (reply, rx) = futures_channel::oneshot::channel();
@@ -873,7 +885,7 @@ impl Bridge {
         }
         let (mut conns, mut subs, mut channels) = (0, 0, Vec::new());
         for rx in waits {
-            let Ok(r) = rx.await else { return Ok(()) };
+            let Ok(r) = rx.await else { return Ok(false) };
             conns += r.gauges.connections;
             subs += r.gauges.subscriptions;
             channels.extend(r.channels);
@@ -891,7 +903,7 @@ impl Bridge {
         let key = wire::node_key(&self.bus.node_id);
         let _: i64 = self.scripts.heartbeat.run(cmd, &[&key], &args).await?;
         let now = crate::runtime::shard::unix_ms();
-        let _: () = cmd
+        let added: u32 = cmd
             .query(
                 redis::cmd("ZADD")
                     .arg(wire::NODES_KEY)
@@ -918,7 +930,7 @@ impl Bridge {
         for r in futures_util::future::join_all(refreshes).await {
             r?;
         }
-        Ok(())
+        Ok(added > 0)
     }
 
     /// A message on the subscription.
@@ -1184,9 +1196,22 @@ async fn read_presence(
         max,
     );
     if !p.dead.is_empty() {
-        let _: () = conn
-            .query(redis::cmd("HDEL").arg(&key).arg(&p.dead))
-            .await?;
+        // A node that came back between the two reads wrote its members
+        // after its heartbeat: they are not a dead node's.
+        let again = live_nodes(conn).await?;
+        let revived: std::collections::HashSet<&str> = again
+            .iter()
+            .map(String::as_str)
+            .filter(|n| !live.contains(n))
+            .collect();
+        let dead: Vec<&String> = p
+            .dead
+            .iter()
+            .filter(|f| !revived.contains(f.split('.').next().unwrap_or("")))
+            .collect();
+        if !dead.is_empty() {
+            let _: () = conn.query(redis::cmd("HDEL").arg(&key).arg(dead)).await?;
+        }
     }
     Ok(p)
 }
