@@ -15,8 +15,9 @@
 # (the server's RSS per connection), 10,000 subscribers x 50
 # publications/s for 10 s, then saturation (10,000 subscribers, 256
 # publications in flight) for 10 s; one shard pinned to SERVER_CPU (0), the
-# load generator on LOADGEN_CPU (1). Only processes this script starts are
-# stopped.
+# load generator on LOADGEN_CPU (1). SCENARIOS picks among those ("idle
+# fanout saturate"; e.g. SCENARIOS=idle for memory alone, which does not
+# need a quiet CPU). Only processes this script starts are stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,9 +43,16 @@ for round in $(seq "$ROUNDS"); do
     RINGCAST="$BEFORE"; [ "$which" = after ] && RINGCAST="$AFTER"
     for driver in ${DRIVERS:-uring}; do
       echo "## round $round, $which ($RINGCAST), $driver"
-      start --driver "$driver"; loadgen idle -a 10000 -d 5; stop
-      start --driver "$driver"; loadgen fanout -a 10000 --rate 50 -d 10; stop
-      start --driver "$driver"; loadgen saturate -a 10000 -d 10; stop
+      for scenario in ${SCENARIOS:-idle fanout saturate}; do
+        start --driver "$driver"
+        case "$scenario" in
+          idle) loadgen idle -a 10000 -d 5 ;;
+          fanout) loadgen fanout -a 10000 --rate 50 -d 10 ;;
+          saturate) loadgen saturate -a 10000 -d 10 ;;
+          *) echo "before-after.sh: unknown scenario $scenario" >&2; exit 2 ;;
+        esac
+        stop
+      done
     done
   done
 done

@@ -41,6 +41,7 @@ use crate::protocol::socketio::polling::{
 };
 use crate::protocol::websocket::{close_frame, WsProtocol};
 use crate::runtime::io::write_all;
+use crate::runtime::shard::tick::Tick;
 use crate::runtime::shard::ws_session::{self, Step};
 use crate::runtime::shard::{Conn, Shard};
 use crate::runtime::sys;
@@ -503,7 +504,7 @@ async fn polled(
             }
             Polled::Input(packets) => {
                 let now = Instant::now();
-                conn.last_seen.set(now);
+                conn.last_seen.set(Tick::of(now));
                 {
                     let mut parser = shard.parser.borrow_mut();
                     for p in &packets {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_channel::oneshot;
 
+use super::tick::Tick;
 use super::*;
 use crate::ops::metrics::{Gauges, ShardMetrics};
 use crate::protocol::codec::close_code;
@@ -461,7 +462,7 @@ impl Shard {
                 c.is_open()
                     && c.ping_sent
                         .get()
-                        .is_some_and(|t| now.duration_since(t).as_secs_f32() >= 1.0)
+                        .is_some_and(|t| Tick::of(now).since(t) >= Duration::from_secs(1))
             })
             .cloned()
             .collect();

@@ -24,6 +24,7 @@ use crate::ops::config::SlowConsumerPolicy;
 use crate::protocol::adapter::ProtocolId;
 use crate::pubsub::channel_table::ConnKey;
 use crate::runtime::engineio_poll::Session as PollSession;
+use crate::runtime::shard::tick::Tick;
 use crate::runtime::sys;
 
 /// Frames are gathered into one send up to this many bytes.
@@ -267,20 +268,23 @@ pub enum ConnState {
 #[derive(Debug, Clone, Copy)]
 pub struct TokenBucket {
     tokens: f32,
-    last: Instant,
+    last: Tick,
 }
 
 impl TokenBucket {
     pub fn new(burst: u32, now: Instant) -> Self {
         TokenBucket {
             tokens: burst as f32,
-            last: now,
+            last: Tick::of(now),
         }
     }
 
     /// Takes one token if there is one.
     pub fn take(&mut self, rate: u32, burst: u32, now: Instant) -> bool {
-        let dt = now.saturating_duration_since(self.last).as_secs_f32();
+        // Whole milliseconds: the next refill counts from this tick, so
+        // nothing is lost to rounding.
+        let now = Tick::of(now);
+        let dt = now.since(self.last).as_secs_f32();
         self.last = now;
         self.tokens = (self.tokens + dt * rate as f32).min(burst as f32);
         if self.tokens >= 1.0 {
@@ -311,9 +315,9 @@ pub struct Conn {
     pub(crate) dirty: Cell<bool>,
     /// A writer task is waiting for the socket to drain.
     pub(crate) write_blocked: Cell<bool>,
-    pub(crate) ping_sent: Cell<Option<Instant>>,
-    pub(crate) last_seen: Cell<Instant>,
-    pub(crate) closing_since: Cell<Option<Instant>>,
+    pub(crate) ping_sent: Cell<Option<Tick>>,
+    pub(crate) last_seen: Cell<Tick>,
+    pub(crate) closing_since: Cell<Option<Tick>>,
     pub(crate) bucket: Cell<TokenBucket>,
     /// Channels this connection is subscribed to (interned in the table).
     pub(crate) subs: RefCell<Vec<Rc<str>>>,
@@ -376,7 +380,7 @@ impl Conn {
             dirty: Cell::new(false),
             write_blocked: Cell::new(false),
             ping_sent: Cell::new(None),
-            last_seen: Cell::new(now),
+            last_seen: Cell::new(Tick::of(now)),
             closing_since: Cell::new(None),
             bucket: Cell::new(TokenBucket::new(burst, now)),
             subs: RefCell::new(Vec::new()),
@@ -522,7 +526,7 @@ impl Conn {
             return false;
         }
         self.state.set(ConnState::Closing);
-        self.closing_since.set(Some(now));
+        self.closing_since.set(Some(Tick::of(now)));
         let mut out = self.out.borrow_mut();
         if discard {
             out.discard_unstarted();
@@ -535,7 +539,7 @@ impl Conn {
     pub fn mark_closing(&self, now: Instant) {
         if self.state.get() == ConnState::Open {
             self.state.set(ConnState::Closing);
-            self.closing_since.set(Some(now));
+            self.closing_since.set(Some(Tick::of(now)));
         }
     }
 

@@ -6,6 +6,7 @@ use std::net::Shutdown;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use super::tick::Tick;
 use super::*;
 use crate::protocol::adapter::protocol;
 use crate::protocol::codec::close_code;
@@ -221,6 +222,7 @@ impl Shard {
             monoio::time::sleep(std::time::Duration::from_secs(1)).await;
             ticks += 1;
             let now = Instant::now();
+            let tick = Tick::of(now);
             let conns: Vec<Rc<Conn>> = self.conns.borrow().iter().cloned().collect();
             for c in &conns {
                 c.release_room();
@@ -229,7 +231,7 @@ impl Shard {
                     // A parked HTTP request: answered when it waited too long.
                     let expired = proto
                         .expire_after(cfg)
-                        .is_some_and(|after| now.duration_since(c.last_seen.get()) >= after);
+                        .is_some_and(|after| tick.since(c.last_seen.get()) >= after);
                     if expired && c.is_open() {
                         c.mark_closing(now);
                         self.send_control(c, proto.expired_answer());
@@ -246,14 +248,14 @@ impl Shard {
                     ping_sent: c.ping_sent.get(),
                     last_seen: c.last_seen.get(),
                 };
-                match clock.poll(now, interval, pong_timeout) {
-                    Tick::Idle => {}
-                    Tick::ForceClose => sys::shutdown_socket(c.fd(), Shutdown::Both),
-                    Tick::PongTimeout => {
+                match clock.poll(tick, interval, pong_timeout) {
+                    Due::Idle => {}
+                    Due::ForceClose => sys::shutdown_socket(c.fd(), Shutdown::Both),
+                    Due::PongTimeout => {
                         self.close_conn(c, close_code::INTERNAL_ERROR, "pong timeout", true, now)
                     }
-                    Tick::Ping => {
-                        c.ping_sent.set(Some(now));
+                    Due::Ping => {
+                        c.ping_sent.set(Some(tick));
                         self.send_control(c, self.ping.clone());
                     }
                 }
@@ -302,16 +304,16 @@ impl Drop for BackendConnGuard {
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Liveness {
     /// When the server started closing it.
-    pub closing_since: Option<Instant>,
+    pub closing_since: Option<Tick>,
     /// When the unanswered ping went out.
-    pub ping_sent: Option<Instant>,
+    pub ping_sent: Option<Tick>,
     /// When the client last sent anything.
-    pub last_seen: Instant,
+    pub last_seen: Tick,
 }
 
 /// What the timer does to one connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Tick {
+pub(super) enum Due {
     Idle,
     /// The client has not finished the close handshake in time: cut the
     /// socket.
@@ -323,14 +325,14 @@ pub(super) enum Tick {
 }
 
 impl Liveness {
-    pub fn poll(&self, now: Instant, interval: Duration, pong_timeout: Duration) -> Tick {
+    pub fn poll(&self, now: Tick, interval: Duration, pong_timeout: Duration) -> Due {
         match (self.closing_since, self.ping_sent) {
-            (Some(t), _) if now.duration_since(t) > pong_timeout => Tick::ForceClose,
-            (Some(_), _) => Tick::Idle,
-            (None, Some(t)) if now.duration_since(t) > pong_timeout => Tick::PongTimeout,
-            (None, Some(_)) => Tick::Idle,
-            (None, None) if now.duration_since(self.last_seen) >= interval => Tick::Ping,
-            (None, None) => Tick::Idle,
+            (Some(t), _) if now.since(t) > pong_timeout => Due::ForceClose,
+            (Some(_), _) => Due::Idle,
+            (None, Some(t)) if now.since(t) > pong_timeout => Due::PongTimeout,
+            (None, Some(_)) => Due::Idle,
+            (None, None) if now.since(self.last_seen) >= interval => Due::Ping,
+            (None, None) => Due::Idle,
         }
     }
 }
@@ -341,8 +343,8 @@ mod tests {
 
     const S: Duration = Duration::from_secs(1);
 
-    fn at(t0: Instant, s: u64) -> Instant {
-        t0 + S * s as u32
+    fn at(t0: Instant, s: u64) -> Tick {
+        Tick::of(t0 + S * s as u32)
     }
 
     #[test]
@@ -351,10 +353,10 @@ mod tests {
         let l = Liveness {
             closing_since: None,
             ping_sent: None,
-            last_seen: t0,
+            last_seen: Tick::of(t0),
         };
-        assert_eq!(l.poll(at(t0, 24), 25 * S, 10 * S), Tick::Idle);
-        assert_eq!(l.poll(at(t0, 25), 25 * S, 10 * S), Tick::Ping);
+        assert_eq!(l.poll(at(t0, 24), 25 * S, 10 * S), Due::Idle);
+        assert_eq!(l.poll(at(t0, 25), 25 * S, 10 * S), Due::Ping);
     }
 
     #[test]
@@ -362,22 +364,22 @@ mod tests {
         let t0 = Instant::now();
         let l = Liveness {
             closing_since: None,
-            ping_sent: Some(t0),
-            last_seen: t0,
+            ping_sent: Some(Tick::of(t0)),
+            last_seen: Tick::of(t0),
         };
-        assert_eq!(l.poll(at(t0, 10), 25 * S, 10 * S), Tick::Idle);
-        assert_eq!(l.poll(at(t0, 11), 25 * S, 10 * S), Tick::PongTimeout);
+        assert_eq!(l.poll(at(t0, 10), 25 * S, 10 * S), Due::Idle);
+        assert_eq!(l.poll(at(t0, 11), 25 * S, 10 * S), Due::PongTimeout);
     }
 
     #[test]
     fn stuck_close_is_cut_and_never_pinged() {
         let t0 = Instant::now();
         let l = Liveness {
-            closing_since: Some(t0),
+            closing_since: Some(Tick::of(t0)),
             ping_sent: None,
-            last_seen: t0 - 100 * S,
+            last_seen: Tick::of(t0 - 100 * S),
         };
-        assert_eq!(l.poll(at(t0, 5), 25 * S, 10 * S), Tick::Idle);
-        assert_eq!(l.poll(at(t0, 11), 25 * S, 10 * S), Tick::ForceClose);
+        assert_eq!(l.poll(at(t0, 5), 25 * S, 10 * S), Due::Idle);
+        assert_eq!(l.poll(at(t0, 11), 25 * S, 10 * S), Due::ForceClose);
     }
 }

@@ -21,6 +21,7 @@ mod messages;
 mod node;
 mod registry;
 pub mod signal;
+pub(crate) mod tick;
 pub(crate) mod ws_session;
 
 use std::cell::{Cell, RefCell};

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use monoio::net::TcpStream;
 
 use super::conn::Conn;
+use super::tick::Tick;
 use super::{ConnRef, Node, Shard, ShardMsg, WsSocket};
 use crate::access::Claims;
 use crate::ops::config::Compression;
@@ -437,7 +438,7 @@ pub(crate) async fn read_loop(
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(_) => return,
             };
-            conn.last_seen.set(Instant::now());
+            conn.last_seen.set(Tick::now());
             let step = ingest(shard, conn, &mut ws, state, pending, n, &mut msgs);
             run_calls(shard, conn, cref, state, &mut msgs).await;
             if let Step::Stop = step {
@@ -775,12 +776,13 @@ mod tests {
             eprintln!("serve future: {fut_bytes} bytes, conn: {conn_bytes} bytes");
             // Both live for every open connection (the future in its task,
             // the Conn in the shard's table): an idle connection's memory is
-            // mostly these two. 512 and 296 bytes when this bound was set
+            // mostly these two. 512 and 240 bytes when these bounds were set
             // (896 before the handshake's state and a second copy of the
-            // stream left it); a change that outgrows it should be a
-            // deliberate one (box the rare, large state instead).
+            // stream left it; 296 before its four timestamps became ticks);
+            // a change that outgrows them should be a deliberate one (box
+            // the rare, large state instead).
             assert!(fut_bytes <= 576, "serve future grew to {fut_bytes} bytes");
-            assert!(conn_bytes <= 384, "Conn grew to {conn_bytes} bytes");
+            assert!(conn_bytes <= 256, "Conn grew to {conn_bytes} bytes");
         });
     }
 }
