@@ -24,8 +24,7 @@ for RINGCAST in "$@"; do
   for driver in ${DRIVERS:-uring epoll}; do
     start --driver "$driver"
     before=$(live_bytes)
-    taskset -c "$LOADGEN_CPU" "$LOADGEN" idle -a "$N" -d 8 -s "$WS" --backend "$BE" \
-      --src-ips 4 --first-core "$LOADGEN_CPU" >/dev/null 2>&1 &
+    loadgen idle -a "$N" -d 8 >/dev/null &
     lg=$!
     sleep 6.5
     held=$(live_bytes)

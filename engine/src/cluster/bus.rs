@@ -1207,7 +1207,7 @@ async fn read_presence(
         let dead: Vec<&String> = p
             .dead
             .iter()
-            .filter(|f| !revived.contains(f.split('.').next().unwrap_or("")))
+            .filter(|f| !revived.contains(wire::field_node(f)))
             .collect();
         if !dead.is_empty() {
             let _: () = conn.query(redis::cmd("HDEL").arg(&key).arg(dead)).await?;

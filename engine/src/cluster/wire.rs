@@ -365,7 +365,7 @@ impl ClusterPresence {
         let mut members = Vec::new();
         let mut users = std::collections::HashSet::new();
         for (field, value) in fields {
-            let node = field.split('.').next().unwrap_or("");
+            let node = field_node(field);
             let parsed = parse_member_value(value);
             let Some((user, info)) = parsed.filter(|_| live.contains(node)) else {
                 out.dead.push(field.to_owned());
@@ -386,6 +386,11 @@ impl ClusterPresence {
         }
         out
     }
+}
+
+/// The node a presence field ([`member_field`]) belongs to.
+pub fn field_node(field: &str) -> &str {
+    field.split('.').next().unwrap_or("")
 }
 
 /// The user id and `info` of a [`member_value`].

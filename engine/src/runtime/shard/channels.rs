@@ -454,6 +454,7 @@ impl Shard {
     /// Closes connections with a ping outstanding for over a second.
     pub(super) fn flush_dead(&self) -> usize {
         let now = Instant::now();
+        let tick = Tick::of(now);
         let dead: Vec<Rc<Conn>> = self
             .conns
             .borrow()
@@ -462,7 +463,7 @@ impl Shard {
                 c.is_open()
                     && c.ping_sent
                         .get()
-                        .is_some_and(|t| Tick::of(now).since(t) >= Duration::from_secs(1))
+                        .is_some_and(|t| tick.since(t) >= Duration::from_secs(1))
             })
             .cloned()
             .collect();

@@ -50,7 +50,7 @@ impl Tick {
     }
 
     /// Whole milliseconds from `earlier` to `self` (modulo 2^32).
-    pub fn millis_since(self, earlier: Tick) -> u32 {
+    fn millis_since(self, earlier: Tick) -> u32 {
         self.0.get().wrapping_sub(earlier.0.get())
     }
 
