@@ -679,8 +679,13 @@ async fn info(shard: &Rc<Shard>) -> serde_json::Value {
     for (name, _, value) in total.fields() {
         counters[name] = json!(value);
     }
-    let heap = crate::ops::alloc_count::snapshot()
-        .map(|(live, allocs)| json!({"live_bytes": live, "allocations": allocs}));
+    let heap = crate::ops::alloc_count::snapshot().map(|(live, allocs)| {
+        let by_size: Vec<_> = crate::ops::alloc_count::live_by_size()
+            .into_iter()
+            .map(|(bound, n)| json!([bound, n]))
+            .collect();
+        json!({"live_bytes": live, "allocations": allocs, "live_by_size": by_size})
+    });
     let mut v = json!({
         "version": env!("CARGO_PKG_VERSION"),
         "heap": heap,
