@@ -42,7 +42,7 @@ use crate::protocol::socketio::polling::{
 use crate::protocol::websocket::{close_frame, WsProtocol};
 use crate::runtime::io::write_all;
 use crate::runtime::shard::tick::Tick;
-use crate::runtime::shard::ws_session::{self, Step};
+use crate::runtime::shard::ws_session::{self, Live, Step};
 use crate::runtime::shard::{Conn, Shard};
 use crate::runtime::sys;
 
@@ -424,19 +424,20 @@ async fn run(shard: Rc<Shard>, s: Arc<Session>, mut state: SessionState, proto: 
     ws_session::expect_connect(&shard, &conn);
     ws_session::attach(&shard, proto, &mut state, cref);
     let handed = Box::pin(polled(&shard, &conn, cref, &s, &mut state)).await;
-    if let Some((socket, mut pending)) = handed {
-        if take_socket(&shard, &conn, &s, socket) {
-            Box::pin(ws_session::read_loop(
-                &shard,
-                &conn,
+    match handed {
+        Some((socket, pending)) => {
+            let mut live = Live {
+                conn: conn.clone(),
                 cref,
-                &mut pending,
-                &mut state,
-            ))
-            .await;
+                pending,
+                state,
+            };
+            if take_socket(&shard, &conn, &s, socket) {
+                Box::pin(ws_session::read_loop(&shard, &mut live)).await;
+            }
         }
+        None => drop(state),
     }
-    drop(state);
     conn.unpark_reader();
     shard.remove_conn(&conn);
     if conn.socket().is_some() {

@@ -70,37 +70,43 @@ async fn session(
     counted: Option<WsSocket>,
 ) {
     // Its own statement: the boxed handshake future (about 1 KiB) is freed
-    // here, not kept to the end of an `if let` around the read loop.
-    let live = opening.await;
-    if let Some(Live {
+    // here, not kept to the end of an `if let` around the read loop (whose
+    // `Option<Live>` would also keep a second slot of its size in every
+    // idle connection's task).
+    let Some(mut live) = opening.await else {
+        shard.session_ended();
+        drop(counted);
+        return;
+    };
+    read_loop(&shard, &mut live).await;
+    // The protocol's state goes now, not after the drain: timed jobs of a
+    // closed connection are cancelled at once.
+    let Live {
         conn,
-        cref,
-        mut pending,
-        mut state,
-    }) = live
-    {
-        read_loop(&shard, &conn, cref, &mut pending, &mut state).await;
-        // The protocol's state goes now, not after the drain: timed jobs of
-        // a closed connection are cancelled at once.
-        drop(state);
-        drop(pending);
-        conn.unpark_reader();
-        shard.remove_conn(&conn);
-        Box::pin(drain(&shard, &conn)).await;
-    }
+        state,
+        pending,
+        ..
+    } = live;
+    drop(state);
+    drop(pending);
+    conn.unpark_reader();
+    shard.remove_conn(&conn);
+    Box::pin(drain(&shard, &conn)).await;
     shard.session_ended();
     drop(counted);
 }
 
-/// An upgraded connection, registered on its shard, before its read loop.
-struct Live {
-    conn: Rc<Conn>,
-    cref: ConnRef,
-    /// Bytes that came after the upgrade request.
-    pending: Vec<u8>,
+/// An upgraded connection, registered on its shard: what its read loop
+/// works on (one reference to it in the loop's state, not one per field).
+pub(crate) struct Live {
+    pub(crate) conn: Rc<Conn>,
+    pub(crate) cref: ConnRef,
+    /// Bytes that came after the upgrade request (then: the start of a
+    /// frame not yet complete).
+    pub(crate) pending: Vec<u8>,
     /// The protocol's state for this connection (no allocation for the
     /// stateless ones).
-    state: SessionState,
+    pub(crate) state: SessionState,
 }
 
 /// The handshake, the connection's registration and what its protocol
@@ -384,49 +390,55 @@ pub(crate) enum Step {
     Stop,
 }
 
-pub(crate) async fn read_loop(
-    shard: &Rc<Shard>,
-    conn: &Rc<Conn>,
-    cref: ConnRef,
-    pending: &mut Vec<u8>,
-    state: &mut SessionState,
-) {
-    let mut ws = WsProtocol::with_deflate(conn.deflate != 0);
-    let mut msgs: Vec<Exchange> = Vec::new();
-    if !pending.is_empty() {
+pub(crate) async fn read_loop(shard: &Rc<Shard>, live: &mut Live) {
+    let mut ws = WsProtocol::with_deflate(live.conn.deflate != 0);
+    if !live.pending.is_empty() {
         // Frames that arrived with the upgrade request.
-        let step = ingest(shard, conn, &mut ws, state, pending, 0, &mut msgs);
-        run_calls(shard, conn, cref, state, &mut msgs).await;
+        let (step, mut msgs) = take_input(shard, live, &mut ws, 0);
+        run_calls(shard, &live.conn, live.cref, &mut live.state, &mut msgs).await;
         if let Step::Stop = step {
             return;
         }
     }
-    let Some(stream) = conn.socket() else {
-        return;
-    };
-    let fd = stream.as_raw_fd();
-    let budget = shard.config().limits.max_outbound_bytes;
+    // What the wait below holds is all an idle connection's task holds:
+    // the stream, the descriptor and the budget are taken afresh after
+    // each wake, and the request list lives only while its calls run.
     loop {
+        let Some(stream) = live.conn.socket() else {
+            return;
+        };
+        let budget = shard.config().limits.max_outbound_bytes;
         // A connection with a deadline waits in a boxed future of its own,
         // so that the others' (idle) session tasks do not carry a timer.
-        let wake = match protocol(conn.proto).next_deadline(state) {
+        let wake = match protocol(live.conn.proto).next_deadline(&live.state) {
             Some(deadline) => {
                 let timer = monoio::time::sleep_until(deadline.into());
-                Box::pin(wait_input(conn, stream, budget, Some(timer))).await
+                let conn = &live.conn;
+                Box::pin(async move {
+                    let readable = pin!(stream.readable(false));
+                    wait_input(conn, budget, readable, pin!(Some(timer))).await
+                })
+                .await
             }
-            None => wait_input(conn, stream, budget, None::<std::future::Pending<()>>).await,
+            None => {
+                let readable = pin!(stream.readable(false));
+                let timer = pin!(None::<std::future::Pending<()>>);
+                wait_input(&live.conn, budget, readable, timer).await
+            }
         };
         match wake {
             Wake::Stop => return,
             Wake::Deadline => {
-                if let Step::Stop = on_deadline(shard, conn, state) {
+                if let Step::Stop = on_deadline(shard, &live.conn, &mut live.state) {
                     return;
                 }
                 continue;
             }
             Wake::Readable => {}
         }
+        let fd = stream.as_raw_fd();
         loop {
+            let budget = shard.config().limits.max_outbound_bytes;
             let got = {
                 let mut scratch = shard.scratch.borrow_mut();
                 sys::recv_nonblocking(fd, &mut scratch)
@@ -438,20 +450,44 @@ pub(crate) async fn read_loop(
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(_) => return,
             };
-            conn.last_seen.set(Tick::now());
-            let step = ingest(shard, conn, &mut ws, state, pending, n, &mut msgs);
-            run_calls(shard, conn, cref, state, &mut msgs).await;
+            live.conn.last_seen.set(Tick::now());
+            let (step, mut msgs) = take_input(shard, live, &mut ws, n);
+            run_calls(shard, &live.conn, live.cref, &mut live.state, &mut msgs).await;
             if let Step::Stop = step {
                 return;
             }
-            if !conn.is_open() {
+            if !live.conn.is_open() {
                 return;
             }
-            if n < shard.scratch.borrow().len() || conn.queued() > budget {
+            if n < shard.scratch.borrow().len() || live.conn.queued() > budget {
                 break;
             }
         }
     }
+}
+
+/// Parses what came in (the first `n` bytes of the shard's scratch
+/// buffer after what is pending; 0: only what is pending): the calls it
+/// carries, for [`run_calls`]. Not an `async fn` running them itself: its
+/// copies of its arguments would outgrow the idle wait in the read loop's
+/// state.
+fn take_input(
+    shard: &Rc<Shard>,
+    live: &mut Live,
+    ws: &mut WsProtocol,
+    n: usize,
+) -> (Step, Vec<Exchange>) {
+    let mut msgs = Vec::new();
+    let step = ingest(
+        shard,
+        &live.conn,
+        ws,
+        &mut live.state,
+        &mut live.pending,
+        n,
+        &mut msgs,
+    );
+    (step, msgs)
 }
 
 /// What ended a wait for input.
@@ -465,17 +501,20 @@ enum Wake {
     Stop,
 }
 
-/// Waits until the socket has input and the connection's queue is under
-/// `budget`, or until `timer` (a sleep on the shard's timer wheel) ends.
-async fn wait_input(
-    conn: &Conn,
-    stream: &TcpStream,
+/// Waits until the socket has input (`readable`, the stream's readiness
+/// future) and the connection's queue is under `budget`, or until `timer`
+/// (a sleep on the shard's timer wheel) ends.
+///
+/// A plain function over futures the caller pinned, not an `async fn`:
+/// an async function would keep its own copies of its arguments beside
+/// the closure's references to them, in every idle connection's task.
+fn wait_input<'a>(
+    conn: &'a Conn,
     budget: usize,
-    timer: Option<impl Future<Output = ()>>,
-) -> Wake {
-    let mut readable = pin!(stream.readable(false));
-    let mut timer = pin!(timer);
-    poll_fn(|cx| {
+    mut readable: Pin<&'a mut impl Future<Output = std::io::Result<()>>>,
+    mut timer: Pin<&'a mut Option<impl Future<Output = ()>>>,
+) -> impl Future<Output = Wake> + 'a {
+    poll_fn(move |cx| {
         if !conn.is_open() {
             return Poll::Ready(Wake::Stop);
         }
@@ -502,7 +541,6 @@ async fn wait_input(
             }
         }
     })
-    .await
 }
 
 /// The protocol's deadline passed: sends what fell due, and closes the
@@ -776,12 +814,15 @@ mod tests {
             eprintln!("serve future: {fut_bytes} bytes, conn: {conn_bytes} bytes");
             // Both live for every open connection (the future in its task,
             // the Conn in the shard's table): an idle connection's memory is
-            // mostly these two. 512 and 240 bytes when these bounds were set
+            // mostly these two. 320 and 240 bytes when these bounds were set
             // (896 before the handshake's state and a second copy of the
-            // stream left it; 296 before its four timestamps became ticks);
-            // a change that outgrows them should be a deliberate one (box
-            // the rare, large state instead).
-            assert!(fut_bytes <= 576, "serve future grew to {fut_bytes} bytes");
+            // stream left it, 512 before the read loop's wait and arguments
+            // stopped being copied; 296 before its four timestamps became
+            // ticks). With monoio's 48-byte task header the task is 368
+            // bytes, in mimalloc's 384-byte size class: past 336 it moves
+            // to the 448 one. A change that outgrows them should be a
+            // deliberate one (box the rare, large state instead).
+            assert!(fut_bytes <= 336, "serve future grew to {fut_bytes} bytes");
             assert!(conn_bytes <= 256, "Conn grew to {conn_bytes} bytes");
         });
     }
