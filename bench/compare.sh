@@ -89,7 +89,10 @@ while [ $# -gt 0 ]; do
   shift
 done
 
+# Not in the servers' environment: ringcast reads RINGCAST_* variables as
+# settings and refuses one it does not know.
 RINGCAST_BEFORE="${RINGCAST_BEFORE:-}"
+export -n RINGCAST_BEFORE
 if [ -n "$ONLY" ]; then
   SERVERS="$ONLY"
 elif [ "$MATRIX" = 1 ] && [ -n "$RINGCAST_BEFORE" ]; then
@@ -279,7 +282,7 @@ start_server() {
   SERVER_PID=$!
   STARTED+=("$SERVER_PID")
   for _ in $(seq 100); do
-    kill -0 "$SERVER_PID" 2>/dev/null || { log "$name: exited at start (see $dir/server.log)"; return 1; }
+    kill -0 "$SERVER_PID" 2>/dev/null || { log "$name: exited at start: $(tail -1 "$dir/server.log") (see $dir/server.log)"; return 1; }
     port_open "$WS_ADDR" && port_open "$BACKEND_ADDR" && break
     sleep 0.1
   done

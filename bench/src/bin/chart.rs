@@ -444,6 +444,8 @@ struct Cell {
     loss_pct: Option<f64>,
     connects_per_s: Option<f64>,
     rss_bytes_per_conn: Option<f64>,
+    /// Whether the loadgen's report was there.
+    reported: bool,
     /// What went wrong, for the notes under the table.
     problems: Vec<String>,
 }
@@ -466,6 +468,7 @@ fn cell(run: &Path, server: &str, load: &Load) -> Cell {
         c.problems.push("no loadgen report".to_owned());
         return c;
     };
+    c.reported = true;
     let count = |k: &str| r.get(k).and_then(Value::as_u64).unwrap_or(0);
     for (n, what) in [
         (count("duplicates"), "duplicate deliveries"),
@@ -581,10 +584,22 @@ fn matrix_table(loads: &[Load], servers: &[String], cells: &[Vec<Cell>]) -> Stri
     );
     out.push_str("|---|---|---|--:|--:|--:|--:|--:|--:|--:|\n");
     let mut notes = Vec::new();
+    // A server without a single report (it did not start, or died at once)
+    // gets one note rather than one per load.
+    let silent: Vec<bool> = (0..servers.len())
+        .map(|i| cells.iter().all(|row| !row[i].reported))
+        .collect();
+    for (i, server) in servers.iter().enumerate() {
+        if silent[i] {
+            notes.push(format!(
+                "- {server}: no loadgen report for any load (did it start? see `{server}/server.log`)."
+            ));
+        }
+    }
     for (load, row) in loads.iter().zip(cells) {
         let d = load.delivers();
         let (connect, idle) = (load.kind == "connect", load.kind == "idle");
-        for (server, c) in servers.iter().zip(row) {
+        for ((server, c), &silent) in servers.iter().zip(row).zip(&silent) {
             out.push_str(&format!(
                 "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 load.name,
@@ -598,7 +613,7 @@ fn matrix_table(loads: &[Load], servers: &[String], cells: &[Vec<Cell>]) -> Stri
                 figure(connect, c.connects_per_s, thousands),
                 figure(idle, c.rss_bytes_per_conn, thousands),
             ));
-            if !c.problems.is_empty() {
+            if !c.problems.is_empty() && !silent {
                 notes.push(format!(
                     "- {}, {}: {}.",
                     load.name,
