@@ -10,8 +10,9 @@
 #                 bench/results/<stamp>/matrix.md and printed;
 #                 bench/RESULTS.md is left alone (the matrix gets pasted
 #                 with its context). A flag, not the default: a plain run
-#                 still produces the top of RESULTS.md as before, and the
-#                 matrix's seven loads per server take about twice as long.
+#                 keeps producing the top of RESULTS.md (one row per
+#                 server, all seven servers) that the READMEs point to; the
+#                 matrix is another table, with other servers by default.
 #   --quick       short runs with few connections (a smoke test of the suite)
 #   --only LIST   servers to run, comma-separated, from:
 #                 ringcast-uring-1 ringcast-epoll-1 ringcast-uring-2
@@ -39,8 +40,9 @@
 #                   default window, so the suite's `saturate`)
 #
 # MATRIX_FANOUT ("10000x50 10000x20 1000x100", SUBSCRIBERSxRATE) and
-# MATRIX_WINDOWS ("32 256") change those rows. --quick divides the fan-out
-# subscribers by 10 (fanout-1k-50 fanout-1k-20 fanout-100-100).
+# MATRIX_WINDOWS ("32 256") change those rows. --quick's MATRIX_FANOUT
+# divides the subscribers by 10 (fanout-1k-50 fanout-1k-20 fanout-100-100),
+# and CONNECTIONS, IDLE_CONNECTIONS and DURATION take their --quick values.
 #
 # Settings (environment): WS_ADDR (127.0.0.1:28000), BACKEND_ADDR
 # (127.0.0.1:29999; both below the ephemeral port range, so no client's
