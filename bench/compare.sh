@@ -105,6 +105,13 @@ else
   SERVERS="$ALL_SERVERS"
 fi
 
+# Binaries and addresses the caller gave, repeated in the report's command
+# line (the other settings are always written out).
+GIVEN_ENV=()
+for v in RINGCAST RINGCAST_BEFORE LOADGEN CHART CARGO_TARGET_DIR WS_ADDR BACKEND_ADDR; do
+  [ -z "${!v:-}" ] || GIVEN_ENV+=("$v=$(shq "${!v}")")
+done
+
 WS_ADDR="${WS_ADDR:-127.0.0.1:28000}"
 BACKEND_ADDR="${BACKEND_ADDR:-127.0.0.1:29999}"
 SERVER_CPUS="${SERVER_CPUS:-0}"
@@ -123,11 +130,6 @@ fi
 MATRIX_WINDOWS="${MATRIX_WINDOWS:-32 256}"
 
 # Binaries: the given ones, else where the build step below puts them.
-# Overrides given by the caller are repeated in the report's command line.
-BIN_ENV=()
-for v in RINGCAST RINGCAST_BEFORE LOADGEN CHART CARGO_TARGET_DIR; do
-  [ -z "${!v:-}" ] || BIN_ENV+=("$v=$(shq "${!v}")")
-done
 if [ -n "${CARGO_TARGET_DIR:-}" ]; then
   case "$CARGO_TARGET_DIR" in /*) ;; *) CARGO_TARGET_DIR="$PWD/$CARGO_TARGET_DIR" ;; esac
   export CARGO_TARGET_DIR
@@ -399,7 +401,7 @@ if [ "$MATRIX" = 1 ]; then
     echo "Run $STAMP$([ "$QUICK" = 1 ] && echo ", --quick: scaled-down counts, a smoke test, not figures to quote"). Reproduce with:"
     echo
     echo '```sh'
-    [ "${#BIN_ENV[@]}" = 0 ] || printf '%s \\\n' "${BIN_ENV[@]}"
+    [ "${#GIVEN_ENV[@]}" = 0 ] || printf '%s \\\n' "${GIVEN_ENV[@]}"
     echo "CONNECTIONS=$CONNECTIONS IDLE_CONNECTIONS=$IDLE_CONNECTIONS MATRIX_FANOUT=$(shq "$MATRIX_FANOUT") MATRIX_WINDOWS=$(shq "$MATRIX_WINDOWS") \\"
     echo "DURATION=$DURATION SRC_IPS=$SRC_IPS SERVER_CPUS=$SERVER_CPUS SERVER_CPUS_WIDE=$SERVER_CPUS_WIDE LOADGEN_CPUS=$LOADGEN_CPUS \\"
     echo "bench/compare.sh$ARGS"
@@ -449,7 +451,7 @@ cp "$BENCH/results.png" "$RUN/results.png"
   echo "Run $STAMP. Reproduce with:"
   echo
   echo '```sh'
-  [ "${#BIN_ENV[@]}" = 0 ] || printf '%s \\\n' "${BIN_ENV[@]}"
+  [ "${#GIVEN_ENV[@]}" = 0 ] || printf '%s \\\n' "${GIVEN_ENV[@]}"
   echo "CONNECTIONS=$CONNECTIONS IDLE_CONNECTIONS=$IDLE_CONNECTIONS FANOUT_RATE=$FANOUT_RATE DURATION=$DURATION SRC_IPS=$SRC_IPS \\"
   echo "SERVER_CPUS=$SERVER_CPUS SERVER_CPUS_WIDE=$SERVER_CPUS_WIDE LOADGEN_CPUS=$LOADGEN_CPUS bench/compare.sh$ARGS"
   echo '```'
