@@ -40,7 +40,8 @@
 #                   default window, so the suite's `saturate`)
 #
 # MATRIX_FANOUT ("10000x50 10000x20 1000x100", SUBSCRIBERSxRATE) and
-# MATRIX_WINDOWS ("32 256") change those rows. --quick's MATRIX_FANOUT
+# MATRIX_WINDOWS ("32 256") change those rows (empty: none of that kind,
+# e.g. MATRIX_FANOUT= for the saturation rows alone). --quick's MATRIX_FANOUT
 # divides the subscribers by 10 (fanout-1k-50 fanout-1k-20 fanout-100-100),
 # and CONNECTIONS, IDLE_CONNECTIONS and DURATION take their --quick values.
 #
@@ -121,13 +122,13 @@ SRC_IPS="${SRC_IPS:-4}"
 if [ "$QUICK" = 1 ]; then
   CONNECTIONS="${CONNECTIONS:-200}" IDLE_CONNECTIONS="${IDLE_CONNECTIONS:-1000}"
   FANOUT_RATE="${FANOUT_RATE:-200}" DURATION="${DURATION:-5}"
-  MATRIX_FANOUT="${MATRIX_FANOUT:-1000x50 1000x20 100x100}"
+  MATRIX_FANOUT="${MATRIX_FANOUT-1000x50 1000x20 100x100}"
 else
   CONNECTIONS="${CONNECTIONS:-1000}" IDLE_CONNECTIONS="${IDLE_CONNECTIONS:-10000}"
   FANOUT_RATE="${FANOUT_RATE:-1000}" DURATION="${DURATION:-15}"
-  MATRIX_FANOUT="${MATRIX_FANOUT:-10000x50 10000x20 1000x100}"
+  MATRIX_FANOUT="${MATRIX_FANOUT-10000x50 10000x20 1000x100}"
 fi
-MATRIX_WINDOWS="${MATRIX_WINDOWS:-32 256}"
+MATRIX_WINDOWS="${MATRIX_WINDOWS-32 256}"
 
 # Binaries: the given ones, else where the build step below puts them.
 if [ -n "${CARGO_TARGET_DIR:-}" ]; then
@@ -394,7 +395,7 @@ machine() {
 binary() { echo "\`$1\` (sha256 $(sha256sum "$1" | cut -c1-12), built $(date -u -r "$1" +%Y-%m-%dT%H:%MZ))"; }
 
 if [ "$MATRIX" = 1 ]; then
-  TABLE="$("$CHART" "$RUN" "$RUN/matrix.png")"
+  TABLE="$("$CHART" --matrix "$RUN" "$RUN/matrix.png")"
   {
     echo "# ringcast matrix (issue 17): ${SERVERS// /, }"
     echo

@@ -1,6 +1,6 @@
 //! Turns one comparison run into a Markdown table (stdout) and a PNG chart.
 //!
-//! `chart RUN_DIR OUT_PNG`
+//! `chart [--matrix] RUN_DIR OUT_PNG`
 //!
 //! `RUN_DIR` is what `bench/compare.sh` wrote: `servers.txt` (one server
 //! name a line, in run order) and, per load, `SERVER/LOAD.json` (the load
@@ -10,7 +10,8 @@
 //! spellings, so the chart keeps working while that report evolves; a
 //! figure that cannot be found is shown as `–`.
 //!
-//! Two layouts, chosen by the file names found in the run directory:
+//! Two layouts, chosen by the file names found in the run directory
+//! (`--matrix` forces the second):
 //!
 //! - The suite's four scenarios (`idle`, `connect`, `fanout`, `saturate`
 //!   only): one table row per server, and a chart with three panels:
@@ -684,11 +685,15 @@ fn matrix(run: &Path, servers: &[String], png: &Path) -> Result<(), Box<dyn std:
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut args = std::env::args().skip(1);
-    let (Some(run), Some(png)) = (args.next(), args.next()) else {
-        eprintln!("usage: chart RUN_DIR OUT_PNG");
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let force_matrix = args.first().is_some_and(|a| a == "--matrix");
+    if force_matrix {
+        args.remove(0);
+    }
+    let [run, png] = <[String; 2]>::try_from(args).unwrap_or_else(|_| {
+        eprintln!("usage: chart [--matrix] RUN_DIR OUT_PNG");
         std::process::exit(2);
-    };
+    });
     let run = PathBuf::from(run);
     let names: Vec<String> = match fs::read_to_string(run.join("servers.txt")) {
         Ok(s) => s
@@ -707,10 +712,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             v
         }
     };
-    if names
-        .iter()
-        .flat_map(|n| loads(&run.join(n)))
-        .any(|l| !SUITE.contains(&l.as_str()))
+    if force_matrix
+        || names
+            .iter()
+            .flat_map(|n| loads(&run.join(n)))
+            .any(|l| !SUITE.contains(&l.as_str()))
     {
         return matrix(&run, &names, Path::new(&png));
     }
