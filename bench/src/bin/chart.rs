@@ -1,20 +1,31 @@
 //! Turns one comparison run into a Markdown table (stdout) and a PNG chart.
 //!
-//! `chart RUN_DIR OUT_PNG`
+//! `chart [--matrix] RUN_DIR OUT_PNG`
 //!
 //! `RUN_DIR` is what `bench/compare.sh` wrote: `servers.txt` (one server
-//! name a line, in run order) and `SERVER/SCENARIO.json` (the load
-//! generator's `--json` report) plus `SERVER/SCENARIO.server.json` (the
-//! server's CPU time and peak RSS, read from `/proc` by compare.sh). The
-//! loadgen's field names are looked up by a list of accepted spellings, so
-//! the chart keeps working while that report evolves; a figure that cannot
-//! be found is shown as `–`.
+//! name a line, in run order) and, per load, `SERVER/LOAD.json` (the load
+//! generator's `--json` report) plus `SERVER/LOAD.server.json` (the load as
+//! compare.sh asked for it, and the server's CPU time and peak RSS read from
+//! `/proc`). The loadgen's field names are looked up by a list of accepted
+//! spellings, so the chart keeps working while that report evolves; a
+//! figure that cannot be found is shown as `–`.
 //!
-//! The chart has three panels: deliveries/s at saturation, server CPU ns
-//! per delivery at a fixed fan-out rate, and p99 latency at that rate. Text
-//! needs a TrueType font: the first of a few usual system paths (or
+//! Two layouts, chosen by the file names found in the run directory
+//! (`--matrix` forces the second):
+//!
+//! - The suite's four scenarios (`idle`, `connect`, `fanout`, `saturate`
+//!   only): one table row per server, and a chart with three panels:
+//!   deliveries/s at saturation, server CPU ns per delivery at a fixed
+//!   fan-out rate, and p99 latency at that rate.
+//! - Anything else (`compare.sh --matrix`: `fanout-10k-50`, `saturate-32`,
+//!   ...): one table row per (load, server), loads ordered by kind (fan-out
+//!   by subscribers then rate, both descending; saturation by window;
+//!   connect; idle), servers in run order; and a chart with one panel per
+//!   load (CPU per delivery, connects/s or RSS per connection).
+//!
+//! Text needs a TrueType font: the first of a few usual system paths (or
 //! `CHART_FONT`) is loaded at run time; without one the bars are drawn
-//! unlabelled, in the colour order listed in the table's first column.
+//! unlabelled, in the colour order given with the table.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -255,8 +266,10 @@ fn draw(
     names: &[String],
     panels: &[Panel<'_>],
     text: bool,
+    panel_height: u32,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let root = BitMapBackend::new(out, (1200, 420 * panels.len() as u32)).into_drawing_area();
+    let root =
+        BitMapBackend::new(out, (1200, panel_height * panels.len() as u32)).into_drawing_area();
     root.fill(&WHITE)?;
     let areas = root.split_evenly((panels.len(), 1));
     for (area, (title, values)) in areas.iter().zip(panels) {
@@ -323,12 +336,364 @@ fn draw(
     Ok(())
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut args = std::env::args().skip(1);
-    let (Some(run), Some(png)) = (args.next(), args.next()) else {
-        eprintln!("usage: chart RUN_DIR OUT_PNG");
-        std::process::exit(2);
+// ---- the matrix: one row per (load, server) ---------------------------------
+
+/// The scenarios of the suite's default run; a run directory holding only
+/// these gets the one-row-per-server table.
+const SUITE: [&str; 4] = ["idle", "connect", "fanout", "saturate"];
+
+const P50_MS: [(&str, f64); 4] = [
+    ("latency_ns.p50", 1e-6),
+    ("p50_ms", 1.0),
+    ("latency_p50_ms", 1.0),
+    ("p50_us", 1e-3),
+];
+
+/// The loads measured for one server: the stems of `LOAD.json` and
+/// `LOAD.server.json` (a load whose loadgen wrote no report still counts).
+fn loads(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let stem = name.strip_suffix(".json")?;
+            Some(stem.strip_suffix(".server").unwrap_or(stem).to_owned())
+        })
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// One load of the matrix, as compare.sh recorded it.
+struct Load {
+    name: String,
+    kind: String,
+    connections: Option<f64>,
+    rate: Option<f64>,
+    window: Option<f64>,
+}
+
+impl Load {
+    /// Read from the first server that ran it: compare.sh's
+    /// `LOAD.server.json`, else the loadgen's report.
+    fn read(run: &Path, servers: &[String], name: &str) -> Load {
+        let (report, server) = servers
+            .iter()
+            .map(|s| scenario(&run.join(s), name))
+            .find(|(r, s)| r.is_some() || s.is_some())
+            .unwrap_or((None, None));
+        let text = |v: &Option<Value>, k: &str| {
+            v.as_ref()?
+                .get(k)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
+        let num = |v: &Option<Value>, k: &str| v.as_ref()?.get(k)?.as_f64();
+        Load {
+            name: name.to_owned(),
+            kind: text(&server, "scenario")
+                .or_else(|| text(&report, "scenario"))
+                .unwrap_or_else(|| name.split('-').next().unwrap_or(name).to_owned()),
+            connections: num(&server, "connections").or_else(|| num(&report, "connections_target")),
+            rate: num(&server, "rate"),
+            window: num(&server, "window"),
+        }
+    }
+
+    /// Whether the load publishes (deliveries, CPU per delivery, latency
+    /// and loss apply).
+    fn delivers(&self) -> bool {
+        !matches!(self.kind.as_str(), "connect" | "idle")
+    }
+
+    /// Fan-out by subscribers then rate, both descending; saturation by
+    /// window then subscribers; connect; idle; anything else by name.
+    fn order(&self) -> (u8, i64, i64, &str) {
+        let n = |x: Option<f64>| x.map_or(0, |v| v.round() as i64);
+        match self.kind.as_str() {
+            "fanout" => (0, -n(self.connections), -n(self.rate), &self.name),
+            "saturate" => (1, n(self.window), n(self.connections), &self.name),
+            "connect" => (2, 0, 0, &self.name),
+            "idle" => (3, 0, 0, &self.name),
+            _ => (4, 0, 0, &self.name),
+        }
+    }
+
+    fn describe(&self) -> String {
+        let count = |x: Option<f64>| x.map_or_else(|| "?".to_owned(), thousands);
+        let conns = count(self.connections);
+        match self.kind.as_str() {
+            "fanout" => format!("{conns} subscribers × {} pub/s", count(self.rate)),
+            "saturate" => format!("{conns} subscribers, {} in flight", count(self.window)),
+            "connect" => format!("{conns} connections"),
+            "idle" => format!("{conns} idle connections"),
+            other => format!("{other}, {conns} connections"),
+        }
+    }
+}
+
+/// One server's figures under one load.
+#[derive(Default)]
+struct Cell {
+    deliveries_per_s: Option<f64>,
+    cpu_ns: Option<f64>,
+    p50_ms: Option<f64>,
+    p99_ms: Option<f64>,
+    loss_pct: Option<f64>,
+    connects_per_s: Option<f64>,
+    rss_bytes_per_conn: Option<f64>,
+    /// Whether the loadgen's report was there.
+    reported: bool,
+    /// What went wrong, for the notes under the table.
+    problems: Vec<String>,
+}
+
+fn cell(run: &Path, server: &str, load: &Load) -> Cell {
+    let (report, srv) = scenario(&run.join(server), &load.name);
+    let mut c = Cell::default();
+    if srv
+        .as_ref()
+        .and_then(|s| s.get("loadgen_ok"))
+        .and_then(Value::as_bool)
+        == Some(false)
+    {
+        c.problems.push(format!(
+            "the load generator failed (`{server}/{}.log`)",
+            load.name
+        ));
+    }
+    let Some(r) = report.as_ref() else {
+        c.problems.push("no loadgen report".to_owned());
+        return c;
     };
+    c.reported = true;
+    let count = |k: &str| r.get(k).and_then(Value::as_u64).unwrap_or(0);
+    for (n, what) in [
+        (count("duplicates"), "duplicate deliveries"),
+        (count("reordered"), "reordered deliveries"),
+        (count("protocol_errors"), "protocol errors"),
+        (count("publish_errors"), "publish errors"),
+    ] {
+        if n > 0 {
+            c.problems.push(format!("{n} {what}"));
+        }
+    }
+    if count("unexpected_closes") > 0 {
+        let reasons: Vec<String> = r
+            .get("close_reasons")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+            .map(|(why, n)| format!("{n} {why}"))
+            .collect();
+        c.problems.push(format!(
+            "{} unexpected closes ({})",
+            count("unexpected_closes"),
+            reasons.join(", ")
+        ));
+    }
+    let failed: u64 = r
+        .get("connect_failures")
+        .and_then(Value::as_object)
+        .map_or(0, |m| m.values().filter_map(Value::as_u64).sum());
+    let (open, target) = (count("connections_open"), count("connections_target"));
+    if failed > 0 || open < target {
+        c.problems.push(format!(
+            "{open} of {target} connections open ({failed} failed)"
+        ));
+    }
+    if load.delivers() {
+        c.deliveries_per_s = find(r, &DELIVERY_RATE);
+        c.cpu_ns = cpu_per_delivery(&report, &srv);
+        c.p50_ms = find(r, &P50_MS);
+        c.p99_ms = find(r, &P99_MS);
+        let lost = find(r, &[("lost", 1.0)]);
+        let expected = find(r, &[("expected_deliveries", 1.0)]);
+        c.loss_pct = match (lost, expected) {
+            (Some(l), Some(e)) if e > 0.0 => Some(100.0 * l / e),
+            _ => None,
+        };
+        if expected == Some(0.0) {
+            c.problems.push("nothing was published".to_owned());
+        }
+    }
+    match load.kind.as_str() {
+        "connect" => c.connects_per_s = find(r, &[("connects_per_s", 1.0)]),
+        "idle" => {
+            c.rss_bytes_per_conn = find(r, &[("server.rss_per_connection_bytes", 1.0)])
+                .or_else(|| find(srv.as_ref()?, &[("rss_kib_per_connection", 1024.0)]));
+        }
+        _ => {}
+    }
+    c
+}
+
+/// `12,345`.
+fn thousands(v: f64) -> String {
+    let n = v.round() as i64;
+    let digits = n.unsigned_abs().to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3 + 1);
+    if n < 0 {
+        out.push('-');
+    }
+    for (i, d) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(d);
+    }
+    out
+}
+
+/// Milliseconds to three significant digits or so.
+fn ms(v: f64) -> String {
+    match v.abs() {
+        a if a >= 100.0 => format!("{v:.0}"),
+        a if a >= 10.0 => format!("{v:.1}"),
+        a if a >= 1.0 => format!("{v:.2}"),
+        _ => format!("{v:.3}"),
+    }
+}
+
+fn percent(v: f64) -> String {
+    if v == 0.0 {
+        "0".to_owned()
+    } else if v < 0.001 {
+        "<0.001".to_owned()
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+/// A figure: blank where it does not apply to the load, `–` where it
+/// applies but was not measured.
+fn figure(applies: bool, v: Option<f64>, f: fn(f64) -> String) -> String {
+    match (applies, v) {
+        (false, _) => String::new(),
+        (true, None) => "–".to_owned(),
+        (true, Some(v)) => f(v),
+    }
+}
+
+fn matrix_table(loads: &[Load], servers: &[String], cells: &[Vec<Cell>]) -> String {
+    let mut out = String::new();
+    out.push_str(
+        "| load | what | server | deliveries/s | server CPU ns/delivery | p50 ms | p99 ms | loss % | connects/s | RSS B/conn |\n",
+    );
+    out.push_str("|---|---|---|--:|--:|--:|--:|--:|--:|--:|\n");
+    let mut notes = Vec::new();
+    // A server without a single report (it did not start, or died at once)
+    // gets one note rather than one per load.
+    let silent: Vec<bool> = (0..servers.len())
+        .map(|i| cells.iter().all(|row| !row[i].reported))
+        .collect();
+    for (i, server) in servers.iter().enumerate() {
+        if silent[i] {
+            notes.push(format!(
+                "- {server}: no loadgen report for any load (did it start? see `{server}/server.log`)."
+            ));
+        }
+    }
+    for (load, row) in loads.iter().zip(cells) {
+        let d = load.delivers();
+        let (connect, idle) = (load.kind == "connect", load.kind == "idle");
+        for ((server, c), &silent) in servers.iter().zip(row).zip(&silent) {
+            out.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                load.name,
+                load.describe(),
+                server,
+                figure(d, c.deliveries_per_s, thousands),
+                figure(d, c.cpu_ns, thousands),
+                figure(d, c.p50_ms, ms),
+                figure(d, c.p99_ms, ms),
+                figure(d, c.loss_pct, percent),
+                figure(connect, c.connects_per_s, thousands),
+                figure(idle, c.rss_bytes_per_conn, thousands),
+            ));
+            if !c.problems.is_empty() && !silent {
+                notes.push(format!(
+                    "- {}, {}: {}.",
+                    load.name,
+                    server,
+                    c.problems.join(", ")
+                ));
+            }
+        }
+    }
+    out.push_str(
+        "\nBlank: does not apply to that load. `–`: applies, but the run gave no figure. \
+         Loss: deliveries of acknowledged publications that never arrived, over those expected.\n",
+    );
+    let colours: Vec<String> = servers
+        .iter()
+        .enumerate()
+        .map(|(i, s)| format!("{s} {}", COLOURS[i % COLOURS.len()].3))
+        .collect();
+    out.push_str(&format!("Chart colours: {}.\n", colours.join(", ")));
+    if !notes.is_empty() {
+        out.push_str("\nNotes:\n\n");
+        for n in notes {
+            out.push_str(&n);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn matrix(run: &Path, servers: &[String], png: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let mut names: Vec<String> = servers.iter().flat_map(|s| loads(&run.join(s))).collect();
+    names.sort();
+    names.dedup();
+    let mut loads: Vec<Load> = names.iter().map(|n| Load::read(run, servers, n)).collect();
+    loads.sort_by(|a, b| a.order().cmp(&b.order()));
+    let cells: Vec<Vec<Cell>> = loads
+        .iter()
+        .map(|l| servers.iter().map(|s| cell(run, s, l)).collect())
+        .collect();
+    print!("{}", matrix_table(&loads, servers, &cells));
+
+    let titles: Vec<String> = loads
+        .iter()
+        .map(|l| match l.kind.as_str() {
+            "connect" => format!("{}: connects/s", l.name),
+            "idle" => format!("{}: server RSS bytes per connection", l.name),
+            _ => format!("{}: server CPU ns per delivery", l.name),
+        })
+        .collect();
+    let panels: Vec<Panel<'_>> = loads
+        .iter()
+        .zip(&cells)
+        .zip(&titles)
+        .map(|((l, row), title)| {
+            let pick = |c: &Cell| match l.kind.as_str() {
+                "connect" => c.connects_per_s,
+                "idle" => c.rss_bytes_per_conn,
+                _ => c.cpu_ns,
+            };
+            (title.as_str(), row.iter().map(pick).collect())
+        })
+        .collect();
+    let text = register_font();
+    if !text {
+        eprintln!("chart: no TrueType font found (set CHART_FONT); drawing bars without labels");
+    }
+    draw(png, servers, &panels, text, 300)
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let force_matrix = args.first().is_some_and(|a| a == "--matrix");
+    if force_matrix {
+        args.remove(0);
+    }
+    let [run, png] = <[String; 2]>::try_from(args).unwrap_or_else(|_| {
+        eprintln!("usage: chart [--matrix] RUN_DIR OUT_PNG");
+        std::process::exit(2);
+    });
     let run = PathBuf::from(run);
     let names: Vec<String> = match fs::read_to_string(run.join("servers.txt")) {
         Ok(s) => s
@@ -347,6 +712,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             v
         }
     };
+    if force_matrix
+        || names
+            .iter()
+            .flat_map(|n| loads(&run.join(n)))
+            .any(|l| !SUITE.contains(&l.as_str()))
+    {
+        return matrix(&run, &names, Path::new(&png));
+    }
     let rows: Vec<Row> = names.iter().map(|n| row(&run, n)).collect();
     print!("{}", table(&rows));
 
@@ -382,6 +755,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if !text {
         eprintln!("chart: no TrueType font found (set CHART_FONT); drawing bars without labels");
     }
-    draw(Path::new(&png), &names, &panels, text)?;
+    draw(Path::new(&png), &names, &panels, text, 420)?;
     Ok(())
 }
