@@ -391,6 +391,18 @@ machine() {
   # shellcheck source=/dev/null
   echo "- OS: $(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME")"
 }
+# The report's results: the chart tool's $TABLE, what did not complete,
+# the chart (alt text $1, file $2) and where the raw reports are.
+results() {
+  echo "## Results"
+  echo
+  echo "$TABLE"
+  echo
+  [ "${#FAILED[@]}" = 0 ] || { echo "Did not complete: ${FAILED[*]} (logs under \`bench/results/$STAMP/\`)."; echo; }
+  echo "![$1]($2)"
+  echo
+  echo "Raw reports and logs: \`bench/results/$STAMP/\` (not committed)."
+}
 # A binary as run: path, start of its SHA-256, modification time.
 binary() { echo "\`$1\` (sha256 $(sha256sum "$1" | cut -c1-12), built $(date -u -r "$1" +%Y-%m-%dT%H:%MZ))"; }
 
@@ -412,9 +424,7 @@ if [ "$MATRIX" = 1 ]; then
     echo
     machine
     echo "- Checkout: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo ?)$(git -C "$ROOT" diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)'); $(rustc --version)"
-    if selected before-uring-1 || selected before-epoll-1 || selected before-uring-2 || selected before-epoll-2; then
-      echo "- before-* servers: $(binary "$RINGCAST_BEFORE")"
-    fi
+    case " $SERVERS " in *" before-"*) echo "- before-* servers: $(binary "$RINGCAST_BEFORE")" ;; esac
     echo "- ringcast-* servers: $(binary "$RINGCAST")"
     echo "- Load generator: $(binary "$LOADGEN")"
     if selected uws; then
@@ -428,14 +438,7 @@ if [ "$MATRIX" = 1 ]; then
     echo "- Loads: $(for row in "${ROWS[@]}"; do read -r r _ _ _ _ <<< "$row"; printf '%s ' "$r"; done)(the table's \`what\` column gives each one's counts)."
     echo "- Deliveries/s, CPU per delivery (the server's utime+stime from \`/proc\` over the publishing window, divided by deliveries), latency (publication's timestamp to its arrival) and loss are the loadgen's \`--json\` report; RSS per connection is the server's RSS growth while the idle connections are open, over their number."
     echo
-    echo "## Results"
-    echo
-    echo "$TABLE"
-    echo
-    [ "${#FAILED[@]}" = 0 ] || { echo "Did not complete: ${FAILED[*]} (logs under \`bench/results/$STAMP/\`)."; echo; }
-    echo "![one panel per load: server CPU ns per delivery, connects/s, RSS bytes per connection](matrix.png)"
-    echo
-    echo "Raw reports and logs: \`bench/results/$STAMP/\` (not committed)."
+    results "one panel per load: server CPU ns per delivery, connects/s, RSS bytes per connection" matrix.png
   } > "$RUN/matrix.md"
   cat "$RUN/matrix.md"
   log "wrote $RUN/matrix.md and $RUN/matrix.png (bench/RESULTS.md not touched)"
@@ -472,14 +475,7 @@ cp "$BENCH/results.png" "$RUN/results.png"
   echo "- Scenarios: connect ($IDLE_CONNECTIONS connections), idle ($IDLE_CONNECTIONS connections for ${DURATION}s), fan-out ($CONNECTIONS subscribers, $FANOUT_RATE publications/s for ${DURATION}s), saturate ($CONNECTIONS subscribers, publish as fast as the server takes them, ${DURATION}s)."
   echo "- Server CPU is the server process's utime+stime from \`/proc\` over the scenario (unless the loadgen reports its own figure); idle KiB/conn is peak RSS growth over the connections."
   echo
-  echo "## Results"
-  echo
-  echo "$TABLE"
-  echo
-  [ "${#FAILED[@]}" = 0 ] || { echo "Did not complete: ${FAILED[*]} (logs under \`bench/results/$STAMP/\`)."; echo; }
-  echo "![deliveries/s, CPU per delivery and p99 latency per server](results.png)"
-  echo
-  echo "Raw reports and logs: \`bench/results/$STAMP/\` (not committed)."
+  results "deliveries/s, CPU per delivery and p99 latency per server" results.png
   if [ -n "$KEEP" ]; then echo; echo "$KEEP"; fi
 } > "$BENCH/RESULTS.md"
 log "wrote $BENCH/RESULTS.md and $BENCH/results.png"

@@ -232,6 +232,7 @@ fn table(rows: &[Row]) -> String {
     out
 }
 
+/// Loads the labels' font; false (and a warning) when there is none.
 fn register_font() -> bool {
     let candidates = std::env::var("CHART_FONT")
         .ok()
@@ -245,6 +246,7 @@ fn register_font() -> bool {
             }
         }
     }
+    eprintln!("chart: no TrueType font found (set CHART_FONT); drawing bars without labels");
     false
 }
 
@@ -548,13 +550,13 @@ fn thousands(v: f64) -> String {
     out
 }
 
-/// Milliseconds to three significant digits or so.
+/// Milliseconds to three significant digits or so: [`short`], with one
+/// more decimal below 1.
 fn ms(v: f64) -> String {
-    match v.abs() {
-        a if a >= 100.0 => format!("{v:.0}"),
-        a if a >= 10.0 => format!("{v:.1}"),
-        a if a >= 1.0 => format!("{v:.2}"),
-        _ => format!("{v:.3}"),
+    if v.abs() < 1.0 {
+        format!("{v:.3}")
+    } else {
+        short(v)
     }
 }
 
@@ -678,9 +680,6 @@ fn matrix(run: &Path, servers: &[String], png: &Path) -> Result<(), Box<dyn std:
         })
         .collect();
     let text = register_font();
-    if !text {
-        eprintln!("chart: no TrueType font found (set CHART_FONT); drawing bars without labels");
-    }
     draw(png, servers, &panels, text, 300)
 }
 
@@ -752,9 +751,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ),
     ];
     let text = register_font();
-    if !text {
-        eprintln!("chart: no TrueType font found (set CHART_FONT); drawing bars without labels");
-    }
     draw(Path::new(&png), &names, &panels, text, 420)?;
     Ok(())
 }

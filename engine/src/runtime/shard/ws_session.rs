@@ -436,9 +436,8 @@ pub(crate) async fn read_loop(shard: &Rc<Shard>, live: &mut Live) {
             }
             Wake::Readable => {}
         }
-        let fd = stream.as_raw_fd();
+        let (fd, budget) = (stream.as_raw_fd(), shard.config().limits.max_outbound_bytes);
         loop {
-            let budget = shard.config().limits.max_outbound_bytes;
             let got = {
                 let mut scratch = shard.scratch.borrow_mut();
                 sys::recv_nonblocking(fd, &mut scratch)
