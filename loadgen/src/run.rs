@@ -132,12 +132,14 @@ impl LocalPool {
             p.connections.push(vec![(g % s.channels) as u32]);
             connections += 1;
         }
-        let cores = core_affinity::get_core_ids().map(|c| c.len()).unwrap_or(1);
+        let allowed: Vec<usize> = core_affinity::get_core_ids()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
         let mut handles = Vec::new();
         for mut p in plans {
-            if p.core.is_some_and(|c| c >= cores) {
-                p.core = p.core.map(|c| c % cores);
-            }
+            p.core = p.core.map(|c| pick_core(c, &allowed));
             let c = control.clone();
             handles.push(
                 std::thread::Builder::new()
@@ -230,6 +232,18 @@ impl LocalPool {
     fn abort(&self) {
         self.control.abort.store(true, Ordering::Relaxed);
     }
+}
+
+/// The CPU a client thread asked to run on `want` is pinned to: `want`
+/// itself if this process may run there, else the `want % n`th of the `n`
+/// CPUs it may run on (`allowed`, from its affinity mask: under
+/// `taskset -c 1`, `--first-core 1` stays on CPU 1, and threads past the
+/// mask wrap around inside it, never onto a CPU outside it).
+fn pick_core(want: usize, allowed: &[usize]) -> usize {
+    if allowed.is_empty() || allowed.contains(&want) {
+        return want;
+    }
+    allowed[want % allowed.len()]
 }
 
 /// Worker processes, each running a [`LocalPool`] and speaking a line
@@ -631,4 +645,23 @@ pub fn run(s: &Settings) -> anyhow::Result<Report> {
     }
     report.finish_rates();
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pick_core;
+
+    #[test]
+    fn client_threads_stay_inside_the_affinity_mask() {
+        // `taskset -c 1 ringcast-loadgen --first-core 1`: CPU 1, not CPU 0
+        // (the wrap once counted CPUs instead of naming them).
+        assert_eq!(pick_core(1, &[1]), 1);
+        assert_eq!(pick_core(2, &[1]), 1);
+        assert_eq!(pick_core(0, &[2, 3]), 2);
+        assert_eq!(pick_core(3, &[2, 3]), 3);
+        assert_eq!(pick_core(5, &[2, 3]), 3);
+        assert_eq!(pick_core(1, &[0, 1]), 1);
+        // No mask known: as asked.
+        assert_eq!(pick_core(7, &[]), 7);
+    }
 }
