@@ -104,6 +104,14 @@ impl WsProtocol {
         self.closed
     }
 
+    /// Whether the connection is between messages: no fragmented message
+    /// under way and not closed. Such a reader holds nothing but its
+    /// `deflate` flag, so it can be dropped while the connection idles and
+    /// rebuilt with [`WsProtocol::with_deflate`].
+    pub fn between_messages(&self) -> bool {
+        self.fragmented.is_none() && !self.closed && !self.close_sent
+    }
+
     /// Whether a close frame has been appended to an output buffer.
     pub fn is_close_sent(&self) -> bool {
         self.close_sent
@@ -659,6 +667,21 @@ mod tests {
         let r = run(&mut ws, &frame(true, OpCode::Continuation, &[3]));
         assert_eq!(r.messages, [(MessageKind::Binary, vec![1, 2, 3])]);
         assert!(ws.fragmented.is_none());
+    }
+
+    #[test]
+    fn between_messages_only_outside_a_fragmented_message_and_before_close() {
+        let mut ws = WsProtocol::with_deflate(true);
+        assert!(ws.between_messages());
+        run(&mut ws, &frame(false, OpCode::Text, b"a"));
+        assert!(!ws.between_messages(), "a fragmented message is under way");
+        run(&mut ws, &frame(true, OpCode::Continuation, b"b"));
+        assert!(ws.between_messages());
+        run(&mut ws, &frame(true, OpCode::Close, &[0x03, 0xe8]));
+        assert!(!ws.between_messages(), "closed");
+        let mut ws = WsProtocol::new();
+        ws.send_close(1001, "", &mut Vec::new());
+        assert!(!ws.between_messages(), "a close was sent");
     }
 
     #[test]

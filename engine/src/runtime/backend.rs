@@ -668,6 +668,7 @@ async fn info(shard: &Rc<Shard>) -> serde_json::Value {
                 "subscriptions": r.gauges.subscriptions,
                 "channels": r.gauges.channels,
                 "home_channels": r.home_channels,
+                "idle_readers": r.internals.idle_readers,
             });
             for (name, _, value) in r.metrics.fields() {
                 v[name] = json!(value);

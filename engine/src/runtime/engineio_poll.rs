@@ -433,7 +433,7 @@ async fn run(shard: Rc<Shard>, s: Arc<Session>, mut state: SessionState, proto: 
                 state,
             };
             if take_socket(&shard, &conn, &s, socket) {
-                Box::pin(ws_session::read_loop(&shard, &mut live)).await;
+                Box::pin(ws_session::read_loop(&shard, &mut live, false, false)).await;
             }
         }
         None => drop(state),

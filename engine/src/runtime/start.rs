@@ -304,6 +304,7 @@ async fn shard_main(
     monoio::spawn(shard.clone().run_flusher());
     monoio::spawn(shard.clone().run_timer());
     monoio::spawn(shard.clone().run_mailbox());
+    monoio::spawn(crate::runtime::shard::run_idle_readers(shard.clone()));
     monoio::spawn(accept_loop(shard.clone(), ws, Port::WebSocket));
     monoio::spawn(accept_loop(shard.clone(), be, Port::Backend));
     for (l, port) in own {

@@ -5,7 +5,8 @@
 //! no read buffer) and a non-blocking `send` of a connection's queued frames
 //! (one frame from its shared buffer, or several joined into one buffer);
 //! with the io_uring driver, the flusher's sends of one loop turn go to
-//! the kernel together through a [`SendRing`].
+//! the kernel together through a [`SendRing`], and idle connections wait
+//! for input as `POLL_ADD`s on a [`PollRing`] instead of in a task each.
 //! Listeners are plain `socket2` sockets with `SO_REUSEPORT`.
 
 use std::io;
@@ -166,6 +167,115 @@ impl SendRing {
     }
 }
 
+/// Readiness waits of idle connections on a small io_uring of the shard's
+/// own: one `POLL_ADD` per waiting socket, no task and no buffer per
+/// connection. [`PollRing::arm`] queues a wait (one-shot: it completes
+/// once, when the socket has input, end of stream or an error);
+/// [`PollRing::disarm`] queues its cancellation; [`PollRing::submit`]
+/// hands what was queued to the kernel in one entry; [`PollRing::reap`]
+/// collects the completions, a read of shared memory. The ring's own
+/// descriptor is readable while completions wait ([`PollRing::waiter`]),
+/// so the shard's runtime sleeps on it like on any socket.
+pub struct PollRing {
+    ring: io_uring::IoUring,
+}
+
+/// The `user_data` of cancellations: their own completions are ignored.
+const DISARM_TAG: u64 = u64::MAX;
+
+impl PollRing {
+    /// A ring for `entries` queued waits per submission (a power of two;
+    /// more are submitted early, see [`PollRing::arm`]). Waits in the
+    /// kernel are not bounded by it.
+    pub fn new(entries: u32) -> io::Result<Self> {
+        Ok(PollRing {
+            ring: io_uring::IoUring::builder()
+                .setup_cqsize(entries.saturating_mul(8))
+                .build(entries)?,
+        })
+    }
+
+    /// Queues a wait for input (or end of stream, or an error) on `fd`,
+    /// completing with `token`. Submits what is queued first if the
+    /// submission queue is full.
+    pub fn arm(&mut self, fd: RawFd, token: u64) -> io::Result<()> {
+        let events = (libc::POLLIN | libc::POLLRDHUP | libc::POLLERR | libc::POLLHUP) as u32;
+        let entry = io_uring::opcode::PollAdd::new(io_uring::types::Fd(fd), events)
+            .build()
+            .user_data(token);
+        self.push(&entry)
+    }
+
+    /// Queues the cancellation of the wait armed with `token`; its
+    /// completion then arrives with `-ECANCELED` (or not at all, if it
+    /// had completed already).
+    pub fn disarm(&mut self, token: u64) -> io::Result<()> {
+        let entry = io_uring::opcode::PollRemove::new(token)
+            .build()
+            .user_data(DISARM_TAG);
+        self.push(&entry)
+    }
+
+    fn push(&mut self, entry: &io_uring::squeue::Entry) -> io::Result<()> {
+        if self.ring.submission().is_full() {
+            self.submit()?;
+        }
+        // SAFETY: poll and poll-remove entries carry no pointers (a
+        // descriptor, an event mask, a token), so nothing the kernel reads
+        // later can dangle; a descriptor closed before its wait completes
+        // stays open in the kernel until the wait is cancelled or completes.
+        unsafe { self.ring.submission().push(entry) }
+            .map_err(|_| io::Error::other("poll ring full"))
+    }
+
+    /// Whether the kernel must be entered: waits or cancellations are
+    /// queued, or completions overflowed the completion queue (the kernel
+    /// keeps them aside, and everything after them, until an entry
+    /// flushes them; the ring's descriptor stays readable meanwhile).
+    pub fn needs_submit(&mut self) -> bool {
+        let sq = self.ring.submission();
+        !sq.is_empty() || sq.cq_overflow()
+    }
+
+    /// Hands everything queued to the kernel (one `io_uring_enter`; it also
+    /// flushes completions that overflowed the completion queue).
+    pub fn submit(&mut self) -> io::Result<()> {
+        loop {
+            match self.ring.submit() {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The completed waits since last asked: `(token, result)`, result
+    /// being the poll's event mask, or a negative errno (`-ECANCELED` for
+    /// a cancelled wait). Cancellations' own completions are left out.
+    pub fn reap(&mut self, out: &mut Vec<(u64, i32)>) {
+        for cqe in self.ring.completion() {
+            if cqe.user_data() != DISARM_TAG {
+                out.push((cqe.user_data(), cqe.result()));
+            }
+        }
+    }
+
+    /// A second descriptor of the ring as a monoio stream, only to await
+    /// its readability (`readable()`: completions are waiting). The type
+    /// is monoio's Unix stream because monoio has no readiness wait for a
+    /// bare descriptor; nothing is ever read from or written to it.
+    pub fn waiter(&self) -> io::Result<monoio::net::UnixStream> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: the ring's descriptor is open for as long as `self` is,
+        // which covers this call; only a duplicate (a new descriptor we
+        // own) leaves it.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.ring.as_raw_fd()) };
+        let owned = borrowed.try_clone_to_owned()?;
+        monoio::net::UnixStream::from_std(std::os::unix::net::UnixStream::from(owned))
+    }
+}
+
 /// Sets a socket's kernel send buffer (`SO_SNDBUF`) to `bytes`; Linux
 /// doubles it for bookkeeping and stops auto-tuning it.
 pub fn set_send_buffer(fd: RawFd, bytes: usize) -> io::Result<()> {
@@ -320,6 +430,72 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
     use std::os::fd::AsRawFd;
+
+    /// Reaps `want` completions (waiting up to `ms`), entering the kernel
+    /// whenever it must.
+    fn reap_for(ring: &mut PollRing, want: usize, ms: u64) -> Vec<(u64, i32)> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(ms);
+        let mut got = Vec::new();
+        while got.len() < want && std::time::Instant::now() < deadline {
+            if ring.needs_submit() {
+                ring.submit().unwrap();
+            }
+            ring.reap(&mut got);
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        got
+    }
+
+    #[test]
+    fn poll_ring_delivers_every_wait_past_a_full_completion_queue() {
+        // 4 entries (32 completions): 100 sockets ready at once overflow it.
+        let mut ring = PollRing::new(4).unwrap();
+        let pairs: Vec<_> = (0..100)
+            .map(|_| std::os::unix::net::UnixStream::pair().unwrap())
+            .collect();
+        for (i, (a, _)) in pairs.iter().enumerate() {
+            ring.arm(a.as_raw_fd(), i as u64).unwrap();
+        }
+        ring.submit().unwrap();
+        assert!(
+            reap_for(&mut ring, 1, 100).is_empty(),
+            "nothing is readable yet"
+        );
+        for (_, b) in &pairs {
+            (&*b).write_all(b"x").unwrap();
+        }
+        let mut got = reap_for(&mut ring, 100, 5000);
+        got.sort();
+        assert_eq!(got.len(), 100, "{got:?}");
+        for (i, (token, events)) in got.iter().enumerate() {
+            assert_eq!(*token, i as u64);
+            assert!(*events & libc::POLLIN as i32 != 0, "{events:#x}");
+        }
+        // One-shot: nothing more without a new arm.
+        (&pairs[0].1).write_all(b"y").unwrap();
+        assert!(reap_for(&mut ring, 1, 100).is_empty());
+    }
+
+    #[test]
+    fn poll_ring_disarm_cancels_a_wait_and_end_of_stream_completes_one() {
+        let mut ring = PollRing::new(8).unwrap();
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (c, d) = std::os::unix::net::UnixStream::pair().unwrap();
+        ring.arm(a.as_raw_fd(), 1).unwrap();
+        ring.arm(c.as_raw_fd(), 2).unwrap();
+        ring.disarm(1).unwrap();
+        ring.submit().unwrap();
+        assert_eq!(reap_for(&mut ring, 1, 5000), [(1, -libc::ECANCELED)]);
+        drop(d);
+        let got = reap_for(&mut ring, 1, 5000);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, 2);
+        assert!(
+            got[0].1 & (libc::POLLRDHUP | libc::POLLHUP) as i32 != 0,
+            "{got:?}"
+        );
+        drop(b);
+    }
 
     #[test]
     fn nonblocking_send_and_recv_over_loopback() {

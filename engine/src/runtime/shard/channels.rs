@@ -446,6 +446,7 @@ impl Shard {
             conns: conns.len(),
             conn_slots: conns.capacity(),
             sessions: self.sessions.get(),
+            idle_readers: self.idle_readers.as_ref().map_or(0, |i| i.parked()),
             channel_slots: self.table.borrow().channel_capacity(),
             home_channel_slots: self.home.borrow().channel_capacity(),
         }

@@ -589,6 +589,11 @@ impl Conn {
         self.wake_reader();
     }
 
+    /// Whether the session was woken and has not yet seen it.
+    pub(crate) fn is_woken(&self) -> bool {
+        self.woken.get()
+    }
+
     /// Whether the session was woken since last asked (and forget it).
     pub(crate) fn take_woken(&self) -> bool {
         self.woken.replace(false)

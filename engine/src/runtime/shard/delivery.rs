@@ -160,7 +160,7 @@ impl Shard {
         if conn.begin_close(Bytes::from(close_frame(code, reason)), discard, now) {
             self.mark_dirty(conn);
             // The reader stops, cleans up and drains (a lingering close).
-            conn.wake_reader();
+            self.wake_reader(conn);
         }
     }
 
@@ -362,7 +362,7 @@ impl Shard {
             }
             None => {
                 conn.mark_closing(Instant::now());
-                conn.wake_reader();
+                self.wake_reader(conn);
             }
         }
     }

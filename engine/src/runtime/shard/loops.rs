@@ -138,7 +138,7 @@ impl Shard {
             }
             ShardMsg::WakeSession(conn) => {
                 if let Some(conn) = self.conn(conn) {
-                    conn.wake_session();
+                    self.wake_session(&conn);
                 }
             }
             ShardMsg::BusDeliver { channel, entry } => self.on_bus_deliver(&channel, entry),

@@ -102,6 +102,9 @@ pub struct Internals {
     pub conn_slots: usize,
     /// Sessions running (handshaking and draining ones included).
     pub sessions: usize,
+    /// Of those, the idle ones whose read side waits in the shard's poll
+    /// ring with no task (io_uring driver).
+    pub idle_readers: usize,
     /// Room in the channel table's and the home shard's channel maps.
     pub channel_slots: usize,
     pub home_channel_slots: usize,

@@ -15,6 +15,7 @@ mod cluster;
 pub mod conn;
 mod delivery;
 pub mod identity;
+mod idle_readers;
 mod loops;
 pub mod mailbox;
 mod messages;
@@ -39,6 +40,7 @@ use crate::pubsub::channel_table::{ChannelTable, ConnKey};
 use crate::pubsub::home_shard::HomeShard;
 
 pub use conn::{Conn, Enqueued};
+pub(crate) use idle_readers::run as run_idle_readers;
 use mailbox::Mailbox;
 use signal::{Latch, LocalSignal};
 
@@ -95,6 +97,10 @@ pub struct Shard {
     /// The io_uring driver's flusher: a loop turn's sends in one kernel
     /// entry (`None` on epoll, or if the kernel refused the ring).
     pub(super) send_batch: Option<RefCell<delivery::SendBatch>>,
+    /// The io_uring driver's idle connections' read sides, waiting in a
+    /// poll ring without a task each (`None` on epoll, or if the kernel
+    /// refused the ring).
+    pub(crate) idle_readers: Option<idle_readers::IdleReaders>,
 }
 
 impl Shard {
@@ -138,6 +144,9 @@ impl Shard {
                 .then(delivery::SendBatch::new)
                 .flatten()
                 .map(RefCell::new),
+            idle_readers: (driver == "io_uring")
+                .then(idle_readers::IdleReaders::new)
+                .flatten(),
             node,
         })
     }

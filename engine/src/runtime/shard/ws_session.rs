@@ -1,7 +1,11 @@
 //! One WebSocket client connection: the upgrade, the read loop and the
 //! execution of its JSON-RPC calls. Bytes are read with a readiness wait
 //! plus a non-blocking `recv` into the shard's shared scratch buffer, so an
-//! idle connection holds no read buffer; only a partial frame is kept.
+//! idle connection holds no read buffer; only a partial frame is kept. On
+//! io_uring an idle connection between messages holds no task either: its
+//! read side parks in the shard's idle readers (`idle_readers`) and
+//! [`resume`] spawns its session again when input comes or the engine
+//! wakes it.
 
 use std::future::{poll_fn, Future};
 use std::net::Shutdown;
@@ -16,6 +20,7 @@ use bytes::Bytes;
 use monoio::net::TcpStream;
 
 use super::conn::Conn;
+use super::idle_readers::Parked;
 use super::tick::Tick;
 use super::{ConnRef, Node, Shard, ShardMsg, WsSocket};
 use crate::access::Claims;
@@ -73,27 +78,91 @@ async fn session(
     // here, not kept to the end of an `if let` around the read loop (whose
     // `Option<Live>` would also keep a second slot of its size in every
     // idle connection's task).
-    let Some(mut live) = opening.await else {
+    let Some(live) = opening.await else {
         shard.session_ended();
         drop(counted);
         return;
     };
-    read_loop(&shard, &mut live).await;
-    // The protocol's state goes now, not after the drain: timed jobs of a
-    // closed connection are cancelled at once.
-    let Live {
-        conn,
-        state,
-        pending,
-        ..
-    } = live;
-    drop(state);
-    drop(pending);
-    conn.unpark_reader();
-    shard.remove_conn(&conn);
-    Box::pin(drain(&shard, &conn)).await;
-    shard.session_ended();
-    drop(counted);
+    live_session(shard, live, counted, false).await
+}
+
+/// An upgraded connection's session from its read loop on: to its end, or
+/// until its read side parks in the shard's idle readers (its task then
+/// ends; [`resume`] spawns this again when the socket has input or the
+/// engine wakes it). `ready`: the socket is known to have input.
+///
+/// A plain function over an `async move` block: an `async fn` would keep
+/// a second copy of its arguments (the `Live` above all) in its state
+/// (328 bytes this way, 408 as an `async fn`).
+#[allow(clippy::manual_async_fn)]
+fn live_session(
+    shard: Rc<Shard>,
+    mut live: Live,
+    mut counted: Option<WsSocket>,
+    mut ready: bool,
+) -> impl Future<Output = ()> {
+    async move {
+        let mut may_park = true;
+        loop {
+            match read_loop(&shard, &mut live, ready, may_park).await {
+                ReadEnd::Stopped => break,
+                ReadEnd::Park => {
+                    let Some(idle) = &shard.idle_readers else {
+                        break;
+                    };
+                    let Live {
+                        conn,
+                        cref,
+                        pending,
+                        state,
+                    } = live;
+                    debug_assert!(pending.is_empty());
+                    match idle.park(Parked::new(conn, cref, state, counted)) {
+                        Ok(()) => return,
+                        Err(p) => {
+                            // The ring refused: wait with this task.
+                            live = Live {
+                                conn: p.conn,
+                                cref: p.cref,
+                                pending: Vec::new(),
+                                state: p.state,
+                            };
+                            counted = p.counted;
+                            (ready, may_park) = (false, false);
+                        }
+                    }
+                }
+            }
+        }
+        // The protocol's state goes now, not after the drain: timed jobs of a
+        // closed connection are cancelled at once.
+        let Live {
+            conn,
+            state,
+            pending,
+            ..
+        } = live;
+        drop(state);
+        drop(pending);
+        conn.unpark_reader();
+        shard.remove_conn(&conn);
+        Box::pin(drain(&shard, &conn)).await;
+        shard.session_ended();
+        drop(counted);
+    }
+}
+
+/// Spawns the session of a read side that was parked in the shard's idle
+/// readers; `ready`: its socket's wait completed (input, end of stream or
+/// an error), else it was woken by the engine.
+pub(crate) fn resume(shard: &Rc<Shard>, p: Parked, ready: bool) {
+    let live = Live {
+        conn: p.conn,
+        cref: p.cref,
+        pending: Vec::new(),
+        state: p.state,
+    };
+    monoio::spawn(live_session(shard.clone(), live, p.counted, ready));
 }
 
 /// An upgraded connection, registered on its shard: what its read loop
@@ -390,14 +459,31 @@ pub(crate) enum Step {
     Stop,
 }
 
-pub(crate) async fn read_loop(shard: &Rc<Shard>, live: &mut Live) {
+/// How a read loop ended.
+pub(crate) enum ReadEnd {
+    /// The connection is done reading: clean up and drain.
+    Stopped,
+    /// Idle between messages with nothing to wait for but input: its read
+    /// side can park in the shard's idle readers (see [`live_session`]).
+    Park,
+}
+
+/// Reads and runs the client's messages until the connection stops (or,
+/// with `may_park`, until it idles in a state that can park). `ready`:
+/// read before waiting (the socket is known to have input).
+pub(crate) async fn read_loop(
+    shard: &Rc<Shard>,
+    live: &mut Live,
+    mut ready: bool,
+    may_park: bool,
+) -> ReadEnd {
     let mut ws = WsProtocol::with_deflate(live.conn.deflate != 0);
     if !live.pending.is_empty() {
         // Frames that arrived with the upgrade request.
         let (step, mut msgs) = take_input(shard, live, &mut ws, 0);
         run_calls(shard, &live.conn, live.cref, &mut live.state, &mut msgs).await;
         if let Step::Stop = step {
-            return;
+            return ReadEnd::Stopped;
         }
     }
     // What the wait below holds is all an idle connection's task holds:
@@ -405,36 +491,43 @@ pub(crate) async fn read_loop(shard: &Rc<Shard>, live: &mut Live) {
     // each wake, and the request list lives only while its calls run.
     loop {
         let Some(stream) = live.conn.socket() else {
-            return;
+            return ReadEnd::Stopped;
         };
         let budget = shard.config().limits.max_outbound_bytes;
-        // A connection with a deadline waits in a boxed future of its own,
-        // so that the others' (idle) session tasks do not carry a timer.
-        let wake = match protocol(live.conn.proto).next_deadline(&live.state) {
-            Some(deadline) => {
-                let timer = monoio::time::sleep_until(deadline.into());
-                let conn = &live.conn;
-                Box::pin(async move {
-                    let readable = pin!(stream.readable(false));
-                    wait_input(conn, budget, readable, pin!(Some(timer))).await
-                })
-                .await
-            }
-            None => {
-                let readable = pin!(stream.readable(false));
-                let timer = pin!(None::<std::future::Pending<()>>);
-                wait_input(&live.conn, budget, readable, timer).await
-            }
-        };
-        match wake {
-            Wake::Stop => return,
-            Wake::Deadline => {
-                if let Step::Stop = on_deadline(shard, &live.conn, &mut live.state) {
-                    return;
+        if may_park && !ready && can_park(shard, live, &ws, budget) {
+            return ReadEnd::Park;
+        }
+        // Resumed by its socket's wait: read at once.
+        let readable = std::mem::take(&mut ready) && live.conn.is_open();
+        if !readable {
+            // A connection with a deadline waits in a boxed future of its own,
+            // so that the others' (idle) session tasks do not carry a timer.
+            let wake = match protocol(live.conn.proto).next_deadline(&live.state) {
+                Some(deadline) => {
+                    let timer = monoio::time::sleep_until(deadline.into());
+                    let conn = &live.conn;
+                    Box::pin(async move {
+                        let readable = pin!(stream.readable(false));
+                        wait_input(conn, budget, readable, pin!(Some(timer))).await
+                    })
+                    .await
                 }
-                continue;
+                None => {
+                    let readable = pin!(stream.readable(false));
+                    let timer = pin!(None::<std::future::Pending<()>>);
+                    wait_input(&live.conn, budget, readable, timer).await
+                }
+            };
+            match wake {
+                Wake::Stop => return ReadEnd::Stopped,
+                Wake::Deadline => {
+                    if let Step::Stop = on_deadline(shard, &live.conn, &mut live.state) {
+                        return ReadEnd::Stopped;
+                    }
+                    continue;
+                }
+                Wake::Readable => {}
             }
-            Wake::Readable => {}
         }
         let (fd, budget) = (stream.as_raw_fd(), shard.config().limits.max_outbound_bytes);
         loop {
@@ -443,26 +536,42 @@ pub(crate) async fn read_loop(shard: &Rc<Shard>, live: &mut Live) {
                 sys::recv_nonblocking(fd, &mut scratch)
             };
             let n = match got {
-                Ok(0) => return,
+                Ok(0) => return ReadEnd::Stopped,
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => return,
+                Err(_) => return ReadEnd::Stopped,
             };
             live.conn.last_seen.set(Tick::now());
             let (step, mut msgs) = take_input(shard, live, &mut ws, n);
             run_calls(shard, &live.conn, live.cref, &mut live.state, &mut msgs).await;
             if let Step::Stop = step {
-                return;
+                return ReadEnd::Stopped;
             }
             if !live.conn.is_open() {
-                return;
+                return ReadEnd::Stopped;
             }
             if n < shard.scratch.borrow().len() || live.conn.queued() > budget {
                 break;
             }
         }
     }
+}
+
+/// Whether a read loop idling now can park its read side: the shard has
+/// idle readers, the connection is open, between messages with nothing
+/// pending, under its outbound budget, not woken, and its protocol has no
+/// deadline (those wait with a timer in their task).
+fn can_park(shard: &Shard, live: &Live, ws: &WsProtocol, budget: usize) -> bool {
+    shard.idle_readers.as_ref().is_some_and(|i| i.accepting())
+        && live.pending.is_empty()
+        && ws.between_messages()
+        && live.conn.is_open()
+        && !live.conn.is_woken()
+        && live.conn.queued() <= budget
+        && protocol(live.conn.proto)
+            .next_deadline(&live.state)
+            .is_none()
 }
 
 /// Parses what came in (the first `n` bytes of the shard's scratch
@@ -807,17 +916,32 @@ mod tests {
         rt.block_on(async {
             let (_peer, stream) = crate::runtime::shard::loopback_pair();
             let shard = Shard::new(0, Node::new(Config::default(), 1), "epoll");
-            let fut = serve_as(shard, stream, None, None);
+            let fut = serve_as(shard.clone(), stream, None, None);
             let (fut_bytes, conn_bytes) =
                 (std::mem::size_of_val(&fut), std::mem::size_of::<Conn>());
-            eprintln!("serve future: {fut_bytes} bytes, conn: {conn_bytes} bytes");
-            // Both live for every open connection (the future in its task,
-            // the Conn in the shard's table): an idle connection's memory is
-            // mostly these two. 320 and 240 bytes when these bounds were set
+            // A parked read side's session spawned again (`resume`).
+            let (_peer2, stream2) = crate::runtime::shard::loopback_pair();
+            let conn = Rc::new(Conn::new(1, stream2, 0, 1, Instant::now()));
+            let live = Live {
+                conn,
+                cref: ConnRef { key: 1, serial: 1 },
+                pending: Vec::new(),
+                state: SessionState::none(),
+            };
+            let resumed = std::mem::size_of_val(&live_session(shard, live, None, true));
+            eprintln!(
+                "serve future: {fut_bytes} bytes, resumed: {resumed} bytes, conn: {conn_bytes} bytes"
+            );
+            assert!(resumed <= fut_bytes, "resumed session {resumed} bytes");
+            // Both live for every open connection that keeps its task (the
+            // future in its task, the Conn in the shard's table): on epoll,
+            // and on io_uring while a protocol deadline or a partial message
+            // keeps it from parking in the idle readers. 320 and 240 bytes
+            // when these bounds were set, 328 once the read loop could park
             // (896 before the handshake's state and a second copy of the
             // stream left it, 512 before the read loop's wait and arguments
             // stopped being copied; 296 before its four timestamps became
-            // ticks). With monoio's 48-byte task header the task is 368
+            // ticks). With monoio's 48-byte task header the task is 376
             // bytes, in mimalloc's 384-byte size class: past 336 it moves
             // to the 448 one. A change that outgrows them should be a
             // deliberate one (box the rare, large state instead).
