@@ -444,11 +444,16 @@ async fn read_upgrade(
             Ok(None) => {}
             Err(e) => return Err(Some(e)),
         }
-        stream.readable(false).await.map_err(|_| None)?;
+        // Read first: the request has usually arrived with the accept, and
+        // a readiness wait that finds it already there still costs a poll
+        // request in the kernel (io_uring) or a poll(2) (epoll).
         match sys::recv_nonblocking(fd, &mut chunk) {
             Ok(0) => return Err(None),
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                stream.readable(false).await.map_err(|_| None)?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => return Err(None),
         }
     }
@@ -872,14 +877,8 @@ async fn linger(shard: &Shard, conn: &Conn, until: Instant) {
     let fd = stream.as_raw_fd();
     let mut discarded = 0usize;
     loop {
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return;
-        }
-        match monoio::time::timeout(left, stream.readable(false)).await {
-            Ok(Ok(())) => {}
-            _ => return,
-        }
+        // Read first: a client that closed already (the read loop's end of
+        // stream, sticky) needs no readiness wait at all.
         loop {
             let got = {
                 let mut scratch = shard.scratch.borrow_mut();
@@ -897,6 +896,14 @@ async fn linger(shard: &Shard, conn: &Conn, until: Instant) {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(_) => return,
             }
+        }
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        match monoio::time::timeout(left, stream.readable(false)).await {
+            Ok(Ok(())) => {}
+            _ => return,
         }
     }
 }
