@@ -76,7 +76,6 @@ async fn run(
 ) {
     let _end = counted.map(|c| (SessionEnd(&shard), c));
     let shard = &shard;
-    let _ = stream.set_nodelay(true);
     let timeout = Duration::from_secs(shard.config().protocols.dmoj.long_poll_timeout);
     // The short phases (reading a request, answering one, following the
     // channels, flushing) run boxed; the wait of a parked request runs in

@@ -177,6 +177,10 @@ pub fn run(config: Config) -> Result<RunningNode, StartError> {
         for (i, &(key, _, port)) in extra.iter().enumerate() {
             let addr = extra_addrs[i];
             let l = sys::reuseport_listener(addr, config.ws.backlog)
+                .and_then(|l| {
+                    sys::set_accepted_options(&l, config.limits.socket_send_buffer)?;
+                    Ok(l)
+                })
                 .map_err(|source| StartError::Listen { addr, key, source })?;
             extra_addrs[i] = l.local_addr()?;
             if uring_ok {
@@ -185,13 +189,16 @@ pub fn run(config: Config) -> Result<RunningNode, StartError> {
             tracing::info!(key, addr = %extra_addrs[i], "listening");
             own.push((l, port));
         }
-        let ws = sys::reuseport_listener(ws_addr, config.ws.backlog).map_err(|source| {
-            StartError::Listen {
+        let ws = sys::reuseport_listener(ws_addr, config.ws.backlog)
+            .and_then(|l| {
+                sys::set_accepted_options(&l, config.limits.socket_send_buffer)?;
+                Ok(l)
+            })
+            .map_err(|source| StartError::Listen {
                 addr: ws_addr,
                 key: "ws.listen",
                 source,
-            }
-        })?;
+            })?;
         ws_addr = ws.local_addr()?;
         let be = sys::reuseport_listener(backend_addr, config.ws.backlog).map_err(|source| {
             StartError::Listen {

@@ -299,13 +299,9 @@ async fn handshake(
     stream: TcpStream,
     fixed: Option<ProtocolId>,
 ) -> Option<Handshake> {
-    let _ = stream.set_nodelay(true);
+    // TCP_NODELAY and the send buffer came with the accept: they are set on
+    // the listener (`sys::set_accepted_options`).
     let cfg = shard.config();
-    if cfg.limits.socket_send_buffer > 0 {
-        // Bounds what a slow consumer holds in the kernel (the rest of its
-        // backlog is in the queue, under max_outbound_bytes).
-        let _ = sys::set_send_buffer(stream.as_raw_fd(), cfg.limits.socket_send_buffer);
-    }
     let mut buf = Vec::new();
     let read = monoio::time::timeout(
         cfg.handshake_timeout(),
