@@ -207,11 +207,18 @@ impl PollRing {
     /// more are submitted early, see [`PollRing::arm`]). Waits in the
     /// kernel are not bounded by it.
     pub fn new(entries: u32) -> io::Result<Self> {
-        Ok(PollRing {
-            ring: io_uring::IoUring::builder()
-                .setup_cqsize(entries.saturating_mul(8))
-                .build(entries)?,
-        })
+        let build = |coop: bool| {
+            let mut b = io_uring::IoUring::builder();
+            b.setup_cqsize(entries.saturating_mul(8));
+            if coop {
+                b.setup_coop_taskrun();
+            }
+            b.build(entries)
+        };
+        // COOP_TASKRUN (Linux 5.19+): a wait's completion is posted when the
+        // shard next enters the kernel, not by interrupting it.
+        let ring = build(true).or_else(|_| build(false))?;
+        Ok(PollRing { ring })
     }
 
     /// Queues a wait for input (or end of stream, or an error) on `fd`,
