@@ -3,11 +3,12 @@
 //!
 //! A subscriber that only receives spends its life waiting for input it
 //! will never send. With a task per connection that wait costs the task
-//! (its future, ~370 bytes) and a poll request in the runtime's table.
+//! (376 bytes with monoio's header) and a poll request in the runtime's
+//! table.
 //! Here, when a session's read loop is between messages with nothing
 //! pending, no deadline and nothing to wake it early, it hands its state
 //! ([`Parked`]: the connection, its protocol state, its descriptor count;
-//! about 60 bytes) to the shard's table and its task ends. A one-shot
+//! 56 bytes) to the shard's table and its task ends. A one-shot
 //! `POLL_ADD` on the shard's [`sys::PollRing`] waits for the socket; its
 //! completion (input, end of stream, an error) or a wake from the engine
 //! (a server-side close, a protocol wake-up: [`Shard::wake_reader`]) spawns
@@ -17,7 +18,11 @@
 //!
 //! One task per shard ([`run`]) submits the turn's waits and cancellations
 //! in one kernel entry, resumes what was woken and sleeps on the ring's
-//! descriptor. The epoll driver keeps one task per connection.
+//! descriptor. The ring runs with `COOP_TASKRUN`: a wait's completion is
+//! posted when the shard next enters the kernel instead of interrupting
+//! it (io_uring's connect path cost 38-43 us of server CPU per connection
+//! without, 28-29 with; bench/RESULTS.md). The epoll driver keeps one task
+//! per connection.
 
 use std::cell::{Cell, RefCell};
 use std::future::{poll_fn, Future};
@@ -144,9 +149,20 @@ impl IdleReaders {
         Ok(())
     }
 
-    /// Takes connection `key`'s read side out of the ring if it is parked
-    /// (cancelling its wait), for [`run`] to resume it.
-    pub(crate) fn wake(&self, key: ConnKey) {
+    /// Takes `conn`'s read side out of the ring if it is parked
+    /// (cancelling its wait), for [`run`] to resume it. A connection that
+    /// already ended (a stale reference, its key reused) wakes nothing.
+    pub(crate) fn wake(&self, conn: &Conn) {
+        let key = conn.key;
+        let parked_here = self
+            .slots
+            .borrow()
+            .get(key as usize)
+            .and_then(Option::as_ref)
+            .is_some_and(|p| std::ptr::eq(Rc::as_ptr(&p.conn), conn));
+        if !parked_here {
+            return;
+        }
         let Some(p) = self.take(key, None) else {
             return;
         };
@@ -271,7 +287,7 @@ impl Shard {
     pub(crate) fn wake_reader(&self, conn: &Conn) {
         conn.wake_reader();
         if let Some(idle) = &self.idle_readers {
-            idle.wake(conn.key);
+            idle.wake(conn);
         }
     }
 
@@ -279,7 +295,7 @@ impl Shard {
     pub(crate) fn wake_session(&self, conn: &Conn) {
         conn.wake_session();
         if let Some(idle) = &self.idle_readers {
-            idle.wake(conn.key);
+            idle.wake(conn);
         }
     }
 }
