@@ -302,27 +302,6 @@ impl PollRing {
     }
 }
 
-/// Sets a socket's kernel send buffer (`SO_SNDBUF`) to `bytes`; Linux
-/// doubles it for bookkeeping and stops auto-tuning it.
-pub fn set_send_buffer(fd: RawFd, bytes: usize) -> io::Result<()> {
-    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    // SAFETY: `value` is a valid c_int for the duration of the call and its
-    // size is passed as the option length; `fd` is owned by the caller.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUF,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// `shutdown(2)` on a socket: wakes any reader with end-of-stream. Errors
 /// (e.g. already disconnected) are ignored; there is nothing to do about them.
 pub fn shutdown_socket(fd: RawFd, how: std::net::Shutdown) {
@@ -563,7 +542,9 @@ mod tests {
         }
         // Fill the third socket: its peer never reads.
         let full = pairs[2].1.as_raw_fd();
-        set_send_buffer(full, 4096).unwrap();
+        socket2::SockRef::from(&pairs[2].1)
+            .set_send_buffer_size(4096)
+            .unwrap();
         let junk = vec![0u8; 1 << 16];
         while send_nonblocking(full, &junk).is_ok() {}
 
@@ -608,7 +589,9 @@ mod tests {
         let listener = reuseport_listener("127.0.0.1:0".parse().unwrap(), 16).unwrap();
         let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
-        set_send_buffer(server.as_raw_fd(), 64 << 10).unwrap();
+        socket2::SockRef::from(&server)
+            .set_send_buffer_size(64 << 10)
+            .unwrap();
         let got = socket2::SockRef::from(&server).send_buffer_size().unwrap();
         assert_eq!(got, 128 << 10, "Linux doubles SO_SNDBUF");
     }

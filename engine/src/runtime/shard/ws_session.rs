@@ -121,13 +121,7 @@ fn live_session(
                         Ok(()) => return,
                         Err(p) => {
                             // The ring refused: wait with this task.
-                            live = Live {
-                                conn: p.conn,
-                                cref: p.cref,
-                                pending: Vec::new(),
-                                state: p.state,
-                            };
-                            counted = p.counted;
+                            (live, counted) = p.into_live();
                             (ready, may_park) = (false, false);
                         }
                     }
@@ -156,13 +150,22 @@ fn live_session(
 /// readers; `ready`: its socket's wait completed (input, end of stream or
 /// an error), else it was woken by the engine.
 pub(crate) fn resume(shard: &Rc<Shard>, p: Parked, ready: bool) {
-    let live = Live {
-        conn: p.conn,
-        cref: p.cref,
-        pending: Vec::new(),
-        state: p.state,
-    };
-    monoio::spawn(live_session(shard.clone(), live, p.counted, ready));
+    let (live, counted) = p.into_live();
+    monoio::spawn(live_session(shard.clone(), live, counted, ready));
+}
+
+impl Parked {
+    /// The session state a parked read side goes on with (nothing was
+    /// pending when it parked), and its descriptor count.
+    fn into_live(self) -> (Live, Option<WsSocket>) {
+        let live = Live {
+            conn: self.conn,
+            cref: self.cref,
+            pending: Vec::new(),
+            state: self.state,
+        };
+        (live, self.counted)
+    }
 }
 
 /// An upgraded connection, registered on its shard: what its read loop
@@ -499,8 +502,8 @@ pub(crate) async fn read_loop(
             return ReadEnd::Park;
         }
         // Resumed by its socket's wait: read at once.
-        let readable = std::mem::take(&mut ready) && live.conn.is_open();
-        if !readable {
+        let resumed_readable = std::mem::take(&mut ready) && live.conn.is_open();
+        if !resumed_readable {
             // A connection with a deadline waits in a boxed future of its own,
             // so that the others' (idle) session tasks do not carry a timer.
             let wake = match protocol(live.conn.proto).next_deadline(&live.state) {
