@@ -30,13 +30,15 @@ use crate::runtime::sys;
 /// Frames are gathered into one send up to this many bytes.
 pub const GATHER_MAX: usize = 64 * 1024;
 
-/// Room (queue slots) an empty queue keeps at the shard's once-a-second
-/// tick; a backlog's larger room is given back then ([`Outbound::release_room`]).
+/// Room (queue slots) an empty queue that was busy in the last second
+/// keeps at the shard's once-a-second tick; a backlog's larger room, and
+/// any room above one slot of a queue that held at most one item all
+/// second, is given back then ([`Outbound::release_room`]).
 const KEEP_ROOM: usize = 4;
 
 enum OutItem {
     Frame(Bytes),
-    Hold(u64),
+    Hold(u32),
 }
 
 /// Frames waiting to be written.
@@ -47,7 +49,9 @@ pub struct Outbound {
     head_written: usize,
     /// Bytes queued and not yet written (holds excluded).
     queued: usize,
-    next_hold: u64,
+    next_hold: u32,
+    /// Most items queued at once since the last tick.
+    deepest: u32,
 }
 
 /// What an enqueue did under the slow-consumer policy.
@@ -89,8 +93,8 @@ impl Outbound {
         self.queued + len > budget && policy == SlowConsumerPolicy::Disconnect
     }
 
-    fn push_hold(&mut self) -> u64 {
-        self.next_hold += 1;
+    fn push_hold(&mut self) -> u32 {
+        self.next_hold = self.next_hold.wrapping_add(1);
         self.push_item(OutItem::Hold(self.next_hold));
         self.next_hold
     }
@@ -105,9 +109,10 @@ impl Outbound {
             self.items.reserve_exact(1);
         }
         self.items.push_back(item);
+        self.deepest = self.deepest.max(self.items.len() as u32);
     }
 
-    fn fill_hold(&mut self, token: u64, frame: Option<Bytes>) {
+    fn fill_hold(&mut self, token: u32, frame: Option<Bytes>) {
         let Some(pos) = self
             .items
             .iter()
@@ -131,8 +136,17 @@ impl Outbound {
     /// bursts and drains reallocates at most once a second). Without it a
     /// moment when the shard fell behind would leave every subscriber's
     /// queue at its high-water capacity for the life of the connection.
+    /// A queue that held two or more items in the last second keeps up to
+    /// [`KEEP_ROOM`] slots, so one that often holds a few reallocates
+    /// nothing; one that held at most one item all second goes back to
+    /// the single slot an idle connection needs. (A churn of connections
+    /// that kept the shard busy for a moment left every steady
+    /// subscriber's queue at four slots, 128 bytes, before this.)
     fn release_room(&mut self) -> bool {
-        if self.items.is_empty() && self.items.capacity() > KEEP_ROOM {
+        let busy = self.deepest > 1;
+        self.deepest = self.items.len() as u32;
+        let cap = self.items.capacity();
+        if self.items.is_empty() && (cap > KEEP_ROOM || (cap > 1 && !busy)) {
             self.items = VecDeque::new();
             return true;
         }
@@ -486,7 +500,7 @@ impl Conn {
     /// [`Conn::enqueue_owed`]; an over-budget reply leaves the hold in place.
     pub fn fill_hold_owed(
         &self,
-        token: u64,
+        token: u32,
         frame: Bytes,
         budget: usize,
         policy: SlowConsumerPolicy,
@@ -510,11 +524,11 @@ impl Conn {
         self.out.borrow().queued
     }
 
-    pub fn push_hold(&self) -> u64 {
+    pub fn push_hold(&self) -> u32 {
         self.out.borrow_mut().push_hold()
     }
 
-    pub fn fill_hold(&self, token: u64, frame: Option<Bytes>) {
+    pub fn fill_hold(&self, token: u32, frame: Option<Bytes>) {
         self.out.borrow_mut().fill_hold(token, frame);
     }
 
@@ -682,6 +696,36 @@ mod tests {
         o.advance(1);
         assert!(!o.release_room(), "the room of a quiet connection is kept");
         assert_eq!(o.items.capacity(), 1);
+    }
+
+    #[test]
+    fn a_short_burst_keeps_its_room_while_busy_and_gives_it_back_after_a_quiet_second() {
+        let mut o = Outbound::default();
+        let burst = |o: &mut Outbound| {
+            for _ in 0..3 {
+                o.push(Bytes::from_static(b"x"));
+            }
+            o.advance(3);
+        };
+        burst(&mut o);
+        let room = o.items.capacity();
+        assert!((2..=KEEP_ROOM).contains(&room));
+        assert!(!o.release_room(), "busy in the last second: the room stays");
+        burst(&mut o);
+        assert!(!o.release_room(), "still busy");
+        assert_eq!(o.items.capacity(), room, "nothing reallocated");
+        // A second of single frames (fan-out that keeps up).
+        for _ in 0..20 {
+            o.push(Bytes::from_static(b"y"));
+            o.advance(1);
+        }
+        assert!(o.release_room(), "a quiet second gives the room back");
+        assert_eq!(o.items.capacity(), 0);
+        o.push(Bytes::from_static(b"z"));
+        assert_eq!(o.items.capacity(), 1, "one slot again");
+        assert!(!o.release_room(), "a queue with a frame keeps its room");
+        o.advance(1);
+        assert!(!o.release_room(), "one slot is never given back");
     }
 
     #[test]

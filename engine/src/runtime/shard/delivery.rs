@@ -97,7 +97,7 @@ impl Shard {
 
     /// Puts a reply where its hold was, under the outbound budget like
     /// [`Shard::send_control`].
-    pub fn send_reply(&self, conn: &Rc<Conn>, hold: u64, frame: Option<Bytes>) {
+    pub fn send_reply(&self, conn: &Rc<Conn>, hold: u32, frame: Option<Bytes>) {
         let Some(frame) = frame else {
             conn.fill_hold(hold, None);
             // Frames queued behind the hold (a publication that arrived
