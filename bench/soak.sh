@@ -13,6 +13,12 @@
 #   the steady state: history at its level, see --history-ttl), a second
 #   ringcast-loadgen opens, subscribes and closes 1,000 other connections/s
 #   for SECONDS.
+# - The warmup includes WARMUP_CHURN (10 s) of the same churn, so the
+#   first sample already holds what any churn touches once and keeps (the
+#   code pages of the connect and close paths, the allocator's pages for
+#   connections in flight): the check measures growth over the run, not a
+#   first touch. With the base at ~20.6 MB, those ~0.44 MB alone are 2%
+#   (bench/RESULTS.md, ninth session).
 # - Server RSS and open fds are sampled every 10 s; the last sample while
 #   the steady subscribers are still connected and the churn has stopped
 #   must be within 2% of the first.
@@ -56,6 +62,7 @@ trap cleanup EXIT
 # showed RSS climbing for exactly 300 s, then flat); 30 s lets WARMUP
 # cover it, so the first sample is taken in the steady state.
 WARMUP="${WARMUP:-45}"
+WARMUP_CHURN="${WARMUP_CHURN:-10}"
 (ulimit -n "$FDS" && exec "$RINGCAST" serve --shards 2 --ws-listen "$WS" --backend-listen "$BE" \
   --max-connections 19000 --history-ttl 30) >"$OUT/server.log" 2>&1 &
 SERVER=$!
@@ -84,7 +91,11 @@ for _ in $(seq 600); do
   sleep 0.2
 done
 [ "$(conns)" -ge "$STEADY" ] || { echo "soak: steady subscribers did not connect" >&2; exit 1; }
-sleep "$WARMUP" # publications flowing, history at its level
+# A first churn inside the warmup, then the rest of the warmup.
+(ulimit -n "$FDS" && exec "$LOADGEN" churn -s "$WS" --backend "$BE" -c 100 --channels 100 \
+  --rate "$CHURN_RATE" -d "$WARMUP_CHURN" --src-ips 8 --no-pin --channel-prefix churn-) >"$OUT/warmup-churn.log" 2>&1 ||
+  { echo "soak: the warmup churn failed (see $OUT/warmup-churn.log)" >&2; exit 1; }
+sleep "$((WARMUP > WARMUP_CHURN ? WARMUP - WARMUP_CHURN : 0))" # publications flowing, history at its level
 
 echo "t_s,rss_kib,fds,connections" >"$OUT/samples.csv"
 T0=$(date +%s)
