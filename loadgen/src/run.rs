@@ -597,6 +597,10 @@ pub fn run(s: &Settings) -> anyhow::Result<Report> {
         // The churn runs from the workers' start to the drain just done.
         report.churn_seconds = t0.elapsed().as_secs_f64();
         report.churn_target_per_s = s.opts.rate.unwrap_or(100.0);
+        // Its connections were opened over the whole churn, not in a
+        // connect phase: the JSON's connect rate is the churn's.
+        report.connect_seconds = report.churn_seconds;
+        report.finish_rates();
     }
     progress.finish();
     let window_end = sample();

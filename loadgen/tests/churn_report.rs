@@ -41,4 +41,12 @@ fn churn_report_shows_connections_per_second_against_the_rate_asked() {
         "{row}"
     );
     assert!(!text.contains("open of"), "{text}");
+    // The JSON's connect figures are the churn's, not zero.
+    assert_eq!(r["connections_open"].as_u64(), Some(churned), "{r}");
+    assert_eq!(r["connect_seconds"].as_f64(), Some(secs), "{r}");
+    let per_s = r["connects_per_s"].as_f64().unwrap_or(0.0);
+    assert!(
+        (per_s - churned as f64 / secs).abs() < 1e-6 * per_s.max(1.0),
+        "{per_s} vs {churned} in {secs} s"
+    );
 }
