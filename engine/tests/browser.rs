@@ -637,25 +637,18 @@ fn dmoj_event_js_over_websocket_then_long_poll_without_websocket() {
     let origin = format!("http://{}", listener.local_addr().unwrap());
     // Receivers and long-poll on the public port's paths (`/event/`,
     // `/channels/`), DMOJ's own listeners off but the senders'.
-    let senders: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let senders_addr = senders.to_string();
-    let server = Server::start_with(
-        &["--allowed-origin", &origin],
-        &[
-            ("RINGCAST_PROTOCOLS_DMOJ_ENABLED", "true"),
-            ("RINGCAST_PROTOCOLS_DMOJ_SENDERS", &senders_addr),
-            ("RINGCAST_PROTOCOLS_DMOJ_RECEIVERS", ""),
-            ("RINGCAST_PROTOCOLS_DMOJ_LONG_POLL", ""),
-        ],
-    );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while TcpStream::connect(senders).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the senders listener did not open"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (server, senders) = Server::start_listening(None, &["--allowed-origin", &origin], 1, |a| {
+        [
+            ("RINGCAST_PROTOCOLS_DMOJ_ENABLED", "true".to_string()),
+            ("RINGCAST_PROTOCOLS_DMOJ_SENDERS", a[0].to_string()),
+            ("RINGCAST_PROTOCOLS_DMOJ_RECEIVERS", String::new()),
+            ("RINGCAST_PROTOCOLS_DMOJ_LONG_POLL", String::new()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    });
+    let senders = senders[0];
     // The page is rendered with Django's event.last(); then one message
     // for it and one for another page are posted.
     let mut sender = connect_ws(senders, "/");

@@ -28,28 +28,25 @@ struct Lqdoj {
 /// A server serving Socket.IO on the public port and on a listener of its
 /// own (a free port), DMOJ's receivers on `/event/`, plus `env`.
 fn start(env: &[(&str, &str)]) -> Lqdoj {
-    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let l = listen.to_string();
-    let mut all = vec![
-        ("RINGCAST_PROTOCOLS_SOCKETIO_ENABLED", "true"),
-        ("RINGCAST_PROTOCOLS_SOCKETIO_LISTEN", l.as_str()),
-        ("RINGCAST_PROTOCOLS_SOCKETIO_TOKEN", TOKEN),
-        ("RINGCAST_PROTOCOLS_DMOJ_ENABLED", "true"),
-        ("RINGCAST_PROTOCOLS_DMOJ_RECEIVERS", ""),
-        ("RINGCAST_PROTOCOLS_DMOJ_SENDERS", ""),
-        ("RINGCAST_PROTOCOLS_DMOJ_LONG_POLL", ""),
-    ];
-    all.extend_from_slice(env);
-    let server = Server::start_with(&[], &all);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while TcpStream::connect(listen).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the Socket.IO listener did not open"
-        );
-        std::thread::sleep(Duration::from_millis(20));
+    let (server, listen) = Server::start_listening(None, &[], 1, |a| {
+        [
+            ("RINGCAST_PROTOCOLS_SOCKETIO_ENABLED", "true".to_string()),
+            ("RINGCAST_PROTOCOLS_SOCKETIO_LISTEN", a[0].to_string()),
+            ("RINGCAST_PROTOCOLS_SOCKETIO_TOKEN", TOKEN.to_string()),
+            ("RINGCAST_PROTOCOLS_DMOJ_ENABLED", "true".to_string()),
+            ("RINGCAST_PROTOCOLS_DMOJ_RECEIVERS", String::new()),
+            ("RINGCAST_PROTOCOLS_DMOJ_SENDERS", String::new()),
+            ("RINGCAST_PROTOCOLS_DMOJ_LONG_POLL", String::new()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .chain(env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect()
+    });
+    Lqdoj {
+        server,
+        listen: listen[0],
     }
-    Lqdoj { server, listen }
 }
 
 /// A raw Engine.IO WebSocket connection; returns it and its open packet.

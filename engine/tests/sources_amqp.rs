@@ -190,10 +190,6 @@ fn now_us() -> u64 {
         .as_micros() as u64
 }
 
-fn addr() -> SocketAddr {
-    format!("127.0.0.1:{}", free_port()).parse().unwrap()
-}
-
 struct Node {
     server: Server,
     receivers: SocketAddr,
@@ -203,32 +199,14 @@ struct Node {
 
 /// ringcast with DMOJ's listeners and the AMQP source on `broker`.
 fn start(broker: &RabbitMq, env: &[(&str, &str)]) -> Node {
-    let (receivers, senders, poll) = (addr(), addr(), addr());
-    let (r, s, p, url) = (
-        receivers.to_string(),
-        senders.to_string(),
-        poll.to_string(),
-        broker.url(),
-    );
+    let url = broker.url();
     let mut all = vec![
-        ("RINGCAST_PROTOCOLS_DMOJ_ENABLED", "true"),
-        ("RINGCAST_PROTOCOLS_DMOJ_RECEIVERS", r.as_str()),
-        ("RINGCAST_PROTOCOLS_DMOJ_SENDERS", s.as_str()),
-        ("RINGCAST_PROTOCOLS_DMOJ_LONG_POLL", p.as_str()),
         ("RINGCAST_SOURCES_AMQP_ENABLED", "true"),
         ("RINGCAST_SOURCES_AMQP_URL", url.as_str()),
         ("RINGCAST_SOURCES_AMQP_EXCHANGE", EXCHANGE),
     ];
     all.extend_from_slice(env);
-    let server = Server::start_with(&[], &all);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while [receivers, senders, poll]
-        .iter()
-        .any(|a| TcpStream::connect(a).is_err())
-    {
-        assert!(Instant::now() < deadline, "DMOJ listeners did not open");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (server, [receivers, senders, poll]) = start_dmoj(&all);
     Node {
         server,
         receivers,

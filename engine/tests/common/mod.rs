@@ -77,6 +77,25 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The engine with DMOJ's three listeners (receivers, senders, long-poll)
+/// on ports of their own, plus `env`; returns it and those addresses.
+pub fn start_dmoj(env: &[(&str, &str)]) -> (Server, [SocketAddr; 3]) {
+    let (server, addrs) = Server::start_listening(None, &[], 3, |a| {
+        let mut all: Vec<(String, String)> = [
+            ("RINGCAST_PROTOCOLS_DMOJ_ENABLED", "true".to_string()),
+            ("RINGCAST_PROTOCOLS_DMOJ_RECEIVERS", a[0].to_string()),
+            ("RINGCAST_PROTOCOLS_DMOJ_SENDERS", a[1].to_string()),
+            ("RINGCAST_PROTOCOLS_DMOJ_LONG_POLL", a[2].to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        all
+    });
+    (server, [addrs[0], addrs[1], addrs[2]])
+}
+
 impl Server {
     /// Starts `ringcast serve` with `--shards 2` and `extra` flags.
     pub fn start(extra: &[&str]) -> Server {
@@ -94,9 +113,31 @@ impl Server {
     }
 
     fn start_limited(nofile: Option<u32>, extra: &[&str], env: &[(&str, &str)]) -> Server {
-        for _ in 0..5 {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Self::start_listening(nofile, extra, 0, |_| env.clone()).0
+    }
+
+    /// Starts the engine with `listeners` more listeners of its own (a
+    /// protocol's port): `env` gets their addresses and gives the
+    /// environment. Returns once they all accept connections, with their
+    /// addresses. Every port, the WebSocket and backend ports included,
+    /// is picked again on each attempt: a port found free can be taken
+    /// (as some client's source port) before the engine binds it.
+    pub fn start_listening(
+        nofile: Option<u32>,
+        extra: &[&str],
+        listeners: usize,
+        env: impl Fn(&[SocketAddr]) -> Vec<(String, String)>,
+    ) -> (Server, Vec<SocketAddr>) {
+        for attempt in 1..=5 {
             let ws: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
             let backend: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let more: Vec<SocketAddr> = (0..listeners)
+                .map(|_| format!("127.0.0.1:{}", free_port()).parse().unwrap())
+                .collect();
             let mut args = vec![
                 "serve".to_string(),
                 "--ws-listen".into(),
@@ -134,7 +175,7 @@ impl Server {
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::from(log_file));
-            for (k, v) in env {
+            for (k, v) in env(&more) {
                 cmd.env(k, v);
             }
             let child = cmd.spawn().expect("start ringcast");
@@ -144,11 +185,41 @@ impl Server {
                 backend,
                 log: Some(log),
             };
-            if server.wait_ready() {
-                return server;
+            if server.wait_ready() && server.wait_listening(&more) {
+                return (server, more);
             }
+            // Say why before the next attempt (the log goes with `server`).
+            eprintln!(
+                "ringcast did not start (attempt {attempt} of 5): {}",
+                server.log_tail(10)
+            );
         }
         panic!("ringcast did not start");
+    }
+
+    /// Whether every address in `addrs` accepts a connection within 5 s.
+    fn wait_listening(&mut self, addrs: &[SocketAddr]) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for a in addrs {
+            while TcpStream::connect(a).is_err() {
+                if Instant::now() >= deadline || !matches!(self.child.try_wait(), Ok(None)) {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        true
+    }
+
+    /// The last `n` lines of the engine's log.
+    fn log_tail(&self, n: usize) -> String {
+        let text = self
+            .log
+            .as_ref()
+            .and_then(|l| std::fs::read_to_string(l).ok())
+            .unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
     fn wait_ready(&mut self) -> bool {
@@ -259,22 +330,17 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let Some(log) = self.log.take() else {
-            return;
-        };
-        if std::thread::panicking() {
+        if std::thread::panicking() && self.log.is_some() {
             // The test failed: what the engine said is part of the report.
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            let tail = &lines[lines.len().saturating_sub(60)..];
             eprintln!(
-                "--- ringcast on {} logged (last {} lines) ---\n{}\n---",
+                "--- ringcast on {} logged (its last 60 lines) ---\n{}\n---",
                 self.ws,
-                tail.len(),
-                tail.join("\n")
+                self.log_tail(60)
             );
         }
-        let _ = std::fs::remove_file(&log);
+        if let Some(log) = self.log.take() {
+            let _ = std::fs::remove_file(log);
+        }
     }
 }
 
