@@ -637,17 +637,17 @@ fn dmoj_event_js_over_websocket_then_long_poll_without_websocket() {
     let origin = format!("http://{}", listener.local_addr().unwrap());
     // Receivers and long-poll on the public port's paths (`/event/`,
     // `/channels/`), DMOJ's own listeners off but the senders'.
-    let (server, senders) = Server::start_listening(None, &["--allowed-origin", &origin], 1, |a| {
-        [
-            ("RINGCAST_PROTOCOLS_DMOJ_ENABLED", "true".to_string()),
-            ("RINGCAST_PROTOCOLS_DMOJ_SENDERS", a[0].to_string()),
-            ("RINGCAST_PROTOCOLS_DMOJ_RECEIVERS", String::new()),
-            ("RINGCAST_PROTOCOLS_DMOJ_LONG_POLL", String::new()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect()
-    });
+    let (server, senders) = Server::start_listening(
+        None,
+        &["--allowed-origin", &origin],
+        &[
+            ("RINGCAST_PROTOCOLS_DMOJ_ENABLED", "true"),
+            ("RINGCAST_PROTOCOLS_DMOJ_RECEIVERS", ""),
+            ("RINGCAST_PROTOCOLS_DMOJ_LONG_POLL", ""),
+        ],
+        1,
+        |a| vec![("RINGCAST_PROTOCOLS_DMOJ_SENDERS", a[0].to_string())],
+    );
     let senders = senders[0];
     // The page is rendered with Django's event.last(); then one message
     // for it and one for another page are posted.

@@ -28,20 +28,17 @@ struct Lqdoj {
 /// A server serving Socket.IO on the public port and on a listener of its
 /// own (a free port), DMOJ's receivers on `/event/`, plus `env`.
 fn start(env: &[(&str, &str)]) -> Lqdoj {
-    let (server, listen) = Server::start_listening(None, &[], 1, |a| {
-        [
-            ("RINGCAST_PROTOCOLS_SOCKETIO_ENABLED", "true".to_string()),
-            ("RINGCAST_PROTOCOLS_SOCKETIO_LISTEN", a[0].to_string()),
-            ("RINGCAST_PROTOCOLS_SOCKETIO_TOKEN", TOKEN.to_string()),
-            ("RINGCAST_PROTOCOLS_DMOJ_ENABLED", "true".to_string()),
-            ("RINGCAST_PROTOCOLS_DMOJ_RECEIVERS", String::new()),
-            ("RINGCAST_PROTOCOLS_DMOJ_SENDERS", String::new()),
-            ("RINGCAST_PROTOCOLS_DMOJ_LONG_POLL", String::new()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .chain(env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
-        .collect()
+    let mut all = vec![
+        ("RINGCAST_PROTOCOLS_SOCKETIO_ENABLED", "true"),
+        ("RINGCAST_PROTOCOLS_SOCKETIO_TOKEN", TOKEN),
+        ("RINGCAST_PROTOCOLS_DMOJ_ENABLED", "true"),
+        ("RINGCAST_PROTOCOLS_DMOJ_RECEIVERS", ""),
+        ("RINGCAST_PROTOCOLS_DMOJ_SENDERS", ""),
+        ("RINGCAST_PROTOCOLS_DMOJ_LONG_POLL", ""),
+    ];
+    all.extend_from_slice(env);
+    let (server, listen) = Server::start_listening(None, &[], &all, 1, |a| {
+        vec![("RINGCAST_PROTOCOLS_SOCKETIO_LISTEN", a[0].to_string())]
     });
     Lqdoj {
         server,

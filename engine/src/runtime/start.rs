@@ -176,12 +176,11 @@ pub fn run(config: Config) -> Result<RunningNode, StartError> {
         let mut own = Vec::with_capacity(extra.len());
         for (i, &(key, _, port)) in extra.iter().enumerate() {
             let addr = extra_addrs[i];
-            let l = sys::reuseport_listener(addr, config.ws.backlog)
-                .and_then(|l| {
-                    sys::set_accepted_options(&l, config.limits.socket_send_buffer)?;
-                    Ok(l)
-                })
-                .map_err(|source| StartError::Listen { addr, key, source })?;
+            let l = client_listener(addr, &config).map_err(|source| StartError::Listen {
+                addr,
+                key,
+                source,
+            })?;
             extra_addrs[i] = l.local_addr()?;
             if uring_ok {
                 l.set_nonblocking(false)?;
@@ -189,16 +188,11 @@ pub fn run(config: Config) -> Result<RunningNode, StartError> {
             tracing::info!(key, addr = %extra_addrs[i], "listening");
             own.push((l, port));
         }
-        let ws = sys::reuseport_listener(ws_addr, config.ws.backlog)
-            .and_then(|l| {
-                sys::set_accepted_options(&l, config.limits.socket_send_buffer)?;
-                Ok(l)
-            })
-            .map_err(|source| StartError::Listen {
-                addr: ws_addr,
-                key: "ws.listen",
-                source,
-            })?;
+        let ws = client_listener(ws_addr, &config).map_err(|source| StartError::Listen {
+            addr: ws_addr,
+            key: "ws.listen",
+            source,
+        })?;
         ws_addr = ws.local_addr()?;
         let be = sys::reuseport_listener(backend_addr, config.ws.backlog).map_err(|source| {
             StartError::Listen {
@@ -423,6 +417,14 @@ fn extra_port(key: &str) -> Port {
         _ => DmojReceiver.name(),
     };
     Port::Fixed(by_name(name).unwrap_or(0))
+}
+
+/// A listener for clients (the WebSocket port, a protocol's own port):
+/// what its accepted sockets need is set on it once.
+fn client_listener(addr: SocketAddr, config: &Config) -> std::io::Result<std::net::TcpListener> {
+    let l = sys::reuseport_listener(addr, config.ws.backlog)?;
+    sys::set_accepted_options(&l, config.limits.socket_send_buffer)?;
+    Ok(l)
 }
 
 async fn accept_loop(shard: Rc<Shard>, listener: monoio::net::TcpListener, port: Port) {

@@ -80,20 +80,16 @@ pub fn free_port() -> u16 {
 /// The engine with DMOJ's three listeners (receivers, senders, long-poll)
 /// on ports of their own, plus `env`; returns it and those addresses.
 pub fn start_dmoj(env: &[(&str, &str)]) -> (Server, [SocketAddr; 3]) {
-    let (server, addrs) = Server::start_listening(None, &[], 3, |a| {
-        let mut all: Vec<(String, String)> = [
-            ("RINGCAST_PROTOCOLS_DMOJ_ENABLED", "true".to_string()),
+    let mut all = vec![("RINGCAST_PROTOCOLS_DMOJ_ENABLED", "true")];
+    all.extend_from_slice(env);
+    let (server, a) = Server::start_listening(None, &[], &all, 3, |a| {
+        vec![
             ("RINGCAST_PROTOCOLS_DMOJ_RECEIVERS", a[0].to_string()),
             ("RINGCAST_PROTOCOLS_DMOJ_SENDERS", a[1].to_string()),
             ("RINGCAST_PROTOCOLS_DMOJ_LONG_POLL", a[2].to_string()),
         ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-        all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        all
     });
-    (server, [addrs[0], addrs[1], addrs[2]])
+    (server, [a[0], a[1], a[2]])
 }
 
 impl Server {
@@ -113,24 +109,21 @@ impl Server {
     }
 
     fn start_limited(nofile: Option<u32>, extra: &[&str], env: &[(&str, &str)]) -> Server {
-        let env: Vec<(String, String)> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Self::start_listening(nofile, extra, 0, |_| env.clone()).0
+        Self::start_listening(nofile, extra, env, 0, |_| Vec::new()).0
     }
 
-    /// Starts the engine with `listeners` more listeners of its own (a
-    /// protocol's port): `env` gets their addresses and gives the
-    /// environment. Returns once they all accept connections, with their
-    /// addresses. Every port, the WebSocket and backend ports included,
-    /// is picked again on each attempt: a port found free can be taken
-    /// (as some client's source port) before the engine binds it.
+    /// Starts the engine with `env` and `listeners` more listeners of its
+    /// own (a protocol's port), whose variables `listener_env` gives from
+    /// their addresses. Returns once they all accept connections, with
+    /// their addresses. Every port, the WebSocket and backend ports
+    /// included, is picked again on each attempt: a port found free can
+    /// be taken (as some client's source port) before the engine binds it.
     pub fn start_listening(
         nofile: Option<u32>,
         extra: &[&str],
+        env: &[(&str, &str)],
         listeners: usize,
-        env: impl Fn(&[SocketAddr]) -> Vec<(String, String)>,
+        listener_env: impl Fn(&[SocketAddr]) -> Vec<(&'static str, String)>,
     ) -> (Server, Vec<SocketAddr>) {
         for attempt in 1..=5 {
             let ws: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -175,7 +168,10 @@ impl Server {
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::from(log_file));
-            for (k, v) in env(&more) {
+            for (k, v) in env {
+                cmd.env(k, v);
+            }
+            for (k, v) in listener_env(&more) {
                 cmd.env(k, v);
             }
             let child = cmd.spawn().expect("start ringcast");

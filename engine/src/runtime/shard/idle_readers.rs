@@ -154,16 +154,7 @@ impl IdleReaders {
     /// already ended (a stale reference, its key reused) wakes nothing.
     pub(crate) fn wake(&self, conn: &Conn) {
         let key = conn.key;
-        let parked_here = self
-            .slots
-            .borrow()
-            .get(key as usize)
-            .and_then(Option::as_ref)
-            .is_some_and(|p| std::ptr::eq(Rc::as_ptr(&p.conn), conn));
-        if !parked_here {
-            return;
-        }
-        let Some(p) = self.take(key, None) else {
+        let Some(p) = self.take(key, |p| std::ptr::eq(Rc::as_ptr(&p.conn), conn)) else {
             return;
         };
         if let Err(e) = self.ring.borrow_mut().disarm(token(key, p.gen)) {
@@ -174,12 +165,11 @@ impl IdleReaders {
         self.signal.notify();
     }
 
-    /// The parked read side of `key`, if its generation is `gen` (any
-    /// generation when `None`).
-    fn take(&self, key: ConnKey, gen: Option<u32>) -> Option<Parked> {
+    /// The parked read side of `key`, if it is the one `this` names.
+    fn take(&self, key: ConnKey, this: impl FnOnce(&Parked) -> bool) -> Option<Parked> {
         let mut slots = self.slots.borrow_mut();
         let slot = slots.get_mut(key as usize)?;
-        if gen.is_some_and(|g| slot.as_ref().is_some_and(|p| p.gen != g)) {
+        if !slot.as_ref().is_some_and(this) {
             return None;
         }
         let p = slot.take()?;
@@ -241,7 +231,7 @@ pub(crate) async fn run(shard: Rc<Shard>) {
             // Input, end of stream or an error: the read loop finds out
             // which. A stale token (a wait cancelled after a wake) finds
             // nothing.
-            if let Some(p) = idle.take(token as u32, Some((token >> 32) as u32)) {
+            if let Some(p) = idle.take(token as u32, |p| p.gen == (token >> 32) as u32) {
                 ws_session::resume(&shard, p, true);
             }
         }
